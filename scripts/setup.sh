@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Everything the gateway needs on a fresh Debian machine: Python 3.11 venv with the pinned
+# dependencies, and RabbitMQ running on 127.0.0.1. Idempotent and quick when already done.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+say() { echo "[zdravlink] $*"; }
+if [ -n "$SUDO" ] && ! command -v sudo >/dev/null; then say "run as root or install sudo"; exit 1; fi
+
+# Python 3.11: spyne 2.14 imports on 3.11 only. Debian 12's python3 is 3.11.
+PY=""
+for cand in python3.11 python3; do
+  if command -v "$cand" >/dev/null && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+    PY="$(command -v "$cand")"; break
+  fi
+done
+if [ -z "$PY" ] || ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  say "installing Python 3.11 (Debian packages python3 python3-venv python3-dev gcc)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3 python3-venv python3-dev gcc >/dev/null
+  PY="$(command -v python3.11 || command -v python3)"
+  "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { say "Python 3.11 is required, found $("$PY" --version)"; exit 1; }
+fi
+
+stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ ! -x .venv/bin/python ]; then
+  say "creating .venv with $("$PY" --version)"
+  "$PY" -m venv .venv
+fi
+if [ "$(cat .venv/.zl-installed 2>/dev/null)" != "$stamp" ]; then
+  say "installing pinned dependencies into .venv"
+  .venv/bin/python -m pip install -q --upgrade pip
+  .venv/bin/python -m pip install -q -e '.[test]'
+  # lxml and xmlsec must bundle the same libxml2, or `import xmlsec` fails (pyproject.toml pins).
+  .venv/bin/python -c 'import lxml, xmlsec, spyne, pika' 2>/dev/null || { say "import check failed (lxml/xmlsec pin?)"; exit 1; }
+  echo "$stamp" > .venv/.zl-installed
+fi
+mkdir -p var
+"$ROOT/scripts/rabbitmq.sh" start
