@@ -1,0 +1,226 @@
+"""The ``zdravlink`` command: run the gateway, check configuration, replay, inspect."""
+from __future__ import annotations
+
+import json
+import sys
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gateway.config import ConfigError, hash_token
+from gateway.services import config_dir, load, setup_logging
+
+app = typer.Typer(help="Zdravlink: a signing, validating, routing integration gateway.", no_args_is_help=True,
+                  add_completion=False)
+worker_app = typer.Typer(help="Run one kind of worker process.", no_args_is_help=True)
+demo_app = typer.Typer(help="Demo partners and sample traffic.", no_args_is_help=True)
+db_app = typer.Typer(help="Journal database.", no_args_is_help=True)
+app.add_typer(worker_app, name="worker")
+app.add_typer(demo_app, name="demo")
+app.add_typer(db_app, name="db")
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration directory (default: $ZL_CONFIG_DIR or ./config)")
+
+
+def _load_or_exit(directory: Optional[Path]):  # noqa: ANN202
+    try:
+        return load(directory)
+    except ConfigError as exc:
+        for p in exc.problems:
+            err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("check-config")
+def check_config(directory: Optional[Path] = typer.Argument(None, help="Configuration directory")) -> None:
+    """Validate participants, routes and settings without starting anything."""
+    cfg = _load_or_exit(directory)
+    out.print(f"[green]OK[/green] {config_dir(directory)}: {len(cfg.participants)} participants, "
+              f"{len(cfg.routes)} routes")
+
+
+@app.command()
+def run(config: Optional[Path] = ConfigOpt,
+        demo: bool = typer.Option(True, "--demo/--no-demo", help="Start the demo partner servers too")) -> None:
+    """Run the whole gateway: API with outbox relay, router, delivery workers (and demo partners)."""
+    from gateway.services import Supervisor
+
+    setup_logging("supervisor")
+    cfg = _load_or_exit(config)
+    s = cfg.settings
+    base = f"http://{s.api.host}:{s.api.port}"
+    out.print(f"[bold green]Zdravlink[/bold green] on {config_dir(config)} — journal {s.database.url.split('@')[-1]}")
+    out.print(f"  API      {base}/api/v1/messages")
+    out.print(f"  docs     {base}/docs")
+    out.print(f"  metrics  {base}/metrics   health {base}/healthz   ready {base}/readyz")
+    if demo:
+        for p in cfg.participants.values():
+            if p.delivery.url:
+                out.print(f"  partner  {p.mnemonic:<14} receives at {p.delivery.url}")
+        out.print("  try      zdravlink demo send   (posts a notice from lab-demo to clinic-mis)")
+    raise typer.Exit(Supervisor(cfg, config_dir(config), demo).run())
+
+
+@app.command()
+def serve(config: Optional[Path] = ConfigOpt,
+          migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="Upgrade the journal schema first")) -> None:
+    """Run the HTTP API with the outbox relay (one process)."""
+    from gateway.services import serve_api
+
+    setup_logging("api")
+    serve_api(_load_or_exit(config), migrate=migrate)
+
+
+@worker_app.command("router")
+def worker_router(config: Optional[Path] = ConfigOpt) -> None:
+    """Consume published messages and route them to their recipient's delivery queue."""
+    from gateway.services import run_worker
+
+    setup_logging("router")
+    run_worker(_load_or_exit(config), "router")
+
+
+@worker_app.command("delivery")
+def worker_delivery(config: Optional[Path] = ConfigOpt) -> None:
+    """Deliver routed messages with retries, failover and dead letters."""
+    from gateway.services import run_worker
+
+    setup_logging("delivery")
+    run_worker(_load_or_exit(config), "delivery")
+
+
+@app.command()
+def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a DEAD message"),
+           all_dead: bool = typer.Option(False, "--all-dead", help="Replay every DEAD message"),
+           config: Optional[Path] = ConfigOpt) -> None:
+    """Send dead letters again; the trail records the replay and what failed before."""
+    from gateway.journal import Journal
+    from routing import replay as replaying
+    from routing.topology import Topology
+
+    if bool(message_id) == all_dead:
+        err.print("give either a MESSAGE_ID or --all-dead")
+        raise typer.Exit(2)
+    cfg = _load_or_exit(config)
+    journal = Journal(cfg.settings.database.url)
+    ids = replaying.dead_ids(journal) if all_dead else [message_id]
+    results = replaying.replay(journal, ids)
+    done = {r.message_id for r in results if r.replayed}
+    if done:
+        replaying.drop_from_dead_queue(cfg.settings.broker.url, Topology(cfg.settings.broker.prefix), done)
+    for r in results:
+        out.print(f"{'[green]replayed[/green]' if r.replayed else '[red]skipped[/red]'} {r.message_id}: {r.reason}",
+                  highlight=False)
+    if any(not r.replayed for r in results):
+        raise typer.Exit(1)
+
+
+@app.command()
+def trail(message_id: str, config: Optional[Path] = ConfigOpt) -> None:
+    """Show a message's status and its whole event trail, and check the trail's hash chain."""
+    from gateway.journal import Journal
+
+    cfg = _load_or_exit(config)
+    journal = Journal(cfg.settings.database.url)
+    rec = journal.get(message_id)
+    if rec is None:
+        err.print(f"no message {message_id}")
+        raise typer.Exit(1)
+    out.print(f"[bold]{rec.message_id}[/bold] {rec.status}  {rec.sender} → {rec.recipient}  route {rec.route}  "
+              f"attempts {rec.attempts}  replays {rec.replays}", highlight=False)
+    table = Table("at", "status", "event", "actor", "detail")
+    for ev in journal.trail(message_id):
+        table.add_row(ev.at.isoformat(timespec="milliseconds"), ev.status, ev.kind, ev.actor,
+                      json.dumps(ev.detail, ensure_ascii=False))
+    out.print(table)
+    intact = journal.verify_trail(message_id)
+    out.print("trail hash chain: " + ("[green]intact[/green]" if intact else "[red]BROKEN[/red]"))
+    if not intact:
+        raise typer.Exit(3)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Optional[Path] = ConfigOpt) -> None:
+    """Apply journal schema migrations (Alembic)."""
+    from gateway.journal import Journal
+
+    Journal(_load_or_exit(config).settings.database.url).migrate()
+    out.print("journal schema is current")
+
+
+@app.command("declare-topology")
+def declare_topology_cmd(config: Optional[Path] = ConfigOpt) -> None:
+    """Declare the durable RabbitMQ exchanges and quorum queues."""
+    from gateway.services import declare_topology
+
+    declare_topology(_load_or_exit(config))
+    out.print("topology declared")
+
+
+@app.command("hash-token")
+def hash_token_cmd(token: str) -> None:
+    """Print the sha256 of an API token, for credentials.api_token_sha256 in participants.yaml."""
+    out.print(hash_token(token))
+
+
+@demo_app.command("partners")
+def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
+    """Run a recipient server for every participant that receives by REST push on 127.0.0.1."""
+    import signal
+    import threading
+    from urllib.parse import urlsplit
+
+    from adapters.emulators.rest_recipient import RecipientServer
+
+    setup_logging("demo-partners")
+    cfg = _load_or_exit(config)
+    ports: dict[int, str] = {}
+    for route in cfg.routes:
+        for ch in route.channels:
+            if ch.url:
+                u = urlsplit(ch.url)
+                if u.hostname == "127.0.0.1":
+                    ports.setdefault(u.port or 80, f"{route.recipient}/{ch.name}")
+    for p in cfg.participants.values():
+        if p.delivery.url and urlsplit(p.delivery.url).hostname == "127.0.0.1":
+            ports.setdefault(urlsplit(p.delivery.url).port or 80, p.mnemonic)
+    servers = [RecipientServer(port=port, name=name).start() for port, name in sorted(ports.items())]
+    done = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: done.set())
+    signal.signal(signal.SIGINT, lambda *_: done.set())
+    done.wait()
+    for s in servers:
+        s.stop()
+
+
+@demo_app.command("send")
+def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, help="How many notices"),
+              token: str = typer.Option("demo-lab-token", help="Sender's API token")) -> None:
+    """Post demo notices from lab-demo to clinic-mis and print their status URLs."""
+    import httpx
+
+    cfg = _load_or_exit(config)
+    base = f"http://{cfg.settings.api.host}:{cfg.settings.api.port}"
+    for _ in range(count):
+        payload = ('<n:Notice xmlns:n="urn://zdravlink/types/notice/1.0"><n:Code>SAMPLE_RECEIVED</n:Code>'
+                   f'<n:IssuedAt>{datetime.now(timezone.utc).isoformat(timespec="seconds")}</n:IssuedAt>'
+                   '<n:Text>Образец получен лабораторией</n:Text></n:Notice>')
+        body = {"messageId": str(uuid.uuid1()), "sender": "lab-demo", "recipient": "clinic-mis",
+                "messageType": "urn://zdravlink/types/notice/1.0", "payload": payload}
+        r = httpx.post(f"{base}/api/v1/messages", json=body, headers={"Authorization": f"Bearer {token}"})
+        out.print(f"{r.status_code} {r.text}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,421 @@
+"""Configuration as files: settings, participants and routes, loaded into typed models.
+
+An operator edits YAML in git; a mistake must stop start-up with the file, the key
+path and the rule it broke, all mistakes at once, rather than surface later as a
+message that cannot be routed. ``zdravlink check-config`` prints the same list.
+
+Environment overrides, applied after the files: ``ZL_DATABASE_URL`` (database.url),
+``ZL_AMQP_URL`` (broker.url), ``ZL_BROKER_PREFIX`` (broker.prefix), ``ZL_API_PORT``
+(api.port). Deployments keep secrets and addresses out of the files this way.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import random
+import re
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+from urllib.parse import urlsplit
+
+import yaml
+from lxml import etree
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+MNEMONIC = r"^[a-z0-9][a-z0-9_-]{1,49}$"
+Kind = Literal["mis", "lis", "insurer", "registry"]
+
+
+class ConfigProblem(NamedTuple):
+    file: str
+    key: str
+    rule: str
+
+
+class ConfigError(Exception):
+    def __init__(self, problems: list[ConfigProblem]) -> None:
+        super().__init__("\n".join(f"{p.file}: {p.key}: {p.rule}" for p in problems))
+        self.problems = problems
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is None:
+        return None
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"must be an http(s) URL with a host (got {value!r})")
+    return value
+
+
+# ---- settings (gateway.yaml) ------------------------------------------------
+
+class ApiSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8700, ge=1, le=65535)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+
+class DatabaseSettings(_Strict):
+    url: str = "sqlite:///var/journal.db"
+
+
+class BrokerSettings(_Strict):
+    url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    prefix: str = Field("zl", pattern=r"^[a-z0-9][a-z0-9_.-]{0,30}$")
+    prefetch: int = Field(32, ge=1, le=1000)
+
+
+class WorkerSettings(_Strict):
+    delivery: int = Field(2, ge=1, le=64)
+
+
+class DeliverySettings(_Strict):
+    timeout_seconds: float = Field(10.0, gt=0)
+    in_process_max_delay: float = Field(5.0, ge=0)
+
+
+class BreakerSettings(_Strict):
+    failure_threshold: int = Field(5, ge=1)
+    reset_timeout_seconds: float = Field(30.0, gt=0)
+
+
+class RelaySettings(_Strict):
+    channels: int = Field(4, ge=1, le=64)
+    batch_size: int = Field(500, ge=1)
+    poll_interval_seconds: float = Field(0.2, gt=0)
+
+
+class Settings(_Strict):
+    api: ApiSettings = ApiSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    broker: BrokerSettings = BrokerSettings()
+    workers: WorkerSettings = WorkerSettings()
+    delivery: DeliverySettings = DeliverySettings()
+    circuit_breaker: BreakerSettings = BreakerSettings()
+    relay: RelaySettings = RelaySettings()
+
+
+# ---- participants and routes ------------------------------------------------
+
+class RetryPolicy(_Strict):
+    """Camel's redelivery policy: attempts per channel, exponential delay with jitter and a cap."""
+
+    attempts: int = Field(5, ge=1)
+    initial_delay: float = Field(1.0, ge=0)
+    multiplier: float = Field(2.0, ge=1)
+    jitter: float = Field(0.1, ge=0, le=1)
+    max_delay: float = Field(300.0, ge=0)
+
+    @model_validator(mode="after")
+    def _cap_not_below_start(self) -> RetryPolicy:
+        if self.max_delay < self.initial_delay:
+            raise ValueError(f"max_delay must be ≥ initial_delay (got {self.max_delay} < {self.initial_delay})")
+        return self
+
+    def delay(self, attempt: int, rng: random.Random | None = None) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_delay, self.initial_delay * self.multiplier ** (attempt - 1))
+        spread = base * self.jitter
+        return max(0.0, base + (rng or random).uniform(-spread, spread))
+
+
+class Channel(_Strict):
+    name: str = Field("default", pattern=MNEMONIC)
+    mode: Literal["rest", "soap", "pull"]
+    url: str | None = None
+    format: Literal["xml", "json"] = "xml"
+    wsdl: str | None = None
+
+    _check_url = field_validator("url", "wsdl")(classmethod(lambda cls, v: _http_url(v)))
+
+    @model_validator(mode="after")
+    def _url_for_push(self) -> Channel:
+        if self.mode != "pull" and not self.url:
+            raise ValueError(f"a {self.mode} channel needs a url")
+        return self
+
+
+class Credentials(_Strict):
+    api_token_sha256: list[str] = []
+
+    @field_validator("api_token_sha256")
+    @classmethod
+    def _hex(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if not re.fullmatch(r"[0-9a-f]{64}", v):
+                raise ValueError("each entry must be 64 lower-case hex digits (zdravlink hash-token TOKEN)")
+        return values
+
+
+class Participant(_Strict):
+    mnemonic: str = Field(pattern=MNEMONIC)
+    name: str = Field(min_length=1)
+    kind: Kind
+    credentials: Credentials = Credentials()
+    delivery: Channel
+    signature_required: bool | None = None
+
+    @property
+    def api_token_sha256(self) -> list[str]:
+        return self.credentials.api_token_sha256
+
+    def token_matches(self, token: str) -> bool:
+        digest = hash_token(token)
+        return any(hmac.compare_digest(digest, known) for known in self.api_token_sha256)
+
+
+class RetryOverride(_Strict):
+    attempts: int | None = Field(None, ge=1)
+    initial_delay: float | None = Field(None, ge=0)
+    multiplier: float | None = Field(None, ge=1)
+    jitter: float | None = Field(None, ge=0, le=1)
+    max_delay: float | None = Field(None, ge=0)
+
+
+class RouteSpec(_Strict):
+    """A route as written in routes.yaml, before defaults and participants fill it in."""
+
+    name: str = Field(pattern=MNEMONIC)
+    sender: str
+    message_type: str = Field(min_length=1)
+    recipient: str
+    condition: str | None = None
+    channels: list[Channel] | None = Field(None, min_length=1)
+    retry: RetryOverride = RetryOverride()
+
+    @field_validator("condition")
+    @classmethod
+    def _xpath(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                etree.XPath(value)
+            except etree.XPathSyntaxError as exc:
+                raise ValueError(f"not a valid XPath 1.0 expression: {exc}") from None
+        return value
+
+    @field_validator("channels")
+    @classmethod
+    def _unique_channels(cls, value: list[Channel] | None) -> list[Channel] | None:
+        names = [c.name for c in value or []]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"channel names must be unique within a route (repeated: {', '.join(sorted(dup))})")
+        return value
+
+
+class Route(BaseModel):
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+    name: str
+    sender: str
+    message_type: str
+    recipient: str
+    condition: str | None
+    channels: list[Channel]
+    retry: RetryPolicy
+
+    @cached_property
+    def _xpath(self) -> etree.XPath | None:
+        return etree.XPath(self.condition) if self.condition else None
+
+    def matches(self, payload_root: etree._Element) -> bool:
+        return self._xpath is None or bool(self._xpath(payload_root))
+
+
+class _ParticipantsFile(_Strict):
+    participants: list[Participant]
+
+
+class _Defaults(_Strict):
+    retry: RetryPolicy = RetryPolicy()
+
+
+class _RoutesFile(_Strict):
+    defaults: _Defaults = _Defaults()
+    routes: list[RouteSpec]
+
+
+class GatewayConfig(BaseModel):
+    model_config = ConfigDict(frozen=True)
+    settings: Settings
+    participants: dict[str, Participant]
+    routes: list[Route]
+    directory: Path
+
+    def participant(self, mnemonic: str) -> Participant | None:
+        return self.participants.get(mnemonic)
+
+    def routes_for(self, sender: str, message_type: str, recipient: str) -> list[Route]:
+        """Routes for this triple, exact sender first, then the ``*`` wildcard."""
+        hits = [r for r in self.routes if r.message_type == message_type and r.recipient == recipient]
+        return [r for r in hits if r.sender == sender] + [r for r in hits if r.sender == "*"]
+
+    def resolve_route(self, sender: str, message_type: str, recipient: str,
+                      payload_root: etree._Element) -> Route | None:
+        return next((r for r in self.routes_for(sender, message_type, recipient) if r.matches(payload_root)), None)
+
+
+def hash_token(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+# ---- loading ----------------------------------------------------------------
+
+def _key(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before") or str(part).startswith(("function-", "literal[")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(document)"
+
+
+def _rule(err: dict[str, Any]) -> str:
+    kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    if kind == "literal_error":
+        return f"not one of: {ctx.get('expected', '').replace(' or ', ', ')} (got {got!r})"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        sign = {"greater_than_equal": "≥", "less_than_equal": "≤", "greater_than": ">", "less_than": "<"}[kind]
+        bound = next(iter(ctx.values()))
+        return f"must be {sign} {bound} (got {got!r})"
+    if kind == "string_pattern_mismatch":
+        return f"must match {ctx.get('pattern')} (got {got!r})"
+    if kind == "value_error":
+        return str(ctx.get("error", err["msg"]))
+    return f"{err['msg']} (got {got!r})" if got is not None and not isinstance(got, (dict, list)) else err["msg"]
+
+
+def _read_yaml(path: Path, shown: str, problems: list[ConfigProblem], required: bool) -> Any:
+    if not path.exists():
+        if required:
+            problems.append(ConfigProblem(shown, "(file)", "missing: this file is required"))
+        return None
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else "(document)"
+        problems.append(ConfigProblem(shown, where, f"YAML syntax error: {getattr(exc, 'problem', exc)}"))
+        return None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        problems.append(ConfigProblem(shown, "(document)", "must be a mapping of keys"))
+        return None
+    return data
+
+
+def _validate(model: type[BaseModel], data: Any, shown: str, problems: list[ConfigProblem]) -> Any:
+    if data is None:
+        return None
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.append(ConfigProblem(shown, _key(err["loc"]), _rule(err)))
+        return None
+
+
+def _apply_env(data: dict[str, Any]) -> dict[str, Any]:
+    overrides = {
+        "ZL_DATABASE_URL": ("database", "url"),
+        "ZL_AMQP_URL": ("broker", "url"),
+        "ZL_BROKER_PREFIX": ("broker", "prefix"),
+        "ZL_API_PORT": ("api", "port"),
+    }
+    for var, (section, key) in overrides.items():
+        if os.environ.get(var):
+            data.setdefault(section, {})
+            if isinstance(data[section], dict):
+                data[section][key] = os.environ[var]
+    return data
+
+
+def _duplicates(values: list[str]) -> set[str]:
+    return {v for v in values if values.count(v) > 1}
+
+
+def load_config(directory: Path | str, known_message_types: set[str] | None = None) -> GatewayConfig:
+    """Load and cross-check the three files; raise ConfigError listing every problem."""
+    base = Path(directory)
+    problems: list[ConfigProblem] = []
+    shown = {name: str(base / name) for name in ("gateway.yaml", "participants.yaml", "routes.yaml")}
+
+    raw_settings = _read_yaml(base / "gateway.yaml", shown["gateway.yaml"], problems, required=False)
+    settings = _validate(Settings, _apply_env(raw_settings if raw_settings is not None else {}),
+                         shown["gateway.yaml"], problems)
+    pfile = _validate(_ParticipantsFile, _read_yaml(base / "participants.yaml", shown["participants.yaml"],
+                                                    problems, True), shown["participants.yaml"], problems)
+    rfile = _validate(_RoutesFile, _read_yaml(base / "routes.yaml", shown["routes.yaml"], problems, True),
+                      shown["routes.yaml"], problems)
+
+    participants: dict[str, Participant] = {}
+    if pfile is not None:
+        for dup in _duplicates([p.mnemonic for p in pfile.participants]):
+            i = [p.mnemonic for p in pfile.participants].index(dup, 1 + [p.mnemonic for p in pfile.participants].index(dup))
+            problems.append(ConfigProblem(shown["participants.yaml"], f"participants[{i}].mnemonic",
+                                          f"duplicate mnemonic {dup!r}"))
+        participants = {p.mnemonic: p for p in pfile.participants}
+
+    routes: list[Route] = []
+    if rfile is not None:
+        rf = shown["routes.yaml"]
+        names = [r.name for r in rfile.routes]
+        seen_unconditional: dict[tuple[str, str, str], int] = {}
+        for i, spec in enumerate(rfile.routes):
+            if names.index(spec.name) != i:
+                problems.append(ConfigProblem(rf, f"routes[{i}].name", f"duplicate route name {spec.name!r}"))
+            if pfile is not None:
+                if spec.sender != "*" and spec.sender not in participants:
+                    problems.append(ConfigProblem(rf, f"routes[{i}].sender",
+                                                  f"unknown participant {spec.sender!r} (or use \"*\")"))
+                if spec.recipient not in participants:
+                    problems.append(ConfigProblem(rf, f"routes[{i}].recipient",
+                                                  f"unknown participant {spec.recipient!r}"))
+            if known_message_types is not None and spec.message_type not in known_message_types:
+                problems.append(ConfigProblem(rf, f"routes[{i}].message_type",
+                                              f"unknown message type {spec.message_type!r}: no schema in "
+                                              f"schemas_xsd/payloads declares it"))
+            triple = (spec.sender, spec.message_type, spec.recipient)
+            if spec.condition is None:
+                if triple in seen_unconditional:
+                    problems.append(ConfigProblem(rf, f"routes[{i}]",
+                                                  f"ambiguous: same sender, message type and recipient as "
+                                                  f"routes[{seen_unconditional[triple]}] and neither has a condition"))
+                else:
+                    seen_unconditional[triple] = i
+            recipient = participants.get(spec.recipient)
+            channels = spec.channels or ([recipient.delivery] if recipient else [])
+            retry = RetryPolicy.model_validate(
+                {**rfile.defaults.retry.model_dump(), **spec.retry.model_dump(exclude_none=True)}
+            ) if not _retry_broken(rfile.defaults.retry, spec.retry, rf, i, problems) else rfile.defaults.retry
+            routes.append(Route(name=spec.name, sender=spec.sender, message_type=spec.message_type,
+                                recipient=spec.recipient, condition=spec.condition, channels=channels, retry=retry))
+    if problems:
+        raise ConfigError(problems)
+    return GatewayConfig(settings=settings, participants=participants, routes=routes, directory=base)
+
+
+def _retry_broken(defaults: RetryPolicy, override: RetryOverride, file: str, i: int,
+                  problems: list[ConfigProblem]) -> bool:
+    merged = {**defaults.model_dump(), **override.model_dump(exclude_none=True)}
+    try:
+        RetryPolicy.model_validate(merged)
+        return False
+    except ValidationError as exc:
+        for err in exc.errors():
+            problems.append(ConfigProblem(file, f"routes[{i}].retry" + (f".{_key(err['loc'])}" if err["loc"] else ""),
+                                          _rule(err)))
+        return True

@@ -1,0 +1,44 @@
+"""Rejections: one exception type that every adapter turns into its own error form.
+
+A rejection carries a stable machine code, the offending field and a human detail, so
+REST can answer problem+json, SOAP a Fault and HL7 a NAK from the same object.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+
+@dataclass
+class Rejection(Exception):
+    """Input the gateway refuses; never a crash, always a code and a field."""
+
+    code: str
+    detail: str
+    field: str | None = None
+    status: int = 400
+    extra: dict[str, object] = dataclasses.field(default_factory=dict)
+
+    def __str__(self) -> str:
+        where = f" [{self.field}]" if self.field else ""
+        return f"{self.code}{where}: {self.detail}"
+
+
+# Stable error codes. Partners program against these; never rename one.
+MALFORMED_JSON = "MALFORMED_JSON"
+MALFORMED_XML = "MALFORMED_XML"
+XML_DTD_FORBIDDEN = "XML_DTD_FORBIDDEN"
+BODY_TOO_LARGE = "BODY_TOO_LARGE"
+UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+ENVELOPE_INVALID = "ENVELOPE_INVALID"
+PAYLOAD_INVALID = "PAYLOAD_INVALID"
+UNKNOWN_MESSAGE_TYPE = "UNKNOWN_MESSAGE_TYPE"
+MESSAGE_TYPE_MISMATCH = "MESSAGE_TYPE_MISMATCH"
+AUTHENTICATION_REQUIRED = "AUTHENTICATION_REQUIRED"
+INVALID_TOKEN = "INVALID_TOKEN"
+UNKNOWN_SENDER = "UNKNOWN_SENDER"
+SENDER_MISMATCH = "SENDER_MISMATCH"
+UNKNOWN_RECIPIENT = "UNKNOWN_RECIPIENT"
+ROUTE_FORBIDDEN = "ROUTE_FORBIDDEN"
+MESSAGE_ID_REUSED = "MESSAGE_ID_REUSED"
+MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"

@@ -1,0 +1,8 @@
+"""The journal: every message, its status and its hash-chained event trail, in SQL.
+
+SQLite (WAL) is the embedded default; PostgreSQL is the production store. The journal
+is the outbox too: an accepted message is a row before it is a queue entry.
+"""
+from gateway.journal.store import Journal, MessageRecord, EventRecord, Status
+
+__all__ = ["Journal", "MessageRecord", "EventRecord", "Status"]

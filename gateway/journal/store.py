@@ -1,0 +1,398 @@
+"""Journal operations: accept, status transitions with events, outbox, replay, audit.
+
+Each status change is one transaction that updates the message row and appends an
+event whose hash covers the previous event of the same message, so a trail edited
+after the fact no longer verifies (``Journal.verify_trail``).
+"""
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
+
+from gateway import errors
+from gateway.envelope import Envelope
+from gateway.errors import Rejection
+from gateway.journal.tables import events, messages, rejections
+from gateway.masking import mask_text
+
+GENESIS = "0" * 64
+
+
+class Status(str, enum.Enum):
+    ACCEPTED = "ACCEPTED"
+    PUBLISHED = "PUBLISHED"
+    ROUTED = "ROUTED"
+    RETRYING = "RETRYING"
+    DELIVERED = "DELIVERED"
+    FAILED = "FAILED"
+    DEAD = "DEAD"
+    REJECTED = "REJECTED"
+
+
+#: Statuses from which a message still has somewhere to go.
+IN_FLIGHT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    at: datetime
+    status: str
+    kind: str
+    actor: str
+    detail: dict[str, Any]
+    hash: str
+    prev_hash: str
+
+
+@dataclass(frozen=True)
+class MessageRecord:
+    message_id: str
+    sender: str
+    recipient: str
+    message_type: str
+    route: str | None
+    status: str
+    fingerprint: str
+    source: str
+    envelope: bytes
+    created_at: datetime
+    updated_at: datetime
+    delivered_at: datetime | None
+    channel: str | None
+    attempts: int
+    replays: int
+    last_error: str | None
+
+
+@dataclass(frozen=True)
+class AcceptOutcome:
+    message_id: str
+    status: str
+    duplicate: bool
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    """SQLite hands back naive datetimes; everything we store is UTC."""
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=timezone.utc)
+    return value
+
+
+def _event_hash(prev: str, message_id: str, at: datetime, status: str, kind: str, actor: str, detail: str) -> str:
+    stamp = _aware(at).isoformat(timespec="microseconds")
+    raw = "\x1f".join((prev, message_id, stamp, status, kind, actor, detail))
+    return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cur = dbapi_connection.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.close()
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        event.listen(engine, "connect", _sqlite_pragmas)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+
+
+class Journal:
+    """One journal per process; safe to share between threads."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = make_engine(url)
+
+    # ---- schema ---------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision."""
+        from gateway.journal.migrate import upgrade
+
+        upgrade(self.engine)
+
+    def ping(self) -> None:
+        with self.engine.connect() as conn:
+            conn.execute(select(1))
+
+    # ---- events ---------------------------------------------------------
+
+    def _append_event(
+        self, conn: Connection, message_id: str, status: str, kind: str, actor: str, detail: dict[str, Any], at: datetime
+    ) -> None:
+        prev = conn.execute(
+            select(events.c.hash).where(events.c.message_id == message_id).order_by(events.c.id.desc()).limit(1)
+        ).scalar_one_or_none() or GENESIS
+        text = json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str)
+        conn.execute(
+            insert(events).values(
+                message_id=message_id,
+                at=at,
+                status=status,
+                kind=kind,
+                actor=actor,
+                detail=text,
+                prev_hash=prev,
+                hash=_event_hash(prev, message_id, at, status, kind, actor, text),
+            )
+        )
+
+    def record(
+        self,
+        message_id: str,
+        kind: str,
+        actor: str,
+        detail: dict[str, Any] | None = None,
+        *,
+        status: Status | None = None,
+        only_from: Iterable[Status] | None = None,
+        **columns: Any,
+    ) -> bool:
+        """Append an event and optionally move the status; False if ``only_from`` did not hold.
+
+        ``only_from`` makes transitions idempotent under redelivery: a router that
+        sees a message twice does not move a DELIVERED message back to ROUTED.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            current = conn.execute(
+                select(messages.c.status).where(messages.c.message_id == message_id)
+            ).scalar_one_or_none()
+            if current is None:
+                return False
+            if only_from is not None and current not in {Status(s).value for s in only_from}:
+                return False
+            new_status = status.value if status else current
+            values: dict[str, Any] = {"updated_at": now, **columns}
+            if status:
+                values["status"] = new_status
+            if status == Status.DELIVERED:
+                values["delivered_at"] = now
+            conn.execute(update(messages).where(messages.c.message_id == message_id).values(**values))
+            self._append_event(conn, message_id, new_status, kind, actor, detail or {}, now)
+        return True
+
+    # ---- accept ---------------------------------------------------------
+
+    def accept(self, env: Envelope, *, source: str, actor: str, route: str | None) -> AcceptOutcome:
+        """Journal an accepted message, or recognise a repeat of one (idempotent receiver).
+
+        The same MessageID with the same canonical data is a repeat and gets the first
+        answer; with other data it is refused. A MessageID whose earlier message was
+        REJECTED may be sent again, corrected.
+        """
+        now = utcnow()
+        row = dict(
+            message_id=env.message_id,
+            sender=env.sender,
+            recipient=env.recipient,
+            message_type=env.message_type,
+            route=route,
+            status=Status.ACCEPTED.value,
+            fingerprint=env.fingerprint(),
+            source=source,
+            envelope=env.to_xml(),
+            created_at=now,
+            updated_at=now,
+            attempts=0,
+            replays=0,
+        )
+        detail = {"source": source, "route": route, "sender": env.sender, "recipient": env.recipient}
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(messages).values(**row))
+                self._append_event(conn, env.message_id, Status.ACCEPTED.value, "ACCEPTED", actor, detail, now)
+            return AcceptOutcome(env.message_id, Status.ACCEPTED.value, duplicate=False)
+        except IntegrityError:
+            pass
+        with self.engine.begin() as conn:
+            existing = conn.execute(
+                select(messages.c.status, messages.c.fingerprint).where(messages.c.message_id == env.message_id)
+            ).one()
+            if existing.status == Status.REJECTED.value:
+                conn.execute(
+                    update(messages)
+                    .where(messages.c.message_id == env.message_id)
+                    .values(**{k: v for k, v in row.items() if k not in ("message_id", "created_at")})
+                )
+                self._append_event(conn, env.message_id, Status.ACCEPTED.value, "ACCEPTED", actor,
+                                   {**detail, "resubmitted_after": "REJECTED"}, now)
+                return AcceptOutcome(env.message_id, Status.ACCEPTED.value, duplicate=False)
+            if existing.fingerprint != env.fingerprint():
+                raise Rejection(
+                    errors.MESSAGE_ID_REUSED,
+                    "this MessageID was already used for a message with different content",
+                    "MessageID",
+                    status=409,
+                )
+            self._append_event(conn, env.message_id, existing.status, "DUPLICATE_RECEIVED", actor, {"source": source}, now)
+            return AcceptOutcome(env.message_id, existing.status, duplicate=True)
+
+    def reject(
+        self,
+        rejection: Rejection,
+        *,
+        source: str,
+        sender: str | None = None,
+        message_id: str | None = None,
+        remote: str | None = None,
+        env: Envelope | None = None,
+        actor: str = "gateway",
+    ) -> None:
+        """Audit a refusal; an authenticated sender's envelope is also journalled as REJECTED."""
+        now = utcnow()
+        detail = mask_text(rejection.detail)
+        with self.engine.begin() as conn:
+            conn.execute(
+                insert(rejections).values(
+                    at=now,
+                    source=source,
+                    code=rejection.code,
+                    field=rejection.field,
+                    detail=detail,
+                    sender=(sender or "")[:50] or None,
+                    message_id=(message_id or "")[:64] or None,
+                    remote=remote,
+                )
+            )
+        if env is None:
+            return
+        event_detail = {"code": rejection.code, "field": rejection.field, "detail": detail}
+        row = dict(
+            message_id=env.message_id, sender=env.sender, recipient=env.recipient, message_type=env.message_type,
+            status=Status.REJECTED.value, fingerprint=env.fingerprint(), source=source, envelope=env.to_xml(),
+            created_at=now, updated_at=now, attempts=0, replays=0, last_error=f"{rejection.code}: {detail}",
+        )
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(messages).values(**row))
+                self._append_event(conn, env.message_id, Status.REJECTED.value, "REJECTED", actor, event_detail, now)
+        except IntegrityError:
+            # An accepted message with this id exists; its record must not be overwritten
+            # by a refused copy. The audit row above keeps the refusal.
+            pass
+
+    # ---- outbox ---------------------------------------------------------
+
+    def outbox(self, limit: int) -> list[tuple[str, bytes]]:
+        """Accepted messages not yet handed to the broker, oldest first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(messages.c.message_id, messages.c.envelope)
+                .where(messages.c.status == Status.ACCEPTED.value)
+                .order_by(messages.c.created_at)
+                .limit(limit)
+            ).all()
+        return [(r.message_id, r.envelope) for r in rows]
+
+    def mark_published(self, message_ids: Sequence[str], actor: str) -> None:
+        """Record the broker's confirm. The router may already have moved a message on,
+        so the status only changes where it is still ACCEPTED; the event is kept either way."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            current = dict(
+                conn.execute(
+                    select(messages.c.message_id, messages.c.status).where(messages.c.message_id.in_(message_ids))
+                ).all()
+            )
+            conn.execute(
+                update(messages)
+                .where(messages.c.message_id.in_(message_ids), messages.c.status == Status.ACCEPTED.value)
+                .values(status=Status.PUBLISHED.value, updated_at=now)
+            )
+            for mid, status in current.items():
+                new = Status.PUBLISHED.value if status == Status.ACCEPTED.value else status
+                self._append_event(conn, mid, new, "PUBLISHED", actor, {}, now)
+
+    # ---- reading ----------------------------------------------------------
+
+    def get(self, message_id: str) -> MessageRecord | None:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(messages).where(messages.c.message_id == message_id)).one_or_none()
+        if row is None:
+            return None
+        data = row._asdict()
+        for key in ("created_at", "updated_at", "delivered_at"):
+            data[key] = _aware(data[key])
+        return MessageRecord(**data)
+
+    def trail(self, message_id: str) -> list[EventRecord]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(events).where(events.c.message_id == message_id).order_by(events.c.id)
+            ).all()
+        return [
+            EventRecord(_aware(r.at), r.status, r.kind, r.actor, json.loads(r.detail), r.hash, r.prev_hash)
+            for r in rows
+        ]
+
+    def verify_trail(self, message_id: str) -> bool:
+        """Recompute the hash chain; False means an event was edited, removed or inserted."""
+        prev = GENESIS
+        for ev in self.trail(message_id):
+            text = json.dumps(ev.detail, ensure_ascii=False, sort_keys=True, default=str)
+            if ev.prev_hash != prev or ev.hash != _event_hash(prev, message_id, ev.at, ev.status, ev.kind, ev.actor, text):
+                return False
+            prev = ev.hash
+        return True
+
+    def with_status(self, status: Status, limit: int = 10_000) -> list[str]:
+        with self.engine.connect() as conn:
+            return list(
+                conn.execute(
+                    select(messages.c.message_id).where(messages.c.status == status.value)
+                    .order_by(messages.c.created_at).limit(limit)
+                ).scalars()
+            )
+
+    def rejections(self, limit: int = 100) -> list[dict[str, Any]]:
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(rejections).order_by(rejections.c.id.desc()).limit(limit)).all()
+        return [r._asdict() for r in rows]
+
+    def in_flight_summary(self) -> dict[str, tuple[int, float]]:
+        """Per in-flight status: count and age in seconds of the oldest message."""
+        now = utcnow()
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(messages.c.status, func.count(), func.min(messages.c.created_at))
+                .where(messages.c.status.in_([s.value for s in IN_FLIGHT]))
+                .group_by(messages.c.status)
+            ).all()
+        return {r[0]: (r[1], (now - _aware(r[2])).total_seconds()) for r in rows}
+
+    # ---- replay -----------------------------------------------------------
+
+    def replay(self, message_id: str, actor: str) -> bool:
+        """Send a DEAD or FAILED message round again through the outbox, recording the lineage."""
+        rec = self.get(message_id)
+        if rec is None:
+            raise Rejection(errors.MESSAGE_NOT_FOUND, f"no message {message_id}", "message_id", status=404)
+        lineage = {"from_status": rec.status, "previous_error": rec.last_error, "replay": rec.replays + 1,
+                   "previous_attempts": rec.attempts}
+        return self.record(
+            message_id, "REPLAYED", actor, lineage,
+            status=Status.ACCEPTED, only_from=(Status.DEAD, Status.FAILED),
+            replays=rec.replays + 1, attempts=0, last_error=None,
+        )

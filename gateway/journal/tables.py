@@ -1,0 +1,67 @@
+"""Table definitions; Alembic migrations are the source of truth for the live schema."""
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+
+metadata = MetaData()
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("message_id", String(36), primary_key=True),
+    Column("sender", String(50), nullable=False),
+    Column("recipient", String(50), nullable=False),
+    Column("message_type", String(1024), nullable=False),
+    Column("route", String(50)),
+    Column("status", String(16), nullable=False),
+    Column("fingerprint", String(64), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("envelope", LargeBinary, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("delivered_at", DateTime(timezone=True)),
+    Column("channel", String(50)),
+    Column("attempts", Integer, nullable=False, default=0),
+    Column("replays", Integer, nullable=False, default=0),
+    Column("last_error", Text),
+    Index("ix_messages_status_created", "status", "created_at"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(36), ForeignKey("messages.message_id"), nullable=False, index=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("actor", String(64), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+rejections = Table(
+    "rejections",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False, index=True),
+    Column("source", String(16), nullable=False),
+    Column("code", String(64), nullable=False),
+    Column("field", String(255)),
+    Column("detail", Text, nullable=False),
+    Column("sender", String(50)),
+    Column("message_id", String(64)),
+    Column("remote", String(64)),
+)

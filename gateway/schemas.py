@@ -1,0 +1,83 @@
+"""XSD registry: the envelope schema and one payload schema per message type.
+
+A message type is the target namespace of its payload schema, so adding a type is
+dropping an XSD into ``schemas_xsd/payloads/``: no code, no registration list.
+Compiled schemas are kept per thread because lxml validators are not safe to share
+across threads, and the REST adapter validates in a thread pool.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
+
+from lxml import etree
+
+from gateway import errors
+from gateway.errors import Rejection
+
+ENVELOPE_NS = "urn://zdravlink/envelope/1.0"
+
+
+def schemas_dir() -> Path:
+    """Where the XSDs live: ``ZL_SCHEMAS_DIR`` or the repository's ``schemas_xsd``."""
+    override = os.environ.get("ZL_SCHEMAS_DIR")
+    return Path(override) if override else Path(__file__).resolve().parents[1] / "schemas_xsd"
+
+
+@lru_cache(maxsize=None)
+def payload_schema_files(directory: Path | None = None) -> dict[str, Path]:
+    """Map each payload schema's target namespace to its file."""
+    base = (directory or schemas_dir()) / "payloads"
+    found: dict[str, Path] = {}
+    for path in sorted(base.glob("*.xsd")):
+        tns = etree.parse(str(path)).getroot().get("targetNamespace")
+        if tns:
+            found[tns] = path
+    return found
+
+
+def known_message_types() -> set[str]:
+    return set(payload_schema_files())
+
+
+_local = threading.local()
+
+
+def _compiled(path: Path) -> etree.XMLSchema:
+    cache: dict[Path, etree.XMLSchema] = _local.__dict__.setdefault("schemas", {})
+    schema = cache.get(path)
+    if schema is None:
+        schema = cache[path] = etree.XMLSchema(etree.parse(str(path)))
+    return schema
+
+
+def _first_error(schema: etree.XMLSchema) -> str:
+    err = schema.error_log.last_error
+    return f"line {err.line}: {err.message}" if err else "invalid"
+
+
+def _element_path(schema: etree.XMLSchema) -> str | None:
+    err = schema.error_log.last_error
+    return err.path if err and err.path else None
+
+
+def validate_envelope(root: etree._Element) -> None:
+    schema = _compiled(schemas_dir() / "envelope-1.0.xsd")
+    if not schema.validate(root):
+        raise Rejection(errors.ENVELOPE_INVALID, _first_error(schema), _element_path(schema) or "Envelope")
+
+
+def validate_payload(message_type: str, payload: etree._Element) -> None:
+    """Validate the business payload against the schema of its message type."""
+    path = payload_schema_files().get(message_type)
+    if path is None:
+        raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"no schema for message type {message_type!r}", "MessageType")
+    schema = _compiled(path)
+    if not schema.validate(payload):
+        raise Rejection(
+            errors.PAYLOAD_INVALID,
+            _first_error(schema),
+            _element_path(schema) or "MessagePrimaryContent",
+        )

@@ -1,0 +1,202 @@
+"""Process entry points: the API with its outbox relay, the router, the delivery workers,
+and the supervisor that runs them all.
+
+This module wires the packages together, so it is the one place in ``gateway`` that
+imports adapters, routing and monitoring; nothing else in ``gateway`` does.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+
+from gateway.config import GatewayConfig, load_config
+from gateway.journal import Journal
+from gateway.schemas import known_message_types
+
+log = logging.getLogger("zdravlink")
+
+
+def setup_logging(name: str) -> None:
+    logging.basicConfig(
+        level=os.environ.get("ZL_LOG_LEVEL", "INFO"),
+        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+def config_dir(given: str | Path | None = None) -> Path:
+    return Path(given or os.environ.get("ZL_CONFIG_DIR") or "config")
+
+
+def load(directory: str | Path | None = None) -> GatewayConfig:
+    return load_config(config_dir(directory), known_message_types=known_message_types())
+
+
+def _topology(config: GatewayConfig):  # noqa: ANN202 (routing is imported lazily)
+    from routing.topology import Topology
+
+    return Topology(config.settings.broker.prefix)
+
+
+def declare_topology(config: GatewayConfig) -> None:
+    from routing.broker import connect
+
+    conn = connect(config.settings.broker.url, "zl-declare")
+    try:
+        _topology(config).declare(conn.channel(), config.participants)
+    finally:
+        conn.close()
+
+
+def _on_term(stop: callable) -> None:  # type: ignore[valid-type]
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def serve_api(config: GatewayConfig, *, migrate: bool = True) -> None:
+    import uvicorn
+
+    from adapters.intake import Intake
+    from adapters.rest.app import create_app
+    from gateway.accept import AcceptPipeline
+    from monitoring.exposition import GatewayStateCollector
+    from routing.inspect import BrokerInspector
+    from routing.relay import OutboxRelay
+
+    s = config.settings
+    journal = Journal(s.database.url)
+    if migrate:
+        journal.migrate()
+    topology = _topology(config)
+    relay = OutboxRelay(journal, s.broker.url, topology, s.relay)
+    inspector = BrokerInspector(s.broker.url, topology.all_queues(config.participants))
+
+    def readiness() -> dict[str, bool]:
+        try:
+            journal.ping()
+            journal_ok = True
+        except Exception:
+            journal_ok = False
+        return {"journal": journal_ok, "broker": inspector.reachable()}
+
+    intake = Intake(AcceptPipeline(config, journal), journal, on_accepted=relay.wake)
+    app = create_app(intake=intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
+                     state=GatewayStateCollector(journal, inspector.depths))
+    relay.start()
+    server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=5))
+    try:
+        server.run()
+    finally:
+        relay.stop()
+
+
+def run_worker(config: GatewayConfig, kind: str) -> None:
+    """Run the router or a delivery worker until SIGTERM."""
+    from routing.broker import ThreadPublisher
+    from routing.consumer import Consumer
+    from routing.deadletter import DeadLetterChannel
+    from routing.delivery import DeliveryWorker
+    from routing.router import Router
+
+    s = config.settings
+    journal = Journal(s.database.url)
+    topology = _topology(config)
+    publisher = ThreadPublisher(s.broker.url, f"zl-{kind}")
+    dead = DeadLetterChannel(journal, topology, publisher, actor=f"{kind}:{os.getpid()}")
+    declare = lambda ch: topology.declare(ch, config.participants)  # noqa: E731
+    if kind == "router":
+        router = Router(config, journal, topology, publisher, dead)
+        consumer = Consumer(s.broker.url, "zl-router", [topology.route_queue], router.handle,
+                            prefetch=s.broker.prefetch, concurrency=4, on_connect=declare)
+        _on_term(consumer.stop)
+        consumer.run()
+    elif kind == "delivery":
+        worker = DeliveryWorker(config, journal, topology, publisher, dead)
+        queues = [topology.deliver_queue(p) for p in sorted(config.participants)]
+        consumer = Consumer(s.broker.url, "zl-delivery", queues, worker.handle,
+                            prefetch=s.broker.prefetch, concurrency=s.broker.prefetch, on_connect=declare)
+
+        def stop() -> None:
+            worker.stop()
+            consumer.stop()
+
+        _on_term(stop)
+        consumer.run()
+        worker.close()
+    else:
+        raise ValueError(f"unknown worker kind {kind!r}")
+    publisher.close()
+
+
+class Supervisor:
+    """Starts the gateway's processes, restarts any that die, stops them all on SIGTERM."""
+
+    def __init__(self, config: GatewayConfig, directory: Path, demo: bool) -> None:
+        self.config = config
+        self.directory = directory
+        self.demo = demo
+        self.stopping = False
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_dir = Path(os.environ.get("ZL_VAR_DIR", "var")) / "metrics"
+
+    def _commands(self) -> dict[str, list[str]]:
+        exe = [sys.executable, "-m", "gateway.cli"]
+        cfg = ["--config", str(self.directory)]
+        cmds = {"api": [*exe, "serve", *cfg, "--no-migrate"], "router": [*exe, "worker", "router", *cfg]}
+        for i in range(self.config.settings.workers.delivery):
+            cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
+        if self.demo:
+            cmds["demo-partners"] = [*exe, "demo", "partners", *cfg]
+        return cmds
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir.resolve())}
+        self.procs[name] = subprocess.Popen(cmd, env=env)
+
+    def run(self) -> int:
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
+        Journal(self.config.settings.database.url).migrate()
+        declare_topology(self.config)
+        commands = self._commands()
+        for name, cmd in commands.items():
+            self._spawn(name, cmd)
+        _on_term(self.stop)
+        while not self.stopping:
+            time.sleep(0.5)
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self.stopping:
+                    log.warning("%s exited with %s; restarting", name, proc.returncode)
+                    from prometheus_client import multiprocess
+
+                    multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
+                    time.sleep(1.0)
+                    self._spawn(name, commands[name])
+        return self._shutdown()
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> int:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        return 0
