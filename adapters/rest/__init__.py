@@ -1,0 +1,1 @@
+"""REST inbound adapter: the HTTP API partners post envelopes to and read status from."""

@@ -1,0 +1,150 @@
+"""The REST API: post an envelope, read its status and trail; health and metrics.
+
+The request body is read as raw bytes with a hard size cap before anything parses
+it, so an oversized or hostile body costs at most ``max_body_bytes`` of memory.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse, Response
+
+from adapters.intake import Intake
+from adapters.rest.problems import problem
+from gateway import errors
+from gateway.envelope import EnvelopeDocument
+from gateway.errors import Rejection
+from gateway.journal import Journal
+from monitoring.exposition import GatewayStateCollector, render
+
+API = "/api/v1"
+
+
+def _bearer(request: Request) -> str | None:
+    value = request.headers.get("authorization", "")
+    scheme, _, token = value.partition(" ")
+    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+async def _read_capped(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise Rejection(errors.BODY_TOO_LARGE, f"body of {declared} bytes exceeds the limit of {limit}", "body",
+                        status=413)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Rejection(errors.BODY_TOO_LARGE, f"body exceeds the limit of {limit} bytes", "body", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
+               readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector) -> FastAPI:
+    app = FastAPI(
+        title="Zdravlink gateway",
+        version="1.0",
+        description="Accepts canonical envelopes (JSON or XML), journals them and delivers them with retries, "
+                    "failover and dead letters. Every refusal is application/problem+json with a stable `code` "
+                    "and the offending `field`.",
+    )
+
+    @app.exception_handler(Rejection)
+    async def _rejection(_: Request, exc: Rejection) -> Response:
+        return problem(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_: Request, exc: StarletteHTTPException) -> Response:
+        return problem(Rejection("HTTP_" + str(exc.status_code), str(exc.detail), None, status=exc.status_code))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_: Request, exc: RequestValidationError) -> Response:
+        first = exc.errors()[0]
+        return problem(Rejection("REQUEST_INVALID", first["msg"], ".".join(map(str, first["loc"]))))
+
+    envelope_schema = EnvelopeDocument.model_json_schema()
+
+    @app.post(
+        f"{API}/messages",
+        status_code=202,
+        summary="Submit a message",
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {"schema": envelope_schema},
+                    "application/xml": {"schema": {"type": "string", "description": "zl:Envelope, see schemas_xsd/envelope-1.0.xsd"}},
+                },
+            },
+            "responses": {"4XX": {"description": "Refused", "content": {"application/problem+json": {}}}},
+        },
+    )
+    async def submit(request: Request) -> JSONResponse:
+        token = _bearer(request)
+        remote = request.client.host if request.client else None
+        try:
+            body = await _read_capped(request, max_body_bytes)
+        except Rejection as rej:
+            intake.refused(rej, source="rest", remote=remote, caller=None, env=None)
+            raise
+        accepted = await run_in_threadpool(
+            intake.receive, body, request.headers.get("content-type", ""), token, source="rest", remote=remote
+        )
+        mid = accepted.outcome.message_id
+        url = f"{API}/messages/{mid}"
+        return JSONResponse(
+            {"messageId": mid, "status": accepted.outcome.status, "duplicate": accepted.outcome.duplicate,
+             "route": accepted.route, "statusUrl": url},
+            status_code=202,
+            headers={"Location": url},
+        )
+
+    @app.get(f"{API}/messages/{{message_id}}", summary="Status and event trail of a message")
+    def status(message_id: str, request: Request) -> dict[str, Any]:
+        caller = intake.pipeline.authenticate(_bearer(request))
+        rec = journal.get(message_id)
+        if rec is None or caller.mnemonic not in (rec.sender, rec.recipient):
+            raise Rejection(errors.MESSAGE_NOT_FOUND, f"no message {message_id} visible to {caller.mnemonic}",
+                            "message_id", status=404)
+        trail = journal.trail(message_id)
+        return {
+            "messageId": rec.message_id,
+            "status": rec.status,
+            "sender": rec.sender,
+            "recipient": rec.recipient,
+            "messageType": rec.message_type,
+            "route": rec.route,
+            "channel": rec.channel,
+            "attempts": rec.attempts,
+            "replays": rec.replays,
+            "lastError": rec.last_error,
+            "createdAt": rec.created_at.isoformat(),
+            "deliveredAt": rec.delivered_at.isoformat() if rec.delivered_at else None,
+            "trailIntact": journal.verify_trail(message_id),
+            "trail": [
+                {"at": e.at.isoformat(), "status": e.status, "event": e.kind, "actor": e.actor, "detail": e.detail}
+                for e in trail
+            ],
+        }
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: the journal and the broker answer")
+    def readyz() -> JSONResponse:
+        checks = readiness()
+        ok = all(checks.values())
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    def metrics_endpoint() -> Response:
+        return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    return app

@@ -1,0 +1,22 @@
+"""RFC 9457 problem details: every refusal the REST API gives has this one shape."""
+from __future__ import annotations
+
+from starlette.responses import JSONResponse
+
+from gateway.errors import Rejection
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem(rej: Rejection, instance: str | None = None) -> JSONResponse:
+    body: dict[str, object] = {
+        "type": f"urn:zdravlink:problem:{rej.code}",
+        "title": rej.code.replace("_", " ").capitalize(),
+        "status": rej.status,
+        "code": rej.code,
+        "field": rej.field,
+        "detail": rej.detail,
+    }
+    if instance:
+        body["instance"] = instance
+    return JSONResponse(body, status_code=rej.status, media_type=PROBLEM_JSON)

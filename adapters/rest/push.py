@@ -1,0 +1,62 @@
+"""Outbound REST push: POST the envelope to the recipient's URL with httpx.
+
+Every delivery carries the MessageID as ``Idempotency-Key``: delivery is
+at-least-once, and the key lets the recipient drop a repeat (for instance after a
+worker died between the recipient's 200 and the broker ack).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import httpx
+
+from gateway.envelope import Envelope
+
+#: Answers worth trying again: the recipient is overloaded or briefly down.
+RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class PushResult:
+    delivered: bool
+    retryable: bool
+    detail: str
+    status_code: int | None = None
+    retry_after: float | None = None
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+def push(client: httpx.Client, url: str, env_xml: bytes, message_id: str, fmt: str, attempt: int,
+         headers: dict[str, str] | None = None) -> PushResult:
+    if fmt == "json":
+        from gateway.xmlsafe import parse_xml
+
+        body = json.dumps(Envelope.from_element(parse_xml(env_xml)).to_json(), ensure_ascii=False).encode("utf-8")
+        content_type = "application/json"
+    else:
+        body, content_type = env_xml, "application/xml; charset=utf-8"
+    try:
+        resp = client.post(
+            url,
+            content=body,
+            headers={
+                "Content-Type": content_type,
+                "Idempotency-Key": message_id,
+                "X-Zdravlink-Message-Id": message_id,
+                "X-Zdravlink-Attempt": str(attempt),
+                **(headers or {}),
+            },
+        )
+    except httpx.TimeoutException as exc:
+        return PushResult(False, True, f"timeout: {type(exc).__name__}")
+    except httpx.TransportError as exc:
+        return PushResult(False, True, f"connection error: {type(exc).__name__}: {exc}")
+    if 200 <= resp.status_code < 300:
+        return PushResult(True, False, f"HTTP {resp.status_code}", resp.status_code)
+    retryable = resp.status_code in RETRYABLE_STATUS
+    return PushResult(False, retryable, f"HTTP {resp.status_code}", resp.status_code, _retry_after(resp))

@@ -1,0 +1,1 @@
+"""Prometheus metrics, health and readiness: what the operator watches."""

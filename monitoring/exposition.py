@@ -1,0 +1,65 @@
+"""What ``/metrics`` serves: the counters of every process plus gauges read at scrape time.
+
+Queue depth and the age of the oldest in-flight message are read when Prometheus
+asks, from the broker and the journal, so they are true even if a worker has died,
+which is exactly when an operator needs them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from typing import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from gateway.journal import Journal, Status
+from gateway.journal.store import IN_FLIGHT
+
+log = logging.getLogger(__name__)
+
+
+class GatewayStateCollector(Collector):
+    def __init__(self, journal: Journal, queue_depths: Callable[[], dict[str, int]]) -> None:
+        self.journal = journal
+        self.queue_depths = queue_depths
+
+    def collect(self) -> Iterable[Metric]:
+        count = GaugeMetricFamily("zl_messages_in_flight", "Journalled messages not yet delivered or dead", labels=["status"])
+        age = GaugeMetricFamily("zl_oldest_in_flight_age_seconds", "Age of the oldest message in each in-flight status",
+                                labels=["status"])
+        try:
+            summary = self.journal.in_flight_summary()
+        except Exception:  # a scrape must still answer when the journal does not
+            log.exception("journal unavailable for metrics")
+            summary = {}
+        for status in IN_FLIGHT:
+            n, oldest = summary.get(status.value, (0, 0.0))
+            count.add_metric([status.value], n)
+            age.add_metric([status.value], oldest)
+        yield count
+        yield age
+        depth = GaugeMetricFamily("zl_queue_depth", "Messages ready in each gateway queue", labels=["queue"])
+        for queue, n in self.queue_depths().items():
+            depth.add_metric([queue], n)
+        yield depth
+        dead = GaugeMetricFamily("zl_messages_dead", "Messages in DEAD status awaiting replay")
+        try:
+            dead.add_metric([], len(self.journal.with_status(Status.DEAD)))
+        except Exception:
+            log.exception("journal unavailable for metrics")
+        yield dead
+
+
+def render(state: GatewayStateCollector) -> bytes:
+    registry = CollectorRegistry()
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        MultiProcessCollector(registry)
+    else:
+        for collector in list(DEFAULT_REGISTRY._collector_to_names):  # the process's own metrics
+            registry.register(collector)
+    registry.register(state)
+    return generate_latest(registry)

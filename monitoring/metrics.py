@@ -1,0 +1,32 @@
+"""Prometheus metrics, in base units and with bounded labels.
+
+Labels are only route names, participant mnemonics, channel names and outcome or
+error codes, all of which come from configuration or a fixed list, never from
+message content. With several worker processes, set ``PROMETHEUS_MULTIPROC_DIR``
+before start (``zdravlink run`` does) and every process writes its own files that
+``/metrics`` merges.
+"""
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+ACCEPTED = Counter("zl_messages_accepted_total", "Messages accepted and journalled", ["participant", "source"])
+DUPLICATES = Counter("zl_messages_duplicate_total", "Repeats of an already accepted MessageID", ["participant"])
+REJECTED = Counter("zl_messages_rejected_total", "Messages refused at intake", ["source", "code"])
+ROUTED = Counter("zl_messages_routed_total", "Messages resolved to a route", ["route"])
+DELIVERED = Counter("zl_messages_delivered_total", "Messages delivered", ["route", "participant", "channel"])
+DELIVERY_FAILURES = Counter(
+    "zl_delivery_failures_total", "Failed delivery attempts", ["participant", "channel", "outcome"]
+)
+RETRIES = Counter("zl_delivery_retries_total", "Retries scheduled", ["participant", "mode"])
+FAILOVERS = Counter("zl_failovers_total", "Switches to the next channel of a route", ["route", "reason"])
+DEAD = Counter("zl_messages_dead_total", "Messages sent to the dead letter channel", ["route", "participant"])
+REPLAYED = Counter("zl_messages_replayed_total", "Dead messages replayed by an operator", ["participant"])
+CIRCUIT_STATE = Gauge(
+    "zl_circuit_state", "Circuit breaker state per endpoint: 0 closed, 1 half-open, 2 open",
+    ["participant", "channel"], multiprocess_mode="livemax",
+)
+LATENCY = Histogram(
+    "zl_accept_to_delivered_seconds", "Time from acceptance to confirmed delivery", ["route"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
+)

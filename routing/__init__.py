@@ -1,0 +1,1 @@
+"""Carrying accepted messages: RabbitMQ topology, outbox relay, router, delivery with retry, failover and dead letters."""

@@ -1,0 +1,41 @@
+"""The dead letter channel: the original message plus why it could not be delivered.
+
+The broker queue ``{prefix}.dead`` holds the original envelope with the reason in
+its headers, for operators and tools that read queues; the journal marks the message
+DEAD with the same reason, and ``zdravlink replay`` works from there.
+"""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from gateway.config import Route
+from gateway.journal import Journal, MessageRecord, Status
+from monitoring import metrics
+from routing.broker import ThreadPublisher, properties
+from routing.topology import Topology
+
+
+class DeadLetterChannel:
+    def __init__(self, journal: Journal, topology: Topology, publisher: ThreadPublisher, actor: str) -> None:
+        self.journal = journal
+        self.topology = topology
+        self.publisher = publisher
+        self.actor = actor
+
+    def send(self, body: bytes, rec: MessageRecord, *, route: Route | None, reason: str,
+             channel: str | None, attempts: int) -> None:
+        headers = {
+            "x-zl-reason": reason[:1000],
+            "x-zl-route": route.name if route else "",
+            "x-zl-channel": channel or "",
+            "x-zl-attempts": attempts,
+            "x-zl-failed-at": datetime.now(timezone.utc).isoformat(),
+            "x-zl-generation": rec.replays,
+        }
+        self.publisher.publish(self.topology.dead_exchange, "dead", body, properties(rec.message_id, headers))
+        self.journal.record(
+            rec.message_id, "DEAD", self.actor,
+            {"reason": reason, "channel": channel, "attempts": attempts, "queue": self.topology.dead_queue},
+            status=Status.DEAD, last_error=reason[:2000],
+        )
+        metrics.DEAD.labels(route.name if route else "", rec.recipient).inc()

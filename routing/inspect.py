@@ -1,0 +1,45 @@
+"""Read-only looks at the broker for metrics and readiness, cached so scrapes stay cheap."""
+from __future__ import annotations
+
+import threading
+import time
+
+from routing.broker import BROKER_ERRORS, connect
+
+
+class BrokerInspector:
+    def __init__(self, amqp_url: str, queues: list[str], ttl: float = 2.0) -> None:
+        self.amqp_url = amqp_url
+        self.queues = queues
+        self.ttl = ttl
+        self._lock = threading.Lock()
+        self._at = 0.0
+        self._depths: dict[str, int] = {}
+        self._ok = False
+
+    def _refresh(self) -> None:
+        with self._lock:
+            if time.monotonic() - self._at < self.ttl:
+                return
+            depths: dict[str, int] = {}
+            try:
+                conn = connect(self.amqp_url, "zl-inspector", heartbeat=0)
+                try:
+                    ch = conn.channel()
+                    for q in self.queues:
+                        depths[q] = ch.queue_declare(q, passive=True).method.message_count
+                finally:
+                    conn.close()
+                self._ok = True
+            except BROKER_ERRORS:
+                self._ok = False
+            self._depths = depths
+            self._at = time.monotonic()
+
+    def depths(self) -> dict[str, int]:
+        self._refresh()
+        return dict(self._depths)
+
+    def reachable(self) -> bool:
+        self._refresh()
+        return self._ok

@@ -1,0 +1,103 @@
+"""The durable RabbitMQ topology the gateway declares, and the names in it.
+
+    {p}.ingress ──"route"──▶ {p}.route ──router──▶ {p}.deliver ──<recipient>──▶ {p}.deliver.<recipient>
+    {p}.retry ──"<n>s"──▶ {p}.retry.<n>s  (TTL n seconds, dead-letters back to {p}.deliver)
+    {p}.dead  ──"dead"──▶ {p}.dead        (the dead letter channel; also catches poison messages)
+
+All queues are quorum queues: replicated, durable, and dead-lettering at-least-once,
+so a retry parked for an hour survives a broker restart. Retry delays are rounded up
+to the next bucket because a queue-level TTL is the only expiry RabbitMQ applies in order.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+from typing import Iterable
+
+from pika.adapters.blocking_connection import BlockingChannel
+
+#: Delayed-retry buckets in seconds. A delay is rounded up to the next bucket.
+RETRY_BUCKETS: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
+#: A message redelivered this many times (a worker crashing on it) is dead-lettered by the broker.
+POISON_DELIVERY_LIMIT = 20
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str
+
+    @property
+    def ingress_exchange(self) -> str:
+        return f"{self.prefix}.ingress"
+
+    @property
+    def route_queue(self) -> str:
+        return f"{self.prefix}.route"
+
+    @property
+    def deliver_exchange(self) -> str:
+        return f"{self.prefix}.deliver"
+
+    def deliver_queue(self, recipient: str) -> str:
+        return f"{self.prefix}.deliver.{recipient}"
+
+    @property
+    def retry_exchange(self) -> str:
+        return f"{self.prefix}.retry"
+
+    def retry_queue(self, bucket: int) -> str:
+        return f"{self.prefix}.retry.{bucket}s"
+
+    @property
+    def dead_exchange(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def dead_queue(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @staticmethod
+    def retry_bucket(delay: float) -> int:
+        i = bisect.bisect_left(RETRY_BUCKETS, delay)
+        return RETRY_BUCKETS[min(i, len(RETRY_BUCKETS) - 1)]
+
+    def all_queues(self, recipients: Iterable[str]) -> list[str]:
+        return [
+            self.route_queue,
+            *(self.deliver_queue(r) for r in sorted(set(recipients))),
+            *(self.retry_queue(b) for b in RETRY_BUCKETS),
+            self.dead_queue,
+        ]
+
+    def declare(self, ch: BlockingChannel, recipients: Iterable[str]) -> None:
+        """Idempotently declare everything; safe to call from every process at start."""
+        poison_dlx = {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": POISON_DELIVERY_LIMIT,
+            "x-dead-letter-exchange": self.dead_exchange,
+            "x-dead-letter-routing-key": "dead",
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+        for name in (self.ingress_exchange, self.deliver_exchange, self.retry_exchange, self.dead_exchange):
+            ch.exchange_declare(name, exchange_type="direct", durable=True)
+        ch.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_bind(self.dead_queue, self.dead_exchange, routing_key="dead")
+        ch.queue_declare(self.route_queue, durable=True, arguments=poison_dlx)
+        ch.queue_bind(self.route_queue, self.ingress_exchange, routing_key="route")
+        for r in sorted(set(recipients)):
+            ch.queue_declare(self.deliver_queue(r), durable=True, arguments=poison_dlx)
+            ch.queue_bind(self.deliver_queue(r), self.deliver_exchange, routing_key=r)
+        for b in RETRY_BUCKETS:
+            ch.queue_declare(
+                self.retry_queue(b),
+                durable=True,
+                arguments={
+                    "x-queue-type": "quorum",
+                    "x-message-ttl": b * 1000,
+                    "x-dead-letter-exchange": self.deliver_exchange,
+                    "x-dead-letter-strategy": "at-least-once",
+                    "x-overflow": "reject-publish",
+                },
+            )
+            ch.queue_bind(self.retry_queue(b), self.retry_exchange, routing_key=f"{b}s")
