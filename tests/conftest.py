@@ -1,0 +1,75 @@
+"""Shared fixtures: journal URLs for SQLite and PostgreSQL, and a whole running gateway.
+
+``scripts/test`` starts RabbitMQ and PostgreSQL and exports their URLs; tests that need
+them fail loudly, never skip, when they are not there.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+from tests.support.gateway_proc import GatewayProcesses
+
+AMQP_URL = os.environ.get("ZL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+PG_URL = os.environ.get("ZL_TEST_PG_URL", "postgresql+psycopg://zdravlink:zdravlink@127.0.0.1:5432/zdravlink")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    return AMQP_URL
+
+
+def _pg_database(base_url: str) -> Iterator[str]:
+    import sqlalchemy as sa
+
+    name = f"zl_test_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield base_url.rsplit("/", 1)[0] + "/" + name
+    finally:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """A fresh, empty journal database: once on SQLite, once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'journal.db'}"
+    else:
+        yield from _pg_database(PG_URL)
+
+
+@pytest.fixture
+def gateway_factory(tmp_path: Path, amqp_url: str) -> Iterator:
+    """Start a whole gateway (API, router, delivery) as real processes on a config written by the test."""
+    started: list[GatewayProcesses] = []
+
+    def make(participants: str, routes: str, *, db_url: str | None = None, settings: str = "",
+             delivery_workers: int = 1) -> GatewayProcesses:
+        gw = GatewayProcesses(
+            tmp_path / f"gw{len(started)}", participants, routes, settings=settings, amqp_url=amqp_url,
+            db_url=db_url, api_port=free_port(), delivery_workers=delivery_workers,
+        )
+        started.append(gw)
+        gw.start()
+        return gw
+
+    yield make
+    for gw in started:
+        gw.stop()

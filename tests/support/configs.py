@@ -1,0 +1,57 @@
+"""Configuration text for tests, in the same YAML an operator writes."""
+from __future__ import annotations
+
+import hashlib
+
+LAB_TOKEN = "lab-secret-token"
+CLINIC_TOKEN = "clinic-secret-token"
+NOTICE_NS = "urn://zdravlink/types/notice/1.0"
+
+
+def _h(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def participants(clinic_url: str, clinic_format: str = "xml") -> str:
+    return f"""
+participants:
+  - mnemonic: lab
+    name: Test laboratory
+    kind: lis
+    credentials: {{api_token_sha256: ["{_h(LAB_TOKEN)}"]}}
+    delivery: {{mode: pull}}
+  - mnemonic: clinic
+    name: Test clinic MIS
+    kind: mis
+    credentials: {{api_token_sha256: ["{_h(CLINIC_TOKEN)}"]}}
+    delivery: {{mode: rest, url: "{clinic_url}", format: {clinic_format}}}
+"""
+
+
+def routes(channels: list[tuple[str, str]] | None = None, attempts: int = 5, initial_delay: float = 0.05,
+           multiplier: float = 2.0, max_delay: float = 2.0, condition: str | None = None) -> str:
+    chan = ""
+    if channels:
+        chan = "    channels:\n" + "".join(
+            f'      - {{name: {name}, mode: rest, url: "{url}"}}\n' for name, url in channels
+        )
+    cond = f'    condition: "{condition}"\n' if condition else ""
+    return f"""
+defaults:
+  retry: {{attempts: {attempts}, initial_delay: {initial_delay}, multiplier: {multiplier}, jitter: 0.0, max_delay: {max_delay}}}
+routes:
+  - name: lab-to-clinic
+    sender: lab
+    message_type: "{NOTICE_NS}"
+    recipient: clinic
+{cond}{chan}"""
+
+
+def settings(in_process_max_delay: float = 5.0, failure_threshold: int = 5, reset_timeout: float = 30.0,
+             max_body_bytes: int = 1048576) -> str:
+    return f"""
+api: {{max_body_bytes: {max_body_bytes}}}
+delivery: {{timeout_seconds: 5.0, in_process_max_delay: {in_process_max_delay}}}
+circuit_breaker: {{failure_threshold: {failure_threshold}, reset_timeout_seconds: {reset_timeout}}}
+relay: {{channels: 2, batch_size: 200, poll_interval_seconds: 0.1}}
+"""

@@ -1,0 +1,169 @@
+"""Run the gateway's real processes for a test and talk to them over HTTP."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from routing.broker import connect
+from routing.topology import Topology
+
+REPO = Path(__file__).resolve().parents[2]
+NOTICE_NS = "urn://zdravlink/types/notice/1.0"
+
+
+def notice(code: str = "SAMPLE_RECEIVED", text: str = "Образец получен", snils: str | None = None) -> str:
+    subject = f"<n:Subject><n:SNILS>{snils}</n:SNILS></n:Subject>" if snils else ""
+    return (f'<n:Notice xmlns:n="{NOTICE_NS}"><n:Code>{code}</n:Code><n:IssuedAt>2026-11-22T10:00:00Z</n:IssuedAt>'
+            f"{subject}<n:Text>{text}</n:Text></n:Notice>")
+
+
+def envelope_json(sender: str, recipient: str, payload: str | None = None, message_id: str | None = None) -> dict:
+    return {"messageId": message_id or str(uuid.uuid1()), "sender": sender, "recipient": recipient,
+            "messageType": NOTICE_NS, "payload": payload or notice()}
+
+
+class GatewayProcesses:
+    def __init__(self, directory: Path, participants: str, routes: str, *, settings: str, amqp_url: str,
+                 db_url: str | None, api_port: int, delivery_workers: int) -> None:
+        self.dir = directory
+        self.dir.mkdir(parents=True)
+        (self.dir / "participants.yaml").write_text(participants)
+        (self.dir / "routes.yaml").write_text(routes)
+        (self.dir / "gateway.yaml").write_text(settings)
+        self.prefix = f"zlt-{uuid.uuid4().hex[:8]}"
+        self.amqp_url = amqp_url
+        self.db_url = db_url or f"sqlite:///{self.dir / 'journal.db'}"
+        self.port = api_port
+        self.base = f"http://127.0.0.1:{api_port}"
+        self.delivery_workers = delivery_workers
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.env = {
+            **os.environ,
+            "ZL_DATABASE_URL": self.db_url,
+            "ZL_AMQP_URL": amqp_url,
+            "ZL_BROKER_PREFIX": self.prefix,
+            "ZL_API_PORT": str(api_port),
+            "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics"),
+            "ZL_LOG_LEVEL": "INFO",
+        }
+        (self.dir / "metrics").mkdir()
+        self.http = httpx.Client(base_url=self.base, timeout=10)
+
+    # ---- processes ------------------------------------------------------
+
+    def _cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "gateway.cli", *args, "--config", str(self.dir)]
+
+    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+        args = {"api": ("serve",), "router": ("worker", "router")}.get(name, ("worker", "delivery"))
+        log = open(self.dir / f"{name}.log", "ab")
+        proc = subprocess.Popen(self._cmd(*args), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        self.spawn("api")
+        self.wait_ready()
+        self.spawn("router")
+        for i in range(self.delivery_workers):
+            self.spawn(f"delivery-{i + 1}")
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs["api"].poll() is not None:
+                raise RuntimeError(f"API exited: {self.log('api')}")
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"API not up: {self.log('api')}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        proc = self.procs[name]
+        proc.send_signal(sig)
+        return proc.wait(15)
+
+    def log(self, name: str) -> str:
+        path = self.dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in self.procs.values():
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        self.http.close()
+        self.delete_topology()
+
+    def delete_topology(self) -> None:
+        try:
+            conn = connect(self.amqp_url, "zl-test-cleanup", heartbeat=0)
+        except Exception:
+            return
+        topo = Topology(self.prefix)
+        participants = [p for p in self._participants()]
+        try:
+            ch = conn.channel()
+            for q in topo.all_queues(participants):
+                ch.queue_delete(q)
+            for x in (topo.ingress_exchange, topo.deliver_exchange, topo.retry_exchange, topo.dead_exchange):
+                ch.exchange_delete(x)
+        except Exception:
+            pass
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+
+    def _participants(self) -> list[str]:
+        import yaml
+
+        data = yaml.safe_load((self.dir / "participants.yaml").read_text())
+        return [p["mnemonic"] for p in data.get("participants", [])]
+
+    # ---- API --------------------------------------------------------------
+
+    def post(self, body: dict[str, Any] | bytes, token: str, content_type: str | None = None) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {token}"}
+        if isinstance(body, dict):
+            return self.http.post("/api/v1/messages", json=body, headers=headers)
+        headers["Content-Type"] = content_type or "application/xml"
+        return self.http.post("/api/v1/messages", content=body, headers=headers)
+
+    def status(self, message_id: str, token: str) -> dict[str, Any]:
+        r = self.http.get(f"/api/v1/messages/{message_id}", headers={"Authorization": f"Bearer {token}"})
+        r.raise_for_status()
+        return r.json()
+
+    def wait_status(self, message_id: str, token: str, want: str, timeout: float = 30) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        last: dict[str, Any] = {}
+        while time.monotonic() < deadline:
+            last = self.status(message_id, token)
+            if last["status"] == want:
+                return last
+            time.sleep(0.1)
+        raise AssertionError(f"{message_id} stayed {last.get('status')} (wanted {want}); trail: "
+                             f"{[e['event'] for e in last.get('trail', [])]}\n{self.log('delivery-1')[-3000:]}")
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(self._cmd(*args), env=self.env, cwd=REPO, capture_output=True, text=True, timeout=60)
+
+    def metrics(self) -> str:
+        return self.http.get("/metrics").text

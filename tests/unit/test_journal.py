@@ -1,0 +1,95 @@
+"""The journal on SQLite and on PostgreSQL: accept, dedup, transitions, trail, replay."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+import sqlalchemy as sa
+
+from gateway.envelope import Envelope
+from gateway.errors import Rejection
+from gateway.journal import Journal, Status
+from gateway.xmlsafe import parse_xml
+
+NS = "urn://zdravlink/types/notice/1.0"
+
+
+def make_env(text: str = "x", mid: str | None = None) -> Envelope:
+    payload = parse_xml(f'<n:Notice xmlns:n="{NS}"><n:Text>{text}</n:Text></n:Notice>'.encode())
+    return Envelope(message_id=mid or str(uuid.uuid1()), sender="lab", recipient="mis", message_type=NS,
+                    payload=payload)
+
+
+@pytest.fixture
+def journal(db_url: str) -> Journal:
+    j = Journal(db_url)
+    j.migrate()
+    j.migrate()  # idempotent
+    yield j
+    j.engine.dispose()
+
+
+def test_accept_then_duplicate_then_reuse(journal: Journal) -> None:
+    env = make_env()
+    first = journal.accept(env, source="rest", actor="t", route="r")
+    assert (first.status, first.duplicate) == ("ACCEPTED", False)
+    again = journal.accept(make_env(mid=env.message_id), source="soap", actor="t", route="r")
+    assert again.duplicate and again.status == "ACCEPTED"
+    with pytest.raises(Rejection) as exc:
+        journal.accept(make_env("other", mid=env.message_id), source="rest", actor="t", route="r")
+    assert exc.value.code == "MESSAGE_ID_REUSED" and exc.value.status == 409
+    assert [e.kind for e in journal.trail(env.message_id)] == ["ACCEPTED", "DUPLICATE_RECEIVED"]
+
+
+def test_outbox_publish_and_guarded_transitions(journal: Journal) -> None:
+    envs = [make_env(str(i)) for i in range(3)]
+    for e in envs:
+        journal.accept(e, source="rest", actor="t", route="r")
+    assert [m for m, _ in journal.outbox(10)] == [e.message_id for e in envs]
+    journal.mark_published([envs[0].message_id], "relay")
+    assert [m for m, _ in journal.outbox(10)] == [e.message_id for e in envs[1:]]
+    mid = envs[0].message_id
+    assert journal.record(mid, "ROUTED", "router", {}, status=Status.ROUTED, only_from=(Status.PUBLISHED,))
+    assert journal.record(mid, "DELIVERED", "w", {}, status=Status.DELIVERED, only_from=(Status.ROUTED,))
+    # A late duplicate cannot move a delivered message back.
+    assert not journal.record(mid, "ROUTED", "router", {}, status=Status.ROUTED, only_from=(Status.PUBLISHED,))
+    rec = journal.get(mid)
+    assert rec.status == "DELIVERED" and rec.delivered_at is not None and rec.delivered_at >= rec.created_at
+    assert journal.in_flight_summary()["ACCEPTED"][0] == 2
+
+
+def test_trail_hash_chain_detects_tampering(journal: Journal) -> None:
+    env = make_env()
+    journal.accept(env, source="rest", actor="t", route="r")
+    journal.record(env.message_id, "DEAD", "w", {"reason": "HTTP 400"}, status=Status.DEAD)
+    assert journal.verify_trail(env.message_id)
+    with journal.engine.begin() as conn:
+        conn.execute(sa.text("UPDATE events SET detail = :d WHERE kind = 'DEAD'"), {"d": '{"reason": "fine"}'})
+    assert not journal.verify_trail(env.message_id)
+
+
+def test_replay_records_lineage_and_only_from_dead(journal: Journal) -> None:
+    env = make_env()
+    journal.accept(env, source="rest", actor="t", route="r")
+    assert not journal.replay(env.message_id, "operator")  # not dead
+    journal.record(env.message_id, "DEAD", "w", {}, status=Status.DEAD, last_error="HTTP 400", attempts=1)
+    assert journal.replay(env.message_id, "operator")
+    rec = journal.get(env.message_id)
+    assert (rec.status, rec.replays, rec.attempts, rec.last_error) == ("ACCEPTED", 1, 0, None)
+    lineage = journal.trail(env.message_id)[-1]
+    assert lineage.kind == "REPLAYED" and lineage.actor == "operator"
+    assert lineage.detail == {"from_status": "DEAD", "previous_error": "HTTP 400", "replay": 1,
+                              "previous_attempts": 1}
+    with pytest.raises(Rejection):
+        journal.replay(str(uuid.uuid1()), "operator")
+
+
+def test_rejection_is_audited_masked_and_resubmission_allowed(journal: Journal) -> None:
+    env = make_env()
+    rej = Rejection("PAYLOAD_INVALID", "Element 'SNILS': The value '11223344595' is not accepted", "SNILS", 422)
+    journal.reject(rej, source="rest", sender="lab", message_id=env.message_id, env=env)
+    audit = journal.rejections()
+    assert audit[0]["code"] == "PAYLOAD_INVALID" and "11223344595" not in audit[0]["detail"]
+    assert journal.get(env.message_id).status == "REJECTED"
+    out = journal.accept(env, source="rest", actor="t", route="r")
+    assert not out.duplicate and journal.get(env.message_id).status == "ACCEPTED"
