@@ -73,11 +73,13 @@ def validate_payload(message_type: str, payload: etree._Element) -> None:
     """Validate the business payload against the schema of its message type."""
     path = payload_schema_files().get(message_type)
     if path is None:
-        raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"no schema for message type {message_type!r}", "MessageType")
+        raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"no schema for message type {message_type!r}", "MessageType",
+                        status=422)
     schema = _compiled(path)
     if not schema.validate(payload):
         raise Rejection(
             errors.PAYLOAD_INVALID,
             _first_error(schema),
             _element_path(schema) or "MessagePrimaryContent",
+            status=422,
         )

@@ -182,7 +182,8 @@ class DeliveryWorker:
         bucket = self.topology.retry_bucket(delay)
         headers = {"x-zl-route": route.name, "x-zl-channel": index, "x-zl-attempt": done + 1,
                    "x-zl-generation": rec.replays}
-        self.publisher.publish(self.topology.retry_exchange, f"{bucket}s", body, properties(rec.message_id, headers))
+        self.publisher.publish(self.topology.retry_exchange(bucket), route.recipient, body,
+                               properties(rec.message_id, headers))
         self.journal.record(rec.message_id, "RETRY_SCHEDULED", self.actor,
                             {"channel": channel.name, "next_attempt": done + 1, "delay_s": bucket, "mode": "queued",
                              "queue": self.topology.retry_queue(bucket)},

@@ -1,12 +1,15 @@
 """The durable RabbitMQ topology the gateway declares, and the names in it.
 
     {p}.ingress ──"route"──▶ {p}.route ──router──▶ {p}.deliver ──<recipient>──▶ {p}.deliver.<recipient>
-    {p}.retry ──"<n>s"──▶ {p}.retry.<n>s  (TTL n seconds, dead-letters back to {p}.deliver)
+    {p}.retry.<n>s ──(fanout)──▶ {p}.retry.<n>s  (TTL n seconds, dead-letters back to {p}.deliver)
     {p}.dead  ──"dead"──▶ {p}.dead        (the dead letter channel; also catches poison messages)
 
 All queues are quorum queues: replicated, durable, and dead-lettering at-least-once,
 so a retry parked for an hour survives a broker restart. Retry delays are rounded up
 to the next bucket because a queue-level TTL is the only expiry RabbitMQ applies in order.
+A retry is published to its bucket's fanout exchange with the recipient as routing key;
+on expiry the broker dead-letters it with that same key, which is what {p}.deliver
+routes on, so each bucket needs its own exchange rather than one keyed by bucket.
 """
 from __future__ import annotations
 
@@ -41,9 +44,8 @@ class Topology:
     def deliver_queue(self, recipient: str) -> str:
         return f"{self.prefix}.deliver.{recipient}"
 
-    @property
-    def retry_exchange(self) -> str:
-        return f"{self.prefix}.retry"
+    def retry_exchange(self, bucket: int) -> str:
+        return f"{self.prefix}.retry.{bucket}s"
 
     def retry_queue(self, bucket: int) -> str:
         return f"{self.prefix}.retry.{bucket}s"
@@ -69,6 +71,10 @@ class Topology:
             self.dead_queue,
         ]
 
+    def all_exchanges(self) -> list[str]:
+        return [self.ingress_exchange, self.deliver_exchange, *(self.retry_exchange(b) for b in RETRY_BUCKETS),
+                self.dead_exchange]
+
     def declare(self, ch: BlockingChannel, recipients: Iterable[str]) -> None:
         """Idempotently declare everything; safe to call from every process at start."""
         poison_dlx = {
@@ -79,7 +85,7 @@ class Topology:
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
-        for name in (self.ingress_exchange, self.deliver_exchange, self.retry_exchange, self.dead_exchange):
+        for name in (self.ingress_exchange, self.deliver_exchange, self.dead_exchange):
             ch.exchange_declare(name, exchange_type="direct", durable=True)
         ch.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
         ch.queue_bind(self.dead_queue, self.dead_exchange, routing_key="dead")
@@ -100,4 +106,5 @@ class Topology:
                     "x-overflow": "reject-publish",
                 },
             )
-            ch.queue_bind(self.retry_queue(b), self.retry_exchange, routing_key=f"{b}s")
+            ch.exchange_declare(self.retry_exchange(b), exchange_type="fanout", durable=True)
+            ch.queue_bind(self.retry_queue(b), self.retry_exchange(b))

@@ -121,7 +121,7 @@ class GatewayProcesses:
             ch = conn.channel()
             for q in topo.all_queues(participants):
                 ch.queue_delete(q)
-            for x in (topo.ingress_exchange, topo.deliver_exchange, topo.retry_exchange, topo.dead_exchange):
+            for x in topo.all_exchanges():
                 ch.exchange_delete(x)
         except Exception:
             pass
