@@ -343,10 +343,6 @@ def _apply_env(data: dict[str, Any]) -> dict[str, Any]:
     return data
 
 
-def _duplicates(values: list[str]) -> set[str]:
-    return {v for v in values if values.count(v) > 1}
-
-
 def load_config(directory: Path | str, known_message_types: set[str] | None = None) -> GatewayConfig:
     """Load and cross-check the three files; raise ConfigError listing every problem."""
     base = Path(directory)
@@ -363,11 +359,11 @@ def load_config(directory: Path | str, known_message_types: set[str] | None = No
 
     participants: dict[str, Participant] = {}
     if pfile is not None:
-        for dup in _duplicates([p.mnemonic for p in pfile.participants]):
-            i = [p.mnemonic for p in pfile.participants].index(dup, 1 + [p.mnemonic for p in pfile.participants].index(dup))
-            problems.append(ConfigProblem(shown["participants.yaml"], f"participants[{i}].mnemonic",
-                                          f"duplicate mnemonic {dup!r}"))
-        participants = {p.mnemonic: p for p in pfile.participants}
+        for i, p in enumerate(pfile.participants):
+            if p.mnemonic in participants:
+                problems.append(ConfigProblem(shown["participants.yaml"], f"participants[{i}].mnemonic",
+                                              f"duplicate mnemonic {p.mnemonic!r}"))
+            participants.setdefault(p.mnemonic, p)
 
     routes: list[Route] = []
     if rfile is not None:
