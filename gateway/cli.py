@@ -23,8 +23,9 @@ db_app = typer.Typer(help="Journal database.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 app.add_typer(demo_app, name="demo")
 app.add_typer(db_app, name="db")
-out = Console(soft_wrap=True)
-err = Console(stderr=True, soft_wrap=True)
+# Piped output (logs, CI, `| less`) gets a wide fixed width instead of rich's 80 columns.
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
+err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration directory (default: $ZL_CONFIG_DIR or ./config)")
 
@@ -123,7 +124,8 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
 
 
 @app.command()
-def trail(message_id: str, config: Optional[Path] = ConfigOpt) -> None:
+def trail(message_id: str, config: Optional[Path] = ConfigOpt,
+          as_json: bool = typer.Option(False, "--json", help="Print the record and trail as JSON")) -> None:
     """Show a message's status and its whole event trail, and check the trail's hash chain."""
     from gateway.journal import Journal
 
@@ -133,15 +135,24 @@ def trail(message_id: str, config: Optional[Path] = ConfigOpt) -> None:
     if rec is None:
         err.print(f"no message {message_id}")
         raise typer.Exit(1)
-    out.print(f"[bold]{rec.message_id}[/bold] {rec.status}  {rec.sender} → {rec.recipient}  route {rec.route}  "
-              f"attempts {rec.attempts}  replays {rec.replays}", highlight=False)
-    table = Table("at", "status", "event", "actor", "detail")
-    for ev in journal.trail(message_id):
-        table.add_row(ev.at.isoformat(timespec="milliseconds"), ev.status, ev.kind, ev.actor,
-                      json.dumps(ev.detail, ensure_ascii=False))
-    out.print(table)
+    events = journal.trail(message_id)
     intact = journal.verify_trail(message_id)
-    out.print("trail hash chain: " + ("[green]intact[/green]" if intact else "[red]BROKEN[/red]"))
+    if as_json:
+        print(json.dumps({"messageId": rec.message_id, "status": rec.status, "sender": rec.sender,
+                          "recipient": rec.recipient, "route": rec.route, "attempts": rec.attempts,
+                          "replays": rec.replays, "trailIntact": intact,
+                          "trail": [{"at": ev.at.isoformat(), "status": ev.status, "event": ev.kind,
+                                     "actor": ev.actor, "detail": ev.detail} for ev in events]},
+                         ensure_ascii=False, indent=2))
+    else:
+        out.print(f"[bold]{rec.message_id}[/bold] {rec.status}  {rec.sender} → {rec.recipient}  route {rec.route}  "
+                  f"attempts {rec.attempts}  replays {rec.replays}", highlight=False)
+        table = Table("at", "status", "event", "actor", "detail")
+        for ev in events:
+            detail = ", ".join(f"{k}={v}" for k, v in ev.detail.items())
+            table.add_row(ev.at.isoformat(timespec="milliseconds"), ev.status, ev.kind, ev.actor, detail)
+        out.print(table)
+        out.print("trail hash chain: " + ("[green]intact[/green]" if intact else "[red]BROKEN[/red]"))
     if not intact:
         raise typer.Exit(3)
 

@@ -30,6 +30,7 @@ def setup_logging(name: str) -> None:
     )
     logging.getLogger("pika").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
 
 
 def config_dir(given: str | Path | None = None) -> Path:
@@ -190,6 +191,7 @@ class Supervisor:
         self.stopping = True
 
     def _shutdown(self) -> int:
+        log.info("stopping %s", ", ".join(self.procs))
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.terminate()
@@ -199,4 +201,5 @@ class Supervisor:
                 proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 proc.kill()
+        log.info("stopped")
         return 0

@@ -1,0 +1,89 @@
+"""`zdravlink run` on the bundled configuration: the demo works end to end and SIGTERM stops it cleanly."""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+import pytest
+
+from routing.broker import connect
+from routing.topology import Topology
+from tests.conftest import AMQP_URL, free_port
+from tests.support.gateway_proc import REPO
+
+pytestmark = pytest.mark.broker
+
+
+def bundled_config_on_free_ports(target: Path) -> tuple[Path, int]:
+    """The bundled files, unchanged but for the ports, so the test never collides with a running demo."""
+    shutil.copytree(REPO / "config", target)
+    api = free_port()
+    mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703)}}
+    for name in ("gateway.yaml", "participants.yaml", "routes.yaml"):
+        path = target / name
+        path.write_text(re.sub(r"\b(870[0-3])\b", lambda m: mapping[m.group(1)], path.read_text()))
+    return target, api
+
+
+def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
+    config, port = bundled_config_on_free_ports(tmp_path / "config")
+    prefix = f"zlt-{uuid.uuid4().hex[:8]}"
+    env = {**os.environ, "ZL_DATABASE_URL": f"sqlite:///{tmp_path / 'journal.db'}", "ZL_AMQP_URL": AMQP_URL,
+           "ZL_BROKER_PREFIX": prefix, "ZL_VAR_DIR": str(tmp_path / "var")}
+    log = open(tmp_path / "run.log", "wb")
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)], env=env, cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
+        banner = (tmp_path / "run.log").read_text()
+        for line in (f"API      {base}/api/v1/messages", f"docs     {base}/docs", f"metrics  {base}/metrics"):
+            assert line in banner
+        assert httpx.get(f"{base}/docs").status_code == 200
+
+        sent = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--config", str(config)],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
+        message_id = re.search(r'"messageId":"([0-9a-f-]+)"', sent.stdout).group(1)
+        deadline = time.monotonic() + 30
+        status = None
+        while status != "DELIVERED" and time.monotonic() < deadline:
+            time.sleep(0.2)
+            status = httpx.get(f"{base}/api/v1/messages/{message_id}",
+                               headers={"Authorization": "Bearer demo-lab-token"}).json()["status"]
+        assert status == "DELIVERED"
+        assert f"message {message_id} attempt 1 -> 200" in (tmp_path / "run.log").read_text()  # the demo partner
+        children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(children) == 5  # api, router, two delivery workers, demo partners
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(30)
+        log.close()
+        conn = connect(AMQP_URL, "zl-test-cleanup", heartbeat=0)
+        ch = conn.channel()
+        topo = Topology(prefix)
+        for q in topo.all_queues(["lab-demo", "clinic-mis", "insurer-demo"]):
+            ch.queue_delete(q)
+        for x in topo.all_exchanges():
+            ch.exchange_delete(x)
+        conn.close()
+    assert code == 0
+    for pid in children:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert "stopped" in (tmp_path / "run.log").read_text()
