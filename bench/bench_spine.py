@@ -52,11 +52,11 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def run_gateway(size: int, n: int, concurrency: int, workers: int) -> dict[str, float]:
+def run_gateway(size: int, n: int, concurrency: int, workers: int, db_url: str | None) -> dict[str, float]:
     clinic = RecipientServer(name="clinic").start()
-    tmp = Path(tempfile.mkdtemp(prefix="zl-bench-"))
+    tmp = Path(tempfile.mkdtemp(prefix="zl-bench-")) / "gateway"
     gw = GatewayProcesses(tmp, configs.participants(clinic.url), configs.routes(),
-                          settings=configs.settings(), amqp_url=AMQP_URL, db_url=None,
+                          settings=configs.settings(), amqp_url=AMQP_URL, db_url=db_url,
                           api_port=free_port(), delivery_workers=workers)
     gw.start()
     payload = payload_of(size)
@@ -77,16 +77,24 @@ def run_gateway(size: int, n: int, concurrency: int, workers: int) -> dict[str, 
         engine = sa.create_engine(gw.db_url)
         with engine.connect() as conn:
             rows = conn.execute(sa.text("SELECT created_at, delivered_at FROM messages WHERE status='DELIVERED'")).all()
+            stamps = conn.execute(sa.text("SELECT message_id, kind, at FROM events")).all()
         engine.dispose()
 
         def ts(v):  # SQLite returns strings or naive datetimes
             from datetime import datetime
             return (datetime.fromisoformat(v) if isinstance(v, str) else v).timestamp()
 
+        by_message: dict[str, dict[str, float]] = {}
+        for mid, kind, at in stamps:
+            by_message.setdefault(mid, {})[kind] = ts(at)
+        stages = {}
+        for a, b in (("ACCEPTED", "PUBLISHED"), ("PUBLISHED", "ROUTED"), ("ROUTED", "DELIVERED")):
+            lags = [m[b] - m[a] for m in by_message.values() if a in m and b in m]
+            stages[f"{a}->{b}"] = statistics.median(lags) if lags else float("nan")
         lat = [ts(d) - ts(c) for c, d in rows]
         return {"accepted_per_s": n / (t_sent - t0), "delivered_per_s": len(clinic.accepted) / (t_done - t0),
                 "p50": statistics.median(lat) if lat else float("nan"), "p99": pct(lat, 0.99),
-                "delivered": len(clinic.accepted)}
+                "delivered": len(clinic.accepted), "stages": stages}
     finally:
         gw.stop()
         clinic.stop()
@@ -128,17 +136,21 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="delivery worker processes")
     ap.add_argument("--sizes", default="1024,10240")
+    ap.add_argument("--database", default=None,
+                    help="journal URL for the gateway run (default: a fresh SQLite file); must be an empty database")
     args = ap.parse_args()
     print(f"Zdravlink spine benchmark: {args.messages} messages per size, {args.concurrency} HTTP clients, "
           f"{args.workers} delivery workers, RabbitMQ at {AMQP_URL.split('@')[-1]}")
     print(f"{'payload':>8} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'primitives/s':>13} {'ratio':>6}")
     for size in (int(s) for s in args.sizes.split(",")):
-        r = run_gateway(size, args.messages, args.concurrency, args.workers)
+        r = run_gateway(size, args.messages, args.concurrency, args.workers, args.database)
         ceiling = primitive_ceiling(size, min(args.messages, 2000))
         print(f"{size // 1024:>6}KB {r['accepted_per_s']:>11.0f} {r['delivered_per_s']:>12.0f} "
               f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} {ceiling:>13.0f} "
               f"{r['accepted_per_s'] / ceiling:>6.2f}", flush=True)
+        print("         median lag per stage: " + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in r["stages"].items()),
+              flush=True)
 
 
 if __name__ == "__main__":

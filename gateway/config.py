@@ -86,7 +86,6 @@ class BreakerSettings(_Strict):
 
 
 class RelaySettings(_Strict):
-    channels: int = Field(4, ge=1, le=64)
     batch_size: int = Field(500, ge=1)
     poll_interval_seconds: float = Field(0.2, gt=0)
 

@@ -321,9 +321,27 @@ class Journal:
                 .where(messages.c.message_id.in_(message_ids), messages.c.status == Status.ACCEPTED.value)
                 .values(status=Status.PUBLISHED.value, updated_at=now)
             )
+            # One query for the chain heads and one multi-row insert: a relay batch of
+            # hundreds must not cost two round trips per message.
+            heads = dict(
+                conn.execute(
+                    select(events.c.message_id, events.c.hash).where(
+                        events.c.id.in_(
+                            select(func.max(events.c.id))
+                            .where(events.c.message_id.in_(list(current)))
+                            .group_by(events.c.message_id)
+                        )
+                    )
+                ).all()
+            )
+            rows = []
             for mid, status in current.items():
                 new = Status.PUBLISHED.value if status == Status.ACCEPTED.value else status
-                self._append_event(conn, mid, new, "PUBLISHED", actor, {}, now)
+                prev = heads.get(mid, GENESIS)
+                rows.append(dict(message_id=mid, at=now, status=new, kind="PUBLISHED", actor=actor, detail="{}",
+                                 prev_hash=prev, hash=_event_hash(prev, mid, now, new, "PUBLISHED", actor, "{}")))
+            if rows:
+                conn.execute(insert(events), rows)
 
     # ---- reading ----------------------------------------------------------
 

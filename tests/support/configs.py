@@ -53,5 +53,5 @@ def settings(in_process_max_delay: float = 5.0, failure_threshold: int = 5, rese
 api: {{max_body_bytes: {max_body_bytes}}}
 delivery: {{timeout_seconds: 5.0, in_process_max_delay: {in_process_max_delay}}}
 circuit_breaker: {{failure_threshold: {failure_threshold}, reset_timeout_seconds: {reset_timeout}}}
-relay: {{channels: 2, batch_size: 200, poll_interval_seconds: 0.1}}
+relay: {{batch_size: 200, poll_interval_seconds: 0.1}}
 """

@@ -44,7 +44,11 @@ MNEMONIC = st.from_regex(r"[a-z0-9][a-z0-9_\-]{1,20}", fullmatch=True)
 
 @st.composite
 def envelopes(draw) -> Envelope:
-    payload = draw(payloads())
+    # Reparse the generated tree: a payload always reaches the gateway as bytes. A tree built
+    # with lxml's API can re-declare a default namespace around a child whose own default
+    # declaration lxml then drops on serialisation (found by this test), so the in-memory
+    # tree and its bytes would already disagree before the envelope is involved.
+    payload = etree.fromstring(etree.tostring(draw(payloads())))
     return Envelope(
         message_id=str(uuid.uuid1()),
         reference_message_id=draw(st.none() | st.just(str(uuid.uuid1()))),

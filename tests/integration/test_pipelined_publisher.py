@@ -1,0 +1,65 @@
+"""The relay's streaming publisher against the real broker: what it reports confirmed is in the queue."""
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from routing.broker import connect
+from routing.pipelined import BrokerUnavailable, PipelinedPublisher
+from tests.conftest import AMQP_URL, free_port
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture
+def queue():
+    name = f"zlt-pp-{uuid.uuid4().hex[:8]}"
+    conn = connect(AMQP_URL, "zl-test", heartbeat=0)
+    ch = conn.channel()
+    ch.exchange_declare(name, exchange_type="direct", durable=True)
+    ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
+    ch.queue_bind(name, name, routing_key="route")
+    yield ch, name
+    ch.queue_delete(name)
+    ch.exchange_delete(name)
+    conn.close()
+
+
+def drain(ch, name: str) -> list[str]:
+    ids = []
+    while True:
+        method, props, _body = ch.basic_get(name, auto_ack=True)
+        if method is None:
+            return ids
+        ids.append(props.message_id)
+
+
+def test_batches_are_confirmed_in_full_and_land_in_order(queue):
+    ch, name = queue
+    pub = PipelinedPublisher(AMQP_URL, "zl-test")
+    try:
+        first = [(f"m{i}", b"<x/>") for i in range(300)]
+        second = [(f"n{i}", b"<y/>") for i in range(5)]
+        assert pub.publish_batch(name, "route", first) == [m for m, _ in first]
+        assert pub.publish_batch(name, "route", second) == [m for m, _ in second]  # delivery tags continue
+        assert drain(ch, name) == [m for m, _ in first + second]
+    finally:
+        pub.close()
+
+
+def test_an_unroutable_message_is_not_reported_as_published(queue):
+    ch, name = queue
+    pub = PipelinedPublisher(AMQP_URL, "zl-test")
+    try:
+        assert pub.publish_batch(name, "no-such-binding", [("lost", b"<x/>")]) == []
+        assert pub.publish_batch(name, "route", [("kept", b"<x/>")]) == ["kept"]
+        assert drain(ch, name) == ["kept"]
+    finally:
+        pub.close()
+
+
+def test_an_unreachable_broker_raises_and_reports_nothing():
+    pub = PipelinedPublisher(f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", "zl-test")
+    with pytest.raises(BrokerUnavailable):
+        pub.publish_batch("x", "route", [("m", b"<x/>")])
