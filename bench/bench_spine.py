@@ -76,8 +76,10 @@ def run_gateway(size: int, n: int, concurrency: int, workers: int, db_url: str |
         t_done = time.perf_counter()
         engine = sa.create_engine(gw.db_url)
         with engine.connect() as conn:
-            rows = conn.execute(sa.text("SELECT created_at, delivered_at FROM messages WHERE status='DELIVERED'")).all()
-            stamps = conn.execute(sa.text("SELECT message_id, kind, at FROM events")).all()
+            ours = {b["messageId"] for b in bodies}  # a --database may hold earlier runs
+            rows = [(c, d) for mid, c, d in conn.execute(sa.text(
+                "SELECT message_id, created_at, delivered_at FROM messages WHERE status='DELIVERED'")) if mid in ours]
+            stamps = [r for r in conn.execute(sa.text("SELECT message_id, kind, at FROM events")) if r[0] in ours]
         engine.dispose()
 
         def ts(v):  # SQLite returns strings or naive datetimes
@@ -137,7 +139,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="delivery worker processes")
     ap.add_argument("--sizes", default="1024,10240")
     ap.add_argument("--database", default=None,
-                    help="journal URL for the gateway run (default: a fresh SQLite file); must be an empty database")
+                    help="journal URL for the gateway runs (default: a fresh SQLite file per run)")
     args = ap.parse_args()
     print(f"Zdravlink spine benchmark: {args.messages} messages per size, {args.concurrency} HTTP clients, "
           f"{args.workers} delivery workers, RabbitMQ at {AMQP_URL.split('@')[-1]}")

@@ -118,11 +118,12 @@ def run_worker(config: GatewayConfig, kind: str) -> None:
     dead = DeadLetterChannel(journal, topology, publisher, actor=f"{kind}:{os.getpid()}")
     declare = lambda ch: topology.declare(ch, config.participants)  # noqa: E731
     if kind == "router":
-        router = Router(config, journal, topology, publisher, dead)
+        router = Router(config, journal, topology, s.broker.url, dead, max_batch=s.broker.prefetch)
         consumer = Consumer(s.broker.url, "zl-router", [topology.route_queue], router.handle,
-                            prefetch=s.broker.prefetch, concurrency=4, on_connect=declare)
+                            prefetch=s.broker.prefetch, concurrency=s.broker.prefetch, on_connect=declare)
         _on_term(consumer.stop)
         consumer.run()
+        router.close()
     elif kind == "delivery":
         worker = DeliveryWorker(config, journal, topology, publisher, dead)
         queues = [topology.deliver_queue(p) for p in sorted(config.participants)]

@@ -13,7 +13,7 @@ Not thread-safe: one instance belongs to one thread (the relay's).
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from typing import Any, NamedTuple, Sequence
 
 import pika
 from pika.adapters.select_connection import SelectConnection
@@ -23,6 +23,13 @@ from pika.frame import Method
 from routing.broker import properties
 
 log = logging.getLogger(__name__)
+
+
+class Outgoing(NamedTuple):
+    message_id: str
+    routing_key: str
+    body: bytes
+    headers: dict[str, Any] = {}
 
 
 class BrokerUnavailable(ConnectionError):
@@ -121,7 +128,7 @@ class PipelinedPublisher:
 
     # ---- the batch ----------------------------------------------------------
 
-    def publish_batch(self, exchange: str, routing_key: str, items: Sequence[tuple[str, bytes]]) -> list[str]:
+    def publish_batch(self, exchange: str, items: Sequence[Outgoing]) -> list[str]:
         """Publish persistent messages; return the ids the broker confirmed, in confirm order.
 
         Raises BrokerUnavailable only when nothing at all was confirmed because the broker
@@ -133,10 +140,11 @@ class PipelinedPublisher:
             self._open()
         assert self._channel is not None and self._conn is not None
         self._confirmed, self._refused, self._pending = [], set(), {}
-        for message_id, body in items:
+        for item in items:
             self._next_tag += 1
-            self._pending[self._next_tag] = message_id
-            self._channel.basic_publish(exchange, routing_key, body, properties(message_id, {}), mandatory=True)
+            self._pending[self._next_tag] = item.message_id
+            self._channel.basic_publish(exchange, item.routing_key, item.body,
+                                        properties(item.message_id, item.headers), mandatory=True)
         timer = self._conn.ioloop.call_later(self.confirm_timeout, self._timed_out)
         self._conn.ioloop.start()
         if self._conn is not None:

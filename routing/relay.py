@@ -14,7 +14,7 @@ import threading
 from gateway.config import RelaySettings
 from gateway.journal import Journal
 from routing.broker import BROKER_ERRORS
-from routing.pipelined import PipelinedPublisher
+from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,9 @@ class OutboxRelay:
         batch = self.journal.outbox(self.settings.batch_size)
         if not batch:
             return 0
-        published = self.publisher.publish_batch(self.topology.ingress_exchange, "route", batch)
+        published = self.publisher.publish_batch(
+            self.topology.ingress_exchange, [Outgoing(message_id, "route", body) for message_id, body in batch]
+        )
         if published:
             self.journal.mark_published(published, ACTOR)
             self.published_total += len(published)

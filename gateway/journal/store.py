@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, NamedTuple, Sequence
 
 from sqlalchemy import create_engine, event, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -71,6 +71,18 @@ class MessageRecord:
     attempts: int
     replays: int
     last_error: str | None
+
+
+class Change(NamedTuple):
+    """One journal change: an event, and optionally a status move guarded by ``only_from``."""
+
+    message_id: str
+    kind: str
+    actor: str
+    detail: dict[str, Any]
+    status: Status | None = None
+    only_from: tuple[Status, ...] | None = None
+    columns: dict[str, Any] = {}
 
 
 @dataclass(frozen=True)
@@ -174,24 +186,61 @@ class Journal:
         ``only_from`` makes transitions idempotent under redelivery: a router that
         sees a message twice does not move a DELIVERED message back to ROUTED.
         """
+        return self.record_many([Change(message_id, kind, actor, detail or {}, status,
+                                        None if only_from is None else tuple(only_from), columns)])[0]
+
+    def record_many(self, changes: Sequence[Change]) -> list[bool]:
+        """Apply several changes in one transaction (group commit); one result per change, as ``record``."""
+        if not changes:
+            return []
         now = utcnow()
+        ids = list(dict.fromkeys(c.message_id for c in changes))
+        results: list[bool] = []
         with self.engine.begin() as conn:
-            current = conn.execute(
-                select(messages.c.status).where(messages.c.message_id == message_id)
-            ).scalar_one_or_none()
-            if current is None:
-                return False
-            if only_from is not None and current not in {Status(s).value for s in only_from}:
-                return False
-            new_status = status.value if status else current
-            values: dict[str, Any] = {"updated_at": now, **columns}
-            if status:
-                values["status"] = new_status
-            if status == Status.DELIVERED:
-                values["delivered_at"] = now
-            conn.execute(update(messages).where(messages.c.message_id == message_id).values(**values))
-            self._append_event(conn, message_id, new_status, kind, actor, detail or {}, now)
-        return True
+            current = dict(conn.execute(
+                select(messages.c.message_id, messages.c.status).where(messages.c.message_id.in_(ids))
+            ).all())
+            heads = self._chain_heads(conn, ids)
+            rows = []
+            for c in changes:
+                status_now = current.get(c.message_id)
+                if status_now is None or (
+                    c.only_from is not None and status_now not in {Status(s).value for s in c.only_from}
+                ):
+                    results.append(False)
+                    continue
+                new_status = c.status.value if c.status else status_now
+                values: dict[str, Any] = {"updated_at": now, **c.columns}
+                if c.status:
+                    values["status"] = new_status
+                if c.status == Status.DELIVERED:
+                    values["delivered_at"] = now
+                conn.execute(update(messages).where(messages.c.message_id == c.message_id).values(**values))
+                current[c.message_id] = new_status
+                text = json.dumps(c.detail, ensure_ascii=False, sort_keys=True, default=str)
+                prev = heads.get(c.message_id, GENESIS)
+                digest = _event_hash(prev, c.message_id, now, new_status, c.kind, c.actor, text)
+                rows.append(dict(message_id=c.message_id, at=now, status=new_status, kind=c.kind, actor=c.actor,
+                                 detail=text, prev_hash=prev, hash=digest))
+                heads[c.message_id] = digest
+                results.append(True)
+            if rows:
+                conn.execute(insert(events), rows)
+        return results
+
+    @staticmethod
+    def _chain_heads(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
+        """The newest event hash of each message, in one query."""
+        if not ids:
+            return {}
+        return dict(conn.execute(
+            select(events.c.message_id, events.c.hash).where(
+                events.c.id.in_(
+                    select(func.max(events.c.id)).where(events.c.message_id.in_(list(ids)))
+                    .group_by(events.c.message_id)
+                )
+            )
+        ).all())
 
     # ---- accept ---------------------------------------------------------
 
@@ -323,17 +372,7 @@ class Journal:
             )
             # One query for the chain heads and one multi-row insert: a relay batch of
             # hundreds must not cost two round trips per message.
-            heads = dict(
-                conn.execute(
-                    select(events.c.message_id, events.c.hash).where(
-                        events.c.id.in_(
-                            select(func.max(events.c.id))
-                            .where(events.c.message_id.in_(list(current)))
-                            .group_by(events.c.message_id)
-                        )
-                    )
-                ).all()
-            )
+            heads = self._chain_heads(conn, list(current))
             rows = []
             for mid, status in current.items():
                 new = Status.PUBLISHED.value if status == Status.ACCEPTED.value else status
@@ -346,14 +385,18 @@ class Journal:
     # ---- reading ----------------------------------------------------------
 
     def get(self, message_id: str) -> MessageRecord | None:
+        return self.get_many([message_id]).get(message_id)
+
+    def get_many(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
         with self.engine.connect() as conn:
-            row = conn.execute(select(messages).where(messages.c.message_id == message_id)).one_or_none()
-        if row is None:
-            return None
-        data = row._asdict()
-        for key in ("created_at", "updated_at", "delivered_at"):
-            data[key] = _aware(data[key])
-        return MessageRecord(**data)
+            rows = conn.execute(select(messages).where(messages.c.message_id.in_(list(message_ids)))).all()
+        found = {}
+        for row in rows:
+            data = row._asdict()
+            for key in ("created_at", "updated_at", "delivered_at"):
+                data[key] = _aware(data[key])
+            found[row.message_id] = MessageRecord(**data)
+        return found
 
     def trail(self, message_id: str) -> list[EventRecord]:
         with self.engine.connect() as conn:

@@ -6,7 +6,7 @@ import uuid
 import pytest
 
 from routing.broker import connect
-from routing.pipelined import BrokerUnavailable, PipelinedPublisher
+from routing.pipelined import BrokerUnavailable, Outgoing, PipelinedPublisher
 from tests.conftest import AMQP_URL, free_port
 
 pytestmark = pytest.mark.broker
@@ -39,11 +39,11 @@ def test_batches_are_confirmed_in_full_and_land_in_order(queue):
     ch, name = queue
     pub = PipelinedPublisher(AMQP_URL, "zl-test")
     try:
-        first = [(f"m{i}", b"<x/>") for i in range(300)]
-        second = [(f"n{i}", b"<y/>") for i in range(5)]
-        assert pub.publish_batch(name, "route", first) == [m for m, _ in first]
-        assert pub.publish_batch(name, "route", second) == [m for m, _ in second]  # delivery tags continue
-        assert drain(ch, name) == [m for m, _ in first + second]
+        first = [Outgoing(f"m{i}", "route", b"<x/>") for i in range(300)]
+        second = [Outgoing(f"n{i}", "route", b"<y/>", {"x-zl-attempt": 2}) for i in range(5)]
+        assert pub.publish_batch(name, first) == [o.message_id for o in first]
+        assert pub.publish_batch(name, second) == [o.message_id for o in second]  # delivery tags continue
+        assert drain(ch, name) == [o.message_id for o in first + second]
     finally:
         pub.close()
 
@@ -52,8 +52,8 @@ def test_an_unroutable_message_is_not_reported_as_published(queue):
     ch, name = queue
     pub = PipelinedPublisher(AMQP_URL, "zl-test")
     try:
-        assert pub.publish_batch(name, "no-such-binding", [("lost", b"<x/>")]) == []
-        assert pub.publish_batch(name, "route", [("kept", b"<x/>")]) == ["kept"]
+        assert pub.publish_batch(name, [Outgoing("lost", "no-such-binding", b"<x/>")]) == []
+        assert pub.publish_batch(name, [Outgoing("kept", "route", b"<x/>")]) == ["kept"]
         assert drain(ch, name) == ["kept"]
     finally:
         pub.close()
@@ -62,4 +62,4 @@ def test_an_unroutable_message_is_not_reported_as_published(queue):
 def test_an_unreachable_broker_raises_and_reports_nothing():
     pub = PipelinedPublisher(f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", "zl-test")
     with pytest.raises(BrokerUnavailable):
-        pub.publish_batch("x", "route", [("m", b"<x/>")])
+        pub.publish_batch("x", [Outgoing("m", "route", b"<x/>")])
