@@ -102,10 +102,10 @@ def run_gateway(size: int, n: int, concurrency: int, workers: int, db_url: str |
         clinic.stop()
 
 
-def primitive_ceiling(size: int, n: int) -> float:
+def primitive_ceiling(size: int, n: int, db_url: str | None) -> float:
     """XSD validation + journal insert + confirmed publish, one thread, no HTTP, no routing."""
     tmp = Path(tempfile.mkdtemp(prefix="zl-bench-prim-"))
-    journal = Journal(f"sqlite:///{tmp / 'j.db'}")
+    journal = Journal(db_url or f"sqlite:///{tmp / 'j.db'}")
     journal.migrate()
     topo = Topology(f"zlb-{uuid.uuid4().hex[:6]}")
     conn = connect(AMQP_URL, "bench-declare", heartbeat=0)
@@ -147,7 +147,7 @@ def main() -> None:
           f"{'primitives/s':>13} {'ratio':>6}")
     for size in (int(s) for s in args.sizes.split(",")):
         r = run_gateway(size, args.messages, args.concurrency, args.workers, args.database)
-        ceiling = primitive_ceiling(size, min(args.messages, 2000))
+        ceiling = primitive_ceiling(size, min(args.messages, 2000), args.database)
         print(f"{size // 1024:>6}KB {r['accepted_per_s']:>11.0f} {r['delivered_per_s']:>12.0f} "
               f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} {ceiling:>13.0f} "
               f"{r['accepted_per_s'] / ceiling:>6.2f}", flush=True)

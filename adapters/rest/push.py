@@ -13,8 +13,9 @@ import httpx
 
 from gateway.envelope import Envelope
 
-#: Answers worth trying again: the recipient is overloaded or briefly down.
-RETRYABLE_STATUS = frozenset({408, 425, 429, 500, 502, 503, 504})
+#: 4xx answers worth trying again (timeout, too early, rate limited); every 5xx is retried too,
+#: since a recipient's server error says nothing against the message itself.
+RETRYABLE_4XX = frozenset({408, 425, 429})
 
 
 @dataclass(frozen=True)
@@ -58,5 +59,5 @@ def push(client: httpx.Client, url: str, env_xml: bytes, message_id: str, fmt: s
         return PushResult(False, True, f"connection error: {type(exc).__name__}: {exc}")
     if 200 <= resp.status_code < 300:
         return PushResult(True, False, f"HTTP {resp.status_code}", resp.status_code)
-    retryable = resp.status_code in RETRYABLE_STATUS
+    retryable = resp.status_code >= 500 or resp.status_code in RETRYABLE_4XX
     return PushResult(False, retryable, f"HTTP {resp.status_code}", resp.status_code, _retry_after(resp))
