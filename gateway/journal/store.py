@@ -109,6 +109,17 @@ def _event_hash(prev: str, message_id: str, at: datetime, status: str, kind: str
     return hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
 
+def _detail_text(detail: dict[str, Any]) -> str:
+    return json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str)
+
+
+def _event_row(prev: str, message_id: str, at: datetime, status: str, kind: str, actor: str,
+               detail_text: str) -> dict[str, Any]:
+    """An events row chained to ``prev``: its hash covers every field and the previous hash."""
+    return dict(message_id=message_id, at=at, status=status, kind=kind, actor=actor, detail=detail_text,
+                prev_hash=prev, hash=_event_hash(prev, message_id, at, status, kind, actor, detail_text))
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cur = dbapi_connection.cursor()
     cur.execute("PRAGMA journal_mode=WAL")
@@ -156,19 +167,8 @@ class Journal:
         prev = conn.execute(
             select(events.c.hash).where(events.c.message_id == message_id).order_by(events.c.id.desc()).limit(1)
         ).scalar_one_or_none() or GENESIS
-        text = json.dumps(detail, ensure_ascii=False, sort_keys=True, default=str)
-        conn.execute(
-            insert(events).values(
-                message_id=message_id,
-                at=at,
-                status=status,
-                kind=kind,
-                actor=actor,
-                detail=text,
-                prev_hash=prev,
-                hash=_event_hash(prev, message_id, at, status, kind, actor, text),
-            )
-        )
+        row = _event_row(prev, message_id, at, status, kind, actor, _detail_text(detail))
+        conn.execute(insert(events).values(**row))
 
     def record(
         self,
@@ -217,12 +217,10 @@ class Journal:
                     values["delivered_at"] = now
                 conn.execute(update(messages).where(messages.c.message_id == c.message_id).values(**values))
                 current[c.message_id] = new_status
-                text = json.dumps(c.detail, ensure_ascii=False, sort_keys=True, default=str)
-                prev = heads.get(c.message_id, GENESIS)
-                digest = _event_hash(prev, c.message_id, now, new_status, c.kind, c.actor, text)
-                rows.append(dict(message_id=c.message_id, at=now, status=new_status, kind=c.kind, actor=c.actor,
-                                 detail=text, prev_hash=prev, hash=digest))
-                heads[c.message_id] = digest
+                row = _event_row(heads.get(c.message_id, GENESIS), c.message_id, now, new_status, c.kind, c.actor,
+                                 _detail_text(c.detail))
+                rows.append(row)
+                heads[c.message_id] = row["hash"]
                 results.append(True)
             if rows:
                 conn.execute(insert(events), rows)
@@ -376,9 +374,7 @@ class Journal:
             rows = []
             for mid, status in current.items():
                 new = Status.PUBLISHED.value if status == Status.ACCEPTED.value else status
-                prev = heads.get(mid, GENESIS)
-                rows.append(dict(message_id=mid, at=now, status=new, kind="PUBLISHED", actor=actor, detail="{}",
-                                 prev_hash=prev, hash=_event_hash(prev, mid, now, new, "PUBLISHED", actor, "{}")))
+                rows.append(_event_row(heads.get(mid, GENESIS), mid, now, new, "PUBLISHED", actor, _detail_text({})))
             if rows:
                 conn.execute(insert(events), rows)
 
@@ -412,7 +408,7 @@ class Journal:
         """Recompute the hash chain; False means an event was edited, removed or inserted."""
         prev = GENESIS
         for ev in self.trail(message_id):
-            text = json.dumps(ev.detail, ensure_ascii=False, sort_keys=True, default=str)
+            text = _detail_text(ev.detail)
             if ev.prev_hash != prev or ev.hash != _event_hash(prev, message_id, ev.at, ev.status, ev.kind, ev.actor, text):
                 return False
             prev = ev.hash

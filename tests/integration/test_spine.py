@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import signal
 import time
 import uuid
 
@@ -217,6 +218,14 @@ def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_facto
     gw.post(warm, LAB_TOKEN).raise_for_status()
     gw.wait_status(warm["messageId"], LAB_TOKEN, "DELIVERED")
 
+    # Messages already in the broker's queues when it stops: no delivery worker consumes them.
+    gw.kill("delivery-1", signal.SIGTERM)
+    queued = [envelope_json("lab", "clinic") for _ in range(5)]
+    for b in queued:
+        gw.post(b, LAB_TOKEN).raise_for_status()
+    for b in queued:
+        gw.wait_status(b["messageId"], LAB_TOKEN, "ROUTED")
+
     _rabbitmqctl("stop_app")
     try:
         wait_for(lambda: gw.http.get("/readyz").status_code == 503, timeout=10, what="readyz to report the broker")
@@ -229,9 +238,10 @@ def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_facto
         assert {gw.status(b["messageId"], LAB_TOKEN)["status"] for b in bodies} == {"ACCEPTED"}
     finally:
         _rabbitmqctl("start_app")
-    for b in bodies:
+    gw.spawn("delivery-1")
+    for b in bodies + queued:
         gw.wait_status(b["messageId"], LAB_TOKEN, "DELIVERED", timeout=60)
-    ids = [b["messageId"] for b in bodies] + [warm["messageId"]]
+    ids = [b["messageId"] for b in bodies + queued] + [warm["messageId"]]
     assert sorted(clinic.accepted) == sorted(ids)
     assert len(clinic.requests) == len(ids)  # nothing delivered twice
 
