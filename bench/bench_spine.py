@@ -13,11 +13,9 @@ temporary configuration, a recipient server on 127.0.0.1, and a load generator o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import statistics
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor

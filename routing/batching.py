@@ -18,8 +18,19 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class ItemFailed:
+    """A batch result for an item that failed alone: only its caller gets the error.
+
+    Without it one poison message would fail, and so requeue, every message batched with it.
+    """
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 class GroupExecutor(Generic[T, R]):
-    def __init__(self, run_batch: Callable[[Sequence[T]], Sequence[R]], max_batch: int, name: str) -> None:
+    def __init__(self, run_batch: Callable[[Sequence[T]], Sequence[R | ItemFailed]], max_batch: int,
+                 name: str) -> None:
         self._run_batch = run_batch
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue[tuple[T, Future[R]] | None] = queue.SimpleQueue()
@@ -58,4 +69,7 @@ class GroupExecutor(Generic[T, R]):
                     fut.set_exception(exc)
                 continue
             for (_, fut), result in zip(batch, results, strict=True):
-                fut.set_result(result)
+                if isinstance(result, ItemFailed):
+                    fut.set_exception(result.error)
+                else:
+                    fut.set_result(result)

@@ -22,7 +22,7 @@ from gateway.envelope import Envelope
 from gateway.journal import Change, Journal, Status
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
-from routing.batching import GroupExecutor
+from routing.batching import GroupExecutor, ItemFailed
 from routing.deadletter import DeadLetterChannel
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology
@@ -54,20 +54,27 @@ class Router:
         self._group.close()
         self.publisher.close()
 
-    def _route_batch(self, items: Sequence[tuple[bytes, pika.BasicProperties]]) -> list[None]:
+    def _route_batch(self, items: Sequence[tuple[bytes, pika.BasicProperties]]) -> list[None | ItemFailed]:
         records = self.journal.get_many([props.message_id for _, props in items])
         outgoing: list[Outgoing] = []
         changes: list[Change] = []
         routes: dict[str, str] = {}
+        results: list[None | ItemFailed] = []
         for body, props in items:
+            results.append(None)
             rec = records.get(props.message_id)
             if rec is None or rec.status not in {s.value for s in ROUTABLE} or props.message_id in routes:
                 continue  # a repeat from the relay or a redelivery: the journal shows it has moved on
-            env = Envelope.from_element(parse_xml(body))
-            route = self.config.resolve_route(env.sender, env.message_type, env.recipient, env.payload)
-            if route is None:
-                self.dead.send(body, rec, route=None, reason="no route matches under the current configuration",
-                               channel=None, attempts=0)
+            try:
+                env = Envelope.from_element(parse_xml(body))
+                route = self.config.resolve_route(env.sender, env.message_type, env.recipient, env.payload)
+                if route is None:
+                    self.dead.send(body, rec, route=None, reason="no route matches under the current configuration",
+                                   channel=None, attempts=0)
+                    continue
+            except Exception as exc:  # noqa: BLE001 - requeue this one only; its delivery limit ends a poison loop
+                log.exception("cannot route %s", props.message_id)
+                results[-1] = ItemFailed(exc)
                 continue
             routes[rec.message_id] = route.name
             headers = {"x-zl-route": route.name, "x-zl-channel": 0, "x-zl-attempt": 1,
@@ -83,4 +90,4 @@ class Router:
         missing = [o.message_id for o in outgoing if o.message_id not in confirmed]
         if missing:
             raise NotConfirmed(f"{len(missing)} routed copies not confirmed by the broker")
-        return [None] * len(items)
+        return results

@@ -5,7 +5,6 @@ import os
 import subprocess
 import signal
 import time
-import uuid
 
 import pytest
 
