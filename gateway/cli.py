@@ -175,6 +175,20 @@ def declare_topology_cmd(config: Optional[Path] = ConfigOpt) -> None:
     out.print("topology declared")
 
 
+@app.command()
+def transform(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file")) -> None:
+    """Write the SMEV transform (urn://smev-gov-ru/xmldsig/transform) of FILE's root element to stdout."""
+    from gateway.errors import Rejection
+    from gateway.xmlsafe import parse_xml
+    from signing.smev_transform import TransformError, transform as smev_transform
+
+    try:
+        sys.stdout.buffer.write(smev_transform(parse_xml(file.read_bytes())))
+    except (Rejection, TransformError) as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
 @app.command("hash-token")
 def hash_token_cmd(token: str) -> None:
     """Print the sha256 of an API token, for credentials.api_token_sha256 in participants.yaml."""
