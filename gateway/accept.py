@@ -8,14 +8,13 @@ and only after that does the partner get its acknowledgement.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 
 from lxml import etree
 
 from gateway import errors, schemas
-from gateway.config import GatewayConfig, Participant
+from gateway.config import GatewayConfig, Participant, hash_token
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal
@@ -45,7 +44,7 @@ class AcceptPipeline:
         if not token:
             raise Rejection(errors.AUTHENTICATION_REQUIRED, "an API token is required (Authorization: Bearer …)",
                             "Authorization", status=401)
-        participant = self._by_token.get(hashlib.sha256(token.encode("utf-8")).hexdigest())
+        participant = self._by_token.get(hash_token(token))
         if participant is None:
             raise Rejection(errors.INVALID_TOKEN, "the API token is not valid", "Authorization", status=401)
         return participant

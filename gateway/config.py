@@ -11,7 +11,6 @@ Environment overrides, applied after the files: ``ZL_DATABASE_URL`` (database.ur
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import random
 import re
@@ -163,10 +162,6 @@ class Participant(_Strict):
     @property
     def api_token_sha256(self) -> list[str]:
         return self.credentials.api_token_sha256
-
-    def token_matches(self, token: str) -> bool:
-        digest = hash_token(token)
-        return any(hmac.compare_digest(digest, known) for known in self.api_token_sha256)
 
 
 class RetryOverride(_Strict):

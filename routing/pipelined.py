@@ -96,12 +96,6 @@ class PipelinedPublisher:
         else:
             ch.connection.ioloop.stop()
 
-    def close(self) -> None:
-        conn, self._conn, self._channel = self._conn, None, None
-        if conn is not None and conn.is_open:
-            conn.close()
-            conn.ioloop.start()  # until on_close stops it
-
     # ---- confirms ---------------------------------------------------------
 
     def _on_confirm(self, frame: Method) -> None:
@@ -154,7 +148,7 @@ class PipelinedPublisher:
             log.warning("%d of %d messages unconfirmed (%r); reconnecting", len(self._pending), len(items),
                         self._error)
             self._pending = {}
-            self._drop_connection()
+            self.close()
             if not self._confirmed:
                 raise BrokerUnavailable(f"no confirms: {self._error!r}")
         return list(self._confirmed)
@@ -164,11 +158,11 @@ class PipelinedPublisher:
         if self._conn is not None:
             self._conn.ioloop.stop()
 
-    def _drop_connection(self) -> None:
+    def close(self) -> None:
         conn, self._conn, self._channel = self._conn, None, None
         if conn is not None and conn.is_open:
             try:
                 conn.close()
-                conn.ioloop.start()
+                conn.ioloop.start()  # until on_close stops it
             except Exception:  # noqa: BLE001 - a dying connection may fail in many ways; it is discarded
                 pass

@@ -30,6 +30,7 @@ from routing.topology import Topology
 log = logging.getLogger(__name__)
 ACTOR = "router"
 ROUTABLE = (Status.ACCEPTED, Status.PUBLISHED)
+_ROUTABLE_VALUES = frozenset(s.value for s in ROUTABLE)
 
 
 class NotConfirmed(RuntimeError):
@@ -63,7 +64,7 @@ class Router:
         for body, props in items:
             results.append(None)
             rec = records.get(props.message_id)
-            if rec is None or rec.status not in {s.value for s in ROUTABLE} or props.message_id in routes:
+            if rec is None or rec.status not in _ROUTABLE_VALUES or props.message_id in routes:
                 continue  # a repeat from the relay or a redelivery: the journal shows it has moved on
             try:
                 env = Envelope.from_element(parse_xml(body))

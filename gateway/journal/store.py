@@ -164,9 +164,7 @@ class Journal:
     def _append_event(
         self, conn: Connection, message_id: str, status: str, kind: str, actor: str, detail: dict[str, Any], at: datetime
     ) -> None:
-        prev = conn.execute(
-            select(events.c.hash).where(events.c.message_id == message_id).order_by(events.c.id.desc()).limit(1)
-        ).scalar_one_or_none() or GENESIS
+        prev = self._chain_heads(conn, [message_id]).get(message_id, GENESIS)
         row = _event_row(prev, message_id, at, status, kind, actor, _detail_text(detail))
         conn.execute(insert(events).values(**row))
 

@@ -1,15 +1,11 @@
 """Configuration text for tests, in the same YAML an operator writes."""
 from __future__ import annotations
 
-import hashlib
+from gateway.config import hash_token
 
 LAB_TOKEN = "lab-secret-token"
 CLINIC_TOKEN = "clinic-secret-token"
 NOTICE_NS = "urn://zdravlink/types/notice/1.0"
-
-
-def _h(token: str) -> str:
-    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def participants(clinic_url: str, clinic_format: str = "xml") -> str:
@@ -18,12 +14,12 @@ participants:
   - mnemonic: lab
     name: Test laboratory
     kind: lis
-    credentials: {{api_token_sha256: ["{_h(LAB_TOKEN)}"]}}
+    credentials: {{api_token_sha256: ["{hash_token(LAB_TOKEN)}"]}}
     delivery: {{mode: pull}}
   - mnemonic: clinic
     name: Test clinic MIS
     kind: mis
-    credentials: {{api_token_sha256: ["{_h(CLINIC_TOKEN)}"]}}
+    credentials: {{api_token_sha256: ["{hash_token(CLINIC_TOKEN)}"]}}
     delivery: {{mode: rest, url: "{clinic_url}", format: {clinic_format}}}
 """
 

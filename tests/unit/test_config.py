@@ -42,8 +42,8 @@ def test_bundled_configuration_loads():
     insurer = next(r for r in cfg.routes if r.recipient == "insurer-demo")
     assert insurer.channels == [cfg.participants["insurer-demo"].delivery]
     assert (insurer.retry.attempts, insurer.retry.initial_delay) == (4, 1.0)
-    assert cfg.participants["lab-demo"].token_matches("demo-lab-token")
-    assert not cfg.participants["lab-demo"].token_matches("demo-mis-token")
+    assert hash_token("demo-lab-token") in cfg.participants["lab-demo"].api_token_sha256
+    assert hash_token("demo-mis-token") not in cfg.participants["lab-demo"].api_token_sha256
 
 
 def test_every_problem_is_named_with_file_key_and_rule(tmp_path):
