@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from signing.smev_transform import transform  # noqa: E402
 
-VECTOR = Path(__file__).resolve().parents[2] / "shared/reference/smev3/transform-vectors/05-mr-breach-request-1.1.input.xml"
+VECTOR = Path(__file__).resolve().parents[1] / "tests/data/smev-transform-vectors/05-mr-breach-request-1.1.input.xml"
 
 
 def document(target_bytes: int) -> bytes:
