@@ -11,6 +11,10 @@ Unlike the PyPI ports, the output is always well-formed: text escapes ``& < >`` 
 attribute values ``& < > "`` (what the JDK's StAX writer does), and the ``xml:`` namespace
 keeps its reserved prefix, because binding it to ``nsN`` is forbidden by Namespaces in XML.
 Tabs and newlines in attribute values are written raw, as the JDK writer does.
+
+Speed: the tree is walked in one flat loop over ``root.iter()`` (no Python recursion, no
+depth limit), tag splits and attribute orders are cached per name, escaping is skipped
+unless a special character is present, and the output is joined and encoded once.
 """
 from __future__ import annotations
 
@@ -18,13 +22,29 @@ from lxml import etree
 
 ALGORITHM = "urn://smev-gov-ru/xmldsig/transform"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
-_TEXT_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;"})
-_ATTR_ESCAPES = str.maketrans({"&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;"})
 _JAVA_TRIMMED = "".join(map(chr, range(0x21)))
+_CACHE_LIMIT = 4096  # entries per cache; a cache is emptied when full, so hostile input cannot grow it
+
+# Attribute plan: for each attribute in output order, (index in el.keys(), namespace URI or
+# None, the text written before the value: ' name="' or, after the prefix, ':local="').
+_Plan = tuple[tuple[int, str | None, str], ...]
+_TAGS: dict[str, tuple[str, str]] = {}  # "{uri}local" -> (uri, local)
+_PLANS: dict[tuple[str, ...], _Plan] = {}  # attribute names in document order -> plan
 
 
 class TransformError(ValueError):
     """The input cannot be transformed (the reference refuses elements without a namespace)."""
+
+
+def _split_tag(tag: str) -> tuple[str, str]:
+    """``(uri, local)`` of a Clark-notation tag, cached: the same tags repeat throughout a document."""
+    if tag[0] != "{":
+        raise TransformError(f"element <{tag}> has no namespace; the SMEV transform requires one")
+    uri, local = tag[1:].split("}", 1)
+    if len(_TAGS) >= _CACHE_LIMIT:
+        _TAGS.clear()
+    _TAGS[tag] = (uri, local)
+    return uri, local
 
 
 def _java_order(text: str) -> bytes:
@@ -32,72 +52,127 @@ def _java_order(text: str) -> bytes:
     return text.encode("utf-16-be")
 
 
-def _keep(text: str | None) -> bool:
-    # Java's String.trim() strips every character <= U+0020; text that is only that is dropped.
-    return bool(text) and bool(text.lstrip(_JAVA_TRIMMED))
+def _attribute_plan(names: tuple[str, ...]) -> _Plan:
+    """The output order of attributes named ``names``, cached: elements of one kind share their names."""
+    keyed = []
+    for index, name in enumerate(names):
+        if name[0] == "{":
+            uri, local = name[1:].split("}", 1)
+            keyed.append(((0, _java_order(uri), _java_order(local)), index, uri, f':{local}="'))
+        else:  # unqualified attributes after all qualified ones
+            keyed.append(((1, _java_order(name), b""), index, None, f' {name}="'))
+    keyed.sort()  # names are unique, so the sort keys are too
+    plan = tuple((index, uri, before) for _, index, uri, before in keyed)
+    if len(_PLANS) >= _CACHE_LIMIT:
+        _PLANS.clear()
+    _PLANS[names] = plan
+    return plan
+
+
+def _escape_text(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _escape_attr(value: str) -> str:
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")
+
+
+def _kept_text(text: str | None) -> str:
+    """``text`` escaped, or "" when the reference drops it.
+
+    Java's String.trim() strips every character <= U+0020; text that is only that is dropped.
+    Checking the first character settles most text without building a stripped copy.
+    """
+    if not text or (text[0] <= " " and not text.lstrip(_JAVA_TRIMMED)):
+        return ""
+    if "&" in text or "<" in text or ">" in text:
+        return _escape_text(text)
+    return text
 
 
 def transform(root: etree._Element) -> bytes:
     """The transform of ``root`` and its subtree, as UTF-8 bytes without an XML declaration."""
+    if not isinstance(root.tag, str):
+        raise TypeError(f"the SMEV transform needs an element, not {root!r}")
     out: list[str] = []
-    counter = 0
+    append = out.append
     visible: dict[str, str] = {XML_NS: "xml"}  # namespace URI -> prefix in scope at the current element
+    visible_get = visible.get
+    counter = 0
+    tags, plans = _TAGS, _PLANS
+    # Open elements, innermost last: (element, its end tag, the URIs it declared or None).
+    # Holding the element keeps its lxml proxy alive, so getparent() returns that same object.
+    stack: list[tuple[etree._Element, str, list[str] | None]] = []
+    top: etree._Element | None = None  # stack[-1][0]
 
-    def declare(uri: str, undo: list[tuple[str, str | None]]) -> str:
-        nonlocal counter
-        counter += 1
-        undo.append((uri, visible.get(uri)))
-        visible[uri] = f"ns{counter}"
-        return visible[uri]
+    def close() -> etree._Element:
+        """Write the end tag of the innermost open element and end the mappings it declared."""
+        el, end, declared = stack.pop()
+        append(end)
+        if declared is not None:  # a mapping is visible only below its element
+            for uri in declared:
+                del visible[uri]  # declared only where it was unmapped, so nothing to restore
+        return el
 
-    def text(value: str | None) -> None:
-        if _keep(value):
-            out.append(value.translate(_TEXT_ESCAPES))  # type: ignore[union-attr]
-
-    def element(el: etree._Element) -> None:
+    # root.iter() yields elements, comments, PIs and entity references in document order.
+    # Before a node is handled, the open elements that are not its ancestors are closed,
+    # each followed by its tail.
+    for el in root.iter():
+        if top is not None:
+            parent = el.getparent()
+            while top is not parent:
+                append(_kept_text(close().tail))
+                top = stack[-1][0]
         tag = el.tag
-        if tag[0] != "{":
-            raise TransformError(f"element <{tag}> has no namespace; the SMEV transform requires one")
-        uri, local = tag[1:].split("}", 1)
-        undo: list[tuple[str, str | None]] = []
-        prefix = visible.get(uri)
-        start = []
+        if tag.__class__ is not str:  # a comment, PI or entity is dropped, but its tail is text
+            append(_kept_text(el.tail))
+            continue
+        try:
+            uri, local = tags[tag]
+        except KeyError:
+            uri, local = _split_tag(tag)
+        declared: list[str] | None = None
+        prefix = visible_get(uri)
         if prefix is None:
-            prefix = declare(uri, undo)
-            start.append(f' xmlns:{prefix}="{uri.translate(_ATTR_ESCAPES)}"')
-        if el.attrib:
-            qualified: list[tuple[bytes, bytes, str, str, str]] = []
-            plain: list[tuple[bytes, str, str]] = []
-            for name, value in el.attrib.items():
-                if name[0] == "{":
-                    auri, alocal = name[1:].split("}", 1)
-                    qualified.append((_java_order(auri), _java_order(alocal), auri, alocal, value))
-                else:
-                    plain.append((_java_order(name), name, value))
-            qualified.sort()
-            plain.sort()
-            attrs: list[str] = []
-            for _, _, auri, alocal, value in qualified:
-                ap = visible.get(auri)
-                if ap is None:
-                    ap = declare(auri, undo)
-                    start.append(f' xmlns:{ap}="{auri.translate(_ATTR_ESCAPES)}"')
-                attrs.append(f' {ap}:{alocal}="{value.translate(_ATTR_ESCAPES)}"')
-            for _, name, value in plain:
-                attrs.append(f' {name}="{value.translate(_ATTR_ESCAPES)}"')
-            start.extend(attrs)
-        out.append(f"<{prefix}:{local}{''.join(start)}>")
-        text(el.text)
-        for child in el:
-            if isinstance(child.tag, str):
-                element(child)
-            text(child.tail)  # a comment's or PI's tail is text too; the node itself is dropped
-        for uri_, previous in reversed(undo):  # a mapping is visible only below its element
-            if previous is None:
-                del visible[uri_]
-            else:
-                visible[uri_] = previous
-        out.append(f"</{prefix}:{local}>")
-
-    element(root)
+            counter += 1
+            prefix = visible[uri] = f"ns{counter}"
+            declared = [uri]
+            start = f'<{prefix}:{local} xmlns:{prefix}="{_escape_attr(uri)}"'
+        else:
+            start = f"<{prefix}:{local}"
+        names = el.keys()
+        if names:
+            try:
+                plan = plans[tuple(names)]
+            except KeyError:
+                plan = _attribute_plan(tuple(names))
+            values = el.values()  # same order as keys()
+            joined = "".join(values)
+            escape = "&" in joined or "<" in joined or ">" in joined or '"' in joined
+            declarations = ""
+            attributes = []
+            for index, auri, before in plan:
+                value = values[index]
+                if escape:
+                    value = _escape_attr(value)
+                if auri is None:
+                    attributes.append(f'{before}{value}"')
+                    continue
+                aprefix = visible_get(auri)
+                if aprefix is None:
+                    counter += 1
+                    aprefix = visible[auri] = f"ns{counter}"
+                    if declared is None:
+                        declared = []
+                    declared.append(auri)
+                    declarations += f' xmlns:{aprefix}="{_escape_attr(auri)}"'
+                attributes.append(f' {aprefix}{before}{value}"')
+            start = f"{start}{declarations}{''.join(attributes)}"
+        append(f"{start}>{_kept_text(el.text)}")
+        stack.append((el, f"</{prefix}:{local}>", declared))
+        top = el
+    while stack:
+        el = close()
+        if stack:  # the root's tail is outside the transformed subtree
+            append(_kept_text(el.tail))
     return "".join(out).encode("utf-8")
