@@ -14,12 +14,15 @@ from dataclasses import dataclass
 from lxml import etree
 
 from gateway import errors, schemas
-from gateway.config import GatewayConfig, Participant, hash_token
+from gateway.config import GatewayConfig, Participant, Route, hash_token
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.journal.store import AcceptOutcome
+from gateway.keyring import KeyRing
 from gateway.xmlsafe import parse_xml
+from signing import errors as signature_errors
+from signing.errors import SignatureError
 
 XML_TYPES = ("application/xml", "text/xml")
 JSON_TYPES = ("application/json",)
@@ -33,9 +36,10 @@ class Accepted:
 
 
 class AcceptPipeline:
-    def __init__(self, config: GatewayConfig, journal: Journal) -> None:
+    def __init__(self, config: GatewayConfig, journal: Journal, keyring: KeyRing | None = None) -> None:
         self.config = config
         self.journal = journal
+        self.keyring = keyring or KeyRing()
         self._by_token = {
             digest: p for p in config.participants.values() for digest in p.api_token_sha256
         }
@@ -91,7 +95,16 @@ class AcceptPipeline:
         if route is None:
             raise Rejection(errors.ROUTE_FORBIDDEN, "no route condition matches this payload",
                             "MessagePrimaryContent", status=403)
+        self.check_signature(env, route)
         return route.name
+
+    def check_signature(self, env: Envelope, route: Route) -> None:
+        """Verify the sender's signature (required or not: a bad one is never let through)."""
+        try:
+            self.keyring.verify_sender(env, route.requires_signature(self.config.participants[env.sender]))
+        except SignatureError as exc:
+            forbidden = exc.code in signature_errors.CERTIFICATE_CODES or exc.code == signature_errors.SIGNATURE_REQUIRED
+            raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422) from None
 
     def accept(self, env: Envelope, caller: Participant, *, source: str) -> Accepted:
         route = self.check(env, caller)

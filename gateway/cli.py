@@ -20,7 +20,9 @@ app = typer.Typer(help="Zdravlink: a signing, validating, routing integration ga
 worker_app = typer.Typer(help="Run one kind of worker process.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo partners and sample traffic.", no_args_is_help=True)
 db_app = typer.Typer(help="Journal database.", no_args_is_help=True)
+keys_app = typer.Typer(help="Keys and certificates.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
+app.add_typer(keys_app, name="keys")
 app.add_typer(demo_app, name="demo")
 app.add_typer(db_app, name="db")
 # Piped output (logs, CI, `| less`) gets a wide fixed width instead of rich's 80 columns.
@@ -39,12 +41,28 @@ def _load_or_exit(directory: Optional[Path]):  # noqa: ANN202
         raise typer.Exit(2) from None
 
 
+def _keyring_or_exit(cfg):  # noqa: ANN001, ANN202
+    from gateway.keyring import load_keyring
+
+    try:
+        return load_keyring(cfg)
+    except ConfigError as exc:
+        for p in exc.problems:
+            err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command("check-config")
 def check_config(directory: Optional[Path] = typer.Argument(None, help="Configuration directory")) -> None:
-    """Validate participants, routes and settings without starting anything."""
+    """Validate participants, routes, settings, keys and certificates without starting anything."""
     cfg = _load_or_exit(directory)
+    ring = _keyring_or_exit(cfg)
     out.print(f"[green]OK[/green] {config_dir(directory)}: {len(cfg.participants)} participants, "
               f"{len(cfg.routes)} routes")
+    for owner, cert in ring.owned_certificates():
+        days = cert.days_left()
+        colour = "red" if days < 0 else "yellow" if days < 30 else "green"
+        out.print(f"  {owner:<14} [{colour}]{days:7.0f} days[/{colour}]  {cert.describe()}", highlight=False)
 
 
 @app.command()
@@ -55,6 +73,7 @@ def run(config: Optional[Path] = ConfigOpt,
 
     setup_logging("supervisor")
     cfg = _load_or_exit(config)
+    _keyring_or_exit(cfg)
     s = cfg.settings
     base = f"http://{s.api.host}:{s.api.port}"
     out.print(f"[bold green]Zdravlink[/bold green] on {config_dir(config)} — journal {s.database.url.split('@')[-1]}")
@@ -76,7 +95,8 @@ def serve(config: Optional[Path] = ConfigOpt,
     from gateway.services import serve_api
 
     setup_logging("api")
-    serve_api(_load_or_exit(config), migrate=migrate)
+    cfg = _load_or_exit(config)
+    serve_api(cfg, _keyring_or_exit(cfg), migrate=migrate)
 
 
 @worker_app.command("router")
@@ -85,7 +105,8 @@ def worker_router(config: Optional[Path] = ConfigOpt) -> None:
     from gateway.services import run_worker
 
     setup_logging("router")
-    run_worker(_load_or_exit(config), "router")
+    cfg = _load_or_exit(config)
+    run_worker(cfg, _keyring_or_exit(cfg), "router")
 
 
 @worker_app.command("delivery")
@@ -94,7 +115,8 @@ def worker_delivery(config: Optional[Path] = ConfigOpt) -> None:
     from gateway.services import run_worker
 
     setup_logging("delivery")
-    run_worker(_load_or_exit(config), "delivery")
+    cfg = _load_or_exit(config)
+    run_worker(cfg, _keyring_or_exit(cfg), "delivery")
 
 
 @app.command()
@@ -189,6 +211,145 @@ def transform(file: Path = typer.Argument(..., exists=True, dir_okay=False, help
         raise typer.Exit(1) from None
 
 
+@keys_app.command("demo")
+def keys_demo(config: Optional[Path] = ConfigOpt,
+              out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write (default: <config>/keys)")) -> None:
+    """Create a demo CA and GOST 2012 (256, 512) and RSA keys for the gateway and every participant.
+
+    Existing files are kept; never use these keys outside a demo.
+    """
+    from signing.demo_ca import KEY_TYPES, DemoCAError, create_demo_keys
+
+    cfg = _load_or_exit(config)
+    target = out_dir or cfg.directory / "keys"
+    names = ["gateway", *sorted(cfg.participants)]
+    try:
+        create_demo_keys(target, names, KEY_TYPES)
+    except DemoCAError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"demo CA, trust store and keys for {', '.join(names)} in {target}", highlight=False)
+
+
+def _signer(key: Optional[Path], cert: Optional[Path], password_env: Optional[str], alg: Optional[str],
+            config: Optional[Path]):  # noqa: ANN202
+    import os
+
+    from signing import Certificate, KeyFileError, PrivateKey, Signer
+
+    if key is None:
+        ring = _keyring_or_exit(_load_or_exit(config))
+        if ring.signer is None:
+            err.print("no --key given and the configuration has no signing key")
+            raise typer.Exit(2)
+        if alg is None or alg == ring.signer.algorithm.name:
+            return ring.signer
+        return Signer.create(ring.signer.key, ring.signer.certificate, alg)
+    password = os.environ.get(password_env) if password_env else None
+    try:
+        return Signer.create(PrivateKey.load(key, password), Certificate.load(cert or key, password), alg)
+    except (KeyFileError, ValueError) as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("sign")
+def sign_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
+             ref_id: str = typer.Option(..., "--id", help="Id of the element to sign"),
+             alg: Optional[str] = typer.Option(None, "--alg", help="gost2012-256 | gost2012-512 | rsa-sha256 "
+                                                                   "(default: from the key)"),
+             key: Optional[Path] = typer.Option(None, help="Private key (PEM, DER or .p12); default: the gateway's"),
+             cert: Optional[Path] = typer.Option(None, help="Certificate (PEM or DER; not needed with a .p12 key)"),
+             password_env: Optional[str] = typer.Option(None, help="Environment variable holding the key's password"),
+             smev: bool = typer.Option(True, "--smev/--no-smev", help="Apply the SMEV transform to the reference"),
+             output: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout"),
+             config: Optional[Path] = ConfigOpt) -> None:
+    """Add a detached XML-DSig over the element with Id ID and write the signed document.
+
+    In a zl:Envelope the signature goes into SenderSignature; elsewhere it is placed right
+    after the signed element, as SMEV places CallerInformationSystemSignature.
+    """
+    from lxml import etree
+
+    from gateway.errors import Rejection
+    from gateway.keyring import place_signature
+    from gateway.xmlsafe import parse_xml
+    from signing import ALGORITHMS, sign
+
+    if alg is not None and alg not in ALGORITHMS:
+        err.print(f"--alg must be one of {', '.join(ALGORITHMS)}")
+        raise typer.Exit(2)
+    try:
+        root = parse_xml(file.read_bytes())
+    except Rejection as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    targets = root.xpath("//*[@Id=$v or @ID=$v or @id=$v]", v=ref_id)
+    if len(targets) != 1:
+        err.print(f"{file}: {len(targets)} elements carry Id {ref_id!r}; exactly one is needed")
+        raise typer.Exit(1)
+    signer = _signer(key, cert, password_env, alg, config)
+    try:
+        place_signature(targets[0], sign(targets[0], signer, smev=smev))
+    except ValueError as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    data = etree.tostring(root, encoding="UTF-8", xml_declaration=True)
+    if output:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@app.command("verify")
+def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
+               trust: Optional[Path] = typer.Option(None, help="Trust store directory (default: the configuration's)"),
+               cert: Optional[list[Path]] = typer.Option(None, help="Accept only these signer certificates"),
+               config: Optional[Path] = ConfigOpt) -> None:
+    """Verify every ds:Signature in FILE; exit 1 if any is refused, printing its code.
+
+    With the configuration, a zl:Envelope's SenderSignature must be by the Sender's
+    certificate and its GatewaySignature by the gateway's.
+    """
+    from gateway.errors import Rejection
+    from gateway.keyring import expected_signers
+    from gateway.xmlsafe import parse_xml
+    from signing import Certificate, KeyFileError, SignatureError, TrustStore, verify
+    from signing.xmldsig import DS_NS
+
+    ring = None
+    try:
+        root = parse_xml(file.read_bytes())
+        if trust is None:
+            ring = _keyring_or_exit(_load_or_exit(config))
+            if ring.trust is None:
+                err.print("the configuration has no signing.trust_store; give --trust DIR")
+                raise typer.Exit(2)
+            store = ring.trust
+        else:
+            store = TrustStore.from_directory(trust)
+        pinned = [Certificate.load(c) for c in cert or []]
+    except (Rejection, KeyFileError) as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(2) from None
+    signatures = root.iter(f"{{{DS_NS}}}Signature")
+    failed = found = 0
+    for sig in signatures:
+        found += 1
+        expected, signers = expected_signers(sig, ring)
+        try:
+            v = verify(sig, document=root, trust=store, expected=expected, signers=pinned or signers)
+            out.print(f"[green]OK[/green] {', '.join(v.references)} {v.algorithm.name} by {v.certificate.describe()}",
+                      highlight=False)
+        except SignatureError as exc:
+            failed += 1
+            out.print(f"[red]{exc.code}[/red] {exc.detail}", highlight=False)
+    if not found:
+        out.print("[red]no ds:Signature found[/red]")
+    if failed or not found:
+        raise typer.Exit(1)
+
+
 @app.command("hash-token")
 def hash_token_cmd(token: str) -> None:
     """Print the sha256 of an API token, for credentials.api_token_sha256 in participants.yaml."""
@@ -206,6 +367,8 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
 
     setup_logging("demo-partners")
     cfg = _load_or_exit(config)
+    ring = _keyring_or_exit(cfg)
+    gateway_cert = ring.signer.certificate if ring.signer else None
     ports: dict[int, str] = {}
     for route in cfg.routes:
         for ch in route.channels:
@@ -216,7 +379,8 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
     for p in cfg.participants.values():
         if p.delivery.url and urlsplit(p.delivery.url).hostname == "127.0.0.1":
             ports.setdefault(urlsplit(p.delivery.url).port or 80, p.mnemonic)
-    servers = [RecipientServer(port=port, name=name).start() for port, name in sorted(ports.items())]
+    servers = [RecipientServer(port=port, name=name, trust=ring.trust, gateway=gateway_cert).start()
+               for port, name in sorted(ports.items())]
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -227,19 +391,29 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
 
 @demo_app.command("send")
 def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, help="How many notices"),
-              token: str = typer.Option("demo-lab-token", help="Sender's API token")) -> None:
-    """Post demo notices from lab-demo to clinic-mis and print their status URLs."""
+              token: str = typer.Option("demo-lab-token", help="Sender's API token"),
+              signed: bool = typer.Option(True, "--sign/--no-sign", help="Sign as lab-demo with its demo key")) -> None:
+    """Post demo notices from lab-demo to clinic-mis, signed with lab-demo's key, and print their status URLs."""
     import httpx
+
+    from gateway.envelope import Envelope
+    from gateway.xmlsafe import parse_xml
+    from signing import Certificate, PrivateKey, Signer, sign
 
     cfg = _load_or_exit(config)
     base = f"http://{cfg.settings.api.host}:{cfg.settings.api.port}"
+    keys = cfg.directory / "keys"
+    signer = Signer.create(PrivateKey.load(keys / "lab-demo-gost2012-256.key"),
+                           Certificate.load(keys / "lab-demo-gost2012-256.pem")) if signed else None
     for _ in range(count):
         payload = ('<n:Notice xmlns:n="urn://zdravlink/types/notice/1.0"><n:Code>SAMPLE_RECEIVED</n:Code>'
                    f'<n:IssuedAt>{datetime.now(timezone.utc).isoformat(timespec="seconds")}</n:IssuedAt>'
                    '<n:Text>Образец получен лабораторией</n:Text></n:Notice>')
-        body = {"messageId": str(uuid.uuid1()), "sender": "lab-demo", "recipient": "clinic-mis",
-                "messageType": "urn://zdravlink/types/notice/1.0", "payload": payload}
-        r = httpx.post(f"{base}/api/v1/messages", json=body, headers={"Authorization": f"Bearer {token}"})
+        env = Envelope(message_id=str(uuid.uuid1()), sender="lab-demo", recipient="clinic-mis",
+                       message_type="urn://zdravlink/types/notice/1.0", payload=parse_xml(payload.encode()))
+        if signer is not None:
+            env.sender_signature = sign(env.sender_data_element(), signer)
+        r = httpx.post(f"{base}/api/v1/messages", json=env.to_json(), headers={"Authorization": f"Bearer {token}"})
         out.print(f"{r.status_code} {r.text}", highlight=False)
 
 

@@ -89,6 +89,36 @@ class RelaySettings(_Strict):
     poll_interval_seconds: float = Field(0.2, gt=0)
 
 
+class SigningSettings(_Strict):
+    """The gateway's own key and the trust store; paths are relative to the configuration directory.
+
+    The key and certificate come either as two files (PEM or DER) or as one PKCS#12
+    file; a password is read from the environment variable named by ``password_env``,
+    never from the file itself.
+    """
+
+    key: str | None = None
+    certificate: str | None = None
+    pkcs12: str | None = None
+    password_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    algorithm: Literal["gost2012-256", "gost2012-512", "rsa-sha256"] | None = None
+    trust_store: str | None = None
+    smev_transform: bool = True
+    sign_deliveries: bool = True
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SigningSettings:
+        if self.pkcs12 and (self.key or self.certificate):
+            raise ValueError("give either pkcs12 or key and certificate, not both")
+        if bool(self.key) != bool(self.certificate):
+            raise ValueError("key and certificate go together")
+        return self
+
+    @property
+    def has_key(self) -> bool:
+        return bool(self.pkcs12 or self.key)
+
+
 class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -97,6 +127,7 @@ class Settings(_Strict):
     delivery: DeliverySettings = DeliverySettings()
     circuit_breaker: BreakerSettings = BreakerSettings()
     relay: RelaySettings = RelaySettings()
+    signing: SigningSettings = SigningSettings()
 
 
 # ---- participants and routes ------------------------------------------------
@@ -151,17 +182,31 @@ class Credentials(_Strict):
         return values
 
 
+class CertificateFile(_Strict):
+    """A certificate in a PKCS#12 file (or any file) whose password is in an environment variable."""
+
+    file: str
+    password_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+
+
 class Participant(_Strict):
     mnemonic: str = Field(pattern=MNEMONIC)
     name: str = Field(min_length=1)
     kind: Kind
     credentials: Credentials = Credentials()
     delivery: Channel
+    #: The participant's signing certificates (several while one replaces another).
+    certificates: list[str | CertificateFile] = []
+    #: Must this participant sign what it sends? Unset: yes for registries and insurers.
     signature_required: bool | None = None
 
     @property
     def api_token_sha256(self) -> list[str]:
         return self.credentials.api_token_sha256
+
+    @property
+    def signs_by_default(self) -> bool:
+        return self.signature_required if self.signature_required is not None else self.kind in ("registry", "insurer")
 
 
 class RetryOverride(_Strict):
@@ -182,6 +227,8 @@ class RouteSpec(_Strict):
     condition: str | None = None
     channels: list[Channel] | None = Field(None, min_length=1)
     retry: RetryOverride = RetryOverride()
+    #: Overrides the sender's ``signature_required`` for this route.
+    signature_required: bool | None = None
 
     @field_validator("condition")
     @classmethod
@@ -212,6 +259,11 @@ class Route(BaseModel):
     condition: str | None
     channels: list[Channel]
     retry: RetryPolicy
+    signature_required: bool | None = None
+
+    def requires_signature(self, sender: Participant) -> bool:
+        """The route's own rule if it has one, else the sender's."""
+        return self.signature_required if self.signature_required is not None else sender.signs_by_default
 
     @cached_property
     def _xpath(self) -> etree.XPath | None:
@@ -392,7 +444,8 @@ def load_config(directory: Path | str, known_message_types: set[str] | None = No
                 {**rfile.defaults.retry.model_dump(), **spec.retry.model_dump(exclude_none=True)}
             ) if not _retry_broken(rfile.defaults.retry, spec.retry, rf, i, problems) else rfile.defaults.retry
             routes.append(Route(name=spec.name, sender=spec.sender, message_type=spec.message_type,
-                                recipient=spec.recipient, condition=spec.condition, channels=channels, retry=retry))
+                                recipient=spec.recipient, condition=spec.condition, channels=channels, retry=retry,
+                                signature_required=spec.signature_required))
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(settings=settings, participants=participants, routes=routes, directory=base)

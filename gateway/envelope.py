@@ -78,6 +78,8 @@ class Envelope:
     sender_signature: etree._Element | None = None
     gateway_signature: etree._Element | None = None
     data_id: str = DEFAULT_DATA_ID
+    #: The parsed document this envelope was read from, kept so signatures are checked on what was sent.
+    wire: etree._Element | None = field(default=None, repr=False)
     _fingerprint: str | None = field(default=None, repr=False)
 
     def __eq__(self, other: object) -> bool:
@@ -160,6 +162,7 @@ class Envelope:
             sender_signature=signature("SenderSignature"),
             gateway_signature=signature("GatewaySignature"),
             data_id=data.get("Id"),
+            wire=root,
         )
 
     # ---- JSON form ------------------------------------------------------

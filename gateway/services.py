@@ -18,6 +18,7 @@ from types import FrameType
 
 from gateway.config import GatewayConfig, load_config
 from gateway.journal import Journal
+from gateway.keyring import KeyRing
 from gateway.schemas import known_message_types
 
 log = logging.getLogger("zdravlink")
@@ -65,7 +66,7 @@ def _on_term(stop: callable) -> None:  # type: ignore[valid-type]
     signal.signal(signal.SIGINT, handler)
 
 
-def serve_api(config: GatewayConfig, *, migrate: bool = True) -> None:
+def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) -> None:
     import uvicorn
 
     from adapters.intake import Intake
@@ -91,9 +92,10 @@ def serve_api(config: GatewayConfig, *, migrate: bool = True) -> None:
             journal_ok = False
         return {"journal": journal_ok, "broker": inspector.reachable()}
 
-    intake = Intake(AcceptPipeline(config, journal), journal, on_accepted=relay.wake)
+    intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake)
+    certificates = [(owner, c.subject, c.serial, c.not_after) for owner, c in keyring.owned_certificates()]
     app = create_app(intake=intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
-                     state=GatewayStateCollector(journal, inspector.depths))
+                     state=GatewayStateCollector(journal, inspector.depths, certificates))
     relay.start()
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))
@@ -103,7 +105,7 @@ def serve_api(config: GatewayConfig, *, migrate: bool = True) -> None:
         relay.stop()
 
 
-def run_worker(config: GatewayConfig, kind: str) -> None:
+def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     """Run the router or a delivery worker until SIGTERM."""
     from routing.broker import ThreadPublisher
     from routing.consumer import Consumer
@@ -125,7 +127,7 @@ def run_worker(config: GatewayConfig, kind: str) -> None:
         consumer.run()
         router.close()
     elif kind == "delivery":
-        worker = DeliveryWorker(config, journal, topology, publisher, dead)
+        worker = DeliveryWorker(config, journal, topology, publisher, dead, keyring)
         queues = [topology.deliver_queue(p) for p in sorted(config.participants)]
         consumer = Consumer(s.broker.url, "zl-delivery", queues, worker.handle,
                             prefetch=s.broker.prefetch, concurrency=s.broker.prefetch, on_connect=declare)

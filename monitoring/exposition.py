@@ -6,9 +6,10 @@ which is exactly when an operator needs them.
 """
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import os
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
@@ -22,10 +23,16 @@ from gateway.journal.store import IN_FLIGHT
 log = logging.getLogger(__name__)
 
 
+#: (owner, subject, serial, not after) of a certificate the gateway relies on.
+CertificateInfo = tuple[str, str, str, dt.datetime]
+
+
 class GatewayStateCollector(Collector):
-    def __init__(self, journal: Journal, queue_depths: Callable[[], dict[str, int]]) -> None:
+    def __init__(self, journal: Journal, queue_depths: Callable[[], dict[str, int]],
+                 certificates: Sequence[CertificateInfo] = ()) -> None:
         self.journal = journal
         self.queue_depths = queue_depths
+        self.certificates = certificates
 
     def collect(self) -> Iterable[Metric]:
         count = GaugeMetricFamily("zl_messages_in_flight", "Journalled messages not yet delivered or dead", labels=["status"])
@@ -52,6 +59,13 @@ class GatewayStateCollector(Collector):
         except Exception:
             log.exception("journal unavailable for metrics")
         yield dead
+        expiry = GaugeMetricFamily("zl_certificate_expiry_days",
+                                   "Days until a certificate expires (negative: expired)",
+                                   labels=["owner", "subject", "serial"])
+        now = dt.datetime.now(dt.timezone.utc)
+        for owner, subject, serial, not_after in self.certificates:
+            expiry.add_metric([owner, subject, serial], round((not_after - now).total_seconds() / 86400, 2))
+        yield expiry
 
 
 def render(state: GatewayStateCollector) -> bytes:

@@ -26,6 +26,7 @@ from tenacity import RetryCallState, Retrying, retry_if_result
 from adapters.rest.push import PushResult, push
 from gateway.config import Channel, GatewayConfig, Route
 from gateway.journal import Journal, MessageRecord, Status
+from gateway.keyring import KeyRing
 from monitoring import metrics
 from routing.breaker import BreakerBoard, State
 from routing.broker import ThreadPublisher, properties
@@ -49,8 +50,9 @@ class Outcome(enum.Enum):
 
 class DeliveryWorker:
     def __init__(self, config: GatewayConfig, journal: Journal, topology: Topology,
-                 publisher: ThreadPublisher, dead: DeadLetterChannel) -> None:
+                 publisher: ThreadPublisher, dead: DeadLetterChannel, keyring: KeyRing | None = None) -> None:
         s = config.settings
+        self.keyring = keyring or KeyRing()
         self.config = config
         self.journal = journal
         self.topology = topology
@@ -91,10 +93,11 @@ class DeliveryWorker:
             return
         index, attempt = int(h.get("x-zl-channel", 0)), int(h.get("x-zl-attempt", 1))
         attempts = rec.attempts
+        signed = self.keyring.sign_envelope(body)
         last = "no channel tried"
         while index < len(route.channels):
             channel = route.channels[index]
-            outcome, attempts, last = self._deliver_on(body, rec, route, index, attempt, attempts)
+            outcome, attempts, last = self._deliver_on(body, signed, rec, route, index, attempt, attempts)
             if outcome is not Outcome.EXHAUSTED:
                 return
             index, attempt = index + 1, 1
@@ -106,9 +109,10 @@ class DeliveryWorker:
         self.dead.send(body, rec, route=route, reason=f"all channels failed; last: {last}",
                        channel=route.channels[-1].name, attempts=attempts)
 
-    def _deliver_on(self, body: bytes, rec: MessageRecord, route: Route, index: int, first_attempt: int,
-                    attempts: int) -> tuple[Outcome, int, str]:
-        """Try one channel; returns the outcome, the message's attempt count and the last error."""
+    def _deliver_on(self, body: bytes, signed: bytes, rec: MessageRecord, route: Route, index: int,
+                    first_attempt: int, attempts: int) -> tuple[Outcome, int, str]:
+        """Try one channel with ``signed`` (the body with the gateway's signature); returns the outcome,
+        the message's attempt count and the last error. ``body`` is what parks or dead-letters."""
         channel = route.channels[index]
         breaker = self.breakers.get(f"{route.recipient}/{channel.name}")
         delays: dict[int, float] = {}
@@ -142,7 +146,7 @@ class DeliveryWorker:
             n = state["attempt"]
             state["attempt"] += 1
             state["attempts"] += 1
-            res = push(self.client, channel.url, body, rec.message_id, channel.format, n)
+            res = push(self.client, channel.url, signed, rec.message_id, channel.format, n)
             if res.delivered or not res.retryable:
                 breaker.success()
             else:

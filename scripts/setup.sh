@@ -23,6 +23,19 @@ if [ -z "$PY" ] || ! "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   "$PY" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || { say "Python 3.11 is required, found $("$PY" --version)"; exit 1; }
 fi
 
+# Signing: OpenSSL's GOST engine (GOST R 34.10/34.11-2012; neither xmlsec nor the cryptography wheel
+# has GOST) and the openssl command that `zdravlink keys demo` drives. xmlsec1 is the independent
+# XML-DSig implementation the interoperability tests check our signatures against.
+need=()
+for pkg in openssl libengine-gost-openssl xmlsec1; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  say "installing ${need[*]} (Debian packages)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
 stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $("$PY" --version)"

@@ -26,6 +26,20 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def demo_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A demo CA and a key and certificate of every type for the test participants and the gateway.
+
+    Layout: ``<dir>/<name>-<type>.key|.pem`` for names gateway, lab, clinic, insurer and types
+    gost2012-256, gost2012-512, rsa; ``<dir>/trust/`` (CA certificate and CRL); ``<dir>/ca/``.
+    """
+    from signing.demo_ca import KEY_TYPES, create_demo_keys
+
+    out = tmp_path_factory.mktemp("keys")
+    create_demo_keys(out, ["gateway", "lab", "clinic", "insurer"], KEY_TYPES)
+    return out
+
+
+@pytest.fixture(scope="session")
 def amqp_url() -> str:
     return AMQP_URL
 

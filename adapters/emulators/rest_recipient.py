@@ -3,6 +3,8 @@
 Used by the demo and by the tests as a real server on 127.0.0.1. It behaves as a
 well-made recipient should: it drops repeats by ``Idempotency-Key`` and answers 200
 to them again. A script of answers (``503, 503, 200``) makes it misbehave on cue.
+Given a trust store and the gateway's certificate, it checks the gateway's signature
+on every message with the public API of ``signing``, as a real recipient would.
 """
 from __future__ import annotations
 
@@ -15,6 +17,11 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Iterable
 
+from gateway.envelope import DSIG_NS, Envelope
+from gateway.schemas import ENVELOPE_NS
+from gateway.xmlsafe import parse_xml
+from signing import Certificate, SignatureError, TrustStore, verify
+
 log = logging.getLogger("zdravlink.emulator")
 
 
@@ -25,13 +32,36 @@ class Received:
     content_type: str
     body: bytes
     attempt: str
+    signature: str = "not checked"
     at: float = field(default_factory=time.time)
+
+
+def check_gateway_signature(body: bytes, content_type: str, trust: TrustStore, gateway: Certificate) -> str:
+    """"OK <algorithm>" or the refusal code, for the signature the gateway put on a delivery."""
+    try:
+        if content_type.startswith("application/json"):
+            doc = Envelope.from_json(json.loads(body)).to_element()
+        else:
+            doc = parse_xml(body)
+    except Exception as exc:  # an emulator reports, it does not crash
+        return f"UNREADABLE: {exc}"
+    z, ds = "{%s}" % ENVELOPE_NS, "{%s}" % DSIG_NS
+    sig = doc.find(f"{z}GatewaySignature/{ds}Signature")
+    if sig is None:
+        return "UNSIGNED"
+    try:
+        v = verify(sig, document=doc, trust=trust, expected=doc.find(z + "SenderProvidedData"), signers=[gateway])
+    except SignatureError as exc:
+        return exc.code
+    return f"OK {v.algorithm.name}"
 
 
 class RecipientServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "recipient",
-                 script: Iterable[int] = (), delay: float = 0.0) -> None:
+                 script: Iterable[int] = (), delay: float = 0.0, trust: TrustStore | None = None,
+                 gateway: Certificate | None = None) -> None:
         self.name = name
+        self.trust, self.gateway = trust, gateway
         self.script: deque[int] = deque(script)
         self.delay = delay
         self.requests: list[Received] = []      # every request, repeats included
@@ -90,9 +120,11 @@ class RecipientServer:
                     body=body,
                     attempt=self.headers.get("X-Zdravlink-Attempt", ""),
                 )
+                if server.trust is not None and server.gateway is not None:
+                    item.signature = check_gateway_signature(body, item.content_type, server.trust, server.gateway)
                 code = server._answer(item)
-                log.info("%s: message %s attempt %s -> %d (%d bytes)", server.name, item.message_id, item.attempt,
-                         code, len(body))
+                log.info("%s: message %s attempt %s -> %d (%d bytes, gateway signature: %s)", server.name,
+                         item.message_id, item.attempt, code, len(body), item.signature)
                 self._reply(code, {"received": item.message_id, "status": code})
 
             def do_GET(self) -> None:  # noqa: N802

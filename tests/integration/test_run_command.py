@@ -24,7 +24,7 @@ pytestmark = pytest.mark.broker
 
 def bundled_config_on_free_ports(target: Path) -> tuple[Path, int]:
     """The bundled files, unchanged but for the ports, so the test never collides with a running demo."""
-    shutil.copytree(REPO / "config", target)
+    shutil.copytree(REPO / "config", target, ignore=shutil.ignore_patterns("keys"))
     api = free_port()
     mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703)}}
     for name in ("gateway.yaml", "participants.yaml", "routes.yaml"):
@@ -38,6 +38,9 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
     prefix = f"zlt-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "ZL_DATABASE_URL": f"sqlite:///{tmp_path / 'journal.db'}", "ZL_AMQP_URL": AMQP_URL,
            "ZL_BROKER_PREFIX": prefix, "ZL_VAR_DIR": str(tmp_path / "var")}
+    keys = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "demo", "--config", str(config)],
+                          cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert keys.returncode == 0, keys.stdout + keys.stderr
     log = open(tmp_path / "run.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)], env=env, cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT)
@@ -68,7 +71,9 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
             status = httpx.get(f"{base}/api/v1/messages/{message_id}",
                                headers={"Authorization": "Bearer demo-lab-token"}).json()["status"]
         assert status == "DELIVERED"
-        assert f"message {message_id} attempt 1 -> 200" in (tmp_path / "run.log").read_text()  # the demo partner
+        # the demo partner got it, and the gateway's GOST signature verified there
+        assert f"message {message_id} attempt 1 -> 200" in (tmp_path / "run.log").read_text()
+        assert "gateway signature: OK gost2012-256" in (tmp_path / "run.log").read_text()
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 5  # api, router, two delivery workers, demo partners
     finally:
