@@ -1,6 +1,8 @@
 """Configuration text for tests, in the same YAML an operator writes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 from gateway.config import hash_token
 
 LAB_TOKEN = "lab-secret-token"
@@ -8,7 +10,14 @@ CLINIC_TOKEN = "clinic-secret-token"
 NOTICE_NS = "urn://zdravlink/types/notice/1.0"
 
 
-def participants(clinic_url: str, clinic_format: str = "xml") -> str:
+def participants(clinic_url: str, clinic_format: str = "xml", keys: Path | None = None,
+                 lab_signs: bool = False) -> str:
+    """Two participants; with ``keys`` (the demo_keys fixture) each lists its GOST and RSA certificates."""
+    def certs(name: str) -> str:
+        if keys is None:
+            return ""
+        return f'    certificates: ["{keys / f"{name}-gost2012-256.pem"}", "{keys / f"{name}-rsa.pem"}"]\n'
+
     return f"""
 participants:
   - mnemonic: lab
@@ -16,12 +25,13 @@ participants:
     kind: lis
     credentials: {{api_token_sha256: ["{hash_token(LAB_TOKEN)}"]}}
     delivery: {{mode: pull}}
-  - mnemonic: clinic
+    signature_required: {str(lab_signs).lower()}
+{certs("lab")}  - mnemonic: clinic
     name: Test clinic MIS
     kind: mis
     credentials: {{api_token_sha256: ["{hash_token(CLINIC_TOKEN)}"]}}
     delivery: {{mode: rest, url: "{clinic_url}", format: {clinic_format}}}
-"""
+{certs("clinic")}"""
 
 
 def routes(channels: list[tuple[str, str]] | None = None, attempts: int = 5, initial_delay: float = 0.05,
@@ -44,10 +54,15 @@ routes:
 
 
 def settings(in_process_max_delay: float = 5.0, failure_threshold: int = 5, reset_timeout: float = 30.0,
-             max_body_bytes: int = 1048576) -> str:
+             max_body_bytes: int = 1048576, keys: Path | None = None, gateway_key: str = "gost2012-256") -> str:
+    """Gateway settings; with ``keys`` the gateway signs deliveries with its ``gateway_key`` demo key."""
+    signing = ""
+    if keys is not None:
+        signing = (f'signing: {{key: "{keys / f"gateway-{gateway_key}.key"}", '
+                   f'certificate: "{keys / f"gateway-{gateway_key}.pem"}", trust_store: "{keys / "trust"}"}}\n')
     return f"""
 api: {{max_body_bytes: {max_body_bytes}}}
 delivery: {{timeout_seconds: 5.0, in_process_max_delay: {in_process_max_delay}}}
 circuit_breaker: {{failure_threshold: {failure_threshold}, reset_timeout_seconds: {reset_timeout}}}
 relay: {{batch_size: 200, poll_interval_seconds: 0.1}}
-"""
+{signing}"""
