@@ -38,8 +38,8 @@ unique_subject = no
 preserve = yes
 x509_extensions = leaf
 [ policy_any ]
-commonName = supplied
 organizationName = optional
+commonName = supplied
 [ leaf ]
 basicConstraints = CA:FALSE
 keyUsage = critical, digitalSignature, nonRepudiation
