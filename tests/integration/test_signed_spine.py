@@ -112,3 +112,16 @@ def test_certificate_expiry_is_a_metric(gw):
     assert owners == {"gateway", "lab", "clinic", "trust-store"}
     gateway_days = next(float(ln.rsplit(" ", 1)[1]) for ln in lines if 'owner="gateway"' in ln)
     assert 700 < gateway_days <= 730
+
+
+def test_json_recipient_gets_a_gateway_signature_it_can_verify(gateway_factory, clinic, demo_keys):
+    """A JSON recipient rebuilds the envelope from JSON; the SMEV transform keeps the signature valid."""
+    gw = gateway_factory(configs.participants(clinic.url, clinic_format="json", keys=demo_keys), configs.routes(),
+                         settings=configs.settings(keys=demo_keys, gateway_key="gost2012-512"))
+    clinic.gateway = Certificate.load(demo_keys / "gateway-gost2012-512.pem")
+    env = signed_envelope(demo_keys, None)
+    assert gw.post(env.to_json(), LAB_TOKEN).status_code == 202
+    gw.wait_status(env.message_id, LAB_TOKEN, "DELIVERED")
+    got = clinic.requests[0]
+    assert got.content_type.startswith("application/json")
+    assert got.signature == "OK gost2012-512"
