@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -207,8 +208,17 @@ def test_check_config_cli_prints_file_key_rule_and_fails(tmp_path):
     result = run_cli("check-config", str(broken))
     assert result.returncode == 2
     assert f"{broken / 'routes.yaml'}: routes[0].recipient: unknown participant 'clinci'" in result.stderr
-    ok = run_cli("check-config", str(ROOT / "config"))
-    assert ok.returncode == 0 and "3 participants, 2 routes" in ok.stdout
+
+
+def test_check_config_on_the_bundled_configuration(tmp_path):
+    """A fresh clone has no keys: check-config names the missing file until `keys demo` makes them."""
+    bundled = tmp_path / "config"
+    shutil.copytree(ROOT / "config", bundled, ignore=shutil.ignore_patterns("keys"))
+    missing = run_cli("check-config", str(bundled))
+    assert missing.returncode == 2 and "gateway-gost2012-256" in missing.stderr and "cannot read" in missing.stderr
+    assert run_cli("keys", "demo", "--config", str(bundled)).returncode == 0
+    ok = run_cli("check-config", str(bundled))
+    assert ok.returncode == 0 and "3 participants, 2 routes" in ok.stdout, ok.stderr
 
 
 def test_help_lists_every_command():
