@@ -1,0 +1,1 @@
+"""SOAP adapters: the SMEV 3 inbound service (spyne) and outbound delivery to partners' SOAP services (zeep)."""

@@ -1,0 +1,181 @@
+"""Outbound SOAP push: call the operation a partner's WSDL describes, with the envelope as its input.
+
+The envelope goes as XML inside the operation's single input part. zeep cannot be
+asked to do that directly: an lxml element given for an ``xs:anyType`` part is
+rendered as its ``str()`` (``&lt;Element …&gt;``), and the partner receives text in
+place of a signed document. So zeep builds the SOAP message around a placeholder
+string, the envelope's root element replaces the placeholder, and the message is
+posted with zeep's transport and its reply read by zeep's binding. The envelope is
+moved as parsed, never re-serialised through a schema, so every byte the signatures
+cover arrives as it was signed.
+
+Only SOAP 1.1 ports are used: SMEV 3 is SOAP 1.1, and the faults are classified by
+the SOAP 1.1 codes (Client: the message is at fault, permanent; Server: retry).
+"""
+from __future__ import annotations
+
+import threading
+import uuid
+from dataclasses import dataclass
+
+import requests
+from lxml import etree
+from zeep import Client, Settings, Transport
+from zeep.exceptions import Fault, TransportError
+from zeep.proxy import ServiceProxy
+from zeep.wsdl.bindings.soap import Soap11Binding, SoapOperation
+
+from adapters.rest.push import RETRYABLE_4XX, PushResult
+from gateway.config import Channel
+from gateway.xmlsafe import parse_xml
+
+#: SOAP 1.1 fault codes (local parts) that blame the request itself, so a retry cannot help.
+PERMANENT_FAULTS = ("Client", "VersionMismatch", "MustUnderstand")
+
+
+class WsdlUnusable(Exception):
+    """The WSDL loaded but offers no way to deliver: no SOAP 1.1 port, or no such operation."""
+
+
+@dataclass(frozen=True)
+class _Partner:
+    client: Client
+    binding: Soap11Binding
+    proxy: ServiceProxy  # what zeep's create_message wants; its address is not used
+    address: str | None
+
+
+def _http_result(status: int, detail: str, retry_after: float | None = None) -> PushResult:
+    if 200 <= status < 300:
+        return PushResult(True, False, detail, status)
+    retryable = status >= 500 or status in RETRYABLE_4XX
+    return PushResult(False, retryable, detail, status, retry_after)
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After", "")
+    return float(value) if value.isdigit() else None
+
+
+def _fault_result(fault: Fault, resp: requests.Response) -> PushResult:
+    code = fault.code or ""
+    local = code.rpartition(":")[2]
+    detail = f"SOAP fault {code}: {fault.message}"
+    permanent = any(local.startswith(p) for p in PERMANENT_FAULTS)
+    return PushResult(False, not permanent, detail, resp.status_code, _retry_after(resp))
+
+
+class SoapPusher:
+    """zeep Clients per WSDL URL, shared by the delivery threads.
+
+    Loading and parsing a WSDL costs far more than a delivery, so a partner's client
+    is built once and kept; a failed load is not kept, so the next delivery tries again
+    once the partner is back. Loads of different WSDLs do not wait for each other:
+    one partner that hangs must not stall deliveries to the rest.
+    """
+
+    def __init__(self, timeout: float = 10.0) -> None:
+        self._session = requests.Session()
+        # forbid_dtd: replies come from partners, who are not trusted (as in gateway.xmlsafe).
+        self._settings = Settings(forbid_dtd=True)
+        self._transport = Transport(session=self._session, timeout=timeout, operation_timeout=timeout)
+        # zeep mounts file:// on the session; a partner's WSDL must not make the gateway read its own disk.
+        self._session.adapters.pop("file://", None)
+        self._partners: dict[str, _Partner] = {}
+        self._loading: dict[str, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._partners.clear()
+        self._session.close()
+
+    def _partner(self, wsdl: str) -> _Partner:
+        with self._lock:
+            known = self._partners.get(wsdl)
+            if known is not None:
+                return known
+            loading = self._loading.setdefault(wsdl, threading.Lock())
+        with loading:
+            with self._lock:
+                known = self._partners.get(wsdl)
+            if known is not None:
+                return known  # another thread loaded it while this one waited
+            partner = self._load(wsdl)
+            with self._lock:
+                self._partners[wsdl] = partner
+            return partner
+
+    def _load(self, wsdl: str) -> _Partner:
+        client = Client(wsdl, transport=self._transport, settings=self._settings)
+        for service in client.wsdl.services.values():
+            for port in service.ports.values():
+                if isinstance(port.binding, Soap11Binding):
+                    address = port.binding_options.get("address")
+                    return _Partner(client, port.binding, client.create_service(port.binding.name, address), address)
+        raise WsdlUnusable(f"no SOAP 1.1 port in the WSDL {wsdl}")
+
+    def push(self, channel: Channel, env_xml: bytes, message_id: str, attempt: int) -> PushResult:
+        wsdl = channel.wsdl
+        if wsdl is None:
+            return PushResult(False, False, "the channel has no wsdl")
+        try:
+            partner = self._partner(wsdl)
+        except WsdlUnusable as exc:
+            return PushResult(False, False, str(exc))
+        except Exception as exc:  # anything from a partner that is down to a half-written WSDL: try later
+            return PushResult(False, True, f"WSDL not loaded from {wsdl}: {type(exc).__name__}: {exc}")
+        address = channel.url or partner.address
+        if address is None:
+            return PushResult(False, False, f"no service address in the WSDL {wsdl} and no url in the channel")
+        try:
+            operation = partner.binding.get(channel.operation)
+            envelope = self._message(partner, operation, parse_xml(env_xml))
+        except (ValueError, WsdlUnusable) as exc:  # zeep says ValueError for an unknown operation
+            return PushResult(False, False, str(exc))
+        headers = {
+            "Content-Type": "text/xml; charset=utf-8",
+            "SOAPAction": f'"{operation.soapaction or ""}"',
+            "Idempotency-Key": message_id,
+            "X-Zdravlink-Message-Id": message_id,
+            "X-Zdravlink-Attempt": str(attempt),
+        }
+        try:
+            resp = partner.client.transport.post_xml(address, envelope, headers)
+        except requests.Timeout as exc:
+            return PushResult(False, True, f"timeout: {type(exc).__name__}")
+        except requests.RequestException as exc:
+            return PushResult(False, True, f"connection error: {type(exc).__name__}: {exc}")
+        return self._classify(partner, operation, resp)
+
+    @staticmethod
+    def _message(partner: _Partner, operation: SoapOperation, root: etree._Element) -> etree._Element:
+        """The SOAP message with ``root`` as the content of the operation's input part (see the module's note)."""
+        placeholder = f"zdravlink-envelope-{uuid.uuid4()}"
+        try:
+            message = partner.client.create_message(partner.proxy, operation.name, placeholder)
+        except TypeError as exc:  # zeep's way of saying the input does not take exactly one value
+            raise WsdlUnusable(f"operation {operation.name!r} does not take the envelope as its input: {exc}") from None
+        slot = next((el for el in message.iter() if el.text == placeholder), None)
+        if slot is None:
+            raise WsdlUnusable(f"operation {operation.name!r} has no input part for the envelope")
+        slot.text = None
+        slot.append(root)
+        return message
+
+    def _classify(self, partner: _Partner, operation: SoapOperation, resp: requests.Response) -> PushResult:
+        try:
+            partner.binding.process_reply(partner.client, operation, resp)
+        except Fault as fault:
+            if fault.code:
+                return _fault_result(fault, resp)
+            # A non-200 answer that is XML but no fault: only its HTTP status speaks.
+            return _http_result(resp.status_code, f"HTTP {resp.status_code}", _retry_after(resp))
+        except TransportError:
+            # An empty or non-XML body: HTTP 503 from a proxy, or a 200 whose reply is unreadable.
+            return _http_result(resp.status_code, f"HTTP {resp.status_code} without a SOAP reply",
+                                _retry_after(resp))
+        except Exception as exc:  # a 200 whose reply does not match the WSDL: the partner took the message
+            return PushResult(True, False, f"HTTP {resp.status_code} (reply not as the WSDL says: {exc})",
+                              resp.status_code)
+        return PushResult(True, False, f"HTTP {resp.status_code}", resp.status_code)
