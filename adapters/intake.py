@@ -9,6 +9,7 @@ import logging
 from typing import Callable
 
 from gateway.accept import Accepted, AcceptPipeline
+from gateway.config import Participant
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal
@@ -32,9 +33,18 @@ class Intake:
         try:
             caller = self.pipeline.authenticate(token)
             env = self.pipeline.parse(body, content_type)
-            accepted = self.pipeline.accept(env, caller, source=source)
         except Rejection as rej:
             self.refused(rej, source=source, remote=remote, caller=caller.mnemonic if caller else None, env=env)
+            raise
+        return self.receive_envelope(env, caller, source=source, remote=remote)
+
+    def receive_envelope(self, env: Envelope, caller: Participant, *, source: str, remote: str | None = None,
+                         signature_verified: bool = False) -> Accepted:
+        """Accept an envelope an adapter has already built; the Rejection is audited before it propagates."""
+        try:
+            accepted = self.pipeline.accept(env, caller, source=source, signature_verified=signature_verified)
+        except Rejection as rej:
+            self.refused(rej, source=source, remote=remote, caller=caller.mnemonic, env=env)
             raise
         if accepted.outcome.duplicate:
             metrics.DUPLICATES.labels(env.sender).inc()

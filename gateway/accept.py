@@ -72,8 +72,13 @@ class AcceptPipeline:
         raise Rejection(errors.UNSUPPORTED_MEDIA_TYPE, f"send application/json or application/xml, not {media!r}",
                         "Content-Type", status=415)
 
-    def check(self, env: Envelope, caller: Participant) -> str:
-        """Business and access checks; returns the route name the message will take."""
+    def check(self, env: Envelope, caller: Participant, *, signature_verified: bool = False) -> str:
+        """Business and access checks; returns the route name the message will take.
+
+        ``signature_verified`` says an adapter has already checked the sender's signature
+        over the data as its protocol carries it (SMEV's CallerInformationSystemSignature
+        over SenderProvidedRequestData), which the canonical envelope cannot re-check.
+        """
         if env.sender not in self.config.participants:
             raise Rejection(errors.UNKNOWN_SENDER, f"unknown sender {env.sender!r}", "Sender", status=403)
         if env.sender != caller.mnemonic:
@@ -95,7 +100,8 @@ class AcceptPipeline:
         if route is None:
             raise Rejection(errors.ROUTE_FORBIDDEN, "no route condition matches this payload",
                             "MessagePrimaryContent", status=403)
-        self.check_signature(env, route)
+        if not signature_verified:
+            self.check_signature(env, route)
         return route.name
 
     def check_signature(self, env: Envelope, route: Route) -> None:
@@ -106,7 +112,7 @@ class AcceptPipeline:
             forbidden = exc.code in signature_errors.CERTIFICATE_CODES or exc.code == signature_errors.SIGNATURE_REQUIRED
             raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422) from None
 
-    def accept(self, env: Envelope, caller: Participant, *, source: str) -> Accepted:
-        route = self.check(env, caller)
+    def accept(self, env: Envelope, caller: Participant, *, source: str, signature_verified: bool = False) -> Accepted:
+        route = self.check(env, caller, signature_verified=signature_verified)
         outcome = self.journal.accept(env, source=source, actor=f"{source}-adapter", route=route)
         return Accepted(outcome, env, route)

@@ -119,6 +119,18 @@ class SigningSettings(_Strict):
         return bool(self.pkcs12 or self.key)
 
 
+class SmevSettings(_Strict):
+    """SMEV 3 protocol rules of the inbound SOAP service and the pull inbox."""
+
+    #: How long a message handed out by GetRequest/GetResponse (or the REST inbox) waits for its Ack
+    #: before it is handed out again.
+    pull_lock_seconds: float = Field(300.0, gt=0)
+    #: A MessageID whose UUID v1 timestamp is older than this is refused as StaleMessageId.
+    message_id_max_age_hours: float = Field(48.0, gt=0)
+    #: How far in the future a MessageID's timestamp may lie (the sender's clock runs ahead).
+    clock_skew_seconds: float = Field(300.0, ge=0)
+
+
 class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -128,6 +140,7 @@ class Settings(_Strict):
     circuit_breaker: BreakerSettings = BreakerSettings()
     relay: RelaySettings = RelaySettings()
     signing: SigningSettings = SigningSettings()
+    smev: SmevSettings = SmevSettings()
 
 
 # ---- participants and routes ------------------------------------------------
@@ -159,14 +172,18 @@ class Channel(_Strict):
     mode: Literal["rest", "soap", "pull"]
     url: str | None = None
     format: Literal["xml", "json"] = "xml"
+    #: SOAP channels: the partner's WSDL and the operation whose single body part takes the envelope.
     wsdl: str | None = None
+    operation: str = Field("Deliver", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
 
     _check_url = field_validator("url", "wsdl")(classmethod(lambda cls, v: _http_url(v)))
 
     @model_validator(mode="after")
     def _url_for_push(self) -> Channel:
-        if self.mode != "pull" and not self.url:
-            raise ValueError(f"a {self.mode} channel needs a url")
+        if self.mode == "rest" and not self.url:
+            raise ValueError("a rest channel needs a url")
+        if self.mode == "soap" and not self.wsdl:
+            raise ValueError("a soap channel needs a wsdl (its url, if given, overrides the WSDL's address)")
         return self
 
 

@@ -32,6 +32,8 @@ class Status(str, enum.Enum):
     PUBLISHED = "PUBLISHED"
     ROUTED = "ROUTED"
     RETRYING = "RETRYING"
+    #: Parked in the recipient's inbox (delivery mode pull) until it takes the message and acks it.
+    AWAITING_PICKUP = "AWAITING_PICKUP"
     DELIVERED = "DELIVERED"
     FAILED = "FAILED"
     DEAD = "DEAD"
@@ -39,7 +41,7 @@ class Status(str, enum.Enum):
 
 
 #: Statuses from which a message still has somewhere to go.
-IN_FLIGHT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
+IN_FLIGHT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING, Status.AWAITING_PICKUP)
 
 
 @dataclass(frozen=True)

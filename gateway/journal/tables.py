@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from sqlalchemy import (
+    Boolean,
     Column,
     DateTime,
     ForeignKey,
@@ -64,4 +65,27 @@ rejections = Table(
     Column("sender", String(50)),
     Column("message_id", String(64)),
     Column("remote", String(64)),
+)
+
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("message_id", String(36), ForeignKey("messages.message_id"), primary_key=True),
+    Column("recipient", String(50), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("message_type", String(1024), nullable=False),
+    Column("root_name", String(255), nullable=False),
+    Column("parked_at", DateTime(timezone=True), nullable=False),
+    Column("locked_until", DateTime(timezone=True)),
+    Column("deliveries", Integer, nullable=False, default=0),
+    Column("acked_at", DateTime(timezone=True)),
+    Column("accepted", Boolean),
+    Index("ix_inbox_pending", "recipient", "kind", "acked_at", "parked_at"),
+)
+
+status_reports = Table(
+    "status_reports",
+    metadata,
+    Column("message_id", String(36), ForeignKey("messages.message_id"), primary_key=True),
+    Column("reported_at", DateTime(timezone=True), nullable=False),
 )
