@@ -69,8 +69,13 @@ def _on_term(stop: callable) -> None:  # type: ignore[valid-type]
 def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) -> None:
     import uvicorn
 
+    from a2wsgi import WSGIMiddleware
+
     from adapters.intake import Intake
     from adapters.rest.app import create_app
+    from adapters.soap.smev_exchange import SmevExchange
+    from adapters.soap.smev_service import SmevWsgi
+    from gateway.journal.inbox import Inbox
     from gateway.accept import AcceptPipeline
     from monitoring.exposition import GatewayStateCollector
     from routing.inspect import BrokerInspector
@@ -93,9 +98,13 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
         return {"journal": journal_ok, "broker": inspector.reachable()}
 
     intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake)
+    inbox = Inbox(journal)
+    smev = SmevWsgi(SmevExchange(config, intake, inbox, keyring), s.api.max_body_bytes)
     certificates = [(owner, c.subject, c.serial, c.not_after) for owner, c in keyring.owned_certificates()]
     app = create_app(intake=intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
-                     state=GatewayStateCollector(journal, inspector.depths, certificates))
+                     state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
+                     keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
+                     soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)})
     relay.start()
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))

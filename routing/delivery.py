@@ -1,5 +1,9 @@
 """The delivery worker: push to the recipient with retries, failover and dead letters.
 
+A channel pushes over REST (httpx) or SOAP (zeep, ``adapters.soap.push``) under the
+same policy, or parks the message in the recipient's pull inbox, where GetRequest,
+GetResponse or ``GET /api/v1/inbox`` take it and an Ack makes it DELIVERED.
+
 For each message it walks the route's channels in order (failover). On one channel:
 short waits between attempts run in process with tenacity; a wait longer than
 ``delivery.in_process_max_delay`` parks the message in a delayed-retry queue, so a
@@ -24,8 +28,10 @@ import pika
 from tenacity import RetryCallState, Retrying, retry_if_result
 
 from adapters.rest.push import PushResult, push
+from adapters.soap.push import SoapPusher
 from gateway.config import Channel, GatewayConfig, Route
 from gateway.journal import Journal, MessageRecord, Status
+from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
 from monitoring import metrics
 from routing.breaker import BreakerBoard, State
@@ -64,6 +70,8 @@ class DeliveryWorker:
                                    limits=httpx.Limits(max_connections=64))
         self.breakers = BreakerBoard(s.circuit_breaker.failure_threshold, s.circuit_breaker.reset_timeout_seconds,
                                      on_change=self._breaker_changed)
+        self.soap = SoapPusher(s.delivery.timeout_seconds)
+        self.inbox = Inbox(journal)
         self._routes = {r.name: r for r in config.routes}
         self._stopping = threading.Event()
 
@@ -72,6 +80,7 @@ class DeliveryWorker:
 
     def close(self) -> None:
         self.client.close()
+        self.soap.close()
 
     @staticmethod
     def _breaker_changed(key: str, state: State) -> None:
@@ -146,7 +155,10 @@ class DeliveryWorker:
             n = state["attempt"]
             state["attempt"] += 1
             state["attempts"] += 1
-            res = push(self.client, channel.url, signed, rec.message_id, channel.format, n)
+            if channel.mode == "soap":
+                res = self.soap.push(channel, signed, rec.message_id, n)
+            else:
+                res = push(self.client, channel.url, signed, rec.message_id, channel.format, n)
             if res.delivered or not res.retryable:
                 breaker.success()
             else:
@@ -159,9 +171,9 @@ class DeliveryWorker:
                                     attempts=state["attempts"])
             return res
 
-        if channel.mode != "rest":
-            return self._dead(body, rec, route, channel, f"channel mode {channel.mode!r} is not deliverable by push",
-                              attempts)
+        if channel.mode == "pull":
+            self.inbox.park(rec, self.actor, channel.name)
+            return Outcome.DONE, attempts, "parked for pickup"
         res: PushResult = Retrying(
             retry=retry_if_result(lambda r: not r.delivered and r.retryable and r.detail != "circuit open"),
             stop=stop,

@@ -5,9 +5,11 @@ it, so an oversized or hostile body costs at most ``max_body_bytes`` of memory.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
+from pydantic import BaseModel, ConfigDict
+from starlette.routing import Route
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,9 +18,12 @@ from starlette.responses import JSONResponse, Response
 from adapters.intake import Intake
 from adapters.rest.problems import problem
 from gateway import errors
-from gateway.envelope import EnvelopeDocument
+from gateway.envelope import Envelope, EnvelopeDocument
 from gateway.errors import Rejection
 from gateway.journal import Journal
+from gateway.journal.inbox import Inbox
+from gateway.keyring import KeyRing
+from gateway.xmlsafe import parse_xml
 from monitoring.exposition import GatewayStateCollector, render
 
 API = "/api/v1"
@@ -46,7 +51,10 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 
 
 def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
-               readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector) -> FastAPI:
+               readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector,
+               inbox: Inbox | None = None, keyring: KeyRing | None = None, lock_seconds: float = 300.0,
+               soap: dict[str, Any] | None = None) -> FastAPI:
+    """The ASGI app; ``soap`` maps paths (``/smev/1.1``) to ASGI apps mounted beside the REST API."""
     app = FastAPI(
         title="Zdravlink gateway",
         version="1.0",
@@ -133,6 +141,11 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
             ],
         }
 
+    if inbox is not None:
+        _inbox_routes(app, intake, inbox, keyring or KeyRing(), lock_seconds)
+    for path, asgi in (soap or {}).items():
+        app.router.routes.append(Route(path, endpoint=asgi, methods=["GET", "POST"], include_in_schema=False))
+
     @app.get("/healthz", summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -148,3 +161,44 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+class AckBody(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    accepted: bool = True
+
+
+def _inbox_routes(app: FastAPI, intake: Intake, inbox: Inbox, keyring: KeyRing, lock_seconds: float) -> None:
+    """The pull inbox over REST, with SMEV's rules: one message per call, locked until its ack."""
+
+    @app.get(f"{API}/inbox", summary="Take the next message waiting for the caller (204 when none)",
+             responses={204: {"description": "Nothing waiting"}})
+    def take(request: Request, kind: Literal["request", "response"] = "request",
+             messageType: str | None = None) -> Response:  # noqa: N803 (the query parameter's public name)
+        caller = intake.pipeline.authenticate(_bearer(request))
+        taken = inbox.take(caller.mnemonic, kind, lock_seconds, messageType)
+        if taken is None:
+            return Response(status_code=204)
+        signed = keyring.sign_envelope(taken.record.envelope)
+        headers = {"X-Zdravlink-Message-Id": taken.record.message_id, "X-Zdravlink-Delivery": str(taken.deliveries)}
+        if "application/xml" in request.headers.get("accept", ""):
+            return Response(signed, media_type="application/xml", headers=headers)
+        env = Envelope.from_element(parse_xml(signed))
+        return JSONResponse({"messageId": taken.record.message_id, "kind": taken.kind, "delivery": taken.deliveries,
+                             "lockedForSeconds": lock_seconds,
+                             "ackUrl": f"{API}/inbox/{taken.record.message_id}/ack", "envelope": env.to_json()},
+                            headers=headers)
+
+    @app.post(f"{API}/inbox/{{message_id}}/ack", summary="Confirm (or refuse) a message taken from the inbox")
+    def ack(message_id: str, request: Request, body: AckBody | None = None) -> dict[str, Any]:
+        caller = intake.pipeline.authenticate(_bearer(request))
+        accepted = body.accepted if body is not None else True
+        outcome = inbox.ack(caller.mnemonic, message_id, accepted, f"rest:{caller.mnemonic}")
+        if outcome == "unknown":
+            raise Rejection(errors.TARGET_MESSAGE_NOT_FOUND, f"{message_id} was never handed to {caller.mnemonic!r}",
+                            "message_id", status=404)
+        if outcome == "already":
+            raise Rejection(errors.TARGET_MESSAGE_NOT_FOUND, f"{message_id} was already acknowledged", "message_id",
+                            status=409)
+        return {"messageId": message_id, "accepted": accepted}
+

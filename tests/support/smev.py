@@ -1,0 +1,104 @@
+"""SMEV 3 requests as a partner's client builds them: SOAP 1.1 envelopes, signed with the partner's key."""
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+import httpx
+from lxml import etree
+
+from adapters.soap.smev_schema import B, BASIC_NS, SOAP_ENV_NS, T, TYPES_NS
+from signing import Certificate, PrivateKey, Signer, sign
+
+REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "smev3" / "1.1"
+
+
+def signer(keys: Path, name: str, key_type: str = "gost2012-256") -> Signer:
+    return Signer.create(PrivateKey.load(keys / f"{name}-{key_type}.key"), Certificate.load(keys / f"{name}-{key_type}.pem"))
+
+
+def soap(request: etree._Element) -> bytes:
+    env = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={"soapenv": SOAP_ENV_NS})
+    etree.SubElement(env, f"{{{SOAP_ENV_NS}}}Body").append(request)
+    return etree.tostring(env, encoding="UTF-8", xml_declaration=True)
+
+
+def _signed(request: etree._Element, target: etree._Element, by: Signer | None) -> etree._Element:
+    if by is not None:
+        etree.SubElement(request, T + "CallerInformationSystemSignature").append(sign(target, by))
+    return request
+
+
+def send_request(payload: str, *, message_id: str | None = None, by: Signer | None = None, test: bool = False,
+                 eol: str | None = None, data_id: str = "SIGNED_BY_CONSUMER") -> etree._Element:
+    req = etree.Element(T + "SendRequestRequest", nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    data = etree.SubElement(req, T + "SenderProvidedRequestData", Id=data_id)
+    etree.SubElement(data, T + "MessageID").text = message_id or str(uuid.uuid1())
+    if eol:
+        etree.SubElement(data, T + "EOL").text = eol
+    etree.SubElement(data, B + "MessagePrimaryContent").append(etree.fromstring(payload))
+    if test:
+        etree.SubElement(data, T + "TestMessage")
+    return _signed(req, data, by)
+
+
+def send_response(to: str, payload: str, *, message_id: str | None = None, by: Signer | None = None) -> etree._Element:
+    req = etree.Element(T + "SendResponseRequest", nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    data = etree.SubElement(req, T + "SenderProvidedResponseData", Id="SIGNED_BY_PROVIDER")
+    etree.SubElement(data, T + "MessageID").text = message_id or str(uuid.uuid1())
+    etree.SubElement(data, T + "To").text = to
+    etree.SubElement(data, B + "MessagePrimaryContent").append(etree.fromstring(payload))
+    return _signed(req, data, by)
+
+
+def _selector(tag: str, namespace: str | None, local: str | None, by: Signer | None) -> etree._Element:
+    req = etree.Element(T + tag, nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    sel = etree.SubElement(req, B + "MessageTypeSelector", Id="SIGNED_BY_CALLER")
+    if namespace:
+        etree.SubElement(sel, B + "NamespaceURI").text = namespace
+        etree.SubElement(sel, B + "RootElementLocalName").text = local or "Notice"
+    etree.SubElement(sel, B + "Timestamp").text = datetime.now(timezone.utc).isoformat()
+    return _signed(req, sel, by)
+
+
+def get_request(namespace: str | None = None, local: str | None = None, by: Signer | None = None) -> etree._Element:
+    return _selector("GetRequestRequest", namespace, local, by)
+
+
+def get_response(namespace: str | None = None, local: str | None = None, by: Signer | None = None) -> etree._Element:
+    return _selector("GetResponseRequest", namespace, local, by)
+
+
+def ack(message_id: str, accepted: bool = True, by: Signer | None = None) -> etree._Element:
+    req = etree.Element(T + "AckRequest", nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    target = etree.SubElement(req, B + "AckTargetMessage", Id="SIGNED_BY_CALLER", accepted=str(accepted).lower())
+    target.text = message_id
+    return _signed(req, target, by)
+
+
+def _timestamped(tag: str, by: Signer | None) -> etree._Element:
+    req = etree.Element(T + tag, nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    ts = etree.SubElement(req, B + "Timestamp", Id="SIGNED_BY_CALLER")
+    ts.text = datetime.now(timezone.utc).isoformat()
+    return _signed(req, ts, by)
+
+
+def get_status(by: Signer | None = None) -> etree._Element:
+    return _timestamped("GetStatusRequest", by)
+
+
+def queue_statistics(by: Signer | None = None) -> etree._Element:
+    return _timestamped("GetIncomingQueueStatisticsRequest", by)
+
+
+def call(url: str, request: etree._Element, token: str | None = None, action: str | None = None
+         ) -> tuple[int, etree._Element]:
+    """POST one request; the HTTP status and the SOAP body's child (answer or soap:Fault)."""
+    name = etree.QName(request).localname.removesuffix("Request")
+    headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": action or f"urn:{name}"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    resp = httpx.post(url, content=soap(request), headers=headers, timeout=15)
+    root = etree.fromstring(resp.content)
+    return resp.status_code, root.find(f"{{{SOAP_ENV_NS}}}Body")[0]
