@@ -197,6 +197,7 @@ class Journal:
         ids = list(dict.fromkeys(c.message_id for c in changes))
         results: list[bool] = []
         with self.engine.begin() as conn:
+            self._lock_chains(conn, ids)
             current = dict(conn.execute(
                 select(messages.c.message_id, messages.c.status).where(messages.c.message_id.in_(ids))
             ).all())
@@ -226,6 +227,22 @@ class Journal:
                 conn.execute(insert(events), rows)
         return results
 
+    def _lock_chains(self, conn: Connection, ids: Sequence[str]) -> None:
+        """Take the write lock on these messages before their chain heads are read.
+
+        Two processes appending to one message's trail (the relay's PUBLISHED and the
+        router's ROUTED arrive together) would otherwise read the same head and fork the
+        chain. PostgreSQL locks the rows, in one order so two batches cannot deadlock;
+        SQLite has one writer, and a first write takes its lock for the transaction.
+        """
+        ordered = sorted(set(ids))
+        if self.engine.dialect.name == "sqlite":
+            conn.execute(update(messages).where(messages.c.message_id.in_(ordered))
+                         .values(updated_at=messages.c.updated_at))
+        else:
+            conn.execute(select(messages.c.message_id).where(messages.c.message_id.in_(ordered))
+                         .order_by(messages.c.message_id).with_for_update())
+
     @staticmethod
     def _chain_heads(conn: Connection, ids: Sequence[str]) -> dict[str, str]:
         """The newest event hash of each message, in one query."""
@@ -242,7 +259,8 @@ class Journal:
 
     # ---- accept ---------------------------------------------------------
 
-    def accept(self, env: Envelope, *, source: str, actor: str, route: str | None) -> AcceptOutcome:
+    def accept(self, env: Envelope, *, source: str, actor: str, route: str | None,
+               evidence: dict[str, str] | None = None) -> AcceptOutcome:
         """Journal an accepted message, or recognise a repeat of one (idempotent receiver).
 
         The same MessageID with the same canonical data is a repeat and gets the first
@@ -265,7 +283,9 @@ class Journal:
             attempts=0,
             replays=0,
         )
-        detail = {"source": source, "route": route, "sender": env.sender, "recipient": env.recipient}
+        detail: dict[str, Any] = {"source": source, "route": route, "sender": env.sender, "recipient": env.recipient}
+        if evidence:
+            detail["signature"] = evidence
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(messages).values(**row))
@@ -274,6 +294,7 @@ class Journal:
         except IntegrityError:
             pass
         with self.engine.begin() as conn:
+            self._lock_chains(conn, [env.message_id])
             existing = conn.execute(
                 select(messages.c.status, messages.c.fingerprint).where(messages.c.message_id == env.message_id)
             ).one()
@@ -358,6 +379,7 @@ class Journal:
         so the status only changes where it is still ACCEPTED; the event is kept either way."""
         now = utcnow()
         with self.engine.begin() as conn:
+            self._lock_chains(conn, message_ids)
             current = dict(
                 conn.execute(
                     select(messages.c.message_id, messages.c.status).where(messages.c.message_id.in_(message_ids))

@@ -93,3 +93,31 @@ def test_rejection_is_audited_masked_and_resubmission_allowed(journal: Journal) 
     assert journal.get(env.message_id).status == "REJECTED"
     out = journal.accept(env, source="rest", actor="t", route="r")
     assert not out.duplicate and journal.get(env.message_id).status == "ACCEPTED"
+
+
+def test_concurrent_writers_never_fork_a_trail(journal: Journal) -> None:
+    """The relay, the router and the workers append to one trail from several processes at once."""
+    import threading
+
+    env = make_env()
+    journal.accept(env, source="rest", actor="test", route="r")
+    others = [Journal(journal.url) for _ in range(3)]
+    barrier = threading.Barrier(4)
+
+    def write(j: Journal, n: int) -> None:
+        barrier.wait()
+        for i in range(15):
+            if i % 5 == 0:
+                j.mark_published([env.message_id], f"relay-{n}")
+            else:
+                j.record(env.message_id, "NOTE", f"writer-{n}", {"i": i})
+
+    threads = [threading.Thread(target=write, args=(j, n)) for n, j in enumerate([journal, *others])]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for j in others:
+        j.engine.dispose()
+    assert len(journal.trail(env.message_id)) == 1 + 4 * 15
+    assert journal.verify_trail(env.message_id)
