@@ -39,10 +39,10 @@ class Intake:
         return self.receive_envelope(env, caller, source=source, remote=remote)
 
     def receive_envelope(self, env: Envelope, caller: Participant, *, source: str, remote: str | None = None,
-                         signature_verified: bool = False) -> Accepted:
+                         verified_signature: dict[str, str] | None = None) -> Accepted:
         """Accept an envelope an adapter has already built; the Rejection is audited before it propagates."""
         try:
-            accepted = self.pipeline.accept(env, caller, source=source, signature_verified=signature_verified)
+            accepted = self.pipeline.accept(env, caller, source=source, verified_signature=verified_signature)
         except Rejection as rej:
             self.refused(rej, source=source, remote=remote, caller=caller.mnemonic, env=env)
             raise

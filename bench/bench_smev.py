@@ -33,7 +33,7 @@ from signing import sign  # noqa: E402
 from signing.demo_ca import create_demo_keys  # noqa: E402
 from tests.conftest import AMQP_URL, free_port  # noqa: E402
 from tests.integration.test_smev_soap import LAB_TOKEN, write_config  # noqa: E402
-from tests.support import smev  # noqa: E402
+from adapters.soap import smev_client as smev  # noqa: E402
 from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, notice  # noqa: E402
 
 

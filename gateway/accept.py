@@ -112,7 +112,11 @@ class AcceptPipeline:
             forbidden = exc.code in signature_errors.CERTIFICATE_CODES or exc.code == signature_errors.SIGNATURE_REQUIRED
             raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422) from None
 
-    def accept(self, env: Envelope, caller: Participant, *, source: str, signature_verified: bool = False) -> Accepted:
-        route = self.check(env, caller, signature_verified=signature_verified)
-        outcome = self.journal.accept(env, source=source, actor=f"{source}-adapter", route=route)
+    def accept(self, env: Envelope, caller: Participant, *, source: str,
+               verified_signature: dict[str, str] | None = None) -> Accepted:
+        """Check and journal; ``verified_signature`` is what an adapter's own check found (see ``check``),
+        kept in the ACCEPTED event as the evidence of who signed."""
+        route = self.check(env, caller, signature_verified=verified_signature is not None)
+        outcome = self.journal.accept(env, source=source, actor=f"{source}-adapter", route=route,
+                                      evidence=verified_signature)
         return Accepted(outcome, env, route)

@@ -79,12 +79,15 @@ def run(config: Optional[Path] = ConfigOpt,
     out.print(f"[bold green]Zdravlink[/bold green] on {config_dir(config)} — journal {s.database.url.split('@')[-1]}")
     out.print(f"  API      {base}/api/v1/messages")
     out.print(f"  docs     {base}/docs")
+    out.print(f"  SMEV 3   {base}/smev/1.1?wsdl   pull inbox {base}/api/v1/inbox")
     out.print(f"  metrics  {base}/metrics   health {base}/healthz   ready {base}/readyz")
     if demo:
         for p in cfg.participants.values():
-            if p.delivery.url:
+            if p.delivery.mode == "soap":
+                out.print(f"  partner  {p.mnemonic:<14} receives by SOAP, WSDL {p.delivery.wsdl}")
+            elif p.delivery.url:
                 out.print(f"  partner  {p.mnemonic:<14} receives at {p.delivery.url}")
-        out.print("  try      zdravlink demo send   (posts a notice from lab-demo to clinic-mis)")
+        out.print("  try      zdravlink demo send [--soap]   (a notice from lab-demo to clinic-mis, REST or SMEV)")
     raise typer.Exit(Supervisor(cfg, config_dir(config), demo).run())
 
 
@@ -358,29 +361,29 @@ def hash_token_cmd(token: str) -> None:
 
 @demo_app.command("partners")
 def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
-    """Run a recipient server for every participant that receives by REST push on 127.0.0.1."""
+    """Run a recipient server for every participant that receives by REST or SOAP push on 127.0.0.1."""
     import signal
     import threading
     from urllib.parse import urlsplit
 
     from adapters.emulators.rest_recipient import RecipientServer
+    from adapters.emulators.soap_partner import SoapPartner
 
     setup_logging("demo-partners")
     cfg = _load_or_exit(config)
     ring = _keyring_or_exit(cfg)
     gateway_cert = ring.signer.certificate if ring.signer else None
-    ports: dict[int, str] = {}
-    for route in cfg.routes:
-        for ch in route.channels:
-            if ch.url:
-                u = urlsplit(ch.url)
-                if u.hostname == "127.0.0.1":
-                    ports.setdefault(u.port or 80, f"{route.recipient}/{ch.name}")
-    for p in cfg.participants.values():
-        if p.delivery.url and urlsplit(p.delivery.url).hostname == "127.0.0.1":
-            ports.setdefault(urlsplit(p.delivery.url).port or 80, p.mnemonic)
-    servers = [RecipientServer(port=port, name=name, trust=ring.trust, gateway=gateway_cert).start()
-               for port, name in sorted(ports.items())]
+    ports: dict[int, tuple[str, str]] = {}
+    channels = [(f"{r.recipient}/{ch.name}", ch) for r in cfg.routes for ch in r.channels]
+    channels += [(p.mnemonic, p.delivery) for p in cfg.participants.values()]
+    for name, ch in channels:
+        where = urlsplit(ch.wsdl if ch.mode == "soap" else ch.url or "")
+        if ch.mode in ("rest", "soap") and where.hostname == "127.0.0.1":
+            ports.setdefault(where.port or 80, (name, ch.mode))
+    servers: list[RecipientServer | SoapPartner] = [
+        SoapPartner(port=port, name=name).start() if mode == "soap"
+        else RecipientServer(port=port, name=name, trust=ring.trust, gateway=gateway_cert).start()
+        for port, (name, mode) in sorted(ports.items())]
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -392,10 +395,12 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
 @demo_app.command("send")
 def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, help="How many notices"),
               token: str = typer.Option("demo-lab-token", help="Sender's API token"),
-              signed: bool = typer.Option(True, "--sign/--no-sign", help="Sign as lab-demo with its demo key")) -> None:
+              signed: bool = typer.Option(True, "--sign/--no-sign", help="Sign as lab-demo with its demo key"),
+              soap: bool = typer.Option(False, "--soap", help="Send as SMEV 3 SendRequest to /smev/1.1")) -> None:
     """Post demo notices from lab-demo to clinic-mis, signed with lab-demo's key, and print their status URLs."""
     import httpx
 
+    from adapters.soap import smev_client
     from gateway.envelope import Envelope
     from gateway.xmlsafe import parse_xml
     from signing import Certificate, PrivateKey, Signer, sign
@@ -409,6 +414,11 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
         payload = ('<n:Notice xmlns:n="urn://zdravlink/types/notice/1.0"><n:Code>SAMPLE_RECEIVED</n:Code>'
                    f'<n:IssuedAt>{datetime.now(timezone.utc).isoformat(timespec="seconds")}</n:IssuedAt>'
                    '<n:Text>Образец получен лабораторией</n:Text></n:Notice>')
+        if soap:
+            status, answer = smev_client.call(f"{base}/smev/1.1", smev_client.send_request(payload, by=signer),
+                                              token=None if signed else token)
+            out.print(f"{status} {smev_client.describe(answer)}", highlight=False)
+            continue
         env = Envelope(message_id=str(uuid.uuid1()), sender="lab-demo", recipient="clinic-mis",
                        message_type="urn://zdravlink/types/notice/1.0", payload=parse_xml(payload.encode()))
         if signer is not None:

@@ -57,7 +57,12 @@ class Audited(Exception):
 @dataclass(frozen=True)
 class Caller:
     participant: Participant
-    signed: bool
+    #: What the verified CallerInformationSystemSignature said, for the trail; None when a token identified.
+    signature: dict[str, str] | None = None
+
+    @property
+    def signed(self) -> bool:
+        return self.signature is not None
 
 
 def message_id_time(message_id: str) -> datetime:
@@ -138,7 +143,7 @@ class SmevExchange:
             if by_token is None:
                 raise Rejection(sig.SIGNATURE_REQUIRED, "no CallerInformationSystemSignature and no API token: "
                                 "the caller cannot be identified", "CallerInformationSystemSignature", status=403)
-            return Caller(by_token, signed=False)
+            return Caller(by_token)
         if self.keyring.trust is None:
             raise Rejection(sig.CERTIFICATE_UNTRUSTED, "the gateway has no trust store configured",
                             "CallerInformationSystemSignature", status=403)
@@ -148,14 +153,16 @@ class SmevExchange:
                               expected=self._signed_target(request, operation), signers=signers, at=self.clock())
         except SignatureError as exc:
             raise Rejection(exc.code, exc.detail, "CallerInformationSystemSignature", status=403) from None
+        seen = {"subject": verified.certificate.subject, "serial": str(verified.certificate.serial),
+                "algorithm": verified.algorithm.name, "element": etree.QName(self._signed_target(request, operation)).localname}
         if by_token is not None:
-            return Caller(by_token, signed=True)
+            return Caller(by_token, seen)
         owner = next((self.config.participants[m] for m, certs in self.keyring.certificates.items()
                       if verified.certificate in certs), None)
         if owner is None:
             raise Rejection(errors.UNKNOWN_SENDER, f"the certificate {verified.certificate.subject!r} belongs to no "
                             "registered participant", "CallerInformationSystemSignature", status=403)
-        return Caller(owner, signed=True)
+        return Caller(owner, seen)
 
     def _refuse_attachments(self, data: etree._Element, request: etree._Element) -> None:
         for tag in (B + "AttachmentHeaderList", B + "RefAttachmentHeaderList"):
@@ -178,13 +185,14 @@ class SmevExchange:
     def _accept(self, env: Envelope, caller: Caller, remote: str | None) -> None:
         try:
             accepted = self.intake.receive_envelope(env, caller.participant, source="soap", remote=remote,
-                                                    signature_verified=caller.signed)
+                                                    verified_signature=caller.signature)
         except Rejection as rej:
             raise Audited(rej) from None
         if accepted.outcome.duplicate:
             # SMEV's idempotency answer: the message is already in, stop sending it.
             raise Audited(Rejection(errors.MESSAGE_ID_REUSED, f"{env.message_id} was already accepted: stop resending",
                                     "MessageID", status=409))
+
 
     # ---- signing of answers -------------------------------------------------
 

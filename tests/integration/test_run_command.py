@@ -33,6 +33,16 @@ def bundled_config_on_free_ports(target: Path) -> tuple[Path, int]:
     return target, api
 
 
+def wait_delivered(base: str, message_id: str, token: str) -> None:
+    deadline = time.monotonic() + 30
+    status = None
+    while status != "DELIVERED" and time.monotonic() < deadline:
+        time.sleep(0.2)
+        status = httpx.get(f"{base}/api/v1/messages/{message_id}",
+                           headers={"Authorization": f"Bearer {token}"}).json()["status"]
+    assert status == "DELIVERED", message_id
+
+
 def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
     config, port = bundled_config_on_free_ports(tmp_path / "config")
     prefix = f"zlt-{uuid.uuid4().hex[:8]}"
@@ -56,7 +66,8 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
             time.sleep(0.2)
         banner = (tmp_path / "run.log").read_text()
-        for line in (f"API      {base}/api/v1/messages", f"docs     {base}/docs", f"metrics  {base}/metrics"):
+        for line in (f"API      {base}/api/v1/messages", f"docs     {base}/docs", f"metrics  {base}/metrics",
+                     f"SMEV 3   {base}/smev/1.1?wsdl"):
             assert line in banner
         assert httpx.get(f"{base}/docs").status_code == 200
 
@@ -64,16 +75,27 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
         message_id = re.search(r'"messageId":"([0-9a-f-]+)"', sent.stdout).group(1)
-        deadline = time.monotonic() + 30
-        status = None
-        while status != "DELIVERED" and time.monotonic() < deadline:
-            time.sleep(0.2)
-            status = httpx.get(f"{base}/api/v1/messages/{message_id}",
-                               headers={"Authorization": "Bearer demo-lab-token"}).json()["status"]
-        assert status == "DELIVERED"
+        wait_delivered(base, message_id, "demo-lab-token")
         # the demo partner got it, and the gateway's GOST signature verified there
         assert f"message {message_id} attempt 1 -> 200" in (tmp_path / "run.log").read_text()
         assert "gateway signature: OK gost2012-256" in (tmp_path / "run.log").read_text()
+
+        # the same notice over SMEV 3 SOAP, signed as lab-demo
+        smev = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--soap", "--config", str(config)],
+                              env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert smev.stdout.startswith("200 SendRequestResponse: MessageId "), smev.stdout + smev.stderr
+        soap_id = re.search(r"MessageId ([0-9a-f-]+)", smev.stdout).group(1)
+        wait_delivered(base, soap_id, "demo-lab-token")
+        # clinic-mis to insurer-demo, whose demo partner is a SOAP service (zeep → spyne)
+        notice = ('<n:Notice xmlns:n="urn://zdravlink/types/notice/1.0"><n:Code>ACT_READY</n:Code>'
+                  '<n:IssuedAt>2026-11-23T10:00:00Z</n:IssuedAt><n:Text>Акт готов</n:Text></n:Notice>')
+        act_id = str(uuid.uuid1())
+        r = httpx.post(f"{base}/api/v1/messages", headers={"Authorization": "Bearer demo-mis-token"},
+                       json={"messageId": act_id, "sender": "clinic-mis", "recipient": "insurer-demo",
+                             "messageType": "urn://zdravlink/types/notice/1.0", "payload": notice})
+        assert r.status_code == 202, r.text
+        wait_delivered(base, act_id, "demo-mis-token")
+        assert f"insurer-demo/default: message {act_id} attempt 1 -> ok" in (tmp_path / "run.log").read_text()
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 5  # api, router, two delivery workers, demo partners
     finally:

@@ -29,11 +29,13 @@ from gateway.journal import Journal, Status
 from gateway.journal.inbox import Inbox
 from gateway.keyring import load_keyring
 from gateway.schemas import known_message_types
-from tests.support import smev
+from signing import sign
+from adapters.soap import smev_client as smev
+from tests.support.references import SMEV_REFERENCE
 from tests.support.gateway_proc import NOTICE_NS, notice
 
 LAB_TOKEN, CLINIC_TOKEN = "lab-soap-token", "clinic-soap-token"
-OFFICIAL = smev.REFERENCE if smev.REFERENCE.exists() else smev_dir()
+OFFICIAL = SMEV_REFERENCE if SMEV_REFERENCE.exists() else smev_dir()
 SCHEMA = compile_schema(OFFICIAL)
 
 
@@ -165,6 +167,9 @@ def test_signed_send_request_is_journalled_and_answered_with_signed_metadata(ser
     assert verified.algorithm.name == "gost2012-256"
     rec = service.journal.get(mid)
     assert (rec.status, rec.sender, rec.recipient, rec.source) == ("ACCEPTED", "lab", "clinic", "soap")
+    evidence = service.journal.trail(mid)[0].detail["signature"]
+    assert evidence["algorithm"] == "gost2012-256" and "lab" in evidence["subject"]
+    assert evidence["element"] == "SenderProvidedRequestData"
 
 
 def test_rsa_signature_and_test_message_flag(service):
@@ -419,3 +424,30 @@ def test_every_refusal_is_audited_with_the_soap_source(service):
     service.call(smev.get_request(by=None))
     codes = [(r["source"], r["code"]) for r in service.journal.rejections(2)]
     assert codes == [("soap", "SIGNATURE_REQUIRED"), ("soap", "SIGNATURE_REQUIRED")]
+
+
+def test_attachments_are_refused_until_supported(service):
+    request = smev.send_request(notice(), by=None)
+    data = request.find(T + "SenderProvidedRequestData")
+    headers = etree.SubElement(data, B + "AttachmentHeaderList")
+    header = etree.SubElement(headers, B + "AttachmentHeader")
+    etree.SubElement(header, B + "contentId").text = "att-1"
+    etree.SubElement(header, B + "MimeType").text = "application/pdf"
+    etree.SubElement(request, T + "CallerInformationSystemSignature").append(sign(data, service.lab))
+    detail = fault_detail(service.call(request)[1])
+    assert detail.tag == F + "InvalidContent" and detail.findtext(B + "Code") == "ATTACHMENTS_UNSUPPORTED"
+
+
+def test_request_rejected_answer_is_not_carried_yet(service):
+    mid = str(uuid.uuid1())
+    service.call(smev.send_request(notice(), message_id=mid, by=service.lab))
+    request = smev.send_response(mid, notice(), by=None)
+    data = request.find(T + "SenderProvidedResponseData")
+    data.remove(data.find(B + "MessagePrimaryContent"))
+    rejected = etree.SubElement(data, T + "RequestRejected")
+    etree.SubElement(rejected, T + "RejectionReasonCode").text = "NO_DATA"
+    etree.SubElement(rejected, T + "RejectionReasonDescription").text = "Нет данных"
+    etree.SubElement(request, T + "CallerInformationSystemSignature").append(sign(data, service.clinic))
+    detail = fault_detail(service.call(request)[1])
+    assert detail.tag == F + "IncorrectResponseContentType"
+    assert "RequestRejected" in service.call(request)[1].findtext("faultstring")

@@ -19,7 +19,7 @@ from lxml import etree
 from adapters.emulators.soap_partner import SoapPartner
 from adapters.soap.smev_schema import T
 from gateway.config import hash_token
-from tests.support import smev
+from adapters.soap import smev_client as smev
 from tests.support.gateway_proc import NOTICE_NS, notice
 
 pytestmark = pytest.mark.broker
@@ -110,7 +110,7 @@ def test_rest_inbox_takes_and_acks_with_the_gateways_signature(gw, demo_keys):
     assert r.status_code == 200 and r.json()["messageId"] == mid
     env = Envelope.from_json(r.json()["envelope"])
     doc = env.to_element()
-    verified = verify(doc.find(f".//{{http://www.w3.org/2000/09/xmldsig#}}Signature"), document=doc,
+    verified = verify(doc.find(".//{http://www.w3.org/2000/09/xmldsig#}Signature"), document=doc,
                       expected=doc[0], trust=TrustStore.from_directory(demo_keys / "trust"),
                       signers=[Certificate.load(demo_keys / "gateway-gost2012-256.pem")])
     assert verified.algorithm.name == "gost2012-256"

@@ -8,7 +8,7 @@ from adapters.soap.smev_faults import SmevFault
 from adapters.soap.smev_schema import FILES, WSDL_FILE, compile_schema, smev_dir, validation_errors
 from gateway.errors import Rejection
 from signing import errors as sig
-from tests.support.smev import REFERENCE
+from tests.support.references import SMEV_REFERENCE as REFERENCE
 
 
 @pytest.mark.skipif(not REFERENCE.exists(), reason="no ../shared/reference in this checkout")

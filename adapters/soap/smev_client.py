@@ -1,4 +1,10 @@
-"""SMEV 3 requests as a partner's client builds them: SOAP 1.1 envelopes, signed with the partner's key."""
+"""A small SMEV 3 client: the requests a partner's information system sends, signed with its key.
+
+Used by ``zdravlink demo send --soap``, the tests and the benchmark, and a starting point for a
+partner integrating with the gateway from Python. Each builder returns the request element
+with its CallerInformationSystemSignature (when given a signer); ``soap`` wraps it in a SOAP 1.1
+envelope and ``call`` posts it with the SOAPAction the WSDL names.
+"""
 from __future__ import annotations
 
 import uuid
@@ -10,9 +16,6 @@ from lxml import etree
 
 from adapters.soap.smev_schema import B, BASIC_NS, SOAP_ENV_NS, T, TYPES_NS
 from signing import Certificate, PrivateKey, Signer, sign
-
-REFERENCE = Path(__file__).resolve().parents[3] / "shared" / "reference" / "smev3" / "1.1"
-
 
 def signer(keys: Path, name: str, key_type: str = "gost2012-256") -> Signer:
     return Signer.create(PrivateKey.load(keys / f"{name}-{key_type}.key"), Certificate.load(keys / f"{name}-{key_type}.pem"))
@@ -102,3 +105,14 @@ def call(url: str, request: etree._Element, token: str | None = None, action: st
     resp = httpx.post(url, content=soap(request), headers=headers, timeout=15)
     root = etree.fromstring(resp.content)
     return resp.status_code, root.find(f"{{{SOAP_ENV_NS}}}Body")[0]
+
+
+def describe(answer: etree._Element) -> str:
+    """One line for a person: the fault's string, or what the answer says about the message."""
+    if answer.tag == f"{{{SOAP_ENV_NS}}}Fault":
+        return f"fault {answer.findtext('faultcode')}: {answer.findtext('faultstring')}"
+    metadata = answer.find(T + "MessageMetadata")
+    if metadata is not None:
+        return (f"{etree.QName(answer).localname}: MessageId {metadata.findtext(T + 'MessageId')} "
+                f"{metadata.findtext(T + 'Status') or ''} -> {metadata.findtext(f'{T}Recipient/{T}Mnemonic')}")
+    return f"{etree.QName(answer).localname} ({len(answer)} child elements)"
