@@ -451,3 +451,20 @@ def test_request_rejected_answer_is_not_carried_yet(service):
     detail = fault_detail(service.call(request)[1])
     assert detail.tag == F + "IncorrectResponseContentType"
     assert "RequestRejected" in service.call(request)[1].findtext("faultstring")
+
+
+def test_the_methodology_example_request_is_understood(service):
+    """SenderProvidedRequestData from the SMEV methodology (МР) example, written by others, as sent."""
+    vector = Path(__file__).resolve().parents[1] / "data/smev-transform-vectors/05-mr-breach-request-1.1.input.xml"
+    data = etree.fromstring(vector.read_bytes())
+    request = etree.Element(T + "SendRequestRequest")
+    request.append(data)
+    # Its MessageID is a UUID v1 of 2015: SMEV would call it stale, and so do we.
+    detail = fault_detail(service.call(request, token=LAB_TOKEN)[1])
+    assert detail.tag == F + "StaleMessageId"
+    # With a fresh MessageID it passes the official XSD and is refused only for its type, named exactly.
+    data.find(T + "MessageID").text = str(uuid.uuid1())
+    detail = fault_detail(service.call(request, token=LAB_TOKEN)[1])
+    assert detail.tag == F + "BusinessDataTypeIsNotSupported"
+    assert detail.findtext(F + "RootElementLocalName") == "BreachRequest"
+    assert detail.findtext(F + "RootElementNamespaceURI") == "urn://x-artefacts-gibdd-gov-ru/breach/root/1.0"
