@@ -229,23 +229,23 @@ class SmevExchange:
 
     def _SendResponse(self, request: etree._Element, caller: Caller, remote: str | None) -> etree._Element:
         data = request.find(T + "SenderProvidedResponseData")
-        if data.find(B + "MessagePrimaryContent") is None:
+        payload = mapping.response_payload(data)
+        if payload is None:
             kind = etree.QName(data[2]).localname
             raise Rejection(errors.RESPONSE_KIND_UNSUPPORTED, f"a {kind} answer cannot be carried yet; answer with "
-                            "MessagePrimaryContent", kind, status=422)
+                            "MessagePrimaryContent, RequestRejected or RequestStatus", kind, status=422)
         self._refuse_attachments(data, request)
         to = (data.findtext(T + "To") or "").strip()
         original = self.intake.journal.get(to)
         if original is None or original.recipient != caller.participant.mnemonic:
             raise Rejection(errors.REQUEST_NOT_FOUND, f"To {to!r} names no request sent to "
                             f"{caller.participant.mnemonic!r}", "To", status=404)
-        payload = mapping.payload_of(data)
         ns = etree.QName(payload).namespace
         if ns not in self._types:
             raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"no message type {ns!r} is registered",
                             "MessagePrimaryContent", status=422,
                             extra={"root": (etree.QName(payload).localname, ns or "")})
-        env = mapping.envelope_from_response_data(data, caller.participant.mnemonic, self._envelope(original))
+        env = mapping.envelope_from_response_data(data, payload, caller.participant.mnemonic, self._envelope(original))
         self._accept(env, caller, remote)
         return self._send_answer("SendResponseResponse", env, "RESPONSE")
 

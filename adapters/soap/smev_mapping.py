@@ -17,6 +17,10 @@ from adapters.soap.smev_schema import B, T
 from gateway.config import Participant
 from gateway.envelope import DEFAULT_DATA_ID, Envelope
 
+#: The canonical form of SMEV's RequestRejected and RequestStatus answers (schemas_xsd/payloads/smev-answer-1.0.xsd).
+ANSWER_NS = "urn://zdravlink/types/smev-answer/1.0"
+A = "{%s}" % ANSWER_NS
+
 
 def _text(parent: etree._Element, tag: str) -> str | None:
     el = parent.find(tag)
@@ -27,6 +31,32 @@ def payload_of(data: etree._Element) -> etree._Element:
     """The business root element under MessagePrimaryContent (the XSD guarantees exactly one)."""
     content = data.find(B + "MessagePrimaryContent")
     return next(iter(content.iterchildren(etree.Element)))
+
+
+def response_payload(data: etree._Element) -> etree._Element | None:
+    """What a SenderProvidedResponseData answers, as a payload: its content, or RequestRejected /
+    RequestStatus in the smev-answer type; None for AsyncProcessingStatus, which has no canonical form."""
+    if data.find(B + "MessagePrimaryContent") is not None:
+        return payload_of(data)
+    rejected = data.findall(T + "RequestRejected")
+    if rejected:
+        root = etree.Element(A + "RequestRejection", nsmap={"a": ANSWER_NS})
+        for r in rejected:
+            item = etree.SubElement(root, A + "Rejected")
+            etree.SubElement(item, A + "Code").text = r.findtext(T + "RejectionReasonCode")
+            etree.SubElement(item, A + "Description").text = r.findtext(T + "RejectionReasonDescription")
+        return root
+    status = data.find(T + "RequestStatus")
+    if status is not None:
+        root = etree.Element(A + "RequestStatus", nsmap={"a": ANSWER_NS})
+        etree.SubElement(root, A + "StatusCode").text = status.findtext(T + "StatusCode")
+        for p in status.iterfind(T + "StatusParameter"):
+            param = etree.SubElement(root, A + "StatusParameter")
+            etree.SubElement(param, A + "Key").text = p.findtext(T + "Key")
+            etree.SubElement(param, A + "Value").text = p.findtext(T + "Value")
+        etree.SubElement(root, A + "StatusDescription").text = status.findtext(T + "StatusDescription")
+        return root
+    return None
 
 
 def envelope_from_request_data(data: etree._Element, sender: str, recipient: str) -> Envelope:
@@ -44,8 +74,8 @@ def envelope_from_request_data(data: etree._Element, sender: str, recipient: str
     )
 
 
-def envelope_from_response_data(data: etree._Element, sender: str, original: Envelope) -> Envelope:
-    payload = payload_of(data)
+def envelope_from_response_data(data: etree._Element, payload: etree._Element, sender: str,
+                                original: Envelope) -> Envelope:
     return Envelope(
         message_id=_text(data, T + "MessageID") or "",
         reference_message_id=original.message_id,
@@ -81,7 +111,22 @@ def response_data(env: Envelope) -> etree._Element:
     data = etree.Element(T + "SenderProvidedResponseData", Id=env.data_id)
     etree.SubElement(data, T + "MessageID").text = env.message_id
     etree.SubElement(data, T + "To").text = env.reference_message_id or env.recipient
-    etree.SubElement(data, B + "MessagePrimaryContent").append(_standalone(env.payload))
+    root = env.payload
+    if root.tag == A + "RequestRejection":
+        for item in root.iterfind(A + "Rejected"):
+            r = etree.SubElement(data, T + "RequestRejected")
+            etree.SubElement(r, T + "RejectionReasonCode").text = item.findtext(A + "Code")
+            etree.SubElement(r, T + "RejectionReasonDescription").text = item.findtext(A + "Description")
+    elif root.tag == A + "RequestStatus":
+        status = etree.SubElement(data, T + "RequestStatus")
+        etree.SubElement(status, T + "StatusCode").text = root.findtext(A + "StatusCode")
+        for p in root.iterfind(A + "StatusParameter"):
+            param = etree.SubElement(status, T + "StatusParameter")
+            etree.SubElement(param, T + "Key").text = p.findtext(A + "Key")
+            etree.SubElement(param, T + "Value").text = p.findtext(A + "Value")
+        etree.SubElement(status, T + "StatusDescription").text = root.findtext(A + "StatusDescription")
+    else:
+        etree.SubElement(data, B + "MessagePrimaryContent").append(_standalone(root))
     return data
 
 

@@ -21,6 +21,7 @@ from lxml import etree
 
 from adapters.intake import Intake
 from adapters.soap.smev_exchange import SmevExchange, message_id_time
+from adapters.soap.smev_mapping import ANSWER_NS
 from adapters.soap.smev_schema import B, F, SOAP_ENV_NS, T, compile_schema, smev_dir
 from adapters.soap.smev_service import SmevWsgi
 from gateway.accept import AcceptPipeline
@@ -78,6 +79,7 @@ participants:
 routes:
   - {{name: lab-to-clinic, sender: lab, message_type: "{NOTICE_NS}", recipient: clinic}}
   - {{name: clinic-to-lab, sender: clinic, message_type: "{NOTICE_NS}", recipient: lab}}
+  - {{name: clinic-answers-lab, sender: clinic, message_type: "{ANSWER_NS}", recipient: lab}}
 """)
     return directory
 
@@ -438,33 +440,61 @@ def test_attachments_are_refused_until_supported(service):
     assert detail.tag == F + "InvalidContent" and detail.findtext(B + "Code") == "ATTACHMENTS_UNSUPPORTED"
 
 
-def test_request_rejected_answer_is_not_carried_yet(service):
+def rejection_response(to: str, by) -> etree._Element:
+    request = smev.send_response(to, notice(), by=None)
+    data = request.find(T + "SenderProvidedResponseData")
+    data.remove(data.find(B + "MessagePrimaryContent"))
+    for code, text in (("NO_DATA", "Нет данных о пациенте"), ("FAILURE", "Сбой <регистра> & повтор")):
+        rejected = etree.SubElement(data, T + "RequestRejected")
+        etree.SubElement(rejected, T + "RejectionReasonCode").text = code
+        etree.SubElement(rejected, T + "RejectionReasonDescription").text = text
+    if by is not None:
+        etree.SubElement(request, T + "CallerInformationSystemSignature").append(sign(data, by))
+    return request
+
+
+def test_request_rejected_travels_back_to_the_requester_as_smev_elements(service):
+    mid = str(uuid.uuid1())
+    service.call(smev.send_request(notice(), message_id=mid, by=service.lab))
+    status, _ = service.call(rejection_response(mid, service.clinic))
+    assert status == 200
+    service.deliver_all()
+    _, got = service.call(smev.get_response(by=service.lab))
+    data = got.find(f"{T}ResponseMessage/{T}Response/{T}SenderProvidedResponseData")
+    assert data.find(B + "MessagePrimaryContent") is None
+    reasons = [(r.findtext(T + "RejectionReasonCode"), r.findtext(T + "RejectionReasonDescription"))
+               for r in data.iterfind(T + "RequestRejected")]
+    assert reasons == [("NO_DATA", "Нет данных о пациенте"), ("FAILURE", "Сбой <регистра> & повтор")]
+    assert got.findtext(f"{T}ResponseMessage/{T}Response/{T}OriginalMessageId") == mid
+
+
+def test_request_status_travels_back_and_async_status_is_refused(service):
     mid = str(uuid.uuid1())
     service.call(smev.send_request(notice(), message_id=mid, by=service.lab))
     request = smev.send_response(mid, notice(), by=None)
     data = request.find(T + "SenderProvidedResponseData")
     data.remove(data.find(B + "MessagePrimaryContent"))
-    rejected = etree.SubElement(data, T + "RequestRejected")
-    etree.SubElement(rejected, T + "RejectionReasonCode").text = "NO_DATA"
-    etree.SubElement(rejected, T + "RejectionReasonDescription").text = "Нет данных"
+    status_el = etree.SubElement(data, T + "RequestStatus")
+    etree.SubElement(status_el, T + "StatusCode").text = "3"
+    param = etree.SubElement(status_el, T + "StatusParameter")
+    etree.SubElement(param, T + "Key").text = "queue"
+    etree.SubElement(param, T + "Value").text = "12"
+    etree.SubElement(status_el, T + "StatusDescription").text = "В обработке"
     etree.SubElement(request, T + "CallerInformationSystemSignature").append(sign(data, service.clinic))
-    detail = fault_detail(service.call(request)[1])
-    assert detail.tag == F + "IncorrectResponseContentType"
-    assert "RequestRejected" in service.call(request)[1].findtext("faultstring")
+    assert service.call(request)[0] == 200
+    service.deliver_all()
+    _, got = service.call(smev.get_response(by=service.lab))
+    back = got.find(f".//{T}SenderProvidedResponseData/{T}RequestStatus")
+    assert (back.findtext(T + "StatusCode"), back.findtext(f"{T}StatusParameter/{T}Value"),
+            back.findtext(T + "StatusDescription")) == ("3", "12", "В обработке")
 
-
-def test_the_methodology_example_request_is_understood(service):
-    """SenderProvidedRequestData from the SMEV methodology (МР) example, written by others, as sent."""
-    vector = Path(__file__).resolve().parents[1] / "data/smev-transform-vectors/05-mr-breach-request-1.1.input.xml"
-    data = etree.fromstring(vector.read_bytes())
-    request = etree.Element(T + "SendRequestRequest")
-    request.append(data)
-    # Its MessageID is a UUID v1 of 2015: SMEV would call it stale, and so do we.
-    detail = fault_detail(service.call(request, token=LAB_TOKEN)[1])
-    assert detail.tag == F + "StaleMessageId"
-    # With a fresh MessageID it passes the official XSD and is refused only for its type, named exactly.
-    data.find(T + "MessageID").text = str(uuid.uuid1())
-    detail = fault_detail(service.call(request, token=LAB_TOKEN)[1])
-    assert detail.tag == F + "BusinessDataTypeIsNotSupported"
-    assert detail.findtext(F + "RootElementLocalName") == "BreachRequest"
-    assert detail.findtext(F + "RootElementNamespaceURI") == "urn://x-artefacts-gibdd-gov-ru/breach/root/1.0"
+    request = smev.send_response(mid, notice(), by=None)
+    data = request.find(T + "SenderProvidedResponseData")
+    data.remove(data.find(B + "MessagePrimaryContent"))
+    apst = etree.SubElement(data, T + "AsyncProcessingStatus")
+    etree.SubElement(apst, T + "OriginalMessageId").text = mid
+    etree.SubElement(apst, T + "StatusCategory").text = "underProcessing"
+    etree.SubElement(request, T + "CallerInformationSystemSignature").append(sign(data, service.clinic))
+    status, body = service.call(request)
+    detail = fault_detail(body)
+    assert detail.tag == F + "IncorrectResponseContentType" and "AsyncProcessingStatus" in body.findtext("faultstring")
