@@ -52,13 +52,25 @@ def _keyring_or_exit(cfg):  # noqa: ANN001, ANN202
         raise typer.Exit(2) from None
 
 
+def _mappings_or_exit(cfg):  # noqa: ANN001, ANN202
+    from gateway.services import load_lab_mappings
+
+    try:
+        return load_lab_mappings(cfg)
+    except ConfigError as exc:
+        for p in exc.problems:
+            err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
+        raise typer.Exit(2) from None
+
+
 @app.command("check-config")
 def check_config(directory: Optional[Path] = typer.Argument(None, help="Configuration directory")) -> None:
-    """Validate participants, routes, settings, keys and certificates without starting anything."""
+    """Validate participants, routes, settings, lab mappings, keys and certificates without starting anything."""
     cfg = _load_or_exit(directory)
     ring = _keyring_or_exit(cfg)
+    labs = _mappings_or_exit(cfg)
     out.print(f"[green]OK[/green] {config_dir(directory)}: {len(cfg.participants)} participants, "
-              f"{len(cfg.routes)} routes")
+              f"{len(cfg.routes)} routes, {len(labs)} lab mappings")
     for owner, cert in ring.owned_certificates():
         days = cert.days_left()
         colour = "red" if days < 0 else "yellow" if days < 30 else "green"
@@ -89,6 +101,41 @@ def run(config: Optional[Path] = ConfigOpt,
                 out.print(f"  partner  {p.mnemonic:<14} receives at {p.delivery.url}")
         out.print("  try      zdravlink demo send [--soap]   (a notice from lab-demo to clinic-mis, REST or SMEV)")
     raise typer.Exit(Supervisor(cfg, config_dir(config), demo).run())
+
+
+@app.command("map")
+def map_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="An HL7 v2 message (CR or LF segments)"),
+            lab: str = typer.Option(..., "--lab", help="The lab whose mapping file to use"),
+            config: Optional[Path] = ConfigOpt) -> None:
+    """Print the lab result a message becomes under its lab's mapping, or its gaps; sends nothing."""
+    from lxml import etree
+
+    from adapters.hl7v2.lab_intake import parse_for_cli
+    from adapters.hl7v2.oru import MappingGaps, map_message
+    from gateway import schemas
+
+    cfg = _load_or_exit(config)
+    labs = _mappings_or_exit(cfg)
+    if lab not in labs:
+        err.print(f"no mapping file for {lab!r} in {cfg.directory / 'mappings'} (have: {', '.join(sorted(labs))})")
+        raise typer.Exit(2)
+    try:
+        mapped = map_message(parse_for_cli(file.read_bytes()), labs[lab])
+    except MappingGaps as exc:
+        for g in exc.gaps:
+            err.print(f"{g.where}: {g.code}: {g.reason}", highlight=False)
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        schemas.validate_payload("urn://zdravlink/types/lab-result/1.0", mapped.payload)
+    except Exception as exc:
+        err.print(f"the result does not pass its schema: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"<!-- {lab} → {mapped.recipient}, MessageID {mapped.message_id} (from MSH-10 {mapped.control_id}) -->",
+              highlight=False)
+    sys.stdout.write(etree.tostring(mapped.payload, pretty_print=True, encoding="unicode"))
 
 
 @app.command()

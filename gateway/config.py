@@ -6,7 +6,7 @@ message that cannot be routed. ``zdravlink check-config`` prints the same list.
 
 Environment overrides, applied after the files: ``ZL_DATABASE_URL`` (database.url),
 ``ZL_AMQP_URL`` (broker.url), ``ZL_BROKER_PREFIX`` (broker.prefix), ``ZL_API_PORT``
-(api.port). Deployments keep secrets and addresses out of the files this way.
+(api.port), ``ZL_MLLP_PORT`` (hl7.port). Deployments keep secrets and addresses out of the files this way.
 """
 from __future__ import annotations
 
@@ -131,6 +131,14 @@ class SmevSettings(_Strict):
     clock_skew_seconds: float = Field(300.0, ge=0)
 
 
+class Hl7Settings(_Strict):
+    """The MLLP listener for laboratories that send HL7 v2 (see config/mappings/)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    port: int = Field(2575, ge=1, le=65535)
+
+
 class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -141,6 +149,7 @@ class Settings(_Strict):
     relay: RelaySettings = RelaySettings()
     signing: SigningSettings = SigningSettings()
     smev: SmevSettings = SmevSettings()
+    hl7: Hl7Settings = Hl7Settings()
 
 
 # ---- participants and routes ------------------------------------------------
@@ -397,6 +406,7 @@ def _apply_env(data: dict[str, Any]) -> dict[str, Any]:
         "ZL_AMQP_URL": ("broker", "url"),
         "ZL_BROKER_PREFIX": ("broker", "prefix"),
         "ZL_API_PORT": ("api", "port"),
+        "ZL_MLLP_PORT": ("hl7", "port"),
     }
     for var, (section, key) in overrides.items():
         if os.environ.get(var):

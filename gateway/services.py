@@ -42,6 +42,18 @@ def load(directory: str | Path | None = None) -> GatewayConfig:
     return load_config(config_dir(directory), known_message_types=known_message_types())
 
 
+def load_lab_mappings(config: GatewayConfig) -> dict:  # type: ignore[type-arg] (adapters is imported lazily)
+    """Every lab mapping file in ``<config>/mappings``; raise ConfigError listing every problem."""
+    from adapters.mapping.lab_mapping import load_mappings
+    from gateway.config import ConfigError, ConfigProblem
+
+    problems: list[ConfigProblem] = []
+    found = load_mappings(config.directory, set(config.participants), problems)
+    if problems:
+        raise ConfigError(problems)
+    return found
+
+
 def _topology(config: GatewayConfig):  # noqa: ANN202 (routing is imported lazily)
     from routing.topology import Topology
 

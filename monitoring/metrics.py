@@ -13,6 +13,8 @@ from prometheus_client import Counter, Gauge, Histogram
 ACCEPTED = Counter("zl_messages_accepted_total", "Messages accepted and journalled", ["participant", "source"])
 DUPLICATES = Counter("zl_messages_duplicate_total", "Repeats of an already accepted MessageID", ["participant"])
 REJECTED = Counter("zl_messages_rejected_total", "Messages refused at intake", ["source", "code"])
+MAPPING_GAPS = Counter("zl_mapping_gaps_total", "Lab messages refused for a gap in the mapping or the message",
+                       ["lab", "code", "lab_code"])
 ROUTED = Counter("zl_messages_routed_total", "Messages resolved to a route", ["route"])
 DELIVERED = Counter("zl_messages_delivered_total", "Messages delivered", ["route", "participant", "channel"])
 DELIVERY_FAILURES = Counter(
