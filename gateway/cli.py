@@ -92,6 +92,9 @@ def run(config: Optional[Path] = ConfigOpt,
     out.print(f"  API      {base}/api/v1/messages")
     out.print(f"  docs     {base}/docs")
     out.print(f"  SMEV 3   {base}/smev/1.1?wsdl   pull inbox {base}/api/v1/inbox")
+    labs = _mappings_or_exit(cfg)
+    if s.hl7.enabled and labs:
+        out.print(f"  HL7 v2   mllp://{s.hl7.host}:{s.hl7.port}   labs: {', '.join(sorted(labs))}")
     out.print(f"  metrics  {base}/metrics   health {base}/healthz   ready {base}/readyz")
     if demo:
         for p in cfg.participants.values():
@@ -167,6 +170,16 @@ def worker_delivery(config: Optional[Path] = ConfigOpt) -> None:
     setup_logging("delivery")
     cfg = _load_or_exit(config)
     run_worker(cfg, _keyring_or_exit(cfg), "delivery")
+
+
+@worker_app.command("mllp")
+def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
+    """Listen for HL7 v2 over MLLP and turn lab messages into lab results by their mapping files."""
+    from gateway.services import run_mllp
+
+    setup_logging("mllp")
+    cfg = _load_or_exit(config)
+    run_mllp(cfg, _keyring_or_exit(cfg), _mappings_or_exit(cfg))
 
 
 @app.command()

@@ -165,6 +165,38 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     publisher.close()
 
 
+def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict) -> None:  # type: ignore[type-arg]
+    """Run the MLLP listener until SIGTERM; each message is mapped and journalled off the event loop."""
+    import asyncio
+
+    from adapters.hl7v2.ack import ack_for_error
+    from adapters.hl7v2.lab_intake import LabIntake
+    from adapters.hl7v2.mllp import MllpServer
+    from adapters.intake import Intake
+    from gateway.accept import AcceptPipeline
+
+    s = config.settings
+    journal = Journal(s.database.url)
+    labs = LabIntake(Intake(AcceptPipeline(config, journal, keyring), journal), mappings)
+
+    async def handle(message: bytes, peer: str) -> bytes:
+        return (await asyncio.to_thread(labs.handle, message, peer)).ack
+
+    async def main() -> None:
+        server = MllpServer(handle, ack_for_error, s.hl7.host, s.hl7.port)
+        await server.start()
+        log.info("MLLP listener on %s:%s for %s", s.hl7.host, server.port, ", ".join(sorted(mappings)) or "no lab")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
+    journal.engine.dispose()
+
+
 class Supervisor:
     """Starts the gateway's processes, restarts any that die, stops them all on SIGTERM."""
 
@@ -182,6 +214,8 @@ class Supervisor:
         cmds = {"api": [*exe, "serve", *cfg, "--no-migrate"], "router": [*exe, "worker", "router", *cfg]}
         for i in range(self.config.settings.workers.delivery):
             cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
+        if self.config.settings.hl7.enabled and load_lab_mappings(self.config):
+            cmds["mllp"] = [*exe, "worker", "mllp", *cfg]
         if self.demo:
             cmds["demo-partners"] = [*exe, "demo", "partners", *cfg]
         return cmds

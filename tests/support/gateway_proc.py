@@ -32,9 +32,15 @@ def envelope_json(sender: str, recipient: str, payload: str | None = None, messa
 
 class GatewayProcesses:
     def __init__(self, directory: Path, participants: str, routes: str, *, settings: str, amqp_url: str,
-                 db_url: str | None, api_port: int, delivery_workers: int) -> None:
+                 db_url: str | None, api_port: int, delivery_workers: int, mappings: Path | None = None,
+                 mllp_port: int | None = None) -> None:
         self.dir = directory
         self.dir.mkdir(parents=True)
+        if mappings is not None:
+            import shutil
+
+            shutil.copytree(mappings, self.dir / "mappings")
+        self.mllp_port = mllp_port
         (self.dir / "participants.yaml").write_text(participants)
         (self.dir / "routes.yaml").write_text(routes)
         (self.dir / "gateway.yaml").write_text(settings)
@@ -51,6 +57,7 @@ class GatewayProcesses:
             "ZL_AMQP_URL": amqp_url,
             "ZL_BROKER_PREFIX": self.prefix,
             "ZL_API_PORT": str(api_port),
+            **({"ZL_MLLP_PORT": str(mllp_port)} if mllp_port else {}),
             "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics"),
             "ZL_LOG_LEVEL": "INFO",
         }
@@ -63,7 +70,8 @@ class GatewayProcesses:
         return [sys.executable, "-m", "gateway.cli", *args, "--config", str(self.dir)]
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
-        args = {"api": ("serve",), "router": ("worker", "router")}.get(name, ("worker", "delivery"))
+        args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp")}.get(
+            name, ("worker", "delivery"))
         log = open(self.dir / f"{name}.log", "ab")
         proc = subprocess.Popen(self._cmd(*args), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc
@@ -75,6 +83,23 @@ class GatewayProcesses:
         self.spawn("router")
         for i in range(self.delivery_workers):
             self.spawn(f"delivery-{i + 1}")
+        if self.mllp_port:
+            self.spawn("mllp")
+            self.wait_port(self.mllp_port, "mllp")
+
+    def wait_port(self, port: int, name: str, timeout: float = 30) -> None:
+        import socket
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.procs[name].poll() is not None:
+                raise RuntimeError(f"{name} exited: {self.log(name)}")
+            try:
+                socket.create_connection(("127.0.0.1", port), 0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        raise TimeoutError(f"{name} not listening on {port}: {self.log(name)}")
 
     def wait_ready(self, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout

@@ -1,0 +1,140 @@
+"""From an HL7 v2 message on the wire to a journalled lab result, and the ACK that says so.
+
+The ACK is the lab's only feedback, so it must say exactly what went wrong:
+AA once the result is in the journal (never before), AE with one ERR per gap when
+the content or the mapping is at fault (the lab fixes and resends), AR when the
+message cannot be taken at all (unknown sender, wrong message type, unknown
+charset, the gateway itself failing) and a resend later may succeed.
+
+Every refusal is audited like any other adapter's (source ``hl7``), with the
+reasons masked, and every mapping gap is counted per lab and code, so an operator
+sees a lab's unmapped codes pile up before the lab calls.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import hl7
+
+from adapters.hl7v2 import ack as acks
+from adapters.hl7v2.ack import AckError
+from adapters.hl7v2.oru import LAB_RESULT_NS, Gap, MappingGaps, Report, map_message, text_of, field_of
+from adapters.intake import Intake
+from adapters.mapping.lab_mapping import LabMapping
+from gateway import errors
+from gateway.envelope import Envelope
+from gateway.errors import Rejection
+from gateway.masking import mask_text
+from monitoring import metrics
+
+log = logging.getLogger("zdravlink.hl7")
+
+#: Gap codes → HL7 table 0357 error codes for ERR-3.
+_ERR_CODES = {"UNMAPPED_TEST_CODE": "103", "UNMAPPED_UNIT": "103", "RECIPIENT_UNKNOWN": "103",
+              "VALUE_TYPE_MISMATCH": "102", "VALUE_INVALID": "102", "PATIENT_ID_INVALID": "102",
+              "PATIENT_ID_MISSING": "101", "NO_RESULTS": "101"}
+#: Pipeline rejections that blame the content (AE); the rest are AR.
+_CONTENT_CODES = {errors.PAYLOAD_INVALID, errors.MESSAGE_ID_REUSED, errors.ROUTE_FORBIDDEN,
+                  errors.UNKNOWN_RECIPIENT}
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened to one message: the ACK code and bytes, and the MessageID when it was accepted."""
+
+    code: str
+    ack: bytes
+    message_id: str | None = None
+
+
+class LabIntake:
+    def __init__(self, intake: Intake, mappings: dict[str, LabMapping]) -> None:
+        self.intake = intake
+        self.mappings = mappings
+
+    def identify(self, report: Report, peer: str) -> LabMapping | Rejection:
+        msh = report.segments["MSH"][0]
+        facility, application = text_of(field_of(msh, 4)).strip(), text_of(field_of(msh, 3)).strip()
+        for mapping in self.mappings.values():
+            ident = mapping.identify
+            if facility in ident.sending_facility and (not ident.sending_application
+                                                       or application in ident.sending_application):
+                host = peer.rsplit(":", 1)[0].strip("[]") if peer.count(":") in (1,) or peer.startswith("[") else peer
+                if host not in ident.allowed_peers:
+                    return Rejection(errors.INVALID_TOKEN, f"{peer} is not an allowed peer of {mapping.lab!r}",
+                                     "MSH-4", status=403)
+                return mapping
+        return Rejection(errors.UNKNOWN_SENDER, f"no mapping file identifies sending facility {facility!r} "
+                         f"(application {application!r})", "MSH-4", status=403)
+
+    def handle(self, raw: bytes, peer: str) -> Outcome:
+        try:
+            charset = acks.charset_of(raw)
+            message = acks.parse(acks.decode(raw, charset))
+        except acks.Hl7Rejected as exc:
+            rej = Rejection(errors.HL7_UNREADABLE, exc.error.reason, "MSH-18" if isinstance(exc, acks.UnknownCharset)
+                            else "MSH")
+            self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
+            return Outcome("AR", acks.ack_for_unparseable(raw, exc.error))
+        except UnicodeDecodeError as exc:
+            error = AckError("MSH", 1, 18, None, "103", f"the message is not in its declared character set: {exc.reason}")
+            rej = Rejection(errors.HL7_UNREADABLE, error.reason, "MSH-18")
+            self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
+            return Outcome("AR", acks.ack_for_unparseable(raw, error))
+        report = Report(message)
+        kind = text_of(field_of(report.segments["MSH"][0], 9), 1, 1) + "^" + text_of(
+            field_of(report.segments["MSH"][0], 9), 1, 2)
+        if kind != "ORU^R01":
+            rej = Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"message type {kind!r} is not accepted: send ORU^R01",
+                            "MSH-9")
+            return self._refuse(raw, charset, "AR", rej, [AckError("MSH", 1, 9, None, "200", rej.detail)], peer)
+        mapping = self.identify(report, peer)
+        if isinstance(mapping, Rejection):
+            return self._refuse(raw, charset, "AR", mapping, [AckError("MSH", 1, 4, None, "204", mapping.detail)],
+                                peer)
+        try:
+            mapped = map_message(message, mapping)
+        except MappingGaps as exc:
+            return self._gaps(raw, charset, mapping, exc.gaps, peer)
+        participant = self.intake.pipeline.config.participants[mapping.lab]
+        env = Envelope(message_id=mapped.message_id, sender=mapping.lab, recipient=mapped.recipient,
+                       message_type=LAB_RESULT_NS, payload=mapped.payload)
+        try:
+            accepted = self.intake.receive_envelope(env, participant, source="hl7", remote=peer)
+        except Rejection as rej:
+            code = "AE" if rej.code in _CONTENT_CODES or rej.status in (400, 422) else "AR"
+            err = "205" if rej.code == errors.MESSAGE_ID_REUSED else "207" if code == "AR" else "102"
+            where = ("MSH", 1, 10) if rej.code == errors.MESSAGE_ID_REUSED else ("MSH", 1, 0)
+            log.info("hl7 message from %s refused: %s %s", mapping.lab, rej.code, mask_text(rej.detail))
+            return Outcome(code, acks.ack(raw, code, [AckError(*where, None, err, f"{rej.code}: {rej.detail}")],
+                                          charset=charset))
+        except Exception:
+            log.exception("hl7 message from %s could not be journalled", mapping.lab)
+            return Outcome("AR", acks.ack(raw, "AR", [AckError("MSH", 1, 0, None, "207",
+                                                               "the gateway could not store the message; resend later")],
+                                          charset=charset))
+        log.info("hl7 result %s from %s accepted for %s%s", accepted.outcome.message_id, mapping.lab,
+                 mapped.recipient, " (repeat)" if accepted.outcome.duplicate else "")
+        return Outcome("AA", acks.ack(raw, "AA", charset=charset), accepted.outcome.message_id)
+
+    def _gaps(self, raw: bytes, charset: str, mapping: LabMapping, gaps: list[Gap], peer: str) -> Outcome:
+        for g in gaps:
+            metrics.MAPPING_GAPS.labels(mapping.lab, g.code, (g.lab_code or "")[:64]).inc()
+        first = gaps[0]
+        rej = Rejection(first.code, "; ".join(f"{g.where}: {g.reason}" for g in gaps), first.where, status=422)
+        self.intake.refused(rej, source="hl7", remote=peer, caller=mapping.lab, env=None)
+        log.info("hl7 message from %s has %d mapping gap(s): %s", mapping.lab, len(gaps), mask_text(rej.detail))
+        errs = [AckError(g.segment, g.sequence, g.field, g.component, _ERR_CODES.get(g.code, "207"),
+                         f"{g.code}: {g.reason}") for g in gaps]
+        return Outcome("AE", acks.ack(raw, "AE", errs, charset=charset))
+
+    def _refuse(self, raw: bytes, charset: str, code: str, rej: Rejection, errs: list[AckError], peer: str) -> Outcome:
+        self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
+        log.info("hl7 message refused (%s): %s %s", code, rej.code, mask_text(rej.detail))
+        return Outcome(code, acks.ack(raw, code, errs, charset=charset))
+
+
+def parse_for_cli(raw: bytes) -> hl7.Message:
+    """Decode and parse as the listener does (for ``zdravlink map``)."""
+    return acks.parse(acks.decode(raw, acks.charset_of(raw)))

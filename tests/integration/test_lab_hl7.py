@@ -1,0 +1,168 @@
+"""Laboratories over HL7 v2 / MLLP through the whole spine, to a test MIS on 127.0.0.1.
+
+Every reference message in tests/data/hl7v2 goes over a real socket to the gateway's
+MLLP listener (its own process), with the mapping file written for its lab; each
+comes out at the MIS as a lab result that passes the XSD and carries the gateway's
+signature, or, where the message is malformed, as a precise NAK.
+"""
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import hl7
+import pytest
+from lxml import etree
+
+from adapters.emulators.rest_recipient import RecipientServer
+from adapters.hl7v2.mllp import FrameReader, frame
+from adapters.hl7v2.oru import LAB_RESULT_NS
+from gateway.envelope import Envelope
+from gateway.journal import Journal
+from gateway.xmlsafe import parse_xml
+from signing import Certificate, TrustStore
+
+pytestmark = pytest.mark.broker
+DATA = Path(__file__).resolve().parents[1] / "data"
+LABS = ["nist-lab", "realm-lab", "cerner-lab", "ghh-lab", "renal-lab", "abl-lab"]
+SCHEMA = etree.XMLSchema(etree.parse(str(Path(__file__).resolve().parents[2] / "schemas_xsd/payloads/lab-result-1.0.xsd")))
+
+
+def participants(clinic_url: str, keys: Path) -> str:
+    labs = "".join(f"  - {{mnemonic: {lab}, name: {lab}, kind: lis, delivery: {{mode: pull}}, signature_required: false}}\n"
+                   for lab in LABS + ["gap-lab"])
+    return (f"participants:\n{labs}"
+            f"  - {{mnemonic: clinic, name: Поликлиника, kind: mis, delivery: {{mode: rest, url: \"{clinic_url}\"}}}}\n")
+
+
+def routes() -> str:
+    return "routes:\n" + "".join(
+        f"  - {{name: {lab}-results, sender: {lab}, message_type: \"{LAB_RESULT_NS}\", recipient: clinic}}\n"
+        for lab in LABS + ["gap-lab"])
+
+
+@pytest.fixture
+def clinic(demo_keys: Path):
+    server = RecipientServer(name="clinic", trust=TrustStore.from_directory(demo_keys / "trust"),
+                             gateway=Certificate.load(demo_keys / "gateway-gost2012-256.pem")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def gw(gateway_factory, clinic, demo_keys, tmp_path):
+    mappings = tmp_path / "mappings"
+    mappings.mkdir()
+    for lab in LABS:
+        (mappings / f"{lab}.yaml").write_bytes((DATA / "mappings" / f"{lab}.yaml").read_bytes())
+    (mappings / "gap-lab.yaml").write_text(
+        "lab: gap-lab\nidentify: {sending_facility: [GAPLAB]}\nrecipient: {fixed: clinic}\n"
+        "fields: {patient: {local_id: PID-3.1}}\n"
+        "tests: {HGB: {fsli: '1017128', display: Гемоглобин общий, unit: {code: g/L}}}\n", encoding="utf-8")
+    settings = (f'signing: {{key: "{demo_keys / "gateway-gost2012-256.key"}", '
+                f'certificate: "{demo_keys / "gateway-gost2012-256.pem"}", trust_store: "{demo_keys / "trust"}"}}\n'
+                "relay: {batch_size: 200, poll_interval_seconds: 0.1}\n")
+    return gateway_factory(participants(clinic.url, demo_keys), routes(), settings=settings, mappings=mappings)
+
+
+def exchange(port: int, messages: list[bytes], chunk: int | None = None) -> list[hl7.Message]:
+    """Send framed messages on one connection (optionally in small pieces) and read one ACK each."""
+    reader = FrameReader()
+    acks: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        data = b"".join(frame(m) for m in messages)
+        step = chunk or len(data)
+        for i in range(0, len(data), step):
+            sock.sendall(data[i:i + step])
+            if chunk:
+                time.sleep(0.01)
+        while len(acks) < len(messages):
+            got = sock.recv(4096)
+            assert got, "connection closed before every ACK came"
+            acks += reader.feed(got)
+    return [hl7.parse(a.decode("utf-8", "replace")) for a in acks]
+
+
+def reference(prefix: str) -> bytes:
+    return next((DATA / "hl7v2").glob(f"{prefix}_*.hl7")).read_bytes()
+
+
+def wait_for(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
+def test_every_reference_message_becomes_a_result_at_the_mis_or_a_precise_nak(gw, clinic):
+    prefixes = ["01", "02", "03", "04", "05", "07", "08", "09", "11", "13"]
+    acks = exchange(gw.mllp_port, [reference(p) for p in prefixes], chunk=700)
+    codes = {p: str(a.segment("MSA")[1]) for p, a in zip(prefixes, acks)}
+    assert codes == {**{p: "AA" for p in prefixes}, "09": "AE"}, codes
+    for p, a in zip(prefixes, acks):
+        sent = hl7.parse(reference(p).decode().replace("\n", "\r").strip("\r"))
+        assert str(a.segment("MSA")[2]) == str(sent.segment("MSH")[10])
+    err = acks[prefixes.index("09")].segment("ERR")
+    assert str(err[2]) == "PID^1^7" and "VALUE_INVALID" in str(err[8])
+    wait_for(lambda: len(clinic.requests) >= 9)
+    for got in clinic.requests:
+        env = Envelope.from_element(parse_xml(got.body))
+        assert env.message_type == LAB_RESULT_NS and env.recipient == "clinic"
+        assert SCHEMA.validate(env.payload), SCHEMA.error_log
+        assert got.signature == "OK gost2012-256"
+    labs = sorted(Envelope.from_element(parse_xml(r.body)).sender for r in clinic.requests)
+    assert labs == sorted(["nist-lab"] * 5 + ["realm-lab", "cerner-lab", "renal-lab", "abl-lab"])
+
+
+def test_resent_message_is_acknowledged_again_and_delivered_once(gw, clinic):
+    first = exchange(gw.mllp_port, [reference("01")])
+    again = exchange(gw.mllp_port, [reference("01")])
+    assert str(first[0].segment("MSA")[1]) == str(again[0].segment("MSA")[1]) == "AA"
+    wait_for(lambda: len(clinic.requests) >= 1)
+    time.sleep(1.0)
+    assert len(clinic.requests) == 1
+
+
+def test_gaps_are_nak_ae_audited_counted_and_masked(gw, clinic):
+    msg = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01|G-1|P|2.5.1\r"
+           "PID|||^^^^MR||Иванов^Иван^^^^^L||19800101|M\r"
+           "OBR|1|P1|F1|CBC\r"
+           "OBX|1|NM|HGB^Гемоглобин||13.5|g/dL|||||F\r"
+           "OBX|2|NM|XYZ^Unknown||1.0|mmol/L|||||F\r").encode()
+    (ack,) = exchange(gw.mllp_port, [msg])
+    assert str(ack.segment("MSA")[1]) == "AE" and str(ack.segment("MSA")[2]) == "G-1"
+    errs = {str(seg[2]): str(seg[8]) for seg in ack.segments("ERR")}
+    assert set(errs) == {"PID^1^3^1^1", "OBX^1^6", "OBX^2^3^1^1"}, errs
+    assert "UNMAPPED_TEST_CODE" in errs["OBX^2^3^1^1"] and "UNMAPPED_UNIT" in errs["OBX^1^6"]
+    journal = Journal(gw.db_url)
+    audit = journal.rejections(1)[0]
+    journal.engine.dispose()
+    assert (audit["source"], audit["code"]) == ("hl7", "PATIENT_ID_MISSING")
+    metrics = gw.metrics()
+    assert 'zl_mapping_gaps_total{code="UNMAPPED_TEST_CODE",lab="gap-lab",lab_code="XYZ"} 1.0' in metrics
+    for name in ("mllp", "api"):
+        assert "Иванов" not in gw.log(name)
+    assert clinic.requests == []
+
+
+def test_unknown_sender_and_wrong_message_type_are_ar(gw):
+    unknown = b"MSH|^~\\&|APP|NOBODY|GW|GW|20261123101500||ORU^R01|U-1|P|2.5.1\rPID|||1\rOBR|1\rOBX|1|NM|HGB||1|g/L\r"
+    adt = b"MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ADT^A01|A-1|P|2.5.1\rPID|||1\r"
+    a, b = exchange(gw.mllp_port, [unknown, adt])
+    assert (str(a.segment("MSA")[1]), str(a.segment("ERR")[2])) == ("AR", "MSH^1^4")
+    assert (str(b.segment("MSA")[1]), str(b.segment("ERR")[2])) == ("AR", "MSH^1^9")
+
+
+def test_windows_1251_message_round_trips(gw, clinic):
+    text = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01|W-1|P|2.5.1||||||WINDOWS-1251\r"
+            "PID|||П-123^^^^MR||Петров^Пётр||19800101|M\r"
+            "OBR|1|P1|F1|CBC\r"
+            "OBX|1|NM|HGB^Гемоглобин||135|g/L|120-160|N|||F\r")
+    (ack,) = exchange(gw.mllp_port, [text.encode("cp1251")])
+    assert str(ack.segment("MSA")[1]) == "AA", str(ack)
+    wait_for(lambda: len(clinic.requests) >= 1)
+    env = Envelope.from_element(parse_xml(clinic.requests[0].body))
+    ns = {"lr": LAB_RESULT_NS}
+    assert env.payload.findtext("lr:Patient/lr:LocalId", namespaces=ns) == "П-123"
+    assert env.payload.findtext("lr:Test/lr:LocalCode/lr:Display", namespaces=ns) == "Гемоглобин"
