@@ -180,7 +180,8 @@ class Channel(_Strict):
     name: str = Field("default", pattern=MNEMONIC)
     mode: Literal["rest", "soap", "pull"]
     url: str | None = None
-    format: Literal["xml", "json"] = "xml"
+    #: What a REST recipient gets: the envelope as XML or JSON, or (lab results only) a FHIR R4 Bundle.
+    format: Literal["xml", "json", "fhir"] = "xml"
     #: SOAP channels: the partner's WSDL and the operation whose single body part takes the envelope.
     wsdl: str | None = None
     operation: str = Field("Deliver", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")

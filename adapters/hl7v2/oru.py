@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import hl7
 from lxml import etree
@@ -141,16 +142,22 @@ class Report:
         return text_of(field_of(self.segments["MSH"][0], 10)).strip()
 
 
-def hl7_datetime(value: str) -> str | None:
-    """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) → xs:dateTime; None if it is not one."""
+def hl7_datetime(value: str, zone_name: str | None = None) -> str | None:
+    """HL7 DTM (YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]) → xs:dateTime; None if it is not one.
+
+    A time without an offset gets the lab's zone (``zone_name``) when the mapping names one.
+    """
     m = _DTM.match(value.strip())
     if not m:
         return None
     year, month, day, hour, minute, second, _, zone = m.groups()
     try:
-        datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0), int(second or 0))
+        moment = datetime(int(year), int(month or 1), int(day or 1), int(hour or 0), int(minute or 0),
+                          int(second or 0))
     except ValueError:
         return None
+    if not zone and zone_name:
+        zone = moment.replace(tzinfo=ZoneInfo(zone_name)).strftime("%z")
     tz = f"{zone[:3]}:{zone[3:]}" if zone else ""
     return f"{year}-{month or '01'}-{day or '01'}T{hour or '00'}:{minute or '00'}:{second or '00'}{tz}"
 
@@ -239,7 +246,7 @@ class _Builder:
         value, path = self.r.first(location)
         if not value:
             return None
-        when = hl7_datetime(value)
+        when = hl7_datetime(value, self.m.timezone)
         if when is None:
             self.gap("VALUE_INVALID", f"{value!r} is not an HL7 date/time (YYYYMMDDHHMM[SS][+ZZZZ])", path=path)
         return when
@@ -335,7 +342,7 @@ class _Builder:
                      segment="OBX", sequence=seq, field_no=11, lab_code=key)
             status = "F"
         etree.SubElement(test, L + "Status").text = status
-        observed = hl7_datetime(at(14)) if at(14) else None
+        observed = hl7_datetime(at(14), self.m.timezone) if at(14) else None
         if observed:
             etree.SubElement(test, L + "ObservedAt").text = observed
         return status

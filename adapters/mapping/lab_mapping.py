@@ -190,6 +190,8 @@ class LabMapping(_Strict):
     format: Literal["hl7v2"] = "hl7v2"
     identify: Identify
     charset: str = "utf-8"
+    #: The lab's time zone (IANA name), for times it sends without an offset; FHIR needs one.
+    timezone: str | None = None
     decimal_comma: bool = False
     frmo_oid: str | None = Field(None, pattern=r"^[0-2](\.(0|[1-9][0-9]*))+$")
     recipient: Recipient
@@ -200,6 +202,18 @@ class LabMapping(_Strict):
     flags: dict[str, str] = {}
     #: Values that mean "no result" (cancelled, not measured), e.g. "....." or "## TEST CANCELLED ##".
     not_performed: list[str] = []
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+            try:
+                ZoneInfo(value)
+            except (ZoneInfoNotFoundError, ValueError):
+                raise ValueError(f"not an IANA time zone like Europe/Moscow (got {value!r})") from None
+        return value
 
     def test_for(self, code: str, text: str) -> tuple[str, TestMapping] | None:
         for key in (code, text):

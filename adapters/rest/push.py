@@ -13,6 +13,8 @@ import httpx
 
 from gateway.envelope import Envelope
 
+LAB_RESULT_NS = "urn://zdravlink/types/lab-result/1.0"
+
 #: 4xx answers worth trying again (timeout, too early, rate limited); every 5xx is retried too,
 #: since a recipient's server error says nothing against the message itself.
 RETRYABLE_4XX = frozenset({408, 425, 429})
@@ -32,9 +34,35 @@ def _retry_after(resp: httpx.Response) -> float | None:
     return float(value) if value.isdigit() else None
 
 
+def fhir_body(env_xml: bytes) -> bytes:
+    """The FHIR R4 Bundle of a lab result envelope, validated; ValueError for any other message type.
+
+    A recipient that asks for FHIR gets the payload's FHIR form, not the envelope: the
+    gateway's XML signature covers the envelope's XML and cannot travel inside it.
+    """
+    from adapters.fhir.lab_result import FhirInvalid, to_bundle, to_json_bytes, validate_bundle
+    from gateway.xmlsafe import parse_xml
+
+    env = Envelope.from_element(parse_xml(env_xml))
+    if env.message_type != LAB_RESULT_NS:
+        raise ValueError(f"message type {env.message_type!r} has none (only lab results do)")
+    bundle = to_bundle(env.payload, message_id=env.message_id)
+    try:
+        validate_bundle(bundle)
+    except FhirInvalid as exc:
+        raise ValueError(f"the Bundle does not validate: {'; '.join(exc.errors[:3])}") from None
+    return to_json_bytes(bundle)
+
+
 def push(client: httpx.Client, url: str, env_xml: bytes, message_id: str, fmt: str, attempt: int,
          headers: dict[str, str] | None = None) -> PushResult:
-    if fmt == "json":
+    if fmt == "fhir":
+        try:
+            body = fhir_body(env_xml)
+        except ValueError as exc:
+            return PushResult(False, False, f"no FHIR form: {exc}")
+        content_type = "application/fhir+json"
+    elif fmt == "json":
         from gateway.xmlsafe import parse_xml
 
         body = json.dumps(Envelope.from_element(parse_xml(env_xml)).to_json(), ensure_ascii=False).encode("utf-8")

@@ -238,3 +238,13 @@ def test_unknown_participants_and_file_name_mismatch(tmp_path):
     assert rules[("lab-a.yaml", "lab")] == "must be the file's name 'lab-a' (got 'lab-b')"
     assert rules[("lab-c.yaml", "lab")] == "unknown participant 'lab-c'"
     assert rules[("lab-c.yaml", "recipient.fixed")] == "unknown participant 'nobody'"
+
+
+def test_times_without_offset_get_the_labs_zone():
+    m = mapping("ghh-lab").model_copy(update={"timezone": "Europe/Moscow"})
+    msg = message("09")
+    msg.segment("PID")[7][0] = "19620320"
+    payload = map_message(msg, m).payload
+    assert payload.findtext("lr:ObservedAt", namespaces=NS) == "2002-02-15T07:30:00+03:00"
+    with pytest.raises(ValueError, match="IANA"):
+        LabMapping.model_validate({**m.model_dump(), "timezone": "Mars/Olympus"})
