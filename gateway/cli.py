@@ -456,8 +456,12 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
 def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, help="How many notices"),
               token: str = typer.Option("demo-lab-token", help="Sender's API token"),
               signed: bool = typer.Option(True, "--sign/--no-sign", help="Sign as lab-demo with its demo key"),
-              soap: bool = typer.Option(False, "--soap", help="Send as SMEV 3 SendRequest to /smev/1.1")) -> None:
-    """Post demo notices from lab-demo to clinic-mis, signed with lab-demo's key, and print their status URLs."""
+              soap: bool = typer.Option(False, "--soap", help="Send as SMEV 3 SendRequest to /smev/1.1"),
+              hl7v2: bool = typer.Option(False, "--hl7", help="Send lab results as HL7 v2 ORU^R01 over MLLP")) -> None:
+    """Send demo messages from lab-demo to clinic-mis: notices (REST, or SMEV with --soap) or lab results (--hl7)."""
+    if hl7v2:
+        _demo_hl7(_load_or_exit(config), count)
+        return
     import httpx
 
     from adapters.soap import smev_client
@@ -485,6 +489,37 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
             env.sender_signature = sign(env.sender_data_element(), signer)
         r = httpx.post(f"{base}/api/v1/messages", json=env.to_json(), headers={"Authorization": f"Bearer {token}"})
         out.print(f"{r.status_code} {r.text}", highlight=False)
+
+
+def _demo_hl7(cfg, count: int) -> None:  # noqa: ANN001
+    """Send lab-demo's ORU^R01 results to the MLLP listener and print each ACK's MSA (and ERR) segments."""
+    import socket
+
+    from adapters.hl7v2.mllp import FrameReader, frame
+    from adapters.hl7v2.oru import message_id_for
+
+    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    for i in range(count):
+        control = f"DEMO-{uuid.uuid4().hex[:12]}"
+        text = (f"MSH|^~\\&|LIS|LAB-DEMO|MIS|CLINIC|{now}||ORU^R01^ORU_R01|{control}|P|2.5.1||||||UNICODE UTF-8\r"
+                "PID|1||11223344595^^^ПФР^SNILS~A-77^^^LAB^MR||Демо^Пациент||19800101|F\r"
+                f"ORC|RE|ORD-{i + 1}\r"
+                f"OBR|1|ORD-{i + 1}|LAB-{control}|CBC^Общий анализ крови|||{now}|||||||||||||||{now}||HM|F\r"
+                "OBX|1|NM|HGB^Гемоглобин||13,5|g/dL|12,0-16,0|N|||F\r"
+                "OBX|2|NM|GLU^Глюкоза||99|mg/dL|70-100|N|||F\r"
+                "OBX|3|SN|CRP^СРБ||<^5|mg/L|0-5|N|||F\r").encode("utf-8")
+        with socket.create_connection((cfg.settings.hl7.host, cfg.settings.hl7.port), timeout=15) as sock:
+            sock.sendall(frame(text))
+            reader, acks = FrameReader(), []
+            while not acks:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                acks = reader.feed(data)
+        for segment in (acks[0].decode("utf-8", "replace").split("\r") if acks else ["(no ACK)"]):
+            if segment.startswith(("MSA", "ERR")) or segment == "(no ACK)":
+                out.print(segment, highlight=False)
+        out.print(f"  MessageID {message_id_for('lab-demo', control)}: zdravlink trail it", highlight=False)
 
 
 def main() -> None:

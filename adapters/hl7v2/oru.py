@@ -454,5 +454,9 @@ def map_message(message: hl7.Message, mapping: LabMapping) -> Mapped:
     if builder.gaps:
         raise MappingGaps(builder.gaps)
     control = report.control_id()
-    message_id = str(uuid.uuid5(_MESSAGE_IDS, f"{mapping.lab}|{control}")) if control else str(uuid.uuid1())
-    return Mapped(payload, recipient, message_id, control)
+    return Mapped(payload, recipient, message_id_for(mapping.lab, control) if control else str(uuid.uuid1()), control)
+
+
+def message_id_for(lab: str, control_id: str) -> str:
+    """The MessageID of the lab's message with this MSH-10: the same for every resend."""
+    return str(uuid.uuid5(_MESSAGE_IDS, f"{lab}|{control_id}"))

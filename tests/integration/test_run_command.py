@@ -26,10 +26,10 @@ def bundled_config_on_free_ports(target: Path) -> tuple[Path, int]:
     """The bundled files, unchanged but for the ports, so the test never collides with a running demo."""
     shutil.copytree(REPO / "config", target, ignore=shutil.ignore_patterns("keys"))
     api = free_port()
-    mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703)}}
+    mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703, 2575)}}
     for name in ("gateway.yaml", "participants.yaml", "routes.yaml"):
         path = target / name
-        path.write_text(re.sub(r"\b(870[0-3])\b", lambda m: mapping[m.group(1)], path.read_text()))
+        path.write_text(re.sub(r"\b(870[0-3]|2575)\b", lambda m: mapping[m.group(1)], path.read_text()))
     return target, api
 
 
@@ -67,7 +67,7 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
             time.sleep(0.2)
         banner = (tmp_path / "run.log").read_text()
         for line in (f"API      {base}/api/v1/messages", f"docs     {base}/docs", f"metrics  {base}/metrics",
-                     f"SMEV 3   {base}/smev/1.1?wsdl"):
+                     f"SMEV 3   {base}/smev/1.1?wsdl", "HL7 v2   mllp://127.0.0.1:", "labs: lab-demo"):
             assert line in banner
         assert httpx.get(f"{base}/docs").status_code == 200
 
@@ -96,8 +96,13 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
         assert r.status_code == 202, r.text
         wait_delivered(base, act_id, "demo-mis-token")
         assert f"insurer-demo/default: message {act_id} attempt 1 -> ok" in (tmp_path / "run.log").read_text()
+        # lab results over HL7 v2 / MLLP, mapped by config/mappings/lab-demo.yaml, delivered to clinic-mis
+        hl7 = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--hl7", "--config", str(config)],
+                             env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert hl7.stdout.startswith("MSA|AA|DEMO-"), hl7.stdout + hl7.stderr
+        wait_delivered(base, re.search(r"MessageID ([0-9a-f-]+)", hl7.stdout).group(1), "demo-lab-token")
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 5  # api, router, two delivery workers, demo partners
+        assert len(children) == 6  # api, router, two delivery workers, mllp, demo partners
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
