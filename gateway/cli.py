@@ -183,19 +183,28 @@ def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @app.command()
-def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a DEAD message"),
+def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a DEAD, FAILED or kept message"),
            all_dead: bool = typer.Option(False, "--all-dead", help="Replay every DEAD message"),
+           kept: Optional[str] = typer.Option(None, "--kept", help="Map again every message LAB sent that was "
+                                              "refused for a mapping gap", metavar="LAB"),
            config: Optional[Path] = ConfigOpt) -> None:
-    """Send dead letters again; the trail records the replay and what failed before."""
-    from gateway.journal import Journal
+    """Send dead letters again, or map kept lab messages again after their mapping was fixed."""
+    from adapters.hl7v2.lab_intake import KEPT_NS
+    from gateway.journal import Journal, Status
     from routing import replay as replaying
     from routing.topology import Topology
 
-    if bool(message_id) == all_dead:
-        err.print("give either a MESSAGE_ID or --all-dead")
+    if sum(map(bool, (message_id, all_dead, kept))) != 1:
+        err.print("give one of: a MESSAGE_ID, --all-dead, --kept LAB")
         raise typer.Exit(2)
     cfg = _load_or_exit(config)
     journal = Journal(cfg.settings.database.url)
+    first = journal.get(message_id) if message_id else None
+    if kept or (first is not None and first.message_type == KEPT_NS):
+        records = [first] if first is not None else [
+            r for r in journal.get_many(journal.with_status(Status.REJECTED)).values()
+            if r.sender == kept and r.message_type == KEPT_NS]
+        raise typer.Exit(_replay_kept(cfg, journal, records))
     ids = replaying.dead_ids(journal) if all_dead else [message_id]
     results = replaying.replay(journal, ids)
     done = {r.message_id for r in results if r.replayed}
@@ -206,6 +215,25 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
                   highlight=False)
     if any(not r.replayed for r in results):
         raise typer.Exit(1)
+
+
+def _replay_kept(cfg, journal, records) -> int:  # noqa: ANN001
+    from adapters.hl7v2.lab_intake import LabIntake, replay_kept
+    from adapters.intake import Intake
+    from gateway.accept import AcceptPipeline
+
+    labs = LabIntake(Intake(AcceptPipeline(cfg, journal, _keyring_or_exit(cfg)), journal), _mappings_or_exit(cfg))
+    results = replay_kept(labs, records)
+    if not results:
+        err.print("nothing kept to map again")
+        return 1
+    for mid, outcome in results:
+        if outcome.code == "AA":
+            out.print(f"[green]mapped[/green] {mid}: accepted as a lab result", highlight=False)
+        else:
+            lines = [seg for seg in outcome.ack.decode("utf-8", "replace").split("\r") if seg.startswith("ERR")]
+            out.print(f"[red]still refused[/red] {mid} ({outcome.code}): " + " | ".join(lines), highlight=False)
+    return 0 if all(o.code == "AA" for _, o in results) else 1
 
 
 @app.command()

@@ -12,6 +12,7 @@ sees a lab's unmapped codes pile up before the lab calls.
 """
 from __future__ import annotations
 
+import base64
 import logging
 from dataclasses import dataclass
 
@@ -19,16 +20,21 @@ import hl7
 
 from adapters.hl7v2 import ack as acks
 from adapters.hl7v2.ack import AckError
-from adapters.hl7v2.oru import LAB_RESULT_NS, Gap, MappingGaps, Report, map_message, text_of, field_of
+from adapters.hl7v2.oru import LAB_RESULT_NS, Gap, MappingGaps, Report, field_of, map_message, message_id_for, text_of
 from adapters.intake import Intake
 from adapters.mapping.lab_mapping import LabMapping
 from gateway import errors
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
+from gateway.journal import MessageRecord
 from gateway.masking import mask_text
+from gateway.xmlsafe import parse_xml
 from monitoring import metrics
 
 log = logging.getLogger("zdravlink.hl7")
+
+#: The kept form of a message refused for a gap: the bytes as received, to map again once the mapping is fixed.
+KEPT_NS = "urn://zdravlink/internal/inbound-hl7/1.0"
 
 #: Gap codes → HL7 table 0357 error codes for ERR-3.
 _ERR_CODES = {"UNMAPPED_TEST_CODE": "103", "UNMAPPED_UNIT": "103", "RECIPIENT_UNKNOWN": "103",
@@ -53,7 +59,7 @@ class LabIntake:
         self.intake = intake
         self.mappings = mappings
 
-    def identify(self, report: Report, peer: str) -> LabMapping | Rejection:
+    def identify(self, report: Report, peer: str, *, replay: bool = False) -> LabMapping | Rejection:
         msh = report.segments["MSH"][0]
         facility, application = text_of(field_of(msh, 4)).strip(), text_of(field_of(msh, 3)).strip()
         for mapping in self.mappings.values():
@@ -61,14 +67,15 @@ class LabIntake:
             if facility in ident.sending_facility and (not ident.sending_application
                                                        or application in ident.sending_application):
                 host = peer.rsplit(":", 1)[0].strip("[]") if peer.count(":") in (1,) or peer.startswith("[") else peer
-                if host not in ident.allowed_peers:
+                if not replay and host not in ident.allowed_peers:
                     return Rejection(errors.INVALID_TOKEN, f"{peer} is not an allowed peer of {mapping.lab!r}",
                                      "MSH-4", status=403)
                 return mapping
         return Rejection(errors.UNKNOWN_SENDER, f"no mapping file identifies sending facility {facility!r} "
                          f"(application {application!r})", "MSH-4", status=403)
 
-    def handle(self, raw: bytes, peer: str) -> Outcome:
+    def handle(self, raw: bytes, peer: str, *, replay: bool = False) -> Outcome:
+        """One message in, one ACK out; ``replay`` maps a kept message again (no peer to check)."""
         try:
             charset = acks.charset_of(raw)
             message = acks.parse(acks.decode(raw, charset))
@@ -89,19 +96,20 @@ class LabIntake:
             rej = Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"message type {kind!r} is not accepted: send ORU^R01",
                             "MSH-9")
             return self._refuse(raw, charset, "AR", rej, [AckError("MSH", 1, 9, None, "200", rej.detail)], peer)
-        mapping = self.identify(report, peer)
+        mapping = self.identify(report, "127.0.0.1" if replay else peer, replay=replay)
         if isinstance(mapping, Rejection):
             return self._refuse(raw, charset, "AR", mapping, [AckError("MSH", 1, 4, None, "204", mapping.detail)],
                                 peer)
         try:
             mapped = map_message(message, mapping)
         except MappingGaps as exc:
-            return self._gaps(raw, charset, mapping, exc.gaps, peer)
+            return self._gaps(raw, charset, mapping, exc.gaps, peer, report.control_id())
         participant = self.intake.pipeline.config.participants[mapping.lab]
         env = Envelope(message_id=mapped.message_id, sender=mapping.lab, recipient=mapped.recipient,
                        message_type=LAB_RESULT_NS, payload=mapped.payload)
         try:
-            accepted = self.intake.receive_envelope(env, participant, source="hl7", remote=peer)
+            accepted = self.intake.receive_envelope(env, participant, source="hl7-replay" if replay else "hl7",
+                                                    remote=peer)
         except Rejection as rej:
             code = "AE" if rej.code in _CONTENT_CODES or rej.status in (400, 422) else "AR"
             err = "205" if rej.code == errors.MESSAGE_ID_REUSED else "207" if code == "AR" else "102"
@@ -118,12 +126,16 @@ class LabIntake:
                  mapped.recipient, " (repeat)" if accepted.outcome.duplicate else "")
         return Outcome("AA", acks.ack(raw, "AA", charset=charset), accepted.outcome.message_id)
 
-    def _gaps(self, raw: bytes, charset: str, mapping: LabMapping, gaps: list[Gap], peer: str) -> Outcome:
+    def _gaps(self, raw: bytes, charset: str, mapping: LabMapping, gaps: list[Gap], peer: str, control: str
+              ) -> Outcome:
         for g in gaps:
             metrics.MAPPING_GAPS.labels(mapping.lab, g.code, (g.lab_code or "")[:64]).inc()
         first = gaps[0]
         rej = Rejection(first.code, "; ".join(f"{g.where}: {g.reason}" for g in gaps), first.where, status=422)
-        self.intake.refused(rej, source="hl7", remote=peer, caller=mapping.lab, env=None)
+        # Kept as REJECTED under the MessageID the mapped result will have: `zdravlink replay` maps it
+        # again after the mapping is fixed, and a resend by the lab replaces it the same way.
+        kept = kept_envelope(raw, mapping, message_id_for(mapping.lab, control)) if control else None
+        self.intake.refused(rej, source="hl7", remote=peer, caller=mapping.lab, env=kept)
         log.info("hl7 message from %s has %d mapping gap(s): %s", mapping.lab, len(gaps), mask_text(rej.detail))
         errs = [AckError(g.segment, g.sequence, g.field, g.component, _ERR_CODES.get(g.code, "207"),
                          f"{g.code}: {g.reason}") for g in gaps]
@@ -133,6 +145,30 @@ class LabIntake:
         self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
         log.info("hl7 message refused (%s): %s %s", code, rej.code, mask_text(rej.detail))
         return Outcome(code, acks.ack(raw, code, errs, charset=charset))
+
+
+def kept_envelope(raw: bytes, mapping: LabMapping, message_id: str) -> Envelope:
+    payload = parse_xml(f'<h:Hl7Message xmlns:h="{KEPT_NS}"/>'.encode())
+    payload.text = base64.b64encode(raw).decode("ascii")
+    return Envelope(message_id=message_id, sender=mapping.lab, recipient=mapping.recipient.fixed or mapping.lab,
+                    message_type=KEPT_NS, payload=payload)
+
+
+def kept_message(rec: MessageRecord) -> bytes | None:
+    """The HL7 bytes of a message kept after a gap, or None if the record is not one."""
+    if rec.message_type != KEPT_NS:
+        return None
+    return base64.b64decode(Envelope.from_element(parse_xml(rec.envelope)).payload.text or "")
+
+
+def replay_kept(labs: LabIntake, records: list[MessageRecord]) -> list[tuple[str, Outcome]]:
+    """Map kept messages again with the current mapping files; each AA is now a lab result in the spine."""
+    results = []
+    for rec in records:
+        raw = kept_message(rec)
+        if raw is not None and rec.status == "REJECTED":
+            results.append((rec.message_id, labs.handle(raw, "replay", replay=True)))
+    return results
 
 
 def parse_for_cli(raw: bytes) -> hl7.Message:

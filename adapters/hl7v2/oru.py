@@ -309,7 +309,7 @@ class _Builder:
         found = self.m.test_for(code, text)
         if found is None:
             shown = code or text
-            self.gap("UNMAPPED_TEST_CODE", f"lab test code {shown!r} has no entry in the mapping's tests",
+            self.gap("UNMAPPED_TEST_CODE", f"lab test code «{shown}» has no entry in the mapping's tests",
                      segment="OBX", sequence=seq, field_no=3, component=1, lab_code=shown)
             return "F"
         key, mapping = found
@@ -333,12 +333,12 @@ class _Builder:
                 if re.fullmatch(r"[A-Za-z<>]{1,5}", flag):
                     etree.SubElement(test, L + "Flag").text = flag
                 else:
-                    self.gap("VALUE_INVALID", f"abnormal flag {flag!r} is not an HL7 table 0078 value: map it in "
+                    self.gap("VALUE_INVALID", f"abnormal flag «{flag}» is not an HL7 table 0078 value: map it in "
                              "flags", segment="OBX", sequence=seq, field_no=8, lab_code=key)
         raw_status = at(11)
         status = _STATUSES.get(raw_status or "F")
         if status is None:
-            self.gap("VALUE_INVALID", f"result status {raw_status!r} is not one of P, F, C, X, D, W, R, S, I, A",
+            self.gap("VALUE_INVALID", f"result status «{raw_status}» is not one of P, F, C, X, D, W, R, S, I, A",
                      segment="OBX", sequence=seq, field_no=11, lab_code=key)
             status = "F"
         etree.SubElement(test, L + "Status").text = status
@@ -379,7 +379,7 @@ class _Builder:
             comparator = ""
         number = self.decimal(number_text)
         if number is None:
-            self.gap("VALUE_TYPE_MISMATCH", f"the value of {key!r} is not a number ({vtype or 'no type'}); if it "
+            self.gap("VALUE_TYPE_MISMATCH", f"the value of «{key}» is not a number ({vtype or 'no type'}); if it "
                      "means no result, list it in not_performed", segment="OBX", sequence=seq, field_no=5,
                      lab_code=key)
             return None
@@ -388,8 +388,8 @@ class _Builder:
         if target is not None and unit != target.code and unit not in mapping.same_unit:
             conversion = mapping.convert.get(unit)
             if conversion is None:
-                self.gap("UNMAPPED_UNIT", f"unit {unit or '(none)'!r} of {key!r} has no conversion to "
-                         f"{target.code!r}", segment="OBX", sequence=seq, field_no=6, lab_code=key)
+                self.gap("UNMAPPED_UNIT", f"unit «{unit or '(none)'}» of «{key}» has no conversion to "
+                         f"«{target.code}»", segment="OBX", sequence=seq, field_no=6, lab_code=key)
                 return None
             number = conversion.apply(number)
         q = etree.SubElement(test, L + "Quantity")
@@ -398,7 +398,7 @@ class _Builder:
             if comparator in ("<", "<=", ">", ">="):
                 etree.SubElement(q, L + "Comparator").text = comparator
             else:
-                self.gap("VALUE_INVALID", f"comparator {comparator!r} is not <, <=, > or >=", segment="OBX",
+                self.gap("VALUE_INVALID", f"comparator «{comparator}» is not <, <=, > or >=", segment="OBX",
                          sequence=seq, field_no=5, component=1, lab_code=key)
         if target is not None or unit:
             u = etree.SubElement(q, L + "Unit")

@@ -166,3 +166,37 @@ def test_windows_1251_message_round_trips(gw, clinic):
     ns = {"lr": LAB_RESULT_NS}
     assert env.payload.findtext("lr:Patient/lr:LocalId", namespaces=ns) == "П-123"
     assert env.payload.findtext("lr:Test/lr:LocalCode/lr:Display", namespaces=ns) == "Гемоглобин"
+
+
+def test_message_kept_after_a_gap_becomes_a_result_once_the_mapping_is_fixed(gw, clinic):
+    from adapters.hl7v2.lab_intake import KEPT_NS
+    from adapters.hl7v2.oru import message_id_for
+
+    msg = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01|K-1|P|2.5.1\r"
+           "PID|||K-77^^^^MR||Сидорова^Анна||19700101|F\r"
+           "OBR|1|P1|F1|CBC\r"
+           "OBX|1|NM|HGB^Гемоглобин||13.5|g/dL|||||F\r"
+           "OBX|2|NM|XYZ^Новый тест||1.0|mmol/L|||||F\r").encode()
+    (ack,) = exchange(gw.mllp_port, [msg])
+    assert str(ack.segment("MSA")[1]) == "AE"
+    mid = message_id_for("gap-lab", "K-1")
+    journal = Journal(gw.db_url)
+    kept = journal.get(mid)
+    assert (kept.status, kept.message_type) == ("REJECTED", KEPT_NS)
+    assert "lab test code «XYZ»" in kept.last_error
+
+    still = gw.cli("replay", "--kept", "gap-lab")
+    assert still.returncode == 1 and "still refused" in still.stdout and "XYZ" in still.stdout
+    (gw.dir / "mappings" / "gap-lab.yaml").write_text(
+        "lab: gap-lab\nidentify: {sending_facility: [GAPLAB]}\nrecipient: {fixed: clinic}\n"
+        "fields: {patient: {local_id: PID-3.1}}\n"
+        "tests:\n  HGB: {fsli: '1017128', display: Гемоглобин общий, unit: {code: g/L}, convert: {g/dL: 10}}\n"
+        "  XYZ: {fsli: '1016999', display: Новый тест, unit: {code: mmol/L}}\n", encoding="utf-8")
+    fixed = gw.cli("replay", "--kept", "gap-lab")
+    assert fixed.returncode == 0 and f"mapped {mid}" in fixed.stdout, fixed.stdout + fixed.stderr
+    wait_for(lambda: len(clinic.requests) >= 1)
+    env = Envelope.from_element(parse_xml(clinic.requests[0].body))
+    assert env.message_id == mid and env.message_type == LAB_RESULT_NS
+    trail = [e.kind for e in journal.trail(mid)]
+    journal.engine.dispose()
+    assert trail[:2] == ["REJECTED", "ACCEPTED"] and trail[-1] == "DELIVERED"
