@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass
 
 import hl7
+from lxml import etree
 
 from adapters.hl7v2 import ack as acks
 from adapters.hl7v2.ack import AckError
@@ -27,6 +28,7 @@ from gateway import errors
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import MessageRecord
+from gateway.journal.results import ResultVersions
 from gateway.masking import mask_text
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
@@ -58,6 +60,7 @@ class LabIntake:
     def __init__(self, intake: Intake, mappings: dict[str, LabMapping]) -> None:
         self.intake = intake
         self.mappings = mappings
+        self.versions = ResultVersions(intake.journal)
 
     def identify(self, report: Report, peer: str, *, replay: bool = False) -> LabMapping | Rejection:
         msh = report.segments["MSH"][0]
@@ -105,6 +108,9 @@ class LabIntake:
         except MappingGaps as exc:
             return self._gaps(raw, charset, mapping, exc.gaps, peer, report.control_id())
         participant = self.intake.pipeline.config.participants[mapping.lab]
+        result_id, status = (mapped.payload.findtext(f"{{{LAB_RESULT_NS}}}{tag}") for tag in ("ResultId", "Status"))
+        if status == "C":
+            self._link_correction(mapped.payload, result_id, mapped.message_id)
         env = Envelope(message_id=mapped.message_id, sender=mapping.lab, recipient=mapped.recipient,
                        message_type=LAB_RESULT_NS, payload=mapped.payload)
         try:
@@ -122,9 +128,18 @@ class LabIntake:
             return Outcome("AR", acks.ack(raw, "AR", [AckError("MSH", 1, 0, None, "207",
                                                                "the gateway could not store the message; resend later")],
                                           charset=charset))
+        self.versions.remember(result_id, accepted.outcome.message_id, status)
         log.info("hl7 result %s from %s accepted for %s%s", accepted.outcome.message_id, mapping.lab,
                  mapped.recipient, " (repeat)" if accepted.outcome.duplicate else "")
         return Outcome("AA", acks.ack(raw, "AA", charset=charset), accepted.outcome.message_id)
+
+    def _link_correction(self, payload: etree._Element, result_id: str, message_id: str) -> None:
+        """A corrected result names the message it replaces (the newest earlier version), right after Status."""
+        previous = self.versions.latest(result_id, other_than=message_id)
+        if previous is not None:
+            replaces = etree.Element(f"{{{LAB_RESULT_NS}}}Replaces")
+            replaces.text = previous
+            payload.find(f"{{{LAB_RESULT_NS}}}Status").addnext(replaces)
 
     def _gaps(self, raw: bytes, charset: str, mapping: LabMapping, gaps: list[Gap], peer: str, control: str
               ) -> Outcome:

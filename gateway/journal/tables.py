@@ -89,3 +89,13 @@ status_reports = Table(
     Column("message_id", String(36), ForeignKey("messages.message_id"), primary_key=True),
     Column("reported_at", DateTime(timezone=True), nullable=False),
 )
+
+result_versions = Table(
+    "result_versions",
+    metadata,
+    Column("message_id", String(36), ForeignKey("messages.message_id"), primary_key=True),
+    Column("result_id", String(255), nullable=False),
+    Column("status", String(1), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Index("ix_result_versions_result", "result_id", "at"),
+)

@@ -200,3 +200,17 @@ def test_message_kept_after_a_gap_becomes_a_result_once_the_mapping_is_fixed(gw,
     trail = [e.kind for e in journal.trail(mid)]
     journal.engine.dispose()
     assert trail[:2] == ["REJECTED", "ACCEPTED"] and trail[-1] == "DELIVERED"
+
+
+def test_corrected_result_names_the_message_it_replaces(gw, clinic):
+    from adapters.hl7v2.oru import message_id_for
+
+    first, corrected = exchange(gw.mllp_port, [reference("01"), reference("02")])
+    assert str(first.segment("MSA")[1]) == str(corrected.segment("MSA")[1]) == "AA"
+    wait_for(lambda: len(clinic.requests) >= 2)
+    ns = {"lr": LAB_RESULT_NS}
+    results = {Envelope.from_element(parse_xml(r.body)).payload.findtext("lr:Status", namespaces=ns):
+               Envelope.from_element(parse_xml(r.body)).payload for r in clinic.requests}
+    assert results["C"].findtext("lr:Replaces", namespaces=ns) == message_id_for("nist-lab", "NIST-100929110701660")
+    assert results["F"].find("lr:Replaces", ns) is None
+    assert results["C"].findtext("lr:ResultId", namespaces=ns) == results["F"].findtext("lr:ResultId", namespaces=ns)
