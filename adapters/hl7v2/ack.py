@@ -209,6 +209,18 @@ def ack(
     return _build(parse(decode(message, charset)), code, errors, text, charset)
 
 
+def ack_to(
+    original: hl7.Message,
+    code: str,
+    errors: Sequence[AckError] = (),
+    text: str | None = None,
+    *,
+    charset: str,
+) -> bytes:
+    """``ack`` for a message already parsed: python-hl7 takes milliseconds per message, not worth twice."""
+    return _build(original, code, errors, text, charset)
+
+
 def ack_for_unparseable(raw: bytes, error: AckError | None = None) -> bytes:
     """An AR for a message that could not be read in full.
 

@@ -98,15 +98,15 @@ class LabIntake:
         if kind != "ORU^R01":
             rej = Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"message type {kind!r} is not accepted: send ORU^R01",
                             "MSH-9")
-            return self._refuse(raw, charset, "AR", rej, [AckError("MSH", 1, 9, None, "200", rej.detail)], peer)
+            return self._refuse(message, charset, "AR", rej, [AckError("MSH", 1, 9, None, "200", rej.detail)], peer)
         mapping = self.identify(report, "127.0.0.1" if replay else peer, replay=replay)
         if isinstance(mapping, Rejection):
-            return self._refuse(raw, charset, "AR", mapping, [AckError("MSH", 1, 4, None, "204", mapping.detail)],
+            return self._refuse(message, charset, "AR", mapping, [AckError("MSH", 1, 4, None, "204", mapping.detail)],
                                 peer)
         try:
             mapped = map_message(message, mapping)
         except MappingGaps as exc:
-            return self._gaps(raw, charset, mapping, exc.gaps, peer, report.control_id())
+            return self._gaps(raw, message, charset, mapping, exc.gaps, peer, report.control_id())
         participant = self.intake.pipeline.config.participants[mapping.lab]
         result_id, status = (mapped.payload.findtext(f"{{{LAB_RESULT_NS}}}{tag}") for tag in ("ResultId", "Status"))
         if status == "C":
@@ -121,17 +121,17 @@ class LabIntake:
             err = "205" if rej.code == errors.MESSAGE_ID_REUSED else "207" if code == "AR" else "102"
             where = ("MSH", 1, 10) if rej.code == errors.MESSAGE_ID_REUSED else ("MSH", 1, 0)
             log.info("hl7 message from %s refused: %s %s", mapping.lab, rej.code, mask_text(rej.detail))
-            return Outcome(code, acks.ack(raw, code, [AckError(*where, None, err, f"{rej.code}: {rej.detail}")],
+            return Outcome(code, acks.ack_to(message, code, [AckError(*where, None, err, f"{rej.code}: {rej.detail}")],
                                           charset=charset))
         except Exception:
             log.exception("hl7 message from %s could not be journalled", mapping.lab)
-            return Outcome("AR", acks.ack(raw, "AR", [AckError("MSH", 1, 0, None, "207",
+            return Outcome("AR", acks.ack_to(message, "AR", [AckError("MSH", 1, 0, None, "207",
                                                                "the gateway could not store the message; resend later")],
                                           charset=charset))
         self.versions.remember(result_id, accepted.outcome.message_id, status)
         log.info("hl7 result %s from %s accepted for %s%s", accepted.outcome.message_id, mapping.lab,
                  mapped.recipient, " (repeat)" if accepted.outcome.duplicate else "")
-        return Outcome("AA", acks.ack(raw, "AA", charset=charset), accepted.outcome.message_id)
+        return Outcome("AA", acks.ack_to(message, "AA", charset=charset), accepted.outcome.message_id)
 
     def _link_correction(self, payload: etree._Element, result_id: str, message_id: str) -> None:
         """A corrected result names the message it replaces (the newest earlier version), right after Status."""
@@ -141,8 +141,8 @@ class LabIntake:
             replaces.text = previous
             payload.find(f"{{{LAB_RESULT_NS}}}Status").addnext(replaces)
 
-    def _gaps(self, raw: bytes, charset: str, mapping: LabMapping, gaps: list[Gap], peer: str, control: str
-              ) -> Outcome:
+    def _gaps(self, raw: bytes, message: hl7.Message, charset: str, mapping: LabMapping, gaps: list[Gap], peer: str,
+              control: str) -> Outcome:
         for g in gaps:
             metrics.MAPPING_GAPS.labels(mapping.lab, g.code, (g.lab_code or "")[:64]).inc()
         first = gaps[0]
@@ -154,12 +154,13 @@ class LabIntake:
         log.info("hl7 message from %s has %d mapping gap(s): %s", mapping.lab, len(gaps), mask_text(rej.detail))
         errs = [AckError(g.segment, g.sequence, g.field, g.component, _ERR_CODES.get(g.code, "207"),
                          f"{g.code}: {g.reason}") for g in gaps]
-        return Outcome("AE", acks.ack(raw, "AE", errs, charset=charset))
+        return Outcome("AE", acks.ack_to(message, "AE", errs, charset=charset))
 
-    def _refuse(self, raw: bytes, charset: str, code: str, rej: Rejection, errs: list[AckError], peer: str) -> Outcome:
+    def _refuse(self, message: hl7.Message, charset: str, code: str, rej: Rejection, errs: list[AckError], peer: str
+                ) -> Outcome:
         self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
         log.info("hl7 message refused (%s): %s %s", code, rej.code, mask_text(rej.detail))
-        return Outcome(code, acks.ack(raw, code, errs, charset=charset))
+        return Outcome(code, acks.ack_to(message, code, errs, charset=charset))
 
 
 def kept_envelope(raw: bytes, mapping: LabMapping, message_id: str) -> Envelope:
