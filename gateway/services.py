@@ -85,6 +85,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
 
     from adapters.intake import Intake
     from adapters.rest.app import create_app
+    from adapters.rest.lab_results import LabResultsApi
     from adapters.soap.smev_exchange import SmevExchange
     from adapters.soap.smev_service import SmevWsgi
     from gateway.journal.inbox import Inbox
@@ -116,7 +117,8 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
     app = create_app(intake=intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
                      state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
-                     soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)})
+                     soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
+                     lab_results=LabResultsApi(intake, load_lab_mappings(config)))
     relay.start()
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))

@@ -108,9 +108,7 @@ class LabIntake:
         except MappingGaps as exc:
             return self._gaps(raw, message, charset, mapping, exc.gaps, peer, report.control_id())
         participant = self.intake.pipeline.config.participants[mapping.lab]
-        result_id, status = (mapped.payload.findtext(f"{{{LAB_RESULT_NS}}}{tag}") for tag in ("ResultId", "Status"))
-        if status == "C":
-            self._link_correction(mapped.payload, result_id, mapped.message_id)
+        result_id, status = link_correction(self.versions, mapped.payload, mapped.message_id)
         env = Envelope(message_id=mapped.message_id, sender=mapping.lab, recipient=mapped.recipient,
                        message_type=LAB_RESULT_NS, payload=mapped.payload)
         try:
@@ -133,14 +131,6 @@ class LabIntake:
                  mapped.recipient, " (repeat)" if accepted.outcome.duplicate else "")
         return Outcome("AA", acks.ack_to(message, "AA", charset=charset), accepted.outcome.message_id)
 
-    def _link_correction(self, payload: etree._Element, result_id: str, message_id: str) -> None:
-        """A corrected result names the message it replaces (the newest earlier version), right after Status."""
-        previous = self.versions.latest(result_id, other_than=message_id)
-        if previous is not None:
-            replaces = etree.Element(f"{{{LAB_RESULT_NS}}}Replaces")
-            replaces.text = previous
-            payload.find(f"{{{LAB_RESULT_NS}}}Status").addnext(replaces)
-
     def _gaps(self, raw: bytes, message: hl7.Message, charset: str, mapping: LabMapping, gaps: list[Gap], peer: str,
               control: str) -> Outcome:
         for g in gaps:
@@ -161,6 +151,19 @@ class LabIntake:
         self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
         log.info("hl7 message refused (%s): %s %s", code, rej.code, mask_text(rej.detail))
         return Outcome(code, acks.ack_to(message, code, errs, charset=charset))
+
+
+def link_correction(versions: ResultVersions, payload: etree._Element, message_id: str) -> tuple[str, str]:
+    """The result's (ResultId, Status); a corrected one names the message it replaces (the newest
+    earlier version of its ResultId), right after Status."""
+    ns = f"{{{LAB_RESULT_NS}}}"
+    result_id, status = payload.findtext(ns + "ResultId") or "", payload.findtext(ns + "Status") or ""
+    previous = versions.latest(result_id, other_than=message_id) if status == "C" else None
+    if previous is not None:
+        replaces = etree.Element(ns + "Replaces")
+        replaces.text = previous
+        payload.find(ns + "Status").addnext(replaces)
+    return result_id, status
 
 
 def kept_envelope(raw: bytes, mapping: LabMapping, message_id: str) -> Envelope:

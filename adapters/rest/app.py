@@ -16,6 +16,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from adapters.intake import Intake
+from adapters.rest.lab_results import LabResultsApi
 from adapters.rest.problems import problem
 from gateway import errors
 from gateway.envelope import Envelope, EnvelopeDocument
@@ -53,7 +54,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector,
                inbox: Inbox | None = None, keyring: KeyRing | None = None, lock_seconds: float = 300.0,
-               soap: dict[str, Any] | None = None) -> FastAPI:
+               soap: dict[str, Any] | None = None, lab_results: LabResultsApi | None = None) -> FastAPI:
     """The ASGI app; ``soap`` maps paths (``/smev/1.1``) to ASGI apps mounted beside the REST API."""
     app = FastAPI(
         title="Zdravlink gateway",
@@ -143,6 +144,8 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
 
     if inbox is not None:
         _inbox_routes(app, intake, inbox, keyring or KeyRing(), lock_seconds)
+    if lab_results is not None:
+        _lab_routes(app, intake, lab_results, max_body_bytes)
     for path, asgi in (soap or {}).items():
         app.router.routes.append(Route(path, endpoint=asgi, methods=["GET", "POST"], include_in_schema=False))
 
@@ -161,6 +164,23 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _lab_routes(app: FastAPI, intake: Intake, labs: LabResultsApi, max_body_bytes: int) -> None:
+    @app.post(f"{API}/labs/{{lab}}/results", status_code=202,
+              summary="A laboratory's results as JSON, mapped by its mapping file (docs/onboarding-a-lab.md)",
+              responses={"4XX": {"description": "Refused; a 422 lists every mapping gap in `errors`",
+                                 "content": {"application/problem+json": {}}}})
+    async def submit_lab_results(lab: str, request: Request) -> JSONResponse:
+        remote = request.client.host if request.client else None
+        try:
+            caller = intake.pipeline.authenticate(_bearer(request))
+            body = await _read_capped(request, max_body_bytes)
+        except Rejection as rej:
+            intake.refused(rej, source="rest-lab", remote=remote, caller=None, env=None)
+            raise
+        answer = await run_in_threadpool(labs.submit, lab, caller, body, remote)
+        return JSONResponse(answer, status_code=202, headers={"Location": answer["statusUrl"]})
 
 
 class AckBody(BaseModel):

@@ -19,4 +19,6 @@ def problem(rej: Rejection, instance: str | None = None) -> JSONResponse:
     }
     if instance:
         body["instance"] = instance
+    if rej.extra.get("errors"):
+        body["errors"] = rej.extra["errors"]  # every problem at once, each with its field and rule
     return JSONResponse(body, status_code=rej.status, media_type=PROBLEM_JSON)

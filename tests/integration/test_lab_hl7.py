@@ -29,8 +29,14 @@ LABS = ["nist-lab", "realm-lab", "cerner-lab", "ghh-lab", "renal-lab", "abl-lab"
 SCHEMA = etree.XMLSchema(etree.parse(str(Path(__file__).resolve().parents[2] / "schemas_xsd/payloads/lab-result-1.0.xsd")))
 
 
+GAP_TOKEN = "gap-lab-token"
+
+
 def participants(clinic_url: str, keys: Path) -> str:
-    labs = "".join(f"  - {{mnemonic: {lab}, name: {lab}, kind: lis, delivery: {{mode: pull}}, signature_required: false}}\n"
+    from gateway.config import hash_token
+
+    labs = "".join(f"  - {{mnemonic: {lab}, name: {lab}, kind: lis, delivery: {{mode: pull}}, signature_required: false,"
+                   f" credentials: {{api_token_sha256: [\"{hash_token(lab + '-token')}\"]}}}}\n"
                    for lab in LABS + ["gap-lab"])
     return (f"participants:\n{labs}"
             f"  - {{mnemonic: clinic, name: Поликлиника, kind: mis, delivery: {{mode: rest, url: \"{clinic_url}\"}}}}\n")
@@ -214,3 +220,48 @@ def test_corrected_result_names_the_message_it_replaces(gw, clinic):
     assert results["C"].findtext("lr:Replaces", namespaces=ns) == message_id_for("nist-lab", "NIST-100929110701660")
     assert results["F"].find("lr:Replaces", ns) is None
     assert results["C"].findtext("lr:ResultId", namespaces=ns) == results["F"].findtext("lr:ResultId", namespaces=ns)
+
+
+
+def lab_json(message_id: str, **result: object) -> dict:
+    return {"messageId": message_id,
+            "patient": {"snils": "112-233-445 95", "birthDate": "1980-01-01", "sex": "F"},
+            "order": {"placer": "ORD-9", "filler": "LAB-9", "service": {"code": "CBC", "text": "Общий анализ"}},
+            "reportedAt": "2026-11-23T10:00:00+03:00",
+            "results": [{"code": "HGB", "text": "Гемоглобин", "type": "NM", "value": "135", "unit": "g/L",
+                         "range": "120-160", "flags": ["N"], **result}]}
+
+
+def test_json_results_over_rest_use_the_same_mapping(gw, clinic):
+    auth = {"Authorization": f"Bearer {GAP_TOKEN}"}
+    r = gw.http.post("/api/v1/labs/gap-lab/results", json=lab_json("J-1"), headers=auth)
+    assert r.status_code == 202, r.text
+    mid = r.json()["messageId"]
+    again = gw.http.post("/api/v1/labs/gap-lab/results", json=lab_json("J-1"), headers=auth)
+    assert again.status_code == 202 and again.json()["duplicate"] is True and again.json()["messageId"] == mid
+    wait_for(lambda: len(clinic.requests) >= 1)
+    time.sleep(0.5)
+    assert len(clinic.requests) == 1
+    env = Envelope.from_element(parse_xml(clinic.requests[0].body))
+    ns = {"lr": LAB_RESULT_NS}
+    assert SCHEMA.validate(env.payload), SCHEMA.error_log
+    assert env.payload.findtext("lr:Patient/lr:SNILS", namespaces=ns) == "11223344595"
+    assert env.payload.findtext("lr:Test/lr:Code/lr:Code", namespaces=ns) == "1017128"
+    assert env.payload.findtext("lr:ReportedAt", namespaces=ns) == "2026-11-23T10:00:00+03:00"
+
+
+def test_json_gaps_are_listed_with_their_json_places(gw, clinic):
+    auth = {"Authorization": f"Bearer {GAP_TOKEN}"}
+    doc = lab_json("J-2", unit="g/dL")
+    doc["results"].append({"code": "XYZ", "value": "1,5", "unit": "mmol/L"})
+    r = gw.http.post("/api/v1/labs/gap-lab/results", json=doc, headers=auth)
+    assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+    errs = {(e["code"], e["field"]) for e in r.json()["errors"]}
+    assert errs == {("UNMAPPED_UNIT", "results[0].unit"), ("UNMAPPED_TEST_CODE", "results[1].code")}
+    other = gw.http.post("/api/v1/labs/gap-lab/results", json=lab_json("J-3"),
+                         headers={"Authorization": "Bearer nist-lab-token"})
+    assert other.status_code == 403 and other.json()["code"] == "SENDER_MISMATCH"
+    bad = gw.http.post("/api/v1/labs/gap-lab/results", json={"messageId": "J-4", "patient": {}, "results": []},
+                       headers=auth)
+    assert bad.status_code == 422 and bad.json()["field"] == "results"
+    assert clinic.requests == []
