@@ -85,7 +85,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
 
     from adapters.intake import Intake
     from adapters.rest.app import create_app
-    from adapters.rest.lab_results import LabResultsApi
+    from adapters.mapping.lab_service import LabResults
     from adapters.soap.smev_exchange import SmevExchange
     from adapters.soap.smev_service import SmevWsgi
     from gateway.journal.inbox import Inbox
@@ -112,13 +112,14 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
 
     intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake)
     inbox = Inbox(journal)
-    smev = SmevWsgi(SmevExchange(config, intake, inbox, keyring), s.api.max_body_bytes)
+    labs = LabResults(intake, load_lab_mappings(config))
+    smev = SmevWsgi(SmevExchange(config, intake, inbox, keyring, labs), s.api.max_body_bytes)
     certificates = [(owner, c.subject, c.serial, c.not_after) for owner, c in keyring.owned_certificates()]
     app = create_app(intake=intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
                      state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
-                     lab_results=LabResultsApi(intake, load_lab_mappings(config)))
+                     lab_results=labs)
     relay.start()
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))

@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 import hl7
+from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapters.mapping.lab_mapping import Fields, LabMapping
@@ -134,3 +135,28 @@ def json_place(segment: str, sequence: int, field: int) -> str:
 def for_json(mapping: LabMapping) -> LabMapping:
     """The lab's mapping with the JSON's fixed field places."""
     return mapping.model_copy(update={"fields": JSON_FIELDS})
+
+
+LAB_REPORT_NS = "urn://zdravlink/types/lab-report/1.0"
+
+
+def document_from_xml(root: etree._Element) -> LabResultsDocument:
+    """The JSON document's twin in XML (schemas_xsd/payloads/lab-report-1.0.xsd), already XSD-valid."""
+    def plain(el: etree._Element | None) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for child in (el if el is not None else []):
+            if not isinstance(child.tag, str):
+                continue
+            name = etree.QName(child).localname
+            out[name] = plain(child) if len(child) else (child.text or "")
+        return out
+
+    body = plain(root)
+    results = []
+    for item in root.iterfind(f"{{{LAB_REPORT_NS}}}results/{{{LAB_REPORT_NS}}}result"):
+        result = plain(item)
+        result.pop("flag", None)
+        result["flags"] = [f.text or "" for f in item.iterfind(f"{{{LAB_REPORT_NS}}}flag")]
+        results.append(result)
+    body["results"] = results
+    return LabResultsDocument.model_validate(body)

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.routing import Route
 from fastapi.exceptions import RequestValidationError
 from starlette.concurrency import run_in_threadpool
@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
 
 from adapters.intake import Intake
-from adapters.rest.lab_results import LabResultsApi
+from adapters.mapping.lab_json import LabResultsDocument
+from adapters.mapping.lab_service import LabResults
 from adapters.rest.problems import problem
 from gateway import errors
 from gateway.envelope import Envelope, EnvelopeDocument
@@ -54,7 +55,7 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector,
                inbox: Inbox | None = None, keyring: KeyRing | None = None, lock_seconds: float = 300.0,
-               soap: dict[str, Any] | None = None, lab_results: LabResultsApi | None = None) -> FastAPI:
+               soap: dict[str, Any] | None = None, lab_results: LabResults | None = None) -> FastAPI:
     """The ASGI app; ``soap`` maps paths (``/smev/1.1``) to ASGI apps mounted beside the REST API."""
     app = FastAPI(
         title="Zdravlink gateway",
@@ -166,20 +167,34 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
     return app
 
 
-def _lab_routes(app: FastAPI, intake: Intake, labs: LabResultsApi, max_body_bytes: int) -> None:
+def _lab_document(lab: str, caller_mnemonic: str, body: bytes) -> LabResultsDocument:
+    if caller_mnemonic != lab:
+        raise Rejection(errors.SENDER_MISMATCH, f"the token belongs to {caller_mnemonic!r}, not {lab!r}", "lab",
+                        status=403)
+    try:
+        return LabResultsDocument.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        code = errors.MALFORMED_JSON if first["type"] == "json_invalid" else errors.ENVELOPE_INVALID
+        raise Rejection(code, first["msg"], ".".join(map(str, first["loc"])) or "body",
+                        status=400 if code == errors.MALFORMED_JSON else 422) from None
+
+
+def _lab_routes(app: FastAPI, intake: Intake, labs: LabResults, max_body_bytes: int) -> None:
     @app.post(f"{API}/labs/{{lab}}/results", status_code=202,
               summary="A laboratory's results as JSON, mapped by its mapping file (docs/onboarding-a-lab.md)",
               responses={"4XX": {"description": "Refused; a 422 lists every mapping gap in `errors`",
                                  "content": {"application/problem+json": {}}}})
     async def submit_lab_results(lab: str, request: Request) -> JSONResponse:
         remote = request.client.host if request.client else None
+        caller = None
         try:
             caller = intake.pipeline.authenticate(_bearer(request))
-            body = await _read_capped(request, max_body_bytes)
+            doc = _lab_document(lab, caller.mnemonic, await _read_capped(request, max_body_bytes))
         except Rejection as rej:
-            intake.refused(rej, source="rest-lab", remote=remote, caller=None, env=None)
+            intake.refused(rej, source="rest-lab", remote=remote, caller=caller.mnemonic if caller else None, env=None)
             raise
-        answer = await run_in_threadpool(labs.submit, lab, caller, body, remote)
+        answer = await run_in_threadpool(labs.submit, doc, caller, source="rest-lab", remote=remote)
         return JSONResponse(answer, status_code=202, headers={"Location": answer["statusUrl"]})
 
 

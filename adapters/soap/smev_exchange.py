@@ -23,9 +23,11 @@ from typing import Callable
 from lxml import etree
 
 from adapters.intake import Intake
+from adapters.mapping.lab_json import LAB_REPORT_NS, document_from_xml
+from adapters.mapping.lab_service import LabResults
 from adapters.soap import smev_mapping as mapping
 from adapters.soap.smev_schema import B, T, validation_errors
-from gateway import errors
+from gateway import errors, schemas
 from gateway.config import GatewayConfig, Participant
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.errors import Rejection
@@ -73,7 +75,8 @@ def message_id_time(message_id: str) -> datetime:
 
 class SmevExchange:
     def __init__(self, config: GatewayConfig, intake: Intake, inbox: Inbox, keyring: KeyRing,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 labs: LabResults | None = None, clock: Callable[[], datetime] | None = None) -> None:
+        self.labs = labs
         self.config = config
         self.intake = intake
         self.inbox = inbox
@@ -214,10 +217,34 @@ class SmevExchange:
         if qname.namespace not in self._types:
             raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"no message type {qname.namespace!r} is registered",
                             "MessagePrimaryContent", status=422, extra={"root": (qname.localname, qname.namespace or "")})
+        if qname.namespace == LAB_REPORT_NS:
+            return self._lab_report(data, payload, caller, remote)
         recipient = self._recipient(caller.participant.mnemonic, qname.namespace, payload)
         env = mapping.envelope_from_request_data(data, caller.participant.mnemonic, recipient)
         self._accept(env, caller, remote)
-        return self._send_answer("SendRequestResponse", env, "REQUEST")
+        return self._send_answer("SendRequestResponse", env.message_id, env.sender, env.recipient, "REQUEST")
+
+    def _lab_report(self, data: etree._Element, payload: etree._Element, caller: Caller, remote: str | None
+                    ) -> etree._Element:
+        """A lab's own results inside SMEV: mapped by its mapping file into a lab result, as over REST."""
+        if self.labs is None:
+            raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, "lab reports are not taken here", "MessagePrimaryContent",
+                            status=422, extra={"root": ("LabReport", LAB_REPORT_NS)})
+        schemas.validate_payload(LAB_REPORT_NS, payload)
+        message_id = (data.findtext(T + "MessageID") or "").strip()
+        try:
+            answer = self.labs.submit(document_from_xml(payload), caller.participant, source="soap", remote=remote,
+                                      message_id=message_id, verified_signature=caller.signature)
+        except Rejection as rej:
+            listed = rej.extra.get("errors") or []
+            if listed:
+                rej.extra["validation_errors"] = [(0, f"{e['field']}: {e['code']}: {e['detail']}") for e in listed]
+            raise Audited(rej) from None
+        if answer["duplicate"]:
+            raise Audited(Rejection(errors.MESSAGE_ID_REUSED, f"{message_id} was already accepted: stop resending",
+                                    "MessageID", status=409))
+        return self._send_answer("SendRequestResponse", message_id, caller.participant.mnemonic, answer["recipient"],
+                                 "REQUEST")
 
     def _recipient(self, sender: str, message_type: str, payload: etree._Element) -> str:
         """SMEV routes by message type: the first route from this sender for the type whose condition holds."""
@@ -247,12 +274,12 @@ class SmevExchange:
                             extra={"root": (etree.QName(payload).localname, ns or "")})
         env = mapping.envelope_from_response_data(data, payload, caller.participant.mnemonic, self._envelope(original))
         self._accept(env, caller, remote)
-        return self._send_answer("SendResponseResponse", env, "RESPONSE")
+        return self._send_answer("SendResponseResponse", env.message_id, env.sender, env.recipient, "RESPONSE")
 
-    def _send_answer(self, tag: str, env: Envelope, kind: str) -> etree._Element:
+    def _send_answer(self, tag: str, message_id: str, sender: str, recipient: str, kind: str) -> etree._Element:
         answer = etree.Element(T + tag, nsmap={"t": T[1:-1], "b": B[1:-1]})
-        md = mapping.metadata(env.message_id, kind, self.config.participants[env.sender],
-                              self.config.participants[env.recipient], self.clock(), status="requestIsQueued",
+        md = mapping.metadata(message_id, kind, self.config.participants[sender],
+                              self.config.participants[recipient], self.clock(), status="requestIsQueued",
                               element_id=SMEV_SIGNATURE_ID)
         answer.append(md)
         self._smev_signature(md, answer)

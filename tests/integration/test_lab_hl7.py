@@ -265,3 +265,36 @@ def test_json_gaps_are_listed_with_their_json_places(gw, clinic):
                        headers=auth)
     assert bad.status_code == 422 and bad.json()["field"] == "results"
     assert clinic.requests == []
+
+
+def lab_report_xml(message_id: str, unit: str = "g/L") -> str:
+    return (f'<lab:LabReport xmlns:lab="urn://zdravlink/types/lab-report/1.0"><lab:messageId>{message_id}</lab:messageId>'
+            "<lab:patient><lab:snils>11223344595</lab:snils><lab:sex>F</lab:sex></lab:patient>"
+            "<lab:order><lab:filler>LAB-S1</lab:filler></lab:order>"
+            "<lab:reportedAt>2026-11-23T10:00:00+03:00</lab:reportedAt>"
+            "<lab:results><lab:result><lab:code>HGB</lab:code><lab:text>Гемоглобин</lab:text><lab:type>NM</lab:type>"
+            f"<lab:value>135</lab:value><lab:unit>{unit}</lab:unit><lab:flag>N</lab:flag></lab:result></lab:results>"
+            "</lab:LabReport>")
+
+
+def test_lab_report_inside_smev_is_mapped_by_the_same_file(gw, clinic):
+    import uuid
+
+    from adapters.soap import smev_client as smev
+    from adapters.soap.smev_schema import B, F, SOAP_ENV_NS, T
+
+    url = gw.base + "/smev/1.1"
+    mid = str(uuid.uuid1())
+    status, answer = smev.call(url, smev.send_request(lab_report_xml("S-1"), message_id=mid), token=GAP_TOKEN)
+    assert status == 200 and answer.findtext(f"{T}MessageMetadata/{T}Recipient/{T}Mnemonic") == "clinic", \
+        etree.tostring(answer)
+    wait_for(lambda: len(clinic.requests) >= 1)
+    env = Envelope.from_element(parse_xml(clinic.requests[0].body))
+    assert env.message_id == mid and env.message_type == LAB_RESULT_NS
+    assert env.payload.findtext("lr:Test/lr:Code/lr:Code", namespaces={"lr": LAB_RESULT_NS}) == "1017128"
+
+    status, fault = smev.call(url, smev.send_request(lab_report_xml("S-2", unit="g/dL")), token=GAP_TOKEN)
+    assert fault.tag == f"{{{SOAP_ENV_NS}}}Fault"
+    detail = fault.find("detail")[0]
+    assert detail.tag == F + "InvalidContent" and detail.findtext(B + "Code") == "UNMAPPED_UNIT"
+    assert "results[0].unit" in detail.findtext(F + "ValidationError")
