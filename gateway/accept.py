@@ -14,12 +14,14 @@ from dataclasses import dataclass
 from lxml import etree
 
 from gateway import errors, schemas
-from gateway.config import GatewayConfig, Participant, Route, hash_token
+from gateway.config import ConfigError, ConfigProblem, GatewayConfig, Participant, Route, hash_token
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.journal.store import AcceptOutcome
 from gateway.keyring import KeyRing
+from gateway.service_records import SERVICE_RECORD_NS, ServiceRecordRules
+from gateway.tariffs import load_tariffs
 from gateway.xmlsafe import parse_xml
 from signing import errors as signature_errors
 from signing.errors import SignatureError
@@ -40,6 +42,10 @@ class AcceptPipeline:
         self.config = config
         self.journal = journal
         self.keyring = keyring or KeyRing()
+        problems: list[ConfigProblem] = []
+        self.service_records = ServiceRecordRules(config, journal, load_tariffs(config.directory, problems))
+        if problems:
+            raise ConfigError(problems)
         self._by_token = {
             digest: p for p in config.participants.values() for digest in p.api_token_sha256
         }
@@ -72,8 +78,8 @@ class AcceptPipeline:
         raise Rejection(errors.UNSUPPORTED_MEDIA_TYPE, f"send application/json or application/xml, not {media!r}",
                         "Content-Type", status=415)
 
-    def check(self, env: Envelope, caller: Participant, *, signature_verified: bool = False) -> str:
-        """Business and access checks; returns the route name the message will take.
+    def check(self, env: Envelope, caller: Participant, *, signature_verified: bool = False) -> tuple[str, list[str]]:
+        """Business and access checks; returns the route name the message will take and any warnings.
 
         ``signature_verified`` says an adapter has already checked the sender's signature
         over the data as its protocol carries it (SMEV's CallerInformationSystemSignature
@@ -92,6 +98,7 @@ class AcceptPipeline:
                             f"MessageType is {env.message_type!r} but the payload root is in {root_ns!r}",
                             "MessageType", status=422)
         schemas.validate_payload(env.message_type, env.payload)
+        warnings = self.service_records.check(env) if env.message_type == SERVICE_RECORD_NS else []
         if not self.config.routes_for(env.sender, env.message_type, env.recipient):
             raise Rejection(errors.ROUTE_FORBIDDEN,
                             f"{env.sender!r} may not send {env.message_type!r} to {env.recipient!r}",
@@ -102,7 +109,7 @@ class AcceptPipeline:
                             "MessagePrimaryContent", status=403)
         if not signature_verified:
             self.check_signature(env, route)
-        return route.name
+        return route.name, warnings
 
     def check_signature(self, env: Envelope, route: Route) -> None:
         """Verify the sender's signature (required or not: a bad one is never let through)."""
@@ -116,7 +123,9 @@ class AcceptPipeline:
                verified_signature: dict[str, str] | None = None) -> Accepted:
         """Check and journal; ``verified_signature`` is what an adapter's own check found (see ``check``),
         kept in the ACCEPTED event as the evidence of who signed."""
-        route = self.check(env, caller, signature_verified=verified_signature is not None)
+        route, warnings = self.check(env, caller, signature_verified=verified_signature is not None)
         outcome = self.journal.accept(env, source=source, actor=f"{source}-adapter", route=route,
-                                      evidence=verified_signature)
+                                      evidence=verified_signature, warnings=warnings)
+        if env.message_type == SERVICE_RECORD_NS and not outcome.duplicate:
+            self.service_records.accepted(env)
         return Accepted(outcome, env, route)

@@ -63,14 +63,28 @@ def _mappings_or_exit(cfg):  # noqa: ANN001, ANN202
         raise typer.Exit(2) from None
 
 
+def _tariffs_or_exit(cfg):  # noqa: ANN001, ANN202
+    from gateway.config import ConfigProblem
+    from gateway.tariffs import load_tariffs
+
+    problems: list[ConfigProblem] = []
+    table = load_tariffs(cfg.directory, problems)
+    for p in problems:
+        err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
+    if problems:
+        raise typer.Exit(2)
+    return table
+
+
 @app.command("check-config")
 def check_config(directory: Optional[Path] = typer.Argument(None, help="Configuration directory")) -> None:
     """Validate participants, routes, settings, lab mappings, keys and certificates without starting anything."""
     cfg = _load_or_exit(directory)
     ring = _keyring_or_exit(cfg)
     labs = _mappings_or_exit(cfg)
+    tariffs = _tariffs_or_exit(cfg)
     out.print(f"[green]OK[/green] {config_dir(directory)}: {len(cfg.participants)} participants, "
-              f"{len(cfg.routes)} routes, {len(labs)} lab mappings")
+              f"{len(cfg.routes)} routes, {len(labs)} lab mappings, {len(tariffs)} tariffs")
     for owner, cert in ring.owned_certificates():
         days = cert.days_left()
         colour = "red" if days < 0 else "yellow" if days < 30 else "green"
@@ -149,6 +163,7 @@ def serve(config: Optional[Path] = ConfigOpt,
 
     setup_logging("api")
     cfg = _load_or_exit(config)
+    _tariffs_or_exit(cfg)
     serve_api(cfg, _keyring_or_exit(cfg), migrate=migrate)
 
 

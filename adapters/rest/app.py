@@ -150,6 +150,16 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
     for path, asgi in (soap or {}).items():
         app.router.routes.append(Route(path, endpoint=asgi, methods=["GET", "POST"], include_in_schema=False))
 
+    @app.get(f"{API}/service-records/{{record_id}}", summary="State of a service record: accepted, in an act, "
+             "and what the insurer said")
+    def service_record(record_id: str, codeMO: str, request: Request) -> dict[str, Any]:  # noqa: N803 (query name)
+        caller = intake.pipeline.authenticate(_bearer(request))
+        state = intake.pipeline.service_records.state(record_id, codeMO)
+        if state is None or caller.mnemonic not in (state["sender"], state["insurer"]):
+            raise Rejection(errors.SERVICE_RECORD_NOT_FOUND, f"no record {record_id} of {codeMO} visible to "
+                            f"{caller.mnemonic}", "record_id", status=404)
+        return state
+
     @app.get("/healthz", summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}

@@ -260,7 +260,7 @@ class Journal:
     # ---- accept ---------------------------------------------------------
 
     def accept(self, env: Envelope, *, source: str, actor: str, route: str | None,
-               evidence: dict[str, str] | None = None) -> AcceptOutcome:
+               evidence: dict[str, str] | None = None, warnings: Sequence[str] = ()) -> AcceptOutcome:
         """Journal an accepted message, or recognise a repeat of one (idempotent receiver).
 
         The same MessageID with the same canonical data is a repeat and gets the first
@@ -286,6 +286,8 @@ class Journal:
         detail: dict[str, Any] = {"source": source, "route": route, "sender": env.sender, "recipient": env.recipient}
         if evidence:
             detail["signature"] = evidence
+        if warnings:
+            detail["warnings"] = list(warnings)
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(messages).values(**row))

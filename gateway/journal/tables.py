@@ -99,3 +99,21 @@ result_versions = Table(
     Column("at", DateTime(timezone=True), nullable=False),
     Index("ix_result_versions_result", "result_id", "at"),
 )
+
+service_records = Table(
+    "service_records",
+    metadata,
+    Column("record_key", String(300), primary_key=True),
+    Column("record_id", String(250), nullable=False),
+    Column("code_mo", String(6), nullable=False),
+    Column("sender", String(50), nullable=False),
+    Column("insurer", String(50), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("message_id", String(36), ForeignKey("messages.message_id"), nullable=False),
+    Column("act_message_id", String(36)),
+    Column("outcome", String(16)),
+    Column("reason", Text),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+    Index("ix_service_records_act", "code_mo", "insurer", "period"),
+)

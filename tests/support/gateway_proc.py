@@ -33,13 +33,15 @@ def envelope_json(sender: str, recipient: str, payload: str | None = None, messa
 class GatewayProcesses:
     def __init__(self, directory: Path, participants: str, routes: str, *, settings: str, amqp_url: str,
                  db_url: str | None, api_port: int, delivery_workers: int, mappings: Path | None = None,
-                 mllp_port: int | None = None) -> None:
+                 mllp_port: int | None = None, tariffs: Path | None = None) -> None:
+        import shutil
+
         self.dir = directory
         self.dir.mkdir(parents=True)
         if mappings is not None:
-            import shutil
-
             shutil.copytree(mappings, self.dir / "mappings")
+        if tariffs is not None:
+            shutil.copytree(tariffs, self.dir / "tariffs")
         self.mllp_port = mllp_port
         (self.dir / "participants.yaml").write_text(participants)
         (self.dir / "routes.yaml").write_text(routes)

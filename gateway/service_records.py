@@ -1,0 +1,122 @@
+"""Service records: the business checks at intake, and the record store acts are built from.
+
+An insurer checks every record of an act and refuses the bad ones weeks later; each
+check here refuses the record the day the clinic sends it instead, with the field and
+the rule: an unknown service code or a price that is not the tariff's, dates in the
+future or outside the reporting month, a doctor's СНИЛС that fails its check digits, an
+insurer the gateway does not know, and the same record reported twice. An ЕНП that
+fails its check digit is only a warning: the algorithm is widely implemented but no
+normative text for it was found, and one region switched the check off
+(research/formats.md §5.4).
+"""
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+from lxml import etree
+from sqlalchemy import insert, select
+from sqlalchemy.exc import IntegrityError
+
+from gateway import errors
+from gateway.config import GatewayConfig
+from gateway.envelope import Envelope
+from gateway.errors import Rejection
+from gateway.identifiers import enp_valid, snils_valid
+from gateway.journal import Journal
+from gateway.journal.store import utcnow
+from gateway.journal.tables import service_records
+from gateway.tariffs import TariffTable
+
+SERVICE_RECORD_NS = "urn://zdravlink/types/service-record/1.0"
+_S = "{%s}" % SERVICE_RECORD_NS
+
+
+def record_key(code_mo: str, record_id: str) -> str:
+    return f"{code_mo}|{record_id}"
+
+
+class ServiceRecordRules:
+    def __init__(self, config: GatewayConfig, journal: Journal, tariffs: TariffTable,
+                 today: Any = None) -> None:
+        self.config = config
+        self.journal = journal
+        self.tariffs = tariffs
+        self.today = today or dt.date.today
+
+    def check(self, env: Envelope) -> list[str]:
+        """Raise the first Rejection, or return the warnings the record carries into the journal."""
+        p = env.payload
+
+        def text(path: str) -> str:
+            return _path(p, path)
+
+        warnings: list[str] = []
+        if not enp_valid(text("Patient/ENP")):
+            warnings.append("Patient/ENP: the ЕНП fails its check digit (accepted: the check is not normative)")
+        if not snils_valid(text("Doctor/SNILS")):
+            raise Rejection(errors.SNILS_INVALID, "the doctor's СНИЛС fails its check digits", "Doctor/SNILS",
+                            status=422)
+        insurer = self.config.participants.get(text("Patient/Insurer"))
+        if insurer is None or insurer.kind != "insurer":
+            raise Rejection(errors.UNKNOWN_INSURER, f"{text('Patient/Insurer')!r} is not an insurer known to the "
+                            "gateway", "Patient/Insurer", status=422)
+        date_in, date_out = dt.date.fromisoformat(text("Service/DateIn")), dt.date.fromisoformat(text("Service/DateOut"))
+        if date_out < date_in:
+            raise Rejection(errors.DATE_INVALID, "DateOut is before DateIn", "Service/DateOut", status=422)
+        if date_out > self.today():
+            raise Rejection(errors.DATE_INVALID, "the service ends in the future", "Service/DateOut", status=422)
+        period = text("Period")
+        for name, day in (("DateIn", date_in), ("DateOut", date_out)):
+            if day.strftime("%Y-%m") != period:
+                raise Rejection(errors.DATE_INVALID, f"{name} is outside the reporting period {period}",
+                                f"Service/{name}", status=422)
+        code = text("Service/Code")
+        tariff = self.tariffs.on(code, date_in)
+        if tariff is None:
+            known = "has no tariff on that date" if self.tariffs.knows(code) else "is not in the tariff table"
+            raise Rejection(errors.SERVICE_CODE_UNKNOWN, f"service code {code!r} {known}", "Service/Code", status=422)
+        price = Decimal(text("Service/Tariff"))
+        if price != tariff.price:
+            raise Rejection(errors.TARIFF_MISMATCH, f"the tariff of {code!r} on {date_in} is {tariff.price}, not "
+                            f"{price}", "Service/Tariff", status=422)
+        key = record_key(text("Organisation/CodeMO"), text("RecordId"))
+        with self.journal.engine.connect() as conn:
+            earlier = conn.execute(select(service_records.c.message_id)
+                                   .where(service_records.c.record_key == key)).scalar()
+        if earlier is not None and earlier != env.message_id:
+            raise Rejection(errors.SERVICE_RECORD_DUPLICATE, f"record {text('RecordId')!r} of organisation "
+                            f"{text('Organisation/CodeMO')} was already reported in message {earlier}", "RecordId",
+                            status=409)
+        return warnings
+
+    def accepted(self, env: Envelope) -> None:
+        """Remember the record for its act; a repeat of the same message is already there."""
+        p = env.payload
+        now = utcnow()
+        row = dict(record_key=record_key(_path(p, "Organisation/CodeMO"), _path(p, "RecordId")),
+                   record_id=_path(p, "RecordId"), code_mo=_path(p, "Organisation/CodeMO"), sender=env.sender,
+                   insurer=_path(p, "Patient/Insurer"), period=_path(p, "Period"), message_id=env.message_id,
+                   created_at=now, updated_at=now)
+        try:
+            with self.journal.engine.begin() as conn:
+                conn.execute(insert(service_records).values(**row))
+        except IntegrityError:
+            pass
+
+    def state(self, record_id: str, code_mo: str) -> dict[str, Any] | None:
+        with self.journal.engine.connect() as conn:
+            row = conn.execute(select(service_records)
+                               .where(service_records.c.record_key == record_key(code_mo, record_id))).first()
+        if row is None:
+            return None
+        message = self.journal.get(row.message_id)
+        return {"recordId": row.record_id, "codeMO": row.code_mo, "sender": row.sender, "insurer": row.insurer,
+                "period": row.period, "messageId": row.message_id, "messageStatus": message.status if message else None,
+                "actMessageId": row.act_message_id, "outcome": row.outcome or "pending", "reason": row.reason}
+
+
+def _path(payload: etree._Element, path: str) -> str:
+    el = payload.find("/".join(_S + part for part in path.split("/")))
+    return (el.text or "").strip() if el is not None else ""
