@@ -20,7 +20,7 @@ from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.journal.store import AcceptOutcome
 from gateway.keyring import KeyRing
-from gateway.service_records import SERVICE_RECORD_NS, ServiceRecordRules
+from gateway.service_records import ACT_PROTOCOL_NS, SERVICE_RECORD_NS, ServiceRecordRules
 from gateway.tariffs import load_tariffs
 from gateway.xmlsafe import parse_xml
 from signing import errors as signature_errors
@@ -99,6 +99,8 @@ class AcceptPipeline:
                             "MessageType", status=422)
         schemas.validate_payload(env.message_type, env.payload)
         warnings = self.service_records.check(env) if env.message_type == SERVICE_RECORD_NS else []
+        if env.message_type == ACT_PROTOCOL_NS:
+            self.service_records.check_protocol(env)
         if not self.config.routes_for(env.sender, env.message_type, env.recipient):
             raise Rejection(errors.ROUTE_FORBIDDEN,
                             f"{env.sender!r} may not send {env.message_type!r} to {env.recipient!r}",
@@ -128,4 +130,6 @@ class AcceptPipeline:
                                       evidence=verified_signature, warnings=warnings)
         if env.message_type == SERVICE_RECORD_NS and not outcome.duplicate:
             self.service_records.accepted(env)
+        elif env.message_type == ACT_PROTOCOL_NS and not outcome.duplicate:
+            self.service_records.protocol_accepted(env)
         return Accepted(outcome, env, route)

@@ -18,10 +18,12 @@ from gateway.services import config_dir, load, setup_logging
 app = typer.Typer(help="Zdravlink: a signing, validating, routing integration gateway.", no_args_is_help=True,
                   add_completion=False)
 worker_app = typer.Typer(help="Run one kind of worker process.", no_args_is_help=True)
+acts_app = typer.Typer(help="Service acts for insurers.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo partners and sample traffic.", no_args_is_help=True)
 db_app = typer.Typer(help="Journal database.", no_args_is_help=True)
 keys_app = typer.Typer(help="Keys and certificates.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
+app.add_typer(acts_app, name="acts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(demo_app, name="demo")
 app.add_typer(db_app, name="db")
@@ -249,6 +251,44 @@ def _replay_kept(cfg, journal, records) -> int:  # noqa: ANN001
             lines = [seg for seg in outcome.ack.decode("utf-8", "replace").split("\r") if seg.startswith("ERR")]
             out.print(f"[red]still refused[/red] {mid} ({outcome.code}): " + " | ".join(lines), highlight=False)
     return 0 if all(o.code == "AA" for _, o in results) else 1
+
+
+@acts_app.command("build")
+def acts_build(period: str = typer.Option(..., "--period", help="The reporting month, YYYY-MM"),
+               insurer: Optional[str] = typer.Option(None, "--insurer", help="Only this insurer's acts"),
+               correction: bool = typer.Option(False, "--correction", help="Send a new version of acts already "
+                                               "sent, naming the version it replaces"),
+               config: Optional[Path] = ConfigOpt) -> None:
+    """Build each organisation's act per insurer for the period and send it; a period already sent is not resent."""
+    import re as _re
+
+    from rich.progress import Progress
+
+    from adapters.acts.runner import ActRunner
+    from adapters.intake import Intake
+    from gateway.accept import AcceptPipeline
+    from gateway.journal import Journal
+
+    if not _re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", period):
+        err.print(f"--period must be YYYY-MM (got {period!r})")
+        raise typer.Exit(2)
+    cfg = _load_or_exit(config)
+    _tariffs_or_exit(cfg)
+    journal = Journal(cfg.settings.database.url)
+    runner = ActRunner(cfg, journal, Intake(AcceptPipeline(cfg, journal, _keyring_or_exit(cfg)), journal))
+    groups = runner.groups(period, insurer)
+    if not groups:
+        out.print(f"no service records for {period}" + (f" and {insurer}" if insurer else ""))
+        raise typer.Exit(0)
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(f"acts for {period}", total=len(groups))
+        outcomes = runner.build(period, insurer, correction, progress=lambda _: bar.advance(task))
+    colours = {"sent": "green", "unchanged": "cyan", "changed": "yellow", "failed": "red"}
+    for o in outcomes:
+        version = f" v{o.version}" if o.version else ""
+        out.print(f"[{colours[o.state]}]{o.state:<9}[/{colours[o.state]}] {o.code_mo} → {o.insurer}{version}: "
+                  f"{o.detail}" + (f" ({o.message_id})" if o.state == "sent" else ""), highlight=False)
+    raise typer.Exit(1 if any(o.state == "failed" for o in outcomes) else 0)
 
 
 @app.command()

@@ -224,6 +224,8 @@ class Participant(_Strict):
     delivery: Channel
     #: The participant's signing certificates (several while one replaces another).
     certificates: list[str | CertificateFile] = []
+    #: The participant's code in OMS registers: the СМО code of an insurer (SCHET/PLAT in its acts).
+    oms_code: str | None = Field(None, pattern=r"^[0-9A-Za-z]{1,5}$")
     #: Must this participant sign what it sends? Unset: yes for registries and insurers.
     signature_required: bool | None = None
 

@@ -28,10 +28,10 @@ def schemas_dir() -> Path:
 
 @lru_cache(maxsize=None)
 def payload_schema_files(directory: Path | None = None) -> dict[str, Path]:
-    """Map each payload schema's target namespace to its file."""
-    base = (directory or schemas_dir()) / "payloads"
+    """Map each payload schema's target namespace to its file (``payloads/``, and ``oms/`` for service acts)."""
+    base = directory or schemas_dir()
     found: dict[str, Path] = {}
-    for path in sorted(base.glob("*.xsd")):
+    for path in sorted([*(base / "payloads").glob("*.xsd"), *(base / "oms").glob("*.xsd")]):
         tns = etree.parse(str(path)).getroot().get("targetNamespace")
         if tns:
             found[tns] = path

@@ -16,7 +16,7 @@ from decimal import Decimal
 from typing import Any
 
 from lxml import etree
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway import errors
@@ -30,7 +30,9 @@ from gateway.journal.tables import service_records
 from gateway.tariffs import TariffTable
 
 SERVICE_RECORD_NS = "urn://zdravlink/types/service-record/1.0"
+ACT_PROTOCOL_NS = "urn://zdravlink/types/act-protocol/1.0"
 _S = "{%s}" % SERVICE_RECORD_NS
+_P = "{%s}" % ACT_PROTOCOL_NS
 
 
 def record_key(code_mo: str, record_id: str) -> str:
@@ -104,6 +106,36 @@ class ServiceRecordRules:
                 conn.execute(insert(service_records).values(**row))
         except IntegrityError:
             pass
+
+    def check_protocol(self, env: Envelope) -> None:
+        """An insurer's protocol must answer an act sent to it, about that act's records only."""
+        act_id = env.payload.findtext(_P + "ActMessageId") or ""
+        with self.journal.engine.connect() as conn:
+            rows = conn.execute(select(service_records.c.record_id, service_records.c.insurer)
+                                .where(service_records.c.act_message_id == act_id)).all()
+        if not rows or rows[0].insurer != env.sender:
+            raise Rejection(errors.MESSAGE_NOT_FOUND, f"no act {act_id} was sent to {env.sender!r}", "ActMessageId",
+                            status=422)
+        known = {r.record_id for r in rows}
+        for rec in env.payload.iterfind(_P + "Record"):
+            record_id = rec.findtext(_P + "RecordId") or ""
+            if record_id not in known:
+                raise Rejection(errors.SERVICE_RECORD_NOT_FOUND, f"record {record_id!r} is not in act {act_id}",
+                                "Record/RecordId", status=422)
+
+    def protocol_accepted(self, env: Envelope) -> None:
+        """Mark each record of the act with what the insurer said."""
+        act_id = env.payload.findtext(_P + "ActMessageId") or ""
+        now = utcnow()
+        with self.journal.engine.begin() as conn:
+            for rec in env.payload.iterfind(_P + "Record"):
+                reason = rec.find(_P + "Reason")
+                text = None if reason is None else \
+                    f"{reason.findtext(_P + 'Code') or ''}: {reason.findtext(_P + 'Text') or ''}".strip(": ")
+                conn.execute(update(service_records)
+                             .where(service_records.c.act_message_id == act_id,
+                                    service_records.c.record_id == (rec.findtext(_P + "RecordId") or ""))
+                             .values(outcome=rec.findtext(_P + "Outcome"), reason=text, updated_at=now))
 
     def state(self, record_id: str, code_mo: str) -> dict[str, Any] | None:
         with self.journal.engine.connect() as conn:

@@ -13,6 +13,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    UniqueConstraint,
 )
 
 metadata = MetaData()
@@ -116,4 +117,21 @@ service_records = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
     Index("ix_service_records_act", "code_mo", "insurer", "period"),
+)
+
+acts = Table(
+    "acts",
+    metadata,
+    Column("message_id", String(36), ForeignKey("messages.message_id"), primary_key=True),
+    Column("code_mo", String(6), nullable=False),
+    Column("insurer", String(50), nullable=False),
+    Column("period", String(7), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("act_number", String(15), nullable=False),
+    Column("replaces", String(36)),
+    Column("digest", String(64), nullable=False),
+    Column("records", Integer, nullable=False),
+    Column("total", String(20), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    UniqueConstraint("code_mo", "insurer", "period", "version", name="uq_acts_version"),
 )

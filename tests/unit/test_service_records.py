@@ -27,14 +27,14 @@ TARIFFS = """tariffs:
 def record(**over: str) -> str:
     v = {"id": "R-1", "period": "2026-10", "oid": "1.2.643.5.1.13.13.12.2.77.1", "mo": "770001",
          "enp": "1234567890123452", "insurer": "smo", "code": "B01.047.001", "din": "2026-10-05", "dout": "2026-10-05",
-         "qty": "1", "tariff": "1300.00", "snils": "11223344595", "spec": "76", **over}
+         "qty": "1", "tariff": "1300.00", "ds": "J06.9", "snils": "11223344595", "spec": "76", **over}
     return (f'<sr:ServiceRecord xmlns:sr="{SERVICE_RECORD_NS}"><sr:RecordId>{v["id"]}</sr:RecordId>'
             f'<sr:Period>{v["period"]}</sr:Period><sr:Organisation><sr:Oid>{v["oid"]}</sr:Oid>'
             f'<sr:CodeMO>{v["mo"]}</sr:CodeMO></sr:Organisation><sr:Patient><sr:ENP>{v["enp"]}</sr:ENP>'
             f'<sr:PolicyType>3</sr:PolicyType><sr:Insurer>{v["insurer"]}</sr:Insurer></sr:Patient>'
             f'<sr:Service><sr:Code>{v["code"]}</sr:Code><sr:DateIn>{v["din"]}</sr:DateIn>'
             f'<sr:DateOut>{v["dout"]}</sr:DateOut><sr:Quantity>{v["qty"]}</sr:Quantity>'
-            f'<sr:Tariff>{v["tariff"]}</sr:Tariff></sr:Service><sr:Doctor><sr:SNILS>{v["snils"]}</sr:SNILS>'
+            f'<sr:Tariff>{v["tariff"]}</sr:Tariff><sr:Diagnosis>{v["ds"]}</sr:Diagnosis></sr:Service><sr:Doctor><sr:SNILS>{v["snils"]}</sr:SNILS>'
             f'<sr:Specialty>{v["spec"]}</sr:Specialty></sr:Doctor></sr:ServiceRecord>')
 
 

@@ -1,0 +1,415 @@
+"""An insurer (СМО, ТФОМС) that takes service acts through its SOAP service and answers each with a protocol.
+
+Used by the tests as a real server on 127.0.0.1, so the whole loop of billing can run
+over the wire: the gateway pushes a clinic's act with its SOAP channel
+(``operation: Deliver``, as to the SOAP partner), the insurer checks it the way an
+insurer's MEK does, and sends its ActProtocol back through the gateway's REST API as
+any participant would, addressed to the clinic's MIS and referring to the act.
+Answering the SOAP call never waits for that post: a real insurer acknowledges the
+file first and sends the protocol later.
+
+What it checks, and the reason codes it answers with (in the style of the federal
+directory F014; the numbers follow F014 as it is commonly cited and were not checked
+against its current edition, since the codes are the insurer's anyway):
+
+* ``5.1.2`` SCHET/SUMMAV differs from the sum of SUMV_USL: every record is refused;
+* ``5.1.3`` a field the check needs (CODE_USL, KOL_USL, TARIF, SUMV_USL, DATE_IN, DATE_OUT) is empty;
+* ``5.1.4`` a field is filled wrongly: not a number or a date, SUMV_USL is not KOL_USL × TARIF to
+  the kopeck, DATE_IN after DATE_OUT, a date outside the act's SCHET YEAR/MONTH;
+* ``5.4.1`` no tariff for CODE_USL; ``5.4.2`` TARIF is not the agreed price;
+* ``5.2.4`` the record is on the ``reject`` list (the patient is not insured with this insurer).
+
+An act it cannot read at all (no ZL_LIST, no SCHET, a USL without IDSERV) gets a
+soap:Client fault: there is nothing to answer per record, and the gateway then treats
+the delivery as permanently failed. Repeats with a known ``Idempotency-Key`` are
+answered as accepted and not checked or answered again.
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from socketserver import ThreadingMixIn
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import httpx
+from lxml import etree
+from spyne import Application, ServiceBase, rpc
+from spyne.model.fault import Fault
+from spyne.model.primitive import AnyXml, Unicode
+from spyne.protocol.soap import Soap11
+from spyne.server.wsgi import WsgiApplication
+
+from gateway.envelope import Envelope
+from gateway.errors import Rejection
+from gateway.schemas import validate_envelope
+from signing import Signer, sign
+
+log = logging.getLogger("zdravlink.emulator")
+
+INSURER_NS = "urn://zdravlink/insurer/1.0"
+ACT_NS = "urn://zdravlink/types/service-act/1.0"
+ACT_PROTOCOL_NS = "urn://zdravlink/types/act-protocol/1.0"
+_A, _P = "{%s}" % ACT_NS, "{%s}" % ACT_PROTOCOL_NS
+_CENT = Decimal("0.01")
+_REPLY = "zdravlink.reply"  # the protocol's envelope, handed from the spyne method to the WSGI layer
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+class ActUnreadable(ValueError):
+    """The act lacks what a per-record answer needs; the insurer refuses the file as a whole."""
+
+
+@dataclass(frozen=True)
+class Reason:
+    code: str
+    text: str
+
+
+@dataclass
+class ReceivedAct:
+    """One act checked: the first delivery per idempotency key."""
+
+    message_id: str
+    idempotency_key: str
+    act_number: str
+    protocol: etree._Element
+    envelope: bytes = b""  # the delivered envelope as the insurer parsed it, signatures included
+    at: float = field(default_factory=time.time)
+
+
+@dataclass
+class Reply:
+    """One post of a protocol to the gateway; ``status`` is None when no HTTP answer came."""
+
+    message_id: str
+    act_message_id: str
+    status: int | None
+    detail: str
+    at: float = field(default_factory=time.time)
+
+
+class _Refused(Exception):
+    def __init__(self, code: str, text: str) -> None:
+        super().__init__(text)
+        self.reason = Reason(code, text)
+
+
+def _text(parent: etree._Element, tag: str) -> str | None:
+    value = parent.findtext(_A + tag)
+    return value.strip() if value is not None and value.strip() else None
+
+
+def _field(usl: etree._Element, tag: str) -> str:
+    value = _text(usl, tag)
+    if value is None:
+        raise _Refused("5.1.3", f"{tag} is empty")
+    return value
+
+
+def _amount(usl: etree._Element, tag: str) -> Decimal:
+    value = _field(usl, tag)
+    try:
+        number = Decimal(value)
+    except InvalidOperation:
+        number = Decimal("NaN")
+    if not number.is_finite():  # Decimal reads "NaN" and "Infinity" too
+        raise _Refused("5.1.4", f"{tag} {value!r} is not a number")
+    return number
+
+
+def _day(usl: etree._Element, tag: str) -> date:
+    value = _field(usl, tag)
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise _Refused("5.1.4", f"{tag} {value!r} is not a date") from None
+
+
+def _header(schet: etree._Element, tag: str) -> str:
+    value = _text(schet, tag)
+    if value is None:
+        raise ActUnreadable(f"SCHET/{tag} is empty")
+    return value
+
+
+def _record_reason(usl: etree._Element, record_id: str, period: tuple[int, int], tariffs: Mapping[str, Decimal],
+                   reject: set[str]) -> Reason | None:
+    """The first thing wrong with one USL, in the order an insurer's checks run; None if it is payable."""
+    try:
+        code = _field(usl, "CODE_USL")
+        count, price, total = _amount(usl, "KOL_USL"), _amount(usl, "TARIF"), _amount(usl, "SUMV_USL")
+        first, last = _day(usl, "DATE_IN"), _day(usl, "DATE_OUT")
+    except _Refused as exc:
+        return exc.reason
+    if count <= 0 or price < 0:
+        return Reason("5.1.4", f"KOL_USL {count} must be positive and TARIF {price} not negative")
+    agreed = tariffs.get(code)
+    if agreed is None:
+        return Reason("5.4.1", f"no tariff for service {code} in the tariff agreement")
+    if price != agreed:
+        return Reason("5.4.2", f"TARIF {price} for service {code} is not the agreed {agreed}")
+    expected = (count * price).quantize(_CENT, ROUND_HALF_UP)
+    if total != expected:
+        return Reason("5.1.4", f"SUMV_USL {total} is not KOL_USL × TARIF = {expected}")
+    if first > last:
+        return Reason("5.1.4", f"DATE_IN {first} is after DATE_OUT {last}")
+    for tag, day in (("DATE_IN", first), ("DATE_OUT", last)):
+        if (day.year, day.month) != period:
+            return Reason("5.1.4", f"{tag} {day} is outside the act's period {period[0]}-{period[1]:02d}")
+    if record_id in reject:
+        return Reason("5.2.4", "the patient is not insured with this insurer")
+    return None
+
+
+def _sum_presented(usls: list[etree._Element]) -> Decimal:
+    """Σ SUMV_USL over the records where it is a number; the others are refused on their own anyway."""
+    total = Decimal(0)
+    for usl in usls:
+        try:
+            total += _amount(usl, "SUMV_USL")
+        except _Refused:
+            continue
+    return total
+
+
+def check_act(act: etree._Element, *, act_message_id: str, insurer: str, tariffs: Mapping[str, Decimal],
+              reject: Iterable[str] = ()) -> etree._Element:
+    """The ActProtocol for one ZL_LIST; ActUnreadable if there is nothing to answer per record."""
+    if act.tag != _A + "ZL_LIST":
+        raise ActUnreadable(f"the payload is {act.tag}, not a service act ({_A}ZL_LIST)")
+    schet = act.find(_A + "SCHET")
+    if schet is None:
+        raise ActUnreadable("the act has no SCHET")
+    number = _header(schet, "NSCHET")
+    try:
+        presented = Decimal(_header(schet, "SUMMAV"))
+        period = (int(_header(schet, "YEAR")), int(_header(schet, "MONTH")))
+    except (InvalidOperation, ValueError) as exc:
+        raise ActUnreadable(f"SCHET is unreadable: {exc}") from None
+    if not presented.is_finite():
+        raise ActUnreadable(f"SCHET/SUMMAV {presented} is not an amount")
+    usls = list(act.iterfind(f"{_A}ZAP/{_A}Z_SL/{_A}SL/{_A}USL"))
+    ids: list[str] = []
+    for usl in usls:
+        record_id = _text(usl, "IDSERV")
+        if record_id is None:
+            raise ActUnreadable("a USL has no IDSERV, so it cannot be answered")
+        ids.append(record_id)
+    if len(set(ids)) != len(ids):
+        raise ActUnreadable("two USL have the same IDSERV")
+
+    summed = _sum_presented(usls)
+    whole_act: Reason | None = None
+    if presented != summed:
+        whole_act = Reason("5.1.2", f"SUMMAV {presented} is not the sum of SUMV_USL {summed}: the act is refused")
+    refused = set(reject)
+    outcomes: list[tuple[str, Reason | None]] = []
+    accepted_sum = Decimal(0)
+    for record_id, usl in zip(ids, usls):
+        reason = whole_act or _record_reason(usl, record_id, period, tariffs, refused)
+        if reason is None:
+            accepted_sum += _amount(usl, "SUMV_USL")
+        outcomes.append((record_id, reason))
+
+    protocol = etree.Element(_P + "ActProtocol", nsmap={None: ACT_PROTOCOL_NS})
+    rejected = sum(1 for _, reason in outcomes if reason is not None)
+    for tag, value in (("ActMessageId", act_message_id), ("ActNumber", number), ("Insurer", insurer),
+                       ("CheckedAt", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                       ("Accepted", str(len(outcomes) - rejected)), ("Rejected", str(rejected)),
+                       ("SumAccepted", str(accepted_sum.quantize(_CENT, ROUND_HALF_UP)))):
+        etree.SubElement(protocol, _P + tag).text = value
+    for record_id, reason in outcomes:
+        record = etree.SubElement(protocol, _P + "Record")
+        etree.SubElement(record, _P + "RecordId").text = record_id
+        etree.SubElement(record, _P + "Outcome").text = "accepted" if reason is None else "rejected"
+        if reason is not None:
+            holder = etree.SubElement(record, _P + "Reason")
+            etree.SubElement(holder, _P + "Code").text = reason.code
+            etree.SubElement(holder, _P + "Text").text = reason.text
+    return protocol
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True  # stop() must not wait for a handler
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *_: object) -> None:
+        pass  # the emulator logs through logging, without bodies
+
+
+class _ThenCall:
+    """A WSGI body that runs ``then`` once the server has written it (PEP 3333 calls close() after sending)."""
+
+    def __init__(self, body: Iterable[bytes], then: Callable[[], None]) -> None:
+        self._body, self._then = body, then
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self._body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._then()
+
+
+class InsurerEmulator:
+    def __init__(self, tariffs: Mapping[str, Decimal], *, reject: Iterable[str] = (), mnemonic: str = "insurer",
+                 gateway_url: str | None = None, token: str | None = None, reply_to: str | None = None,
+                 signer: Signer | None = None, port: int = 0, host: str = "127.0.0.1",
+                 reply_timeout: float = 5.0) -> None:
+        if (gateway_url is None) != (token is None):
+            raise ValueError("answering through the gateway needs both gateway_url and token")
+        self.mnemonic = mnemonic
+        self.tariffs: dict[str, Decimal] = dict(tariffs)
+        self.reject: set[str] = set(reject)
+        self.acts: list[ReceivedAct] = []   # first delivery per idempotency key, with its protocol
+        self.replies: list[Reply] = []      # every post of a protocol to the gateway
+        self._gateway_url = gateway_url.rstrip("/") if gateway_url else None
+        self._token = token
+        self._reply_to = reply_to
+        self._signer = signer
+        self._reply_timeout = reply_timeout
+        self._keys: set[str] = set()
+        self._lock = threading.Lock()
+        app = Application([self._service()], tns=INSURER_NS, name="ZdravlinkInsurer",
+                          in_protocol=Soap11(validator="soft"), out_protocol=Soap11())
+        self._httpd = make_server(host, port, self._replying(WsgiApplication(app)),
+                                  server_class=_Server, handler_class=_QuietHandler)
+        self._thread: threading.Thread | None = None
+
+    def answer_through(self, gateway_url: str, token: str) -> None:
+        """Post protocols to this gateway from now on; a test learns the gateway's address only after
+        the gateway's configuration (which names this emulator's WSDL) is written."""
+        self._gateway_url, self._token = gateway_url.rstrip("/"), token
+
+    @property
+    def port(self) -> int:
+        return self._httpd.server_address[1]
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/insurer/soap"
+
+    @property
+    def wsdl_url(self) -> str:
+        return self.url + "?wsdl"
+
+    def start(self) -> InsurerEmulator:
+        # A short poll interval keeps shutdown() (which waits for the loop to notice) well under a second.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=f"{self.mnemonic}-soap", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._httpd.shutdown()
+            self._thread.join(1.0)
+            self._thread = None
+        self._httpd.server_close()
+
+    def __enter__(self) -> InsurerEmulator:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    # ---- taking an act --------------------------------------------------
+
+    def _deliver(self, root: etree._Element | None, environ: dict[str, Any]) -> str:
+        if root is None:
+            raise Fault(faultcode="Client", faultstring="no envelope in the Deliver request")
+        key = environ.get("HTTP_IDEMPOTENCY_KEY", "")
+        with self._lock:
+            if key and key in self._keys:
+                return "duplicate"  # acknowledged, not checked or answered again
+            if key:
+                self._keys.add(key)  # held while checking, so a concurrent repeat is a duplicate too
+        try:
+            env, protocol = self._check(root)
+        except Exception:
+            with self._lock:
+                self._keys.discard(key)  # not taken, so a retry under the same key is checked again
+            raise
+        act = ReceivedAct(env.message_id, key, protocol.findtext(_P + "ActNumber") or "", protocol,
+                          etree.tostring(root, encoding="UTF-8"))
+        with self._lock:
+            self.acts.append(act)
+        log.info("%s: act %s (message %s): %s accepted, %s rejected", self.mnemonic, act.act_number,
+                 env.message_id, protocol.findtext(_P + "Accepted"), protocol.findtext(_P + "Rejected"))
+        if self._gateway_url is not None:
+            environ[_REPLY] = self._reply_envelope(env, protocol)
+        return "accepted"
+
+    def _check(self, root: etree._Element) -> tuple[Envelope, etree._Element]:
+        try:
+            validate_envelope(root)
+        except Rejection as exc:
+            raise Fault(faultcode="Client", faultstring=f"not a Zdravlink envelope: {exc}") from None
+        env = Envelope.from_element(root)
+        try:
+            protocol = check_act(env.payload, act_message_id=env.message_id, insurer=self.mnemonic,
+                                 tariffs=self.tariffs, reject=self.reject)
+        except ActUnreadable as exc:
+            raise Fault(faultcode="Client", faultstring=f"act refused: {exc}") from None
+        return env, protocol
+
+    def _service(self) -> type[ServiceBase]:
+        insurer = self
+
+        class InsurerService(ServiceBase):
+            @rpc(AnyXml, _returns=Unicode)
+            def Deliver(ctx: Any, envelope: etree._Element | None) -> str:  # noqa: N802,N805 (the WSDL's name)
+                return insurer._deliver(envelope, ctx.transport.req_env)
+
+        return InsurerService
+
+    # ---- answering through the gateway ----------------------------------
+
+    def _reply_envelope(self, act: Envelope, protocol: etree._Element) -> Envelope:
+        reply = Envelope(message_id=str(uuid.uuid1()), sender=self.mnemonic, recipient=self._reply_to or act.sender,
+                         message_type=ACT_PROTOCOL_NS, payload=protocol, reference_message_id=act.message_id,
+                         test_message=act.test_message)
+        if self._signer is not None:
+            reply.sender_signature = sign(reply.sender_data_element(), self._signer)
+        return reply
+
+    def _replying(self, soap: WsgiApp) -> WsgiApp:
+        """The protocol is posted once the SOAP answer is on the wire, so the delivery is never held open."""
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            def then() -> None:
+                reply = environ.get(_REPLY)
+                if reply is not None:
+                    threading.Thread(target=self._post, args=(reply,), name=f"{self.mnemonic}-reply",
+                                     daemon=True).start()
+
+            return _ThenCall(soap(environ, start_response), then)
+
+        return app
+
+    def _post(self, reply: Envelope) -> None:
+        act_id = reply.reference_message_id or ""
+        try:
+            resp = httpx.post(f"{self._gateway_url}/api/v1/messages", json=reply.to_json(),
+                              headers={"Authorization": f"Bearer {self._token}", "Idempotency-Key": reply.message_id},
+                              timeout=self._reply_timeout)
+            result = Reply(reply.message_id, act_id, resp.status_code, resp.text[:2000])
+        except Exception as exc:  # an emulator reports, it does not crash: a refused URL, a gateway that is down
+            result = Reply(reply.message_id, act_id, None, f"{type(exc).__name__}: {exc}")
+        log.info("%s: protocol %s for act message %s -> %s", self.mnemonic, reply.message_id, act_id,
+                 result.status if result.status is not None else result.detail)
+        with self._lock:
+            self.replies.append(result)
