@@ -199,6 +199,17 @@ def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
     run_mllp(cfg, _keyring_or_exit(cfg), _mappings_or_exit(cfg))
 
 
+@worker_app.command("acts")
+def worker_acts(config: Optional[Path] = ConfigOpt) -> None:
+    """Build and send the previous month's service acts on the schedule in gateway.yaml (acts)."""
+    from gateway.services import run_acts
+
+    setup_logging("acts")
+    cfg = _load_or_exit(config)
+    _tariffs_or_exit(cfg)
+    run_acts(cfg, _keyring_or_exit(cfg))
+
+
 @app.command()
 def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a DEAD, FAILED or kept message"),
            all_dead: bool = typer.Option(False, "--all-dead", help="Replay every DEAD message"),

@@ -139,6 +139,14 @@ class Hl7Settings(_Strict):
     port: int = Field(2575, ge=1, le=65535)
 
 
+class ActsSettings(_Strict):
+    """When the running gateway builds and sends the previous month's acts by itself."""
+
+    #: Day of the month (1–28) from which the previous month's acts are due; unset: only by hand.
+    schedule_day: int | None = Field(None, ge=1, le=28)
+    schedule_hour: int = Field(3, ge=0, le=23)
+
+
 class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -150,6 +158,7 @@ class Settings(_Strict):
     signing: SigningSettings = SigningSettings()
     smev: SmevSettings = SmevSettings()
     hl7: Hl7Settings = Hl7Settings()
+    acts: ActsSettings = ActsSettings()
 
 
 # ---- participants and routes ------------------------------------------------

@@ -200,6 +200,24 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict) -> None:  
     journal.engine.dispose()
 
 
+def run_acts(config: GatewayConfig, keyring: KeyRing) -> None:
+    """Build and send the previous month's acts on schedule (``acts`` in gateway.yaml) until SIGTERM."""
+    import threading
+
+    from adapters.acts.runner import ActRunner
+    from adapters.acts.schedule import run_schedule
+    from adapters.intake import Intake
+    from gateway.accept import AcceptPipeline
+
+    journal = Journal(config.settings.database.url)
+    runner = ActRunner(config, journal, Intake(AcceptPipeline(config, journal, keyring), journal))
+    stop = threading.Event()
+    _on_term(stop.set)
+    log.info("acts schedule: day %s from %02d:00", config.settings.acts.schedule_day, config.settings.acts.schedule_hour)
+    run_schedule(runner, config.settings.acts, stop, interval=float(os.environ.get("ZL_ACTS_INTERVAL", "60")))
+    journal.engine.dispose()
+
+
 class Supervisor:
     """Starts the gateway's processes, restarts any that die, stops them all on SIGTERM."""
 
@@ -217,6 +235,8 @@ class Supervisor:
         cmds = {"api": [*exe, "serve", *cfg, "--no-migrate"], "router": [*exe, "worker", "router", *cfg]}
         for i in range(self.config.settings.workers.delivery):
             cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
+        if self.config.settings.acts.schedule_day is not None:
+            cmds["acts"] = [*exe, "worker", "acts", *cfg]
         if self.config.settings.hl7.enabled and load_lab_mappings(self.config):
             cmds["mllp"] = [*exe, "worker", "mllp", *cfg]
         if self.demo:

@@ -150,3 +150,36 @@ def test_a_month_becomes_one_act_per_clinic_and_insurer_and_the_protocol_comes_b
     assert fix.returncode == 0 and fix.stdout.count("sent") == 2, fix.stdout + fix.stderr
     wait_for(lambda: len(insurers["smo-1"].acts) == 4)
     assert len(insurers["smo-2"].acts) == 2
+
+
+def test_the_running_gateway_sends_the_previous_months_acts_on_schedule(gateway_factory, insurers, tmp_path, demo_keys):
+    import datetime as dt
+
+    from adapters.acts.schedule import previous_period
+
+    period = previous_period(dt.date.today())
+    tariffs = tmp_path / "tariffs"
+    tariffs.mkdir()
+    (tariffs / "t.yaml").write_text("tariffs:\n" + "".join(
+        f'  - {{code: "{c}", name: "{c}", price: {p}, from: 2000-01-01}}\n' for c, p in PRICES.items()))
+    people = ("  - {mnemonic: clinic-a, name: A, kind: mis, delivery: {mode: pull}, "
+              f"credentials: {{api_token_sha256: [\"{hash_token('clinic-a-token')}\"]}}}}\n"
+              f"  - {{mnemonic: smo-1, name: S, kind: insurer, oms_code: \"1\", signature_required: false, "
+              f"delivery: {{mode: soap, wsdl: \"{insurers['smo-1'].wsdl_url}\"}}}}\n")
+    routes = (f'  - {{name: rec, sender: clinic-a, message_type: "{SERVICE_RECORD_NS}", recipient: smo-1, '
+              'channels: [{mode: pull}]}\n'
+              f'  - {{name: act, sender: clinic-a, message_type: "{ACT_NS}", recipient: smo-1}}\n')
+    settings = configs.settings(keys=demo_keys) + "acts: {schedule_day: 1, schedule_hour: 0}\n"
+    gw = gateway_factory(f"participants:\n{people}", f"routes:\n{routes}", tariffs=tariffs, settings=settings)
+    day = f"{period}-10"
+    r = gw.post({"messageId": str(uuid.uuid1()), "sender": "clinic-a", "recipient": "smo-1",
+                 "messageType": SERVICE_RECORD_NS,
+                 "payload": record(id="S-1", mo="770001", insurer="smo-1", din=day, dout=day, period=period)},
+                "clinic-a-token")
+    assert r.status_code == 202, r.text
+    gw.env["ZL_ACTS_INTERVAL"] = "0.5"
+    gw.spawn("acts")
+    wait_for(lambda: len(insurers["smo-1"].acts) == 1)
+    time.sleep(1.5)  # several more checks of the schedule: the act is not sent again
+    assert len(insurers["smo-1"].acts) == 1
+    assert f"acts {period} 770001 → smo-1: sent" in gw.log("acts")

@@ -72,7 +72,8 @@ class GatewayProcesses:
         return [sys.executable, "-m", "gateway.cli", *args, "--config", str(self.dir)]
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
-        args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp")}.get(
+        args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp"),
+                "acts": ("worker", "acts")}.get(
             name, ("worker", "delivery"))
         log = open(self.dir / f"{name}.log", "ab")
         proc = subprocess.Popen(self._cmd(*args), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
