@@ -30,7 +30,9 @@ from gateway.journal import Journal, Status
 from gateway.journal.inbox import Inbox
 from gateway.keyring import load_keyring
 from gateway.schemas import known_message_types
+from gateway.service_records import SERVICE_RECORD_NS
 from signing import sign
+from tests.unit.test_service_records import TARIFFS, record
 from adapters.soap import smev_client as smev
 from tests.support.references import SMEV_REFERENCE
 from tests.support.gateway_proc import NOTICE_NS, notice
@@ -80,7 +82,10 @@ routes:
   - {{name: lab-to-clinic, sender: lab, message_type: "{NOTICE_NS}", recipient: clinic}}
   - {{name: clinic-to-lab, sender: clinic, message_type: "{NOTICE_NS}", recipient: lab}}
   - {{name: clinic-answers-lab, sender: clinic, message_type: "{ANSWER_NS}", recipient: lab}}
+  - {{name: records, sender: clinic, message_type: "{SERVICE_RECORD_NS}", recipient: insurer}}
 """)
+    (directory / "tariffs").mkdir()
+    (directory / "tariffs" / "t.yaml").write_text(TARIFFS, encoding="utf-8")
     return directory
 
 
@@ -498,3 +503,15 @@ def test_request_status_travels_back_and_async_status_is_refused(service):
     status, body = service.call(request)
     detail = fault_detail(body)
     assert detail.tag == F + "IncorrectResponseContentType" and "AsyncProcessingStatus" in body.findtext("faultstring")
+
+
+
+def test_service_records_over_smev_are_checked_like_rest_ones(service):
+    mid = str(uuid.uuid1())
+    status, answer = service.call(smev.send_request(record(id="SOAP-1", insurer="insurer"), message_id=mid, by=service.clinic))
+    assert status == 200 and answer.findtext(f"{T}MessageMetadata/{T}Recipient/{T}Mnemonic") == "insurer"
+    assert service.journal.get(mid).message_type == SERVICE_RECORD_NS
+    detail = fault_detail(service.call(smev.send_request(record(id="SOAP-2", tariff="1.00", insurer="insurer"), by=service.clinic))[1])
+    assert detail.tag == F + "InvalidContent" and detail.findtext(B + "Code") == "TARIFF_MISMATCH"
+    detail = fault_detail(service.call(smev.send_request(record(id="SOAP-1", insurer="insurer"), by=service.clinic))[1])
+    assert detail.findtext(B + "Code") == "SERVICE_RECORD_DUPLICATE"
