@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import sys
 import uuid
+import datetime as dt
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional
@@ -520,6 +521,7 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
     import threading
     from urllib.parse import urlsplit
 
+    from adapters.emulators.insurer import InsurerEmulator
     from adapters.emulators.rest_recipient import RecipientServer
     from adapters.emulators.soap_partner import SoapPartner
 
@@ -534,10 +536,15 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
         where = urlsplit(ch.wsdl if ch.mode == "soap" else ch.url or "")
         if ch.mode in ("rest", "soap") and where.hostname == "127.0.0.1":
             ports.setdefault(where.port or 80, (name, ch.mode))
-    servers: list[RecipientServer | SoapPartner] = [
-        SoapPartner(port=port, name=name).start() if mode == "soap"
-        else RecipientServer(port=port, name=name, trust=ring.trust, gateway=gateway_cert).start()
-        for port, (name, mode) in sorted(ports.items())]
+    def server(port: int, name: str, mode: str) -> RecipientServer | SoapPartner | InsurerEmulator:
+        owner = cfg.participants.get(name.split("/")[0])
+        if mode == "soap" and owner is not None and owner.kind == "insurer":
+            return _demo_insurer(cfg, owner.mnemonic, port)
+        if mode == "soap":
+            return SoapPartner(port=port, name=name)
+        return RecipientServer(port=port, name=name, trust=ring.trust, gateway=gateway_cert)
+
+    servers = [server(port, name, mode).start() for port, (name, mode) in sorted(ports.items())]
     done = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: done.set())
     signal.signal(signal.SIGINT, lambda *_: done.set())
@@ -546,15 +553,40 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
         s.stop()
 
 
+def _demo_insurer(cfg, mnemonic: str, port: int):  # noqa: ANN001, ANN202
+    """An insurer that checks acts against the bundled tariffs and answers through the API, signed."""
+    import os
+
+    from adapters.emulators.insurer import InsurerEmulator
+    from signing import Certificate, PrivateKey, Signer
+
+    from adapters.acts.schedule import previous_period
+
+    last_month = dt.date.fromisoformat(previous_period(dt.date.today()) + "-01")
+    prices = _tariffs_or_exit(cfg).prices_on(last_month)
+    keys = cfg.directory / "keys"
+    signer = Signer.create(PrivateKey.load(keys / f"{mnemonic}-gost2012-256.key"),
+                           Certificate.load(keys / f"{mnemonic}-gost2012-256.pem"))
+    s = cfg.settings.api
+    return InsurerEmulator(prices, mnemonic=mnemonic, port=port, signer=signer, gateway_url=f"http://{s.host}:{s.port}",
+                           token=os.environ.get("ZL_DEMO_INSURER_TOKEN", "demo-insurer-token"))
+
+
 @demo_app.command("send")
 def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, help="How many notices"),
               token: str = typer.Option("demo-lab-token", help="Sender's API token"),
               signed: bool = typer.Option(True, "--sign/--no-sign", help="Sign as lab-demo with its demo key"),
               soap: bool = typer.Option(False, "--soap", help="Send as SMEV 3 SendRequest to /smev/1.1"),
-              hl7v2: bool = typer.Option(False, "--hl7", help="Send lab results as HL7 v2 ORU^R01 over MLLP")) -> None:
-    """Send demo messages from lab-demo to clinic-mis: notices (REST, or SMEV with --soap) or lab results (--hl7)."""
+              hl7v2: bool = typer.Option(False, "--hl7", help="Send lab results as HL7 v2 ORU^R01 over MLLP"),
+              records: bool = typer.Option(False, "--records", help="Send clinic-mis's service records for last "
+                                           "month to insurer-demo")) -> None:
+    """Send demo messages: notices from lab-demo to clinic-mis (REST, or SMEV with --soap), lab results (--hl7),
+    or service records (--records)."""
     if hl7v2:
         _demo_hl7(_load_or_exit(config), count)
+        return
+    if records:
+        _demo_records(_load_or_exit(config), count)
         return
     import httpx
 
@@ -583,6 +615,36 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
             env.sender_signature = sign(env.sender_data_element(), signer)
         r = httpx.post(f"{base}/api/v1/messages", json=env.to_json(), headers={"Authorization": f"Bearer {token}"})
         out.print(f"{r.status_code} {r.text}", highlight=False)
+
+
+def _demo_records(cfg, count: int) -> None:  # noqa: ANN001
+    """Post clinic-mis's service records for last month; then `zdravlink acts build` sends the act."""
+    import httpx
+
+    from adapters.acts.schedule import previous_period
+
+    period = previous_period(dt.date.today())
+    base = f"http://{cfg.settings.api.host}:{cfg.settings.api.port}"
+    prices = _tariffs_or_exit(cfg).prices_on(dt.date.fromisoformat(period + "-01"))
+    codes = sorted(prices)
+    for i in range(count):
+        code, day = codes[i % len(codes)], f"{period}-{1 + i % 28:02d}"
+        record_id = f"DEMO-{uuid.uuid4().hex[:10]}"
+        payload = ('<sr:ServiceRecord xmlns:sr="urn://zdravlink/types/service-record/1.0">'
+                   f"<sr:RecordId>{record_id}</sr:RecordId><sr:Period>{period}</sr:Period>"
+                   "<sr:Organisation><sr:Oid>1.2.643.5.1.13.13.12.2.77.7701</sr:Oid><sr:CodeMO>770001</sr:CodeMO>"
+                   "</sr:Organisation><sr:Patient><sr:ENP>1234567890123452</sr:ENP><sr:PolicyType>3</sr:PolicyType>"
+                   "<sr:Insurer>insurer-demo</sr:Insurer></sr:Patient><sr:Service>"
+                   f"<sr:Code>{code}</sr:Code><sr:DateIn>{day}</sr:DateIn><sr:DateOut>{day}</sr:DateOut>"
+                   f"<sr:Quantity>1</sr:Quantity><sr:Tariff>{prices[code]}</sr:Tariff><sr:Diagnosis>J06.9</sr:Diagnosis>"
+                   "</sr:Service><sr:Doctor><sr:SNILS>11223344595</sr:SNILS><sr:Specialty>76</sr:Specialty></sr:Doctor>"
+                   "</sr:ServiceRecord>")
+        r = httpx.post(f"{base}/api/v1/messages", headers={"Authorization": "Bearer demo-mis-token"},
+                       json={"messageId": str(uuid.uuid1()), "sender": "clinic-mis", "recipient": "insurer-demo",
+                             "messageType": "urn://zdravlink/types/service-record/1.0", "payload": payload})
+        out.print(f"{r.status_code} record {record_id}: {r.json().get('status') or r.json().get('code')}",
+                  highlight=False)
+    out.print(f"  then: zdravlink acts build --period {period}", highlight=False)
 
 
 def _demo_hl7(cfg, count: int) -> None:  # noqa: ANN001

@@ -48,6 +48,10 @@ class TariffTable:
     def knows(self, code: str) -> bool:
         return code in self._by_code
 
+    def prices_on(self, day: dt.date) -> dict[str, Decimal]:
+        """Every code's price in force on ``day``."""
+        return {code: t.price for code in self._by_code if (t := self.on(code, day)) is not None}
+
     def on(self, code: str, day: dt.date) -> Tariff | None:
         """The tariff for ``code`` in force on ``day``."""
         return next((t for t in self._by_code.get(code, ())

@@ -277,6 +277,7 @@ class InsurerEmulator:
         self.reject: set[str] = set(reject)
         self.acts: list[ReceivedAct] = []   # first delivery per idempotency key, with its protocol
         self.replies: list[Reply] = []      # every post of a protocol to the gateway
+        self.other: list[bytes] = []        # envelopes of other message types, taken as they are
         self._gateway_url = gateway_url.rstrip("/") if gateway_url else None
         self._token = token
         self._reply_to = reply_to
@@ -344,6 +345,11 @@ class InsurerEmulator:
             with self._lock:
                 self._keys.discard(key)  # not taken, so a retry under the same key is checked again
             raise
+        if protocol is None:  # not an act: an insurer takes other messages (notices) as they come
+            with self._lock:
+                self.other.append(etree.tostring(root, encoding="UTF-8"))
+            log.info("%s: message %s (%s) -> accepted", self.mnemonic, env.message_id, env.message_type)
+            return "accepted"
         act = ReceivedAct(env.message_id, key, protocol.findtext(_P + "ActNumber") or "", protocol,
                           etree.tostring(root, encoding="UTF-8"))
         with self._lock:
@@ -354,12 +360,14 @@ class InsurerEmulator:
             environ[_REPLY] = self._reply_envelope(env, protocol)
         return "accepted"
 
-    def _check(self, root: etree._Element) -> tuple[Envelope, etree._Element]:
+    def _check(self, root: etree._Element) -> tuple[Envelope, etree._Element | None]:
         try:
             validate_envelope(root)
         except Rejection as exc:
             raise Fault(faultcode="Client", faultstring=f"not a Zdravlink envelope: {exc}") from None
         env = Envelope.from_element(root)
+        if env.message_type != ACT_NS:
+            return env, None
         try:
             protocol = check_act(env.payload, act_message_id=env.message_id, insurer=self.mnemonic,
                                  tariffs=self.tariffs, reject=self.reject)

@@ -95,12 +95,30 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
                              "messageType": "urn://zdravlink/types/notice/1.0", "payload": notice})
         assert r.status_code == 202, r.text
         wait_delivered(base, act_id, "demo-mis-token")
-        assert f"insurer-demo/default: message {act_id} attempt 1 -> ok" in (tmp_path / "run.log").read_text()
+        assert f"insurer-demo: message {act_id} (urn://zdravlink/types/notice/1.0) -> accepted" in \
+            (tmp_path / "run.log").read_text()
         # lab results over HL7 v2 / MLLP, mapped by config/mappings/lab-demo.yaml, delivered to clinic-mis
         hl7 = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--hl7", "--config", str(config)],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert hl7.stdout.startswith("MSA|AA|DEMO-"), hl7.stdout + hl7.stderr
         wait_delivered(base, re.search(r"MessageID ([0-9a-f-]+)", hl7.stdout).group(1), "demo-lab-token")
+        # service records for last month → an act to insurer-demo (an insurer emulator) → its protocol back
+        sent = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--records", "--count", "3",
+                               "--config", str(config)], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert sent.stdout.count("202 record DEMO-") == 3, sent.stdout + sent.stderr
+        record_id = re.search(r"record (DEMO-[0-9a-f]+)", sent.stdout).group(1)
+        period = re.search(r"--period (\d{4}-\d{2})", sent.stdout).group(1)
+        built = subprocess.run([sys.executable, "-m", "gateway.cli", "acts", "build", "--period", period,
+                                "--config", str(config)], env=env, cwd=REPO, capture_output=True, text=True,
+                               timeout=120)
+        assert built.returncode == 0 and "sent" in built.stdout, built.stdout + built.stderr
+        deadline = time.monotonic() + 40
+        outcome = "pending"
+        while outcome == "pending" and time.monotonic() < deadline:
+            time.sleep(0.3)
+            outcome = httpx.get(f"{base}/api/v1/service-records/{record_id}", params={"codeMO": "770001"},
+                                headers={"Authorization": "Bearer demo-mis-token"}).json()["outcome"]
+        assert outcome == "accepted", (tmp_path / "run.log").read_text()[-3000:]
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
         assert len(children) == 6  # api, router, two delivery workers, mllp, demo partners
     finally:
