@@ -26,3 +26,10 @@ def enp_valid(value: str) -> bool:
         n = int(d) * (2 if i % 2 else 1)
         total += n - 9 if n > 9 else n
     return total % 10 == 0
+
+
+def ogrn_valid(value: str) -> bool:
+    """ОГРН: 13 digits, the last = (the first 12 as a number mod 11) mod 10."""
+    if len(value) != 13 or not value.isdigit():
+        return False
+    return int(value[:12]) % 11 % 10 == int(value[12])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.identifiers import enp_valid, snils_valid
+from gateway.identifiers import enp_valid, ogrn_valid, snils_valid
 from tests.support.references import SHARED
 
 COPY = Path(__file__).resolve().parents[1] / "data/identifiers/identifiers.json"
@@ -31,3 +31,8 @@ def test_snils(digits, valid):
 @pytest.mark.parametrize("digits,valid", cases("enp"))
 def test_enp(digits, valid):
     assert enp_valid(digits) is valid
+
+
+@pytest.mark.parametrize("digits,valid", cases("ogrn"))
+def test_ogrn(digits, valid):
+    assert ogrn_valid(digits) is valid
