@@ -1,0 +1,476 @@
+"""Emulators of the federal registries ФРМР (medical workers, REST) and ФРМО (medical organisations, SOAP).
+
+The real registries sit behind the EGISZ integration platform and have no public test
+stand we can reach from CI, so the gateway's registry adapter is tested against these:
+real servers on 127.0.0.1, in the wire shapes of research/formats.md §4, both driven by
+one dataset file (``tests/data/registries/dataset.yaml``) so a worker's card and the
+organisation it points to can never disagree between the two emulators.
+
+ФРМР (``FrmrEmulator``): ``GET /person?snils=<11 digits>[&mo=<OID>]`` with
+``Authorization: Bearer <token>``; answers ``{"content": {...person, "cards": [...],
+"educationCerts": [...], "accreditation": {...} | null}}`` (camelCase, ISO dates),
+``404 {"content": null, "message": "not found"}``, 401 without the right token, 400 for a
+СНИЛС that is not 11 digits or fails its check digit. With ``mo`` only that
+organisation's cards are returned and a person who never had a card there is 404, as a
+registry scoped to the asking organisation would answer.
+
+ФРМО (``FrmoEmulator``): a spyne SOAP 1.1 service, operation ``GetMos(oid?, ogrn?)``
+returning a typed ``MedicalOrganization`` (a spyne ComplexModel, so the WSDL describes it
+and zeep hands back an object rather than a raw tree). An unknown organisation is a
+``soap:Client`` fault "not found", never an empty result: the adapter must not mistake a
+registry miss for an organisation without a licence.
+
+Scripts (one answer per request, then ``ok`` for ever) make both misbehave on cue:
+ФРМР ``ok``, ``http-NNN``, ``slow:SECONDS`` (wait, then answer), ``drop`` (close the
+connection without a response); ФРМО ``ok``, ``server-fault``, ``http-NNN``, ``slow:SECONDS``.
+Nothing here signs anything: signing registry answers is the gateway adapter's job.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import re
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable
+from urllib.parse import parse_qs, urlsplit
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+import yaml
+from pydantic import BaseModel, ConfigDict
+from pydantic.alias_generators import to_camel
+from spyne import Application, ServiceBase, rpc
+from spyne.model.complex import ComplexModel
+from spyne.model.fault import Fault
+from spyne.model.primitive import Boolean, Date, Unicode
+from spyne.protocol.soap import Soap11
+from spyne.server.wsgi import WsgiApplication
+
+from gateway.identifiers import snils_valid
+
+log = logging.getLogger("zdravlink.emulator")
+
+FRMO_NS = "urn://zdravlink/emulator/frmo/1.0"
+_OGRN = re.compile(r"^\d{13}$")
+
+
+# ---------------------------------------------------------------- dataset
+
+class _Wire(BaseModel):
+    """Snake-case attributes for Python, the registries' camelCase on the wire and in the YAML.
+
+    ``extra="forbid"``: a typo in the dataset must fail loading, not silently drop a field
+    the tests then believe is there.
+    """
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class Card(_Wire):
+    organization: str
+    nr_pmu_depart_name: str | None = None
+    post_id: int | None = None
+    post_name: str
+    spec_id: int | None = None
+    spec_name: str | None = None
+    position_type_name: str | None = None
+    rate: float | None = None
+    begin_date: dt.date
+    end_date: dt.date | None = None
+    fire_reason_id: int | None = None
+
+
+class EducationCert(_Wire):
+    cert_serial: str | None = None
+    cert_number: str
+    exam_date: dt.date | None = None
+    pass_date: dt.date
+    end_date: dt.date
+    spec_id: int | None = None
+    spec_name: str
+    institution_name: str | None = None
+
+
+class AccreditationProcedure(_Wire):
+    accreditation_kind: str | None = None
+    post: str | None = None
+    spec: str
+    pass_date: dt.date
+    end_date: dt.date
+    passed: bool
+    excluded: bool
+    protocol_number: str | None = None
+
+
+class Accreditation(_Wire):
+    reg_number: str
+    protocol_date: dt.date | None = None
+    protocol_number: str | None = None
+    accreditation_procedures: list[AccreditationProcedure] = []
+
+
+class Worker(_Wire):
+    oid: str
+    mr: bool = True
+    student: bool = False
+    snils: str
+    last_name: str
+    first_name: str
+    patronymic: str | None = None
+    gender: str | None = None
+    birth_date: dt.date | None = None
+    cards: list[Card] = []
+    education_certs: list[EducationCert] = []
+    accreditation: Accreditation | None = None
+
+
+class Licence(_Wire):
+    number: str
+    issued_at: dt.date
+    valid_to: dt.date | None = None
+    revoked: bool = False
+
+
+class Organization(_Wire):
+    oid: str
+    name_full: str
+    name_short: str | None = None
+    ogrn: str
+    inn: str
+    kpp: str | None = None
+    region_id: int | None = None
+    delete_date: dt.date | None = None
+    delete_reason: str | None = None
+    licence: Licence | None = None
+
+
+class Dataset(_Wire):
+    workers: list[Worker]
+    organizations: list[Organization]
+
+    def worker(self, snils: str) -> Worker | None:
+        return next((w for w in self.workers if w.snils == snils), None)
+
+    def organization(self, oid: str | None = None, ogrn: str | None = None) -> Organization | None:
+        """Both keys given must both match: a mismatched pair is a caller's error, not a hit."""
+        for org in self.organizations:
+            if (oid is None or org.oid == oid) and (ogrn is None or org.ogrn == ogrn):
+                return org
+        return None
+
+
+def load_dataset(path: str | Path) -> Dataset:
+    """Load and validate the YAML; duplicate keys are refused because lookups take the first."""
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    ds = Dataset.model_validate(data)
+    for what, keys in (("snils", [w.snils for w in ds.workers]), ("oid", [o.oid for o in ds.organizations]),
+                       ("ogrn", [o.ogrn for o in ds.organizations])):
+        if len(keys) != len(set(keys)):
+            raise ValueError(f"duplicate {what} in {path}")
+    return ds
+
+
+# ---------------------------------------------------------------- shared lifecycle
+
+class _Lifecycle:
+    """start/stop/context manager for a socketserver in a thread.
+
+    The short poll interval keeps shutdown() well under a second; ``_stopping`` wakes
+    handlers sleeping on a ``slow:`` answer so stop() never waits for them.
+    """
+
+    _thread: threading.Thread | None = None
+    name = "registry"
+
+    def __init__(self) -> None:
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()
+
+    def _server(self) -> Any:
+        raise NotImplementedError
+
+    @property
+    def port(self) -> int:
+        return int(self._server().server_address[1])
+
+    def start(self) -> Any:
+        self._stopping.clear()
+        self._thread = threading.Thread(target=self._server().serve_forever, kwargs={"poll_interval": 0.05},
+                                        name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread is not None:
+            self._server().shutdown()
+            self._thread.join(1.0)
+            self._thread = None
+        self._server().server_close()
+
+    def __enter__(self) -> Any:
+        return self.start()
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def _sleep(self, answer: str) -> None:
+        self._stopping.wait(float(answer.removeprefix("slow:")))
+
+
+# ---------------------------------------------------------------- ФРМР (REST)
+
+@dataclass
+class FrmrCall:
+    """One request to the ФРМР emulator; ``status`` is None when the script dropped it."""
+
+    path: str
+    query: dict[str, str]
+    status: int | None
+    answer: str
+    at: float = field(default_factory=time.time)
+
+
+class _HttpServer(ThreadingHTTPServer):
+    daemon_threads = True  # stop() must not wait for a handler still sleeping
+
+
+class FrmrEmulator(_Lifecycle):
+    def __init__(self, dataset: Dataset, token: str, port: int = 0, script: Iterable[str] = (),
+                 host: str = "127.0.0.1", name: str = "frmr") -> None:
+        super().__init__()
+        self.dataset, self.token, self.name = dataset, token, name
+        self.script: deque[str] = deque(script)
+        self.requests: list[FrmrCall] = []
+        self._httpd = _HttpServer((host, port), self._handler())
+
+    def _server(self) -> _HttpServer:
+        return self._httpd
+
+    @property
+    def url(self) -> str:
+        """Base URL, as ``BASE_URL_FRMR`` would be configured: endpoints hang below it."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def set_script(self, answers: Iterable[str]) -> None:
+        with self._lock:
+            self.script = deque(answers)
+
+    def _next_answer(self) -> str:
+        with self._lock:
+            return self.script.popleft() if self.script else "ok"
+
+    def _record(self, call: FrmrCall) -> None:
+        with self._lock:
+            self.requests.append(call)
+        log.info("%s: %s %s -> %s (%s)", self.name, call.path, sorted(call.query), call.status, call.answer)
+
+    def answer(self, path: str, query: dict[str, str], authorization: str) -> tuple[int, dict[str, Any]]:
+        """The registry's logic, apart from the transport, so a misbehaving script cannot hide a bug in it."""
+        if authorization != f"Bearer {self.token}":
+            return 401, {"content": None, "message": "unauthorized"}
+        if path != "/person":
+            return 404, {"content": None, "message": f"no endpoint {path}"}
+        snils = query.get("snils", "")
+        if not snils_valid(snils):
+            return 400, {"content": None, "message": "snils: 11 digits with a valid check number expected"}
+        worker = self.dataset.worker(snils)
+        if worker is None:
+            return 404, {"content": None, "message": "not found"}
+        content = worker.wire()
+        mo = query.get("mo")
+        if mo is not None:
+            content["cards"] = [c for c in content["cards"] if c["organization"] == mo]
+            if not content["cards"]:
+                return 404, {"content": None, "message": "not found"}
+        return 200, {"content": content}
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        frmr = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                parts = urlsplit(self.path)
+                query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
+                answer = frmr._next_answer()
+                if answer == "drop":
+                    frmr._record(FrmrCall(parts.path, query, None, answer))
+                    self.close_connection = True
+                    return  # the server closes the socket: the client sees no status line at all
+                if answer.startswith("slow:"):
+                    frmr._sleep(answer)
+                if answer.startswith("http-"):
+                    status = HTTPStatus(int(answer.removeprefix("http-")))
+                    code, data = status.value, {"content": None, "message": status.phrase}
+                else:
+                    code, data = frmr.answer(parts.path, query, self.headers.get("Authorization", ""))
+                frmr._record(FrmrCall(parts.path, query, code, answer))
+                raw = json.dumps(data, ensure_ascii=False).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json; charset=utf-8")
+                self.send_header("Content-Length", str(len(raw)))
+                if code == 401:
+                    self.send_header("WWW-Authenticate", 'Bearer realm="frmr"')
+                self.end_headers()
+                self.wfile.write(raw)
+
+            def log_message(self, *_: object) -> None:
+                pass  # the emulator logs through logging, without personal data
+
+        return Handler
+
+
+# ---------------------------------------------------------------- ФРМО (SOAP)
+
+class MoLicence(ComplexModel):
+    __namespace__ = FRMO_NS
+    __type_name__ = "Licence"
+    _type_info = [
+        ("number", Unicode(min_occurs=1)),
+        ("issuedAt", Date(min_occurs=1)),
+        ("validTo", Date(min_occurs=0, nillable=True)),
+        ("revoked", Boolean(min_occurs=1)),
+    ]
+
+
+class MedicalOrganization(ComplexModel):
+    """The 1461 record fields the gateway checks, plus the licence that 1461 itself lacks (formats.md §4.2)."""
+
+    __namespace__ = FRMO_NS
+    _type_info = [
+        ("oid", Unicode(min_occurs=1)),
+        ("nameFull", Unicode(min_occurs=1)),
+        ("nameShort", Unicode(min_occurs=0)),
+        ("ogrn", Unicode(min_occurs=1)),
+        ("inn", Unicode(min_occurs=1)),
+        ("kpp", Unicode(min_occurs=0)),
+        ("deleteDate", Date(min_occurs=0, nillable=True)),
+        ("deleteReason", Unicode(min_occurs=0, nillable=True)),
+        ("licence", MoLicence.customize(min_occurs=0, nillable=True)),
+    ]
+
+
+def _mo(org: Organization) -> MedicalOrganization:
+    lic = org.licence
+    return MedicalOrganization(
+        oid=org.oid, nameFull=org.name_full, nameShort=org.name_short, ogrn=org.ogrn, inn=org.inn, kpp=org.kpp,
+        deleteDate=org.delete_date, deleteReason=org.delete_reason,
+        licence=None if lic is None else MoLicence(number=lic.number, issuedAt=lic.issued_at,
+                                                   validTo=lic.valid_to, revoked=lic.revoked))
+
+
+@dataclass
+class FrmoCall:
+    """One POST to the ФРМО emulator; oid/ogrn/outcome stay empty when the script answered before SOAP."""
+
+    answer: str
+    oid: str | None = None
+    ogrn: str | None = None
+    outcome: str = ""
+    at: float = field(default_factory=time.time)
+
+
+StartResponse = Callable[..., Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+_CALL = "zdravlink.frmo.call"  # the FrmoCall, handed from the WSGI layer to the spyne method
+
+
+class _WsgiServer(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, *_: object) -> None:
+        pass
+
+
+class FrmoEmulator(_Lifecycle):
+    def __init__(self, dataset: Dataset, port: int = 0, script: Iterable[str] = (),
+                 host: str = "127.0.0.1", name: str = "frmo") -> None:
+        super().__init__()
+        self.dataset, self.name = dataset, name
+        self.script: deque[str] = deque(script)
+        self.requests: list[FrmoCall] = []
+        app = Application([self._service()], tns=FRMO_NS, name="FrmoEmulator",
+                          in_protocol=Soap11(validator="soft"), out_protocol=Soap11())
+        self._httpd = make_server(host, port, self._scripted(WsgiApplication(app)),
+                                  server_class=_WsgiServer, handler_class=_QuietHandler)
+
+    def _server(self) -> _WsgiServer:
+        return self._httpd
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/frmo/soap"
+
+    @property
+    def wsdl_url(self) -> str:
+        return self.url + "?wsdl"
+
+    def set_script(self, answers: Iterable[str]) -> None:
+        with self._lock:
+            self.script = deque(answers)
+
+    def _scripted(self, soap: WsgiApp) -> WsgiApp:
+        """Answers no SOAP stack would give itself (bare HTTP statuses, delays) happen before spyne."""
+        def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+            if environ["REQUEST_METHOD"] != "POST":
+                return soap(environ, start_response)  # the WSDL
+            with self._lock:
+                call = FrmoCall(self.script.popleft() if self.script else "ok")
+                self.requests.append(call)
+            if call.answer.startswith("http-"):
+                status = HTTPStatus(int(call.answer.removeprefix("http-")))
+                body = status.phrase.encode()
+                call.outcome = str(status.value)
+                start_response(f"{status.value} {status.phrase}",
+                               [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+                return [body]
+            if call.answer.startswith("slow:"):
+                self._sleep(call.answer)
+            environ[_CALL] = call
+            return soap(environ, start_response)
+
+        return app
+
+    def _lookup(self, call: FrmoCall, oid: str | None, ogrn: str | None) -> MedicalOrganization:
+        call.oid, call.ogrn = oid or None, ogrn or None
+        if call.answer == "server-fault":
+            call.outcome = "server-fault"
+            raise Fault(faultcode="Server", faultstring="registry unavailable, try again later")
+        if not call.oid and not call.ogrn:
+            call.outcome = "client-fault"
+            raise Fault(faultcode="Client", faultstring="oid or ogrn required")
+        if call.ogrn is not None and not _OGRN.match(call.ogrn):
+            call.outcome = "client-fault"
+            raise Fault(faultcode="Client", faultstring="ogrn: 13 digits expected")
+        org = self.dataset.organization(call.oid, call.ogrn)
+        if org is None:
+            call.outcome = "not found"
+            raise Fault(faultcode="Client", faultstring="not found")
+        call.outcome = "found"
+        log.info("%s: GetMos -> %s", self.name, org.oid)
+        return _mo(org)
+
+    def _service(self) -> type[ServiceBase]:
+        frmo = self
+
+        class FrmoService(ServiceBase):
+            @rpc(Unicode(min_occurs=0), Unicode(min_occurs=0), _returns=MedicalOrganization,
+                 _out_variable_name="mo")
+            def GetMos(ctx: Any, oid: str | None, ogrn: str | None) -> MedicalOrganization:  # noqa: N802,N805
+                return frmo._lookup(ctx.transport.req_env[_CALL], oid, ogrn)
+
+        return FrmoService
