@@ -1,0 +1,1 @@
+"""Federal registries (ФРМР, ФРМО): verification answers and their verdicts."""
