@@ -14,8 +14,11 @@ The public API a recipient needs to check what the gateway sent::
     print(verified.certificate.subject, verified.algorithm.name)
 
 ``verify`` raises SignatureError, whose ``code`` says why (see signing.errors).
+``sign_octets``/``verify_octets`` do the same for raw bytes (a JSON body) with the
+signature in HTTP headers (see signing.detached).
 """
 from signing.backends import ALGORITHMS, Algorithm, Backend
+from signing.detached import sign_octets, verify_octets
 from signing.errors import SignatureError
 from signing.keys import Certificate, KeyFileError, PrivateKey
 from signing.smev_transform import TransformError, transform
@@ -23,4 +26,5 @@ from signing.trust import TrustStore
 from signing.xmldsig import Signer, Verified, sign, verify
 
 __all__ = ["ALGORITHMS", "Algorithm", "Backend", "Certificate", "KeyFileError", "PrivateKey", "SignatureError",
-           "Signer", "TransformError", "TrustStore", "Verified", "sign", "transform", "verify"]
+           "Signer", "TransformError", "TrustStore", "Verified", "sign", "sign_octets", "transform", "verify",
+           "verify_octets"]

@@ -3,7 +3,7 @@
 The real registries sit behind the EGISZ integration platform and have no public test
 stand we can reach from CI, so the gateway's registry adapter is tested against these:
 real servers on 127.0.0.1, in the wire shapes of research/formats.md §4, both driven by
-one dataset file (``tests/data/registries/dataset.yaml``) so a worker's card and the
+one dataset file (``registry_dataset.yaml`` beside this module, fictitious) so a worker's card and the
 organisation it points to can never disagree between the two emulators.
 
 ФРМР (``FrmrEmulator``): ``GET /person?snils=<11 digits>[&mo=<OID>]`` with
@@ -22,8 +22,16 @@ registry miss for an organisation without a licence.
 
 Scripts (one answer per request, then ``ok`` for ever) make both misbehave on cue:
 ФРМР ``ok``, ``http-NNN``, ``slow:SECONDS`` (wait, then answer), ``drop`` (close the
-connection without a response); ФРМО ``ok``, ``server-fault``, ``http-NNN``, ``slow:SECONDS``.
-Nothing here signs anything: signing registry answers is the gateway adapter's job.
+connection without a response); ФРМО ``ok``, ``server-fault``, ``http-NNN``, ``slow:SECONDS``;
+both ``bad-signature`` (the normal answer, changed after it was signed) and
+``http-NNN:SECONDS`` (the status with ``Retry-After: SECONDS``).
+
+Given a ``signer``, both sign what the gateway acts on, as the registries' answers are
+to be signed (issue 7): ФРМР every 200 and 404 JSON body, by a detached signature over
+its bytes in ``X-Signature*`` headers (signing.detached); ФРМО every SOAP reply, results
+and faults alike, by a ds:Signature over the soap:Body (``wsu:Id``, as WS-Security
+references it) placed in soap:Header. Scripted HTTP statuses, 400 and 401 stay unsigned,
+as a proxy's or a gatekeeper's answers would be. Without a signer nothing is signed.
 """
 from __future__ import annotations
 
@@ -33,6 +41,7 @@ import logging
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -45,6 +54,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import yaml
 from pydantic import BaseModel, ConfigDict
+from lxml import etree
 from pydantic.alias_generators import to_camel
 from spyne import Application, ServiceBase, rpc
 from spyne.model.complex import ComplexModel
@@ -54,10 +64,16 @@ from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
 from gateway.identifiers import snils_valid
+from signing import Signer, sign, sign_octets
 
 log = logging.getLogger("zdravlink.emulator")
 
 FRMO_NS = "urn://zdravlink/emulator/frmo/1.0"
+#: The fictitious people and organisations the tests and the demo use.
+DEMO_DATASET = Path(__file__).with_name("registry_dataset.yaml")
+SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
+WSU_ID = "{http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd}Id"
+BAD_SIGNATURE = "bad-signature"
 _OGRN = re.compile(r"^\d{13}$")
 
 
@@ -228,6 +244,12 @@ class _Lifecycle:
         self._stopping.wait(float(answer.removeprefix("slow:")))
 
 
+def _scripted_status(answer: str) -> tuple[HTTPStatus, list[tuple[str, str]]]:
+    """``http-NNN`` or ``http-NNN:SECONDS``: the status, and the Retry-After header for the second form."""
+    code, _, retry_after = answer.removeprefix("http-").partition(":")
+    return HTTPStatus(int(code)), [("Retry-After", retry_after)] if retry_after else []
+
+
 # ---------------------------------------------------------------- ФРМР (REST)
 
 @dataclass
@@ -243,13 +265,14 @@ class FrmrCall:
 
 class _HttpServer(ThreadingHTTPServer):
     daemon_threads = True  # stop() must not wait for a handler still sleeping
+    request_queue_size = 64  # socketserver's 5 resets connections when the delivery threads ask at once
 
 
 class FrmrEmulator(_Lifecycle):
     def __init__(self, dataset: Dataset, token: str, port: int = 0, script: Iterable[str] = (),
-                 host: str = "127.0.0.1", name: str = "frmr") -> None:
+                 host: str = "127.0.0.1", name: str = "frmr", signer: Signer | None = None) -> None:
         super().__init__()
-        self.dataset, self.token, self.name = dataset, token, name
+        self.dataset, self.token, self.name, self.signer = dataset, token, name, signer
         self.script: deque[str] = deque(script)
         self.requests: list[FrmrCall] = []
         self._httpd = _HttpServer((host, port), self._handler())
@@ -311,16 +334,24 @@ class FrmrEmulator(_Lifecycle):
                     return  # the server closes the socket: the client sees no status line at all
                 if answer.startswith("slow:"):
                     frmr._sleep(answer)
+                extra: list[tuple[str, str]] = []
                 if answer.startswith("http-"):
-                    status = HTTPStatus(int(answer.removeprefix("http-")))
+                    status, extra = _scripted_status(answer)
                     code, data = status.value, {"content": None, "message": status.phrase}
                 else:
                     code, data = frmr.answer(parts.path, query, self.headers.get("Authorization", ""))
                 frmr._record(FrmrCall(parts.path, query, code, answer))
                 raw = json.dumps(data, ensure_ascii=False).encode()
+                signature: dict[str, str] = {}
+                if frmr.signer is not None and code in (200, 404) and not answer.startswith("http-"):
+                    signature = sign_octets(raw, frmr.signer)
+                    if answer == BAD_SIGNATURE:
+                        raw = json.dumps({**data, "message": "altered after signing"}, ensure_ascii=False).encode()
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
                 self.send_header("Content-Length", str(len(raw)))
+                for header, value in [*signature.items(), *extra]:
+                    self.send_header(header, value)
                 if code == 401:
                     self.send_header("WWW-Authenticate", 'Bearer realm="frmr"')
                 self.end_headers()
@@ -362,6 +393,24 @@ class MedicalOrganization(ComplexModel):
     ]
 
 
+def _sign_body(reply: bytes, signer: Signer, alter: bool) -> bytes:
+    """The SOAP reply with a ds:Signature over its soap:Body in soap:Header; ``alter`` then changes the Body."""
+    envelope = etree.fromstring(reply, etree.XMLParser(resolve_entities=False, no_network=True))
+    body = envelope.find(f"{{{SOAP11_NS}}}Body")
+    if body is None:
+        raise ValueError("spyne's reply has no soap:Body")
+    body.set(WSU_ID, f"body-{uuid.uuid4().hex}")
+    header = envelope.find(f"{{{SOAP11_NS}}}Header")
+    if header is None:
+        header = etree.Element(f"{{{SOAP11_NS}}}Header")
+        envelope.insert(0, header)
+    header.append(sign(body, signer, smev=False))
+    if alter:
+        text = next(el for el in body.iter() if (el.text or "").strip())
+        text.text = f"{text.text} (altered after signing)"
+    return etree.tostring(envelope, xml_declaration=True, encoding="UTF-8")
+
+
 def _mo(org: Organization) -> MedicalOrganization:
     lic = org.licence
     return MedicalOrganization(
@@ -389,6 +438,7 @@ _CALL = "zdravlink.frmo.call"  # the FrmoCall, handed from the WSGI layer to the
 
 class _WsgiServer(ThreadingMixIn, WSGIServer):
     daemon_threads = True
+    request_queue_size = 64  # as _HttpServer
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -398,9 +448,9 @@ class _QuietHandler(WSGIRequestHandler):
 
 class FrmoEmulator(_Lifecycle):
     def __init__(self, dataset: Dataset, port: int = 0, script: Iterable[str] = (),
-                 host: str = "127.0.0.1", name: str = "frmo") -> None:
+                 host: str = "127.0.0.1", name: str = "frmo", signer: Signer | None = None) -> None:
         super().__init__()
-        self.dataset, self.name = dataset, name
+        self.dataset, self.name, self.signer = dataset, name, signer
         self.script: deque[str] = deque(script)
         self.requests: list[FrmoCall] = []
         app = Application([self._service()], tns=FRMO_NS, name="FrmoEmulator",
@@ -424,7 +474,7 @@ class FrmoEmulator(_Lifecycle):
             self.script = deque(answers)
 
     def _scripted(self, soap: WsgiApp) -> WsgiApp:
-        """Answers no SOAP stack would give itself (bare HTTP statuses, delays) happen before spyne."""
+        """Answers no SOAP stack would give itself (bare HTTP statuses, delays) happen before spyne, signing after."""
         def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
             if environ["REQUEST_METHOD"] != "POST":
                 return soap(environ, start_response)  # the WSDL
@@ -432,18 +482,46 @@ class FrmoEmulator(_Lifecycle):
                 call = FrmoCall(self.script.popleft() if self.script else "ok")
                 self.requests.append(call)
             if call.answer.startswith("http-"):
-                status = HTTPStatus(int(call.answer.removeprefix("http-")))
+                status, extra = _scripted_status(call.answer)
                 body = status.phrase.encode()
                 call.outcome = str(status.value)
                 start_response(f"{status.value} {status.phrase}",
-                               [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+                               [("Content-Type", "text/plain"), ("Content-Length", str(len(body))), *extra])
                 return [body]
             if call.answer.startswith("slow:"):
                 self._sleep(call.answer)
             environ[_CALL] = call
-            return soap(environ, start_response)
+            if self.signer is None:
+                return soap(environ, start_response)
+            return self._signed(soap, environ, start_response, self.signer, call.answer == BAD_SIGNATURE)
 
         return app
+
+    @staticmethod
+    def _signed(soap: WsgiApp, environ: dict[str, Any], start_response: StartResponse, signer: Signer,
+                alter: bool) -> Iterable[bytes]:
+        """spyne's reply with its soap:Body signed: spyne has no hook between serialising and sending.
+
+        The whole reply is collected (spyne may call start_response only while its
+        iterable is consumed), signed, re-serialised, and sent with a new Content-Length.
+        """
+        head: list[Any] = []
+        chunks: list[bytes] = []
+
+        def capture(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable[[bytes], None]:
+            head[:] = [status, headers]
+            return chunks.append
+
+        result = soap(environ, capture)
+        try:
+            chunks.extend(result)
+        finally:
+            getattr(result, "close", lambda: None)()
+        body = _sign_body(b"".join(chunks), signer, alter)
+        status, headers = head
+        start_response(status, [(k, v) for k, v in headers if k.lower() != "content-length"]
+                       + [("Content-Length", str(len(body)))])
+        return [body]
 
     def _lookup(self, call: FrmoCall, oid: str | None, ogrn: str | None) -> MedicalOrganization:
         call.oid, call.ogrn = oid or None, ogrn or None

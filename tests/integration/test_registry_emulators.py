@@ -12,10 +12,10 @@ import requests
 import zeep
 import zeep.exceptions
 
-from adapters.emulators.registries import Dataset, FrmoEmulator, FrmrEmulator, load_dataset
+from adapters.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
 from gateway.identifiers import snils_valid
 
-DATASET = Path(__file__).resolve().parents[1] / "data" / "registries" / "dataset.yaml"
+DATASET = DEMO_DATASET
 TOKEN = "test-jwt-not-a-secret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 MO_VALID, MO_CLOSED = "1.2.643.5.1.13.13.12.2.77.1001", "1.2.643.5.1.13.13.12.2.77.1002"

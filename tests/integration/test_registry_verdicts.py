@@ -10,10 +10,9 @@ import zeep
 from lxml import etree
 from zeep.helpers import serialize_object
 
-from adapters.emulators.registries import FrmoEmulator, FrmrEmulator, load_dataset
+from adapters.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, organisation_answer, worker_answer
 
-DATA = Path(__file__).resolve().parents[1] / "data"
 XSD = Path(__file__).resolve().parents[2] / "schemas_xsd" / "payloads"
 TODAY = dt.date(2026, 11, 23)
 NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
@@ -23,14 +22,14 @@ ORGS = etree.XMLSchema(etree.parse(str(XSD / "organisation-verification-1.0.xsd"
 
 @pytest.fixture(scope="module")
 def frmr():
-    emulator = FrmrEmulator(load_dataset(DATA / "registries" / "dataset.yaml"), token="frmr-token").start()
+    emulator = FrmrEmulator(load_dataset(DEMO_DATASET), token="frmr-token").start()
     yield emulator
     emulator.stop()
 
 
 @pytest.fixture(scope="module")
 def frmo():
-    emulator = FrmoEmulator(load_dataset(DATA / "registries" / "dataset.yaml")).start()
+    emulator = FrmoEmulator(load_dataset(DEMO_DATASET)).start()
     yield emulator
     emulator.stop()
 
