@@ -14,10 +14,20 @@ from dataclasses import dataclass
 from lxml import etree
 
 from gateway import errors, schemas
-from gateway.config import ConfigError, ConfigProblem, GatewayConfig, Participant, Route, hash_token
+from gateway.config import (
+    WORKER_VERIFICATION_NS,
+    ConfigError,
+    ConfigProblem,
+    GatewayConfig,
+    Participant,
+    Route,
+    hash_token,
+)
 from gateway.envelope import Envelope
+from gateway.identifiers import snils_valid
 from gateway.errors import Rejection
 from gateway.journal import Journal
+from gateway.journal.correlation import RegistryRequests
 from gateway.journal.store import AcceptOutcome
 from gateway.keyring import KeyRing
 from gateway.service_records import ACT_PROTOCOL_NS, SERVICE_RECORD_NS, ServiceRecordRules
@@ -46,6 +56,8 @@ class AcceptPipeline:
         self.service_records = ServiceRecordRules(config, journal, load_tariffs(config.directory, problems))
         if problems:
             raise ConfigError(problems)
+        self._routes = {r.name: r for r in config.routes}
+        self.registry_requests = RegistryRequests(journal)
         self._by_token = {
             digest: p for p in config.participants.values() for digest in p.api_token_sha256
         }
@@ -101,6 +113,8 @@ class AcceptPipeline:
         warnings = self.service_records.check(env) if env.message_type == SERVICE_RECORD_NS else []
         if env.message_type == ACT_PROTOCOL_NS:
             self.service_records.check_protocol(env)
+        if env.message_type == WORKER_VERIFICATION_NS:
+            self._check_worker_request(env)
         if not self.config.routes_for(env.sender, env.message_type, env.recipient):
             raise Rejection(errors.ROUTE_FORBIDDEN,
                             f"{env.sender!r} may not send {env.message_type!r} to {env.recipient!r}",
@@ -112,6 +126,13 @@ class AcceptPipeline:
         if not signature_verified:
             self.check_signature(env, route)
         return route.name, warnings
+
+    @staticmethod
+    def _check_worker_request(env: Envelope) -> None:
+        """A СНИЛС that fails its check digits is the MIS's typo: say so now, not as a registry error later."""
+        snils = env.payload.findtext("{%s}SNILS" % WORKER_VERIFICATION_NS)
+        if snils is not None and not snils_valid(snils):
+            raise Rejection(errors.SNILS_INVALID, "the СНИЛС fails its check digits", "SNILS", status=422)
 
     def check_signature(self, env: Envelope, route: Route) -> None:
         """Verify the sender's signature (required or not: a bad one is never let through)."""
@@ -132,4 +153,14 @@ class AcceptPipeline:
             self.service_records.accepted(env)
         elif env.message_type == ACT_PROTOCOL_NS and not outcome.duplicate:
             self.service_records.protocol_accepted(env)
+        elif self._routes[route].channels[0].mode == "registry":
+            self._open_registry_request(env)
         return Accepted(outcome, env, route)
+
+    def _open_registry_request(self, env: Envelope) -> None:
+        """Start the answer deadline now: it counts from acceptance, whatever happens to delivery."""
+        rec = self.journal.get(env.message_id)
+        if rec is not None:
+            deadline = self.config.settings.registries.for_type(env.message_type).deadline_seconds
+            self.registry_requests.open(env.message_id, env.sender, env.recipient, env.message_type,
+                                        rec.created_at, deadline)

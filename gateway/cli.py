@@ -33,6 +33,7 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration directory (default: $ZL_CONFIG_DIR or ./config)")
+DEMO_FRMR_TOKEN = "demo-frmr-token"  # the demo ФРМР emulator's bearer token; never a real one
 
 
 def _load_or_exit(directory: Optional[Path]):  # noqa: ANN202
@@ -98,9 +99,13 @@ def check_config(directory: Optional[Path] = typer.Argument(None, help="Configur
 def run(config: Optional[Path] = ConfigOpt,
         demo: bool = typer.Option(True, "--demo/--no-demo", help="Start the demo partner servers too")) -> None:
     """Run the whole gateway: API with outbox relay, router, delivery workers (and demo partners)."""
+    import os
+
     from gateway.services import Supervisor
 
     setup_logging("supervisor")
+    if demo:
+        os.environ.setdefault("ZL_FRMR_TOKEN", DEMO_FRMR_TOKEN)  # the demo ФРМР's token, for every child process
     cfg = _load_or_exit(config)
     _keyring_or_exit(cfg)
     s = cfg.settings
@@ -117,9 +122,12 @@ def run(config: Optional[Path] = ConfigOpt,
         for p in cfg.participants.values():
             if p.delivery.mode == "soap":
                 out.print(f"  partner  {p.mnemonic:<14} receives by SOAP, WSDL {p.delivery.wsdl}")
+            elif p.delivery.mode == "registry":
+                out.print(f"  registry {p.mnemonic:<14} emulator answers at {p.delivery.url}")
             elif p.delivery.url:
                 out.print(f"  partner  {p.mnemonic:<14} receives at {p.delivery.url}")
         out.print("  try      zdravlink demo send [--soap]   (a notice from lab-demo to clinic-mis, REST or SMEV)")
+        out.print("           zdravlink demo send --verify   (clinic-mis asks ФРМР and ФРМО; answers come back to it)")
     raise typer.Exit(Supervisor(cfg, config_dir(config), demo).run())
 
 
@@ -198,6 +206,16 @@ def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
     setup_logging("mllp")
     cfg = _load_or_exit(config)
     run_mllp(cfg, _keyring_or_exit(cfg), _mappings_or_exit(cfg))
+
+
+@worker_app.command("deadlines")
+def worker_deadlines(config: Optional[Path] = ConfigOpt) -> None:
+    """Answer TIMEOUT to registry requests past their deadline (registries in gateway.yaml)."""
+    from gateway.services import run_deadlines
+
+    setup_logging("deadlines")
+    cfg = _load_or_exit(config)
+    run_deadlines(cfg, _keyring_or_exit(cfg))
 
 
 @worker_app.command("acts")
@@ -516,12 +534,12 @@ def hash_token_cmd(token: str) -> None:
 
 @demo_app.command("partners")
 def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
-    """Run a recipient server for every participant that receives by REST or SOAP push on 127.0.0.1."""
+    """Run a demo server for every participant that receives by REST or SOAP push on 127.0.0.1 (insurers as
+    insurer emulators) and for every registry channel there (ФРМР and ФРМО emulators)."""
     import signal
     import threading
     from urllib.parse import urlsplit
 
-    from adapters.emulators.insurer import InsurerEmulator
     from adapters.emulators.rest_recipient import RecipientServer
     from adapters.emulators.soap_partner import SoapPartner
 
@@ -536,8 +554,13 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
         where = urlsplit(ch.wsdl if ch.mode == "soap" else ch.url or "")
         if ch.mode in ("rest", "soap") and where.hostname == "127.0.0.1":
             ports.setdefault(where.port or 80, (name, ch.mode))
-    def server(port: int, name: str, mode: str) -> RecipientServer | SoapPartner | InsurerEmulator:
+        elif ch.mode == "registry" and where.hostname == "127.0.0.1":
+            ports.setdefault(where.port or 80, (name, ch.registry or ""))
+
+    def server(port: int, name: str, mode: str):  # noqa: ANN202 - one of the emulators
         owner = cfg.participants.get(name.split("/")[0])
+        if mode in ("frmr", "frmo"):
+            return _demo_registry(cfg, owner.mnemonic if owner else mode, mode, port)
         if mode == "soap" and owner is not None and owner.kind == "insurer":
             return _demo_insurer(cfg, owner.mnemonic, port)
         if mode == "soap":
@@ -551,6 +574,23 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
     done.wait()
     for s in servers:
         s.stop()
+
+
+def _demo_registry(cfg, mnemonic: str, registry: str, port: int):  # noqa: ANN001, ANN202
+    """ФРМР or ФРМО on the bundled fictitious dataset, signing its answers with the registry's demo key."""
+    import os
+
+    from adapters.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
+    from signing import Certificate, PrivateKey, Signer
+
+    keys = cfg.directory / "keys"
+    signer = Signer.create(PrivateKey.load(keys / f"{mnemonic}-gost2012-256.key"),
+                           Certificate.load(keys / f"{mnemonic}-gost2012-256.pem"))
+    dataset = load_dataset(DEMO_DATASET)
+    if registry == "frmr":
+        return FrmrEmulator(dataset, token=os.environ.get("ZL_FRMR_TOKEN", DEMO_FRMR_TOKEN), port=port,
+                            signer=signer, name=f"{mnemonic}:{port}")
+    return FrmoEmulator(dataset, port=port, signer=signer, name=f"{mnemonic}:{port}")
 
 
 def _demo_insurer(cfg, mnemonic: str, port: int):  # noqa: ANN001, ANN202
@@ -579,9 +619,14 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
               soap: bool = typer.Option(False, "--soap", help="Send as SMEV 3 SendRequest to /smev/1.1"),
               hl7v2: bool = typer.Option(False, "--hl7", help="Send lab results as HL7 v2 ORU^R01 over MLLP"),
               records: bool = typer.Option(False, "--records", help="Send clinic-mis's service records for last "
-                                           "month to insurer-demo")) -> None:
+                                           "month to insurer-demo"),
+              verify: bool = typer.Option(False, "--verify", help="Ask ФРМР about a doctor and ФРМО about an "
+                                          "organisation, as clinic-mis")) -> None:
     """Send demo messages: notices from lab-demo to clinic-mis (REST, or SMEV with --soap), lab results (--hl7),
-    or service records (--records)."""
+    service records (--records) or registry verification requests (--verify)."""
+    if verify:
+        _demo_verify(_load_or_exit(config))
+        return
     if hl7v2:
         _demo_hl7(_load_or_exit(config), count)
         return
@@ -615,6 +660,26 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
             env.sender_signature = sign(env.sender_data_element(), signer)
         r = httpx.post(f"{base}/api/v1/messages", json=env.to_json(), headers={"Authorization": f"Bearer {token}"})
         out.print(f"{r.status_code} {r.text}", highlight=False)
+
+
+def _demo_verify(cfg) -> None:  # noqa: ANN001
+    """A doctor (valid) and an organisation (licence revoked) from the demo dataset; answers go to clinic-mis."""
+    import httpx
+
+    base = f"http://{cfg.settings.api.host}:{cfg.settings.api.port}"
+    worker = "urn://zdravlink/types/worker-verification/1.0"
+    org = "urn://zdravlink/types/organisation-verification/1.0"
+    asks = [("frmr", worker, f'<wv:WorkerVerificationRequest xmlns:wv="{worker}"><wv:SNILS>11223344595</wv:SNILS>'
+                             '<wv:Specialty>Терапия</wv:Specialty></wv:WorkerVerificationRequest>'),
+            ("frmo", org, f'<ov:OrganisationVerificationRequest xmlns:ov="{org}">'
+                          '<ov:Oid>1.2.643.5.1.13.13.12.2.77.1003</ov:Oid></ov:OrganisationVerificationRequest>')]
+    for registry, message_type, payload in asks:
+        r = httpx.post(f"{base}/api/v1/messages", headers={"Authorization": "Bearer demo-mis-token"},
+                       json={"messageId": str(uuid.uuid1()), "sender": "clinic-mis", "recipient": registry,
+                             "messageType": message_type, "payload": payload})
+        out.print(f"{registry}: {r.status_code} {r.text}", highlight=False)
+    out.print("  the answers reach clinic-mis with ReferenceMessageID = each MessageID above "
+              "(zdravlink trail MESSAGE_ID shows the exchange)", highlight=False)
 
 
 def _demo_records(cfg, count: int) -> None:  # noqa: ANN001

@@ -25,6 +25,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 MNEMONIC = r"^[a-z0-9][a-z0-9_-]{1,49}$"
 Kind = Literal["mis", "lis", "insurer", "registry"]
+ENV_VAR = r"^[A-Z_][A-Z0-9_]*$"
+
+#: The request type each registry protocol answers (payload namespaces, schemas_xsd/payloads).
+WORKER_VERIFICATION_NS = "urn://zdravlink/types/worker-verification/1.0"
+ORGANISATION_VERIFICATION_NS = "urn://zdravlink/types/organisation-verification/1.0"
+REGISTRY_MESSAGE_TYPES = {"frmr": WORKER_VERIFICATION_NS, "frmo": ORGANISATION_VERIFICATION_NS}
 
 
 class ConfigProblem(NamedTuple):
@@ -147,6 +153,31 @@ class ActsSettings(_Strict):
     schedule_hour: int = Field(3, ge=0, le=23)
 
 
+class RegistryRequestSettings(_Strict):
+    """Deadline and answer cache of one registry request type."""
+
+    #: With no registry answer this long after acceptance, the MIS gets a TIMEOUT answer.
+    deadline_seconds: float = Field(120.0, gt=0)
+    #: A repeated identical request inside this time is answered from the cache; 0 turns the cache off.
+    cache_ttl_seconds: float = Field(0.0, ge=0)
+
+
+class RegistriesSettings(_Strict):
+    """Verification requests to ФРМР and ФРМО (docs/registries.md)."""
+
+    worker_verification: RegistryRequestSettings = RegistryRequestSettings()
+    organisation_verification: RegistryRequestSettings = RegistryRequestSettings()
+    #: How often the deadline watcher looks for requests past their deadline.
+    deadline_poll_seconds: float = Field(1.0, gt=0)
+
+    def for_type(self, message_type: str) -> RegistryRequestSettings:
+        if message_type == WORKER_VERIFICATION_NS:
+            return self.worker_verification
+        if message_type == ORGANISATION_VERIFICATION_NS:
+            return self.organisation_verification
+        raise KeyError(message_type)
+
+
 class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -159,6 +190,7 @@ class Settings(_Strict):
     smev: SmevSettings = SmevSettings()
     hl7: Hl7Settings = Hl7Settings()
     acts: ActsSettings = ActsSettings()
+    registries: RegistriesSettings = RegistriesSettings()
 
 
 # ---- participants and routes ------------------------------------------------
@@ -187,13 +219,17 @@ class RetryPolicy(_Strict):
 
 class Channel(_Strict):
     name: str = Field("default", pattern=MNEMONIC)
-    mode: Literal["rest", "soap", "pull"]
+    mode: Literal["rest", "soap", "pull", "registry"]
     url: str | None = None
     #: What a REST recipient gets: the envelope as XML or JSON, or (lab results only) a FHIR R4 Bundle.
     format: Literal["xml", "json", "fhir"] = "xml"
     #: SOAP channels: the partner's WSDL and the operation whose single body part takes the envelope.
     wsdl: str | None = None
     operation: str = Field("Deliver", pattern=r"^[A-Za-z_][A-Za-z0-9_.-]{0,99}$")
+    #: Registry channels: which registry protocol the url speaks (ФРМР REST or ФРМО SOAP), and for
+    #: ФРМР the environment variable holding its bearer token.
+    registry: Literal["frmr", "frmo"] | None = None
+    token_env: str | None = Field(None, pattern=ENV_VAR)
 
     _check_url = field_validator("url", "wsdl")(classmethod(lambda cls, v: _http_url(v)))
 
@@ -203,6 +239,13 @@ class Channel(_Strict):
             raise ValueError("a rest channel needs a url")
         if self.mode == "soap" and not self.wsdl:
             raise ValueError("a soap channel needs a wsdl (its url, if given, overrides the WSDL's address)")
+        if self.mode == "registry":
+            if not self.url or not self.registry:
+                raise ValueError("a registry channel needs registry (frmr or frmo) and url")
+            if self.registry == "frmr" and not self.token_env:
+                raise ValueError("a frmr channel needs token_env: the variable that holds ФРМР's bearer token")
+        elif self.registry or self.token_env:
+            raise ValueError("registry and token_env belong to registry channels only")
         return self
 
 
@@ -222,7 +265,7 @@ class CertificateFile(_Strict):
     """A certificate in a PKCS#12 file (or any file) whose password is in an environment variable."""
 
     file: str
-    password_env: str | None = Field(None, pattern=r"^[A-Z_][A-Z0-9_]*$")
+    password_env: str | None = Field(None, pattern=ENV_VAR)
 
 
 class Participant(_Strict):
@@ -485,6 +528,7 @@ def load_config(directory: Path | str, known_message_types: set[str] | None = No
             routes.append(Route(name=spec.name, sender=spec.sender, message_type=spec.message_type,
                                 recipient=spec.recipient, condition=spec.condition, channels=channels, retry=retry,
                                 signature_required=spec.signature_required))
+        _check_registry_routes(routes, participants, rf, problems)
     if problems:
         raise ConfigError(problems)
     return GatewayConfig(settings=settings, participants=participants, routes=routes, directory=base)
@@ -501,3 +545,39 @@ def _retry_broken(defaults: RetryPolicy, override: RetryOverride, file: str, i: 
             problems.append(ConfigProblem(file, f"routes[{i}].retry" + (f".{_key(err['loc'])}" if err["loc"] else ""),
                                           _rule(err)))
         return True
+
+
+def _check_registry_routes(routes: list[Route], participants: dict[str, Participant], file: str,
+                           problems: list[ConfigProblem]) -> None:
+    """A registry route is a request-reply: it must ask the right registry and have a way back.
+
+    The gateway itself sends the registry's answer (or a TIMEOUT) to whoever asked, as a
+    message from the registry, so the route for that answer has to exist before the first
+    request is accepted, not be discovered missing when a doctor is waiting for it.
+    """
+    for i, route in enumerate(routes):
+        modes = {c.mode for c in route.channels}
+        if "registry" not in modes:
+            continue
+        where = f"routes[{i}]"
+        if modes != {"registry"}:
+            problems.append(ConfigProblem(file, f"{where}.channels",
+                                          "a route to a registry uses registry channels only (failover between them)"))
+        recipient = participants.get(route.recipient)
+        if recipient is not None and recipient.kind != "registry":
+            problems.append(ConfigProblem(file, f"{where}.recipient",
+                                          f"registry channels deliver to a participant of kind registry, "
+                                          f"not {recipient.kind!r}"))
+        for j, channel in enumerate(route.channels):
+            wanted = REGISTRY_MESSAGE_TYPES.get(channel.registry or "")
+            if wanted is not None and wanted != route.message_type:
+                problems.append(ConfigProblem(file, f"{where}.channels[{j}].registry",
+                                              f"{channel.registry} answers {wanted!r}, not {route.message_type!r}"))
+        if route.sender == "*":
+            problems.append(ConfigProblem(file, f"{where}.sender",
+                                          "a registry route names its sender: answers go back by a route to it"))
+        elif not any(r.sender == route.recipient and r.recipient == route.sender and r.message_type == route.message_type
+                     for r in routes):
+            problems.append(ConfigProblem(file, where,
+                                          f"no route for the answers: add sender {route.recipient!r}, "
+                                          f"message_type {route.message_type!r}, recipient {route.sender!r}"))

@@ -218,6 +218,29 @@ def run_acts(config: GatewayConfig, keyring: KeyRing) -> None:
     journal.engine.dispose()
 
 
+def run_deadlines(config: GatewayConfig, keyring: KeyRing) -> None:
+    """Send TIMEOUT answers for registry requests past their deadline until SIGTERM."""
+    import threading
+
+    from adapters.intake import Intake
+    from adapters.registries.deadlines import DeadlineWatcher
+    from adapters.registries.replies import ReplySender
+    from gateway.accept import AcceptPipeline
+
+    journal = Journal(config.settings.database.url)
+    watcher = DeadlineWatcher(config, journal, ReplySender(journal, Intake(AcceptPipeline(config, journal, keyring),
+                                                                           journal)))
+    stop = threading.Event()
+    _on_term(stop.set)
+    log.info("registry deadline watcher every %ss", config.settings.registries.deadline_poll_seconds)
+    watcher.run(stop)
+    journal.engine.dispose()
+
+
+def has_registry_routes(config: GatewayConfig) -> bool:
+    return any(c.mode == "registry" for r in config.routes for c in r.channels)
+
+
 class Supervisor:
     """Starts the gateway's processes, restarts any that die, stops them all on SIGTERM."""
 
@@ -237,6 +260,8 @@ class Supervisor:
             cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
         if self.config.settings.acts.schedule_day is not None:
             cmds["acts"] = [*exe, "worker", "acts", *cfg]
+        if has_registry_routes(self.config):
+            cmds["deadlines"] = [*exe, "worker", "deadlines", *cfg]
         if self.config.settings.hl7.enabled and load_lab_mappings(self.config):
             cmds["mllp"] = [*exe, "worker", "mllp", *cfg]
         if self.demo:

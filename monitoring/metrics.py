@@ -32,3 +32,10 @@ LATENCY = Histogram(
     "zl_accept_to_delivered_seconds", "Time from acceptance to confirmed delivery", ["route"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
 )
+REGISTRY_ANSWERS = Counter(
+    "zl_registry_answers_total", "Answers sent to requesters for registry verification requests",
+    ["registry", "origin", "verdict"],  # origin: registry, cache, timeout
+)
+REGISTRY_CACHE = Counter("zl_registry_cache_total", "Registry answer cache lookups", ["registry", "result"])
+REGISTRY_LATE = Counter("zl_registry_late_answers_total", "Registry answers that came after the TIMEOUT answer",
+                        ["registry"])

@@ -1,8 +1,9 @@
 """The delivery worker: push to the recipient with retries, failover and dead letters.
 
 A channel pushes over REST (httpx) or SOAP (zeep, ``adapters.soap.push``) under the
-same policy, or parks the message in the recipient's pull inbox, where GetRequest,
-GetResponse or ``GET /api/v1/inbox`` take it and an Ack makes it DELIVERED.
+same policy, parks the message in the recipient's pull inbox, where GetRequest,
+GetResponse or ``GET /api/v1/inbox`` take it and an Ack makes it DELIVERED, or asks a
+federal registry and sends its answer back to the requester (``adapters.registries``).
 
 For each message it walks the route's channels in order (failover). On one channel:
 short waits between attempts run in process with tenacity; a wait longer than
@@ -27,8 +28,11 @@ import httpx
 import pika
 from tenacity import RetryCallState, Retrying, retry_if_result
 
+from adapters.intake import Intake
+from adapters.registries.channel import RegistryChannel
 from adapters.rest.push import PushResult, push
 from adapters.soap.push import SoapPusher
+from gateway.accept import AcceptPipeline
 from gateway.config import Channel, GatewayConfig, Route
 from gateway.journal import Journal, MessageRecord, Status
 from gateway.journal.inbox import Inbox
@@ -72,6 +76,10 @@ class DeliveryWorker:
                                      on_change=self._breaker_changed)
         self.soap = SoapPusher(s.delivery.timeout_seconds)
         self.inbox = Inbox(journal)
+        self.registries: RegistryChannel | None = None
+        if any(c.mode == "registry" for r in config.routes for c in r.channels):
+            intake = Intake(AcceptPipeline(config, journal, self.keyring), journal)
+            self.registries = RegistryChannel(config, journal, intake, self.keyring, s.delivery.timeout_seconds)
         self._routes = {r.name: r for r in config.routes}
         self._stopping = threading.Event()
 
@@ -81,6 +89,8 @@ class DeliveryWorker:
     def close(self) -> None:
         self.client.close()
         self.soap.close()
+        if self.registries is not None:
+            self.registries.close()
 
     @staticmethod
     def _breaker_changed(key: str, state: State) -> None:
@@ -157,6 +167,8 @@ class DeliveryWorker:
             state["attempts"] += 1
             if channel.mode == "soap":
                 res = self.soap.push(channel, signed, rec.message_id, n)
+            elif channel.mode == "registry" and self.registries is not None:
+                res = self.registries.deliver(channel, rec)
             else:
                 res = push(self.client, channel.url, signed, rec.message_id, channel.format, n)
             if res.delivered or not res.retryable:

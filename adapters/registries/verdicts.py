@@ -126,3 +126,37 @@ def organisation_answer(mo: Mapping[str, Any] | None, *, on: dt.date, checked_at
         verdict, reason = "valid", "registered, licence in force"
     verdict_el.text, reason_el.text = verdict, reason
     return answer
+
+
+def timeout_answer(request: etree._Element, reason: str, checked_at: dt.datetime) -> etree._Element:
+    """The TIMEOUT answer to a worker or organisation request the registry has not answered in time."""
+    ns = etree.QName(request).namespace
+    if ns == WORKER_NS:
+        answer = etree.Element(_W + "WorkerVerificationAnswer", nsmap={"wv": WORKER_NS})
+        _sub(answer, _W + "SNILS", request.findtext(_W + "SNILS"))
+    elif ns == ORGANISATION_NS:
+        answer = etree.Element(_O + "OrganisationVerificationAnswer", nsmap={"ov": ORGANISATION_NS})
+    else:
+        raise ValueError(f"not a verification request: {request.tag}")
+    q = "{%s}" % ns
+    etree.SubElement(answer, q + "Verdict").text = "timeout"
+    etree.SubElement(answer, q + "Reason").text = reason
+    etree.SubElement(answer, q + "CheckedAt").text = checked_at.isoformat()
+    return answer
+
+
+def from_cache(answer: etree._Element) -> etree._Element:
+    """A copy of a cached answer that says so; CheckedAt stays the time the registry was really asked."""
+    copy = etree.fromstring(etree.tostring(answer))
+    q = "{%s}" % etree.QName(copy).namespace
+    old = copy.find(q + "FromCache")
+    if old is not None:
+        copy.remove(old)
+    flag = etree.Element(q + "FromCache")
+    flag.text = "true"
+    copy.find(q + "CheckedAt").addnext(flag)
+    return copy
+
+
+def verdict_of(answer: etree._Element) -> str:
+    return answer.findtext("{%s}Verdict" % etree.QName(answer).namespace) or ""

@@ -135,3 +135,30 @@ acts = Table(
     Column("created_at", DateTime(timezone=True), nullable=False),
     UniqueConstraint("code_mo", "insurer", "period", "version", name="uq_acts_version"),
 )
+
+registry_requests = Table(
+    "registry_requests",
+    metadata,
+    Column("message_id", String(36), ForeignKey("messages.message_id"), primary_key=True),
+    Column("requester", String(50), nullable=False),
+    Column("registry", String(50), nullable=False),
+    Column("message_type", String(1024), nullable=False),
+    Column("accepted_at", DateTime(timezone=True), nullable=False),
+    Column("deadline_at", DateTime(timezone=True), nullable=False),
+    Column("answer_id", String(36)),
+    Column("answered_at", DateTime(timezone=True)),
+    Column("timeout_id", String(36)),
+    Column("timed_out_at", DateTime(timezone=True)),
+    Index("ix_registry_requests_open", "answer_id", "timeout_id", "deadline_at"),
+)
+
+registry_cache = Table(
+    "registry_cache",
+    metadata,
+    Column("cache_key", String(64), primary_key=True),
+    Column("message_type", String(1024), nullable=False),
+    Column("answer", LargeBinary, nullable=False),
+    Column("answer_id", String(36), nullable=False),
+    Column("stored_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)

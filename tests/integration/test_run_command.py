@@ -26,10 +26,10 @@ def bundled_config_on_free_ports(target: Path) -> tuple[Path, int]:
     """The bundled files, unchanged but for the ports, so the test never collides with a running demo."""
     shutil.copytree(REPO / "config", target, ignore=shutil.ignore_patterns("keys"))
     api = free_port()
-    mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703, 2575)}}
+    mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703, 8704, 8705, 8706, 2575)}}
     for name in ("gateway.yaml", "participants.yaml", "routes.yaml"):
         path = target / name
-        path.write_text(re.sub(r"\b(870[0-3]|2575)\b", lambda m: mapping[m.group(1)], path.read_text()))
+        path.write_text(re.sub(r"\b(870[0-6]|2575)\b", lambda m: mapping[m.group(1)], path.read_text()))
     return target, api
 
 
@@ -119,8 +119,20 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
             outcome = httpx.get(f"{base}/api/v1/service-records/{record_id}", params={"codeMO": "770001"},
                                 headers={"Authorization": "Bearer demo-mis-token"}).json()["outcome"]
         assert outcome == "accepted", (tmp_path / "run.log").read_text()[-3000:]
+        # clinic-mis asks ФРМР and ФРМО (signed emulators); each verdict comes back to it
+        asked = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--verify", "--config", str(config)],
+                               env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
+        requests = re.findall(r'"messageId":"([0-9a-f-]+)"', asked.stdout)
+        assert len(requests) == 2, asked.stdout + asked.stderr
+        for request_id, verdict in zip(requests, ("valid", "revoked")):
+            wait_delivered(base, request_id, "demo-mis-token")
+            trail = httpx.get(f"{base}/api/v1/messages/{request_id}",
+                              headers={"Authorization": "Bearer demo-mis-token"}).json()["trail"]
+            answered = next(e["detail"] for e in trail if e["event"] == "REGISTRY_ANSWERED")
+            assert answered["verdict"] == verdict, trail
+            wait_delivered(base, answered["answer"], "demo-mis-token")
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 6  # api, router, two delivery workers, mllp, demo partners
+        assert len(children) == 7  # api, router, two delivery workers, deadlines, mllp, demo partners
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)
@@ -128,7 +140,7 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
         conn = connect(AMQP_URL, "zl-test-cleanup", heartbeat=0)
         ch = conn.channel()
         topo = Topology(prefix)
-        for q in topo.all_queues(["lab-demo", "clinic-mis", "insurer-demo"]):
+        for q in topo.all_queues(["lab-demo", "clinic-mis", "insurer-demo", "frmr", "frmo"]):
             ch.queue_delete(q)
         for x in topo.all_exchanges():
             ch.exchange_delete(x)

@@ -73,7 +73,7 @@ class GatewayProcesses:
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
         args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp"),
-                "acts": ("worker", "acts")}.get(
+                "acts": ("worker", "acts"), "deadlines": ("worker", "deadlines")}.get(
             name, ("worker", "delivery"))
         log = open(self.dir / f"{name}.log", "ab")
         proc = subprocess.Popen(self._cmd(*args), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -86,9 +86,17 @@ class GatewayProcesses:
         self.spawn("router")
         for i in range(self.delivery_workers):
             self.spawn(f"delivery-{i + 1}")
+        if self._asks_registries():
+            self.spawn("deadlines")
         if self.mllp_port:
             self.spawn("mllp")
             self.wait_port(self.mllp_port, "mllp")
+
+    def _asks_registries(self) -> bool:
+        from gateway.config import load_config
+        from gateway.services import has_registry_routes
+
+        return has_registry_routes(load_config(self.dir))
 
     def wait_port(self, port: int, name: str, timeout: float = 30) -> None:
         import socket

@@ -36,7 +36,7 @@ def problems(directory: Path) -> set[tuple[str, str, str]]:
 
 def test_bundled_configuration_loads():
     cfg = load_config(ROOT / "config", known_message_types=known_message_types())
-    assert set(cfg.participants) == {"lab-demo", "clinic-mis", "insurer-demo"}
+    assert set(cfg.participants) == {"lab-demo", "clinic-mis", "insurer-demo", "frmr", "frmo"}
     route = cfg.routes[0]
     assert [c.name for c in route.channels] == ["primary", "backup"]
     # routes without channels use the recipient's own delivery; retry overrides merge with defaults
@@ -218,7 +218,7 @@ def test_check_config_on_the_bundled_configuration(tmp_path):
     assert missing.returncode == 2 and "gateway-gost2012-256" in missing.stderr and "cannot read" in missing.stderr
     assert run_cli("keys", "demo", "--config", str(bundled)).returncode == 0
     ok = run_cli("check-config", str(bundled))
-    assert ok.returncode == 0 and "3 participants, 6 routes, 1 lab mappings, 4 tariffs" in ok.stdout, ok.stderr
+    assert ok.returncode == 0 and "5 participants, 10 routes, 1 lab mappings, 4 tariffs" in ok.stdout, ok.stderr
 
 
 def test_help_lists_every_command():

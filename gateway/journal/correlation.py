@@ -1,0 +1,138 @@
+"""Registry requests awaiting their answer: the correlation store of the request-reply exchange.
+
+A verification request is delivered by calling the registry, but the MIS waits for an
+answer message, and it must get exactly one of: the registry's answer, or a TIMEOUT
+when the deadline passes first (followed, if the registry answers later, by that late
+answer). Each outcome is decided by one guarded UPDATE, so two delivery workers, a
+redelivered copy and the deadline watcher can race without sending both an answer and
+a TIMEOUT for the same moment, and a crash between deciding and sending is finished by
+whoever comes next with the id already chosen.
+
+The answer cache lives here too: it is keyed by the request's content, and an entry is
+the answer XML the registry gave, kept until its time-to-live runs out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gateway.journal.store import Journal, Status, utcnow
+from gateway.journal.tables import messages, registry_cache, registry_requests
+
+
+@dataclass(frozen=True)
+class PendingRequest:
+    message_id: str
+    requester: str
+    registry: str
+    message_type: str
+    accepted_at: datetime
+    deadline_at: datetime
+    answer_id: str | None
+    timeout_id: str | None
+
+
+@dataclass(frozen=True)
+class CachedAnswer:
+    answer: bytes
+    answer_id: str
+    stored_at: datetime
+
+
+def _aware(value: datetime) -> datetime:
+    return value if value.tzinfo is not None else value.replace(tzinfo=utcnow().tzinfo)
+
+
+class RegistryRequests:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+
+    def open(self, message_id: str, requester: str, registry: str, message_type: str, accepted_at: datetime,
+             deadline_seconds: float) -> None:
+        """Start the clock on a request; opening it again (a redelivery, a repeat) changes nothing."""
+        try:
+            with self.journal.engine.begin() as conn:
+                conn.execute(insert(registry_requests).values(
+                    message_id=message_id, requester=requester, registry=registry, message_type=message_type,
+                    accepted_at=accepted_at, deadline_at=accepted_at + timedelta(seconds=deadline_seconds)))
+        except IntegrityError:
+            pass
+
+    def get(self, message_id: str) -> PendingRequest | None:
+        with self.journal.engine.connect() as conn:
+            row = conn.execute(select(registry_requests).where(registry_requests.c.message_id == message_id)).first()
+        return _pending(row) if row is not None else None
+
+    def reserve_answer(self, message_id: str, new_id: str) -> tuple[str, bool]:
+        """The answer's MessageID (``new_id`` unless one was chosen before) and whether it is late."""
+        with self.journal.engine.begin() as conn:
+            conn.execute(update(registry_requests)
+                         .where(and_(registry_requests.c.message_id == message_id,
+                                     registry_requests.c.answer_id.is_(None)))
+                         .values(answer_id=new_id))
+            row = conn.execute(select(registry_requests.c.answer_id, registry_requests.c.timeout_id)
+                               .where(registry_requests.c.message_id == message_id)).one()
+        return row.answer_id, row.timeout_id is not None
+
+    def answered(self, message_id: str) -> None:
+        with self.journal.engine.begin() as conn:
+            conn.execute(update(registry_requests).where(registry_requests.c.message_id == message_id)
+                         .values(answered_at=utcnow()))
+
+    def due(self, now: datetime, limit: int = 500) -> list[PendingRequest]:
+        """Requests owed a TIMEOUT: unanswered past the deadline or dead-lettered, or claimed and not yet sent."""
+        dead = select(messages.c.message_id).where(and_(messages.c.message_id == registry_requests.c.message_id,
+                                                        messages.c.status == Status.DEAD.value)).exists()
+        unanswered = and_(registry_requests.c.answer_id.is_(None), registry_requests.c.timeout_id.is_(None),
+                          or_(registry_requests.c.deadline_at <= now, dead))
+        unfinished = and_(registry_requests.c.timeout_id.is_not(None), registry_requests.c.timed_out_at.is_(None))
+        with self.journal.engine.connect() as conn:
+            rows = conn.execute(select(registry_requests).where(or_(unanswered, unfinished))
+                                .order_by(registry_requests.c.deadline_at).limit(limit)).all()
+        return [_pending(r) for r in rows]
+
+    def claim_timeout(self, message_id: str, new_id: str) -> str | None:
+        """The TIMEOUT answer's MessageID, or None when an answer got there first."""
+        with self.journal.engine.begin() as conn:
+            conn.execute(update(registry_requests)
+                         .where(and_(registry_requests.c.message_id == message_id,
+                                     registry_requests.c.answer_id.is_(None),
+                                     registry_requests.c.timeout_id.is_(None)))
+                         .values(timeout_id=new_id))
+            row = conn.execute(select(registry_requests.c.timeout_id, registry_requests.c.timed_out_at)
+                               .where(registry_requests.c.message_id == message_id)).one()
+        return row.timeout_id if row.timed_out_at is None else None
+
+    def timed_out(self, message_id: str) -> None:
+        with self.journal.engine.begin() as conn:
+            conn.execute(update(registry_requests).where(registry_requests.c.message_id == message_id)
+                         .values(timed_out_at=utcnow()))
+
+    # ---- the answer cache ------------------------------------------------
+
+    def cached(self, key: str, now: datetime | None = None) -> CachedAnswer | None:
+        with self.journal.engine.connect() as conn:
+            row = conn.execute(select(registry_cache).where(and_(registry_cache.c.cache_key == key,
+                                                                 registry_cache.c.expires_at > (now or utcnow())))
+                               ).first()
+        return CachedAnswer(bytes(row.answer), row.answer_id, _aware(row.stored_at)) if row is not None else None
+
+    def store(self, key: str, message_type: str, answer: bytes, answer_id: str, ttl_seconds: float) -> None:
+        now = utcnow()
+        try:
+            with self.journal.engine.begin() as conn:
+                conn.execute(delete(registry_cache).where(or_(registry_cache.c.cache_key == key,
+                                                              registry_cache.c.expires_at <= now)))
+                conn.execute(insert(registry_cache).values(cache_key=key, message_type=message_type, answer=answer,
+                                                           answer_id=answer_id, stored_at=now,
+                                                           expires_at=now + timedelta(seconds=ttl_seconds)))
+        except IntegrityError:
+            pass  # another worker stored the same question's answer at the same moment
+
+
+def _pending(row) -> PendingRequest:  # noqa: ANN001 (a SQLAlchemy Row)
+    return PendingRequest(row.message_id, row.requester, row.registry, row.message_type, _aware(row.accepted_at),
+                          _aware(row.deadline_at), row.answer_id, row.timeout_id)

@@ -1,0 +1,280 @@
+"""Registry verification end to end: MIS → gateway → ФРМР (REST) / ФРМО (SOAP) emulators → answer back to the MIS.
+
+Real gateway processes, RabbitMQ, signed emulators on 127.0.0.1, clinics as REST recipients.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from adapters.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
+from adapters.emulators.rest_recipient import RecipientServer
+from gateway.config import hash_token
+from gateway.envelope import Envelope
+from gateway.xmlsafe import parse_xml
+from signing import Certificate, PrivateKey, Signer, TrustStore
+from signing.demo_ca import DemoCA
+from tests.support import configs
+
+pytestmark = pytest.mark.broker
+
+WORKER = "urn://zdravlink/types/worker-verification/1.0"
+ORG = "urn://zdravlink/types/organisation-verification/1.0"
+CLINICS = ("clinic-a", "clinic-b")
+TOKEN_ENV = "ZL_TEST_FRMR_TOKEN"
+
+
+@pytest.fixture(scope="module")
+def registry_signers(demo_keys: Path, tmp_path_factory) -> dict[str, tuple[Signer, Path]]:
+    """Keys for the registries from the same demo CA the gateway trusts."""
+    out = tmp_path_factory.mktemp("registry-keys")
+    ca = DemoCA(demo_keys / "ca")
+    signers = {}
+    for name in ("frmr", "frmo"):
+        key, cert = ca.issue(out, name, "gost2012-256")
+        signers[name] = (Signer.create(PrivateKey.load(key), Certificate.load(cert)), cert)
+    return signers
+
+
+class World:
+    """Emulators, clinics and the gateway between them."""
+
+    def __init__(self, gateway_factory, monkeypatch, demo_keys: Path, signers, *, worker_ttl: float = 0,
+                 org_deadline: float = 60, worker_deadline: float = 60, delivery_workers: int = 1,
+                 failure_threshold: int = 50) -> None:
+        dataset = load_dataset(DEMO_DATASET)
+        self.frmr = FrmrEmulator(dataset, token="frmr-token", signer=signers["frmr"][0], name="frmr-primary").start()
+        self.frmr_backup = FrmrEmulator(dataset, token="frmr-token", signer=signers["frmr"][0],
+                                        name="frmr-backup").start()
+        self.frmo = FrmoEmulator(dataset, signer=signers["frmo"][0]).start()
+        trust = TrustStore.from_directory(demo_keys / "trust")
+        gateway_cert = Certificate.load(demo_keys / "gateway-gost2012-256.pem")
+        self.clinics = {c: RecipientServer(name=c, trust=trust, gateway=gateway_cert).start() for c in CLINICS}
+        monkeypatch.setenv(TOKEN_ENV, "frmr-token")
+        people = "".join(
+            f"  - {{mnemonic: {c}, name: {c}, kind: mis, delivery: {{mode: rest, url: \"{s.url}\"}}, "
+            f"credentials: {{api_token_sha256: [\"{hash_token(c + '-token')}\"]}}}}\n" for c, s in self.clinics.items())
+        people += (
+            f"  - {{mnemonic: frmr, name: ФРМР, kind: registry, certificates: [\"{signers['frmr'][1]}\"], "
+            f"delivery: {{name: primary, mode: registry, registry: frmr, url: \"{self.frmr.url}\", "
+            f"token_env: {TOKEN_ENV}}}}}\n"
+            f"  - {{mnemonic: frmo, name: ФРМО, kind: registry, certificates: [\"{signers['frmo'][1]}\"], "
+            f"delivery: {{mode: registry, registry: frmo, url: \"{self.frmo.url}\"}}}}\n")
+        frmr_channels = (
+            f"[{{name: primary, mode: registry, registry: frmr, url: \"{self.frmr.url}\", token_env: {TOKEN_ENV}}}, "
+            f"{{name: backup, mode: registry, registry: frmr, url: \"{self.frmr_backup.url}\", token_env: {TOKEN_ENV}}}]")
+        routes = "defaults:\n  retry: {attempts: 2, initial_delay: 0.05, multiplier: 2.0, jitter: 0.0, max_delay: 0.2}\n"
+        routes += "routes:\n" + "".join(
+            f'  - {{name: ask-frmr-{c}, sender: {c}, message_type: "{WORKER}", recipient: frmr, channels: {frmr_channels}}}\n'
+            f'  - {{name: frmr-answers-{c}, sender: frmr, message_type: "{WORKER}", recipient: {c}}}\n'
+            f'  - {{name: ask-frmo-{c}, sender: {c}, message_type: "{ORG}", recipient: frmo}}\n'
+            f'  - {{name: frmo-answers-{c}, sender: frmo, message_type: "{ORG}", recipient: {c}}}\n'
+            for c in CLINICS)
+        settings = configs.settings(keys=demo_keys, failure_threshold=failure_threshold) + (
+            "registries:\n"
+            f"  worker_verification: {{deadline_seconds: {worker_deadline}, cache_ttl_seconds: {worker_ttl}}}\n"
+            f"  organisation_verification: {{deadline_seconds: {org_deadline}}}\n"
+            "  deadline_poll_seconds: 0.2\n")
+        self.gw = gateway_factory(f"participants:\n{people}", routes, settings=settings,
+                                  delivery_workers=delivery_workers)
+
+    def stop(self) -> None:
+        for server in (self.frmr, self.frmr_backup, self.frmo, *self.clinics.values()):
+            server.stop()
+
+    def ask_worker(self, clinic: str, snils: str, extra: str = "") -> str:
+        payload = f'<wv:WorkerVerificationRequest xmlns:wv="{WORKER}"><wv:SNILS>{snils}</wv:SNILS>{extra}</wv:WorkerVerificationRequest>'
+        return self._send(clinic, "frmr", WORKER, payload)
+
+    def ask_organisation(self, clinic: str, oid: str) -> str:
+        payload = f'<ov:OrganisationVerificationRequest xmlns:ov="{ORG}"><ov:Oid>{oid}</ov:Oid></ov:OrganisationVerificationRequest>'
+        return self._send(clinic, "frmo", ORG, payload)
+
+    def _send(self, clinic: str, registry: str, message_type: str, payload: str) -> str:
+        mid = str(uuid.uuid1())
+        r = self.gw.post({"messageId": mid, "sender": clinic, "recipient": registry, "messageType": message_type,
+                          "payload": payload}, f"{clinic}-token")
+        assert r.status_code == 202, r.text
+        return mid
+
+    def answers(self, clinic: str = "clinic-a") -> dict[str, list[Envelope]]:
+        """Answers the clinic received, by the request they refer to, in arrival order."""
+        out: dict[str, list[Envelope]] = {}
+        server = self.clinics[clinic]
+        with server._lock:
+            received = sorted(server.accepted.values(), key=lambda r: r.at)
+        for item in received:
+            env = Envelope.from_element(parse_xml(item.body))
+            out.setdefault(env.reference_message_id or "", []).append(env)
+        return out
+
+    def wait_answers(self, request_id: str, count: int = 1, clinic: str = "clinic-a", timeout: float = 40) -> list[Envelope]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            got = self.answers(clinic).get(request_id, [])
+            if len(got) >= count:
+                return got
+            time.sleep(0.1)
+        raise AssertionError(f"{request_id}: {len(self.answers(clinic).get(request_id, []))} answers, wanted {count}; "
+                             f"trail {self.events(request_id)}\n{self.gw.log('delivery-1')[-3000:]}")
+
+    def events(self, message_id: str) -> list[str]:
+        return [e["event"] for e in self.gw.status(message_id, "clinic-a-token")["trail"]]
+
+
+def verdict(env: Envelope) -> str:
+    return env.payload.findtext("{%s}Verdict" % env.message_type)
+
+
+@pytest.fixture
+def world_factory(gateway_factory, monkeypatch, demo_keys, registry_signers):
+    made: list[World] = []
+
+    def make(**kw) -> World:
+        w = World(gateway_factory, monkeypatch, demo_keys, registry_signers, **kw)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.stop()
+
+
+def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world_factory):
+    w = world_factory()
+    cases = {
+        w.ask_worker("clinic-a", "11223344595"): (WORKER, "valid"),
+        w.ask_worker("clinic-a", "10987654303"): (WORKER, "not-found"),
+        w.ask_worker("clinic-a", "12345678964"): (WORKER, "expired"),
+        w.ask_worker("clinic-a", "45678912344"): (WORKER, "revoked"),
+        w.ask_organisation("clinic-a", "1.2.643.5.1.13.13.12.2.77.1003"): (ORG, "revoked"),
+        w.ask_organisation("clinic-a", "1.2.643.5.1.13.13.12.2.77.1001"): (ORG, "valid"),
+        w.ask_organisation("clinic-a", "1.2.643.5.1.13.13.12.2.77.9999"): (ORG, "not-found"),
+    }
+    for request_id, (message_type, expected) in cases.items():
+        [answer] = w.wait_answers(request_id)
+        assert (answer.message_type, verdict(answer)) == (message_type, expected), request_id
+        assert answer.sender == ("frmr" if message_type == WORKER else "frmo") and answer.recipient == "clinic-a"
+        assert "REGISTRY_ANSWERED" in w.events(request_id)
+        status = w.gw.status(request_id, "clinic-a-token")
+        assert status["status"] == "DELIVERED"
+    # the gateway signed each answer for the MIS; the registry's own signature was verified before that
+    assert {r.signature for r in w.clinics["clinic-a"].accepted.values()} == {"OK gost2012-256"}
+    answer_id = w.wait_answers(next(iter(cases)))[0].message_id
+    accepted = w.gw.status(answer_id, "clinic-a-token")["trail"][0]
+    assert accepted["event"] == "ACCEPTED" and "CN=frmr" in accepted["detail"]["signature"]["subject"]
+    assert w.frmr.requests and w.frmr_backup.requests == []
+
+    # a СНИЛС with wrong check digits is the MIS's typo: refused at once, the registry never asked
+    asked = len(w.frmr.requests)
+    r = w.gw.post({"messageId": str(uuid.uuid1()), "sender": "clinic-a", "recipient": "frmr", "messageType": WORKER,
+                   "payload": f'<wv:WorkerVerificationRequest xmlns:wv="{WORKER}"><wv:SNILS>10987654321</wv:SNILS>'
+                              "</wv:WorkerVerificationRequest>"}, "clinic-a-token")
+    assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
+    assert (r.json()["code"], r.json()["field"]) == ("SNILS_INVALID", "SNILS")
+    assert len(w.frmr.requests) == asked
+
+
+def test_failover_then_both_down_timeout_dead_letter_and_replay_delivers_the_real_answer(world_factory):
+    w = world_factory()
+    w.frmr.set_script(["http-503"] * 2)
+    first = w.ask_worker("clinic-a", "11223344595")
+    [answer] = w.wait_answers(first)
+    assert verdict(answer) == "valid"
+    assert "FAILOVER" in w.events(first) and len(w.frmr_backup.requests) == 1
+
+    w.frmr.set_script(["http-503"] * 50)
+    w.frmr_backup.set_script(["drop"] * 50)
+    second = w.ask_worker("clinic-a", "12345678964")
+    [timeout] = w.wait_answers(second)
+    assert verdict(timeout) == "timeout"
+    assert "dead letter" in timeout.payload.findtext("{%s}Reason" % WORKER)
+    w.gw.wait_status(second, "clinic-a-token", "DEAD")
+    assert "DEADLINE_PASSED" in w.events(second)
+
+    w.frmr.set_script([])
+    w.frmr_backup.set_script([])
+    replayed = w.gw.cli("replay", second)
+    assert replayed.returncode == 0, replayed.stdout + replayed.stderr
+    timeout_first, real = w.wait_answers(second, count=2)
+    assert (verdict(timeout_first), verdict(real)) == ("timeout", "expired")
+    assert "LATE_ANSWER" in w.events(second)
+    w.gw.wait_status(second, "clinic-a-token", "DELIVERED")
+
+
+def test_an_open_circuit_sends_requests_straight_to_the_backup(world_factory):
+    w = world_factory(failure_threshold=2)
+    w.frmr.set_script(["http-503"] * 50)
+    first = w.ask_worker("clinic-a", "11223344595")
+    assert verdict(w.wait_answers(first)[0]) == "valid"
+    calls = len(w.frmr.requests)
+    assert calls == 2  # two attempts opened the breaker
+    second = w.ask_worker("clinic-a", "56789123453")
+    assert verdict(w.wait_answers(second)[0]) == "valid"
+    assert len(w.frmr.requests) == calls and len(w.frmr_backup.requests) == 2
+    assert "CIRCUIT_OPEN" in w.events(second)
+    assert 'zl_circuit_state{channel="primary",participant="frmr"} 2.0' in w.gw.metrics()
+
+
+def test_a_slow_registry_gets_a_timeout_first_and_its_late_answer_is_still_delivered(world_factory):
+    w = world_factory(org_deadline=1.5)
+    w.frmo.set_script(["slow:4"])
+    request_id = w.ask_organisation("clinic-a", "1.2.643.5.1.13.13.12.2.77.1004")
+    timeout, late = w.wait_answers(request_id, count=2)
+    assert verdict(timeout) == "timeout" and "within 1.5 s" in timeout.payload.findtext("{%s}Reason" % ORG)
+    assert verdict(late) == "expired"
+    events = w.events(request_id)
+    assert events.index("DEADLINE_PASSED") < events.index("LATE_ANSWER")
+    assert "zl_registry_late_answers_total" in w.gw.metrics()
+
+
+def test_cache_answers_a_repeat_without_the_registry_when_on_and_never_when_off(world_factory):
+    w = world_factory(worker_ttl=600)
+    first = w.ask_worker("clinic-a", "11223344595")
+    w.wait_answers(first)
+    second = w.ask_worker("clinic-a", "11223344595")
+    [cached] = w.wait_answers(second)
+    assert len(w.frmr.requests) == 1
+    assert verdict(cached) == "valid" and cached.payload.findtext("{%s}FromCache" % WORKER) == "true"
+    assert "CACHE_HIT" in w.events(second)
+    other_day = w.ask_worker("clinic-a", "11223344595", "<wv:OnDate>2020-01-01</wv:OnDate>")
+    w.wait_answers(other_day)
+    assert len(w.frmr.requests) == 2  # another question: asked
+
+    for _ in range(2):  # organisation_verification has no TTL: the cache is off
+        w.wait_answers(w.ask_organisation("clinic-a", "1.2.643.5.1.13.13.12.2.77.1001"))
+    assert len(w.frmo.requests) == 2
+    metrics = w.gw.metrics()
+    assert 'zl_registry_cache_total{registry="frmr",result="hit"} 1.0' in metrics
+    assert 'zl_registry_answers_total{origin="cache",registry="frmr",verdict="valid"} 1.0' in metrics
+
+
+def test_a_thousand_concurrent_requests_each_answered_to_its_requester(world_factory):
+    w = world_factory(delivery_workers=2)
+    snils = ["11223344595", "12345678964", "34567891226", "45678912344", "56789123453", "10987654303"]
+    sent: dict[str, tuple[str, str]] = {}
+    lock = threading.Lock()
+
+    def send(n: int) -> None:
+        clinic, person = CLINICS[n % 2], snils[n % len(snils)]
+        mid = w.ask_worker(clinic, person)
+        with lock:
+            sent[mid] = (clinic, person)
+
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(send, range(1000)))
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and sum(len(s.accepted) for s in w.clinics.values()) < 1000:
+        time.sleep(0.5)
+    for clinic in CLINICS:
+        for ref, answers in w.answers(clinic).items():
+            assert len(answers) == 1, ref
+            assert sent[ref][0] == clinic
+            assert answers[0].payload.findtext("{%s}SNILS" % WORKER) == sent[ref][1]
+    answered = {ref for c in CLINICS for ref in w.answers(c)}
+    assert answered == set(sent), f"{len(set(sent) - answered)} requests without an answer"
