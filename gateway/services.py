@@ -32,6 +32,9 @@ def setup_logging(name: str) -> None:
     logging.getLogger("pika").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
+    # spyne logs every soap:Client fault it sends at ERROR with a traceback: a caller's mistake, which
+    # the SMEV service already audits, and the emulators' "not found". Server faults stay logged.
+    logging.getLogger("spyne.application.client").setLevel(logging.CRITICAL)
 
 
 def config_dir(given: str | Path | None = None) -> Path:

@@ -34,12 +34,13 @@ from adapters.registries.verdicts import (
 )
 from adapters.rest.push import PushResult
 from gateway.config import Channel, GatewayConfig
-from gateway.envelope import Envelope, canonical
+from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal, MessageRecord
 from gateway.keyring import KeyRing
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
+from signing import transform
 
 log = logging.getLogger(__name__)
 _W = "{%s}" % WORKER_NS
@@ -47,9 +48,13 @@ _O = "{%s}" % ORGANISATION_NS
 
 
 def cache_key(registry: str, request: etree._Element, today: dt.date) -> str:
-    """Identical questions share a key; one without OnDate is asked about today, so today is part of it."""
+    """Identical questions share a key; one without OnDate is asked about today, so today is part of it.
+
+    The SMEV transform normalises namespace prefixes and whitespace, so two MISes writing the same
+    question differently still share the answer.
+    """
     on = request.findtext(_W + "OnDate") or today.isoformat()
-    return hashlib.sha256(b"\0".join([registry.encode(), on.encode(), canonical(request)])).hexdigest()
+    return hashlib.sha256(b"\0".join([registry.encode(), on.encode(), transform(request)])).hexdigest()
 
 
 class RegistryChannel:
@@ -74,10 +79,11 @@ class RegistryChannel:
     def deliver(self, channel: Channel, rec: MessageRecord) -> PushResult:
         request = Envelope.from_element(parse_xml(rec.envelope))
         settings = self.config.settings.registries.for_type(request.message_type)
-        self.requests.open(rec.message_id, request.sender, request.recipient, request.message_type,
-                           rec.created_at, settings.deadline_seconds)
         pending = self.requests.get(rec.message_id)
-        if pending is not None and pending.answer_id and self.journal.get(pending.answer_id) is not None:
+        if pending is None:  # accepted before this gateway tracked deadlines, or opening it failed at intake
+            self.requests.open(rec.message_id, request.sender, request.recipient, request.message_type,
+                               rec.created_at, settings.deadline_seconds)
+        elif pending.answer_id and self.journal.get(pending.answer_id) is not None:
             return PushResult(True, False, f"answered before: {pending.answer_id}")
         today = dt.date.today()
         key = cache_key(request.recipient, request.payload, today) if settings.cache_ttl_seconds > 0 else None

@@ -14,6 +14,8 @@ import pytest
 
 from adapters.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
 from adapters.emulators.rest_recipient import RecipientServer
+from adapters.soap import smev_client as smev
+from adapters.soap.smev_schema import BASIC_NS, TYPES_NS
 from gateway.config import hash_token
 from gateway.envelope import Envelope
 from gateway.xmlsafe import parse_xml
@@ -27,6 +29,7 @@ WORKER = "urn://zdravlink/types/worker-verification/1.0"
 ORG = "urn://zdravlink/types/organisation-verification/1.0"
 CLINICS = ("clinic-a", "clinic-b")
 TOKEN_ENV = "ZL_TEST_FRMR_TOKEN"
+T, B = "{%s}" % TYPES_NS, "{%s}" % BASIC_NS
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +62,8 @@ class World:
         people = "".join(
             f"  - {{mnemonic: {c}, name: {c}, kind: mis, delivery: {{mode: rest, url: \"{s.url}\"}}, "
             f"credentials: {{api_token_sha256: [\"{hash_token(c + '-token')}\"]}}}}\n" for c, s in self.clinics.items())
+        people += (f"  - {{mnemonic: clinic-pull, name: clinic-pull, kind: mis, delivery: {{mode: pull}}, "
+                   f"credentials: {{api_token_sha256: [\"{hash_token('clinic-pull-token')}\"]}}}}\n")
         people += (
             f"  - {{mnemonic: frmr, name: ФРМР, kind: registry, certificates: [\"{signers['frmr'][1]}\"], "
             f"delivery: {{name: primary, mode: registry, registry: frmr, url: \"{self.frmr.url}\", "
@@ -74,7 +79,7 @@ class World:
             f'  - {{name: frmr-answers-{c}, sender: frmr, message_type: "{WORKER}", recipient: {c}}}\n'
             f'  - {{name: ask-frmo-{c}, sender: {c}, message_type: "{ORG}", recipient: frmo}}\n'
             f'  - {{name: frmo-answers-{c}, sender: frmo, message_type: "{ORG}", recipient: {c}}}\n'
-            for c in CLINICS)
+            for c in (*CLINICS, "clinic-pull"))
         settings = configs.settings(keys=demo_keys, failure_threshold=failure_threshold) + (
             "registries:\n"
             f"  worker_verification: {{deadline_seconds: {worker_deadline}, cache_ttl_seconds: {worker_ttl}}}\n"
@@ -178,6 +183,28 @@ def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world_factory)
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
     assert (r.json()["code"], r.json()["field"]) == ("SNILS_INVALID", "SNILS")
     assert len(w.frmr.requests) == asked
+
+
+def test_a_pull_mis_asks_over_smev_and_takes_the_answer_with_get_response(world_factory):
+    w = world_factory()
+    url, request_id = f"{w.gw.base}/smev/1.1", str(uuid.uuid1())
+    payload = f'<wv:WorkerVerificationRequest xmlns:wv="{WORKER}"><wv:SNILS>34567891226</wv:SNILS></wv:WorkerVerificationRequest>'
+    status, sent = smev.call(url, smev.send_request(payload, message_id=request_id), token="clinic-pull-token")
+    assert status == 200, smev.describe(sent)
+    deadline = time.monotonic() + 30
+    response = None
+    while response is None and time.monotonic() < deadline:
+        _, got = smev.call(url, smev.get_response(WORKER, "WorkerVerificationAnswer"), token="clinic-pull-token")
+        response = got.find(f"{T}ResponseMessage/{T}Response")
+        time.sleep(0.2)
+    assert response is not None, w.events(request_id)
+    assert response.findtext(T + "OriginalMessageId") == request_id
+    answer = response.find(f"{T}SenderProvidedResponseData/{B}MessagePrimaryContent")[0]
+    assert answer.findtext("{%s}Verdict" % WORKER) == "expired"  # no longer employed
+    answer_id = response.findtext(f"{T}SenderProvidedResponseData/{T}MessageID")
+    status, _ = smev.call(url, smev.ack(answer_id), token="clinic-pull-token")
+    assert status == 200
+    w.gw.wait_status(answer_id, "clinic-pull-token", "DELIVERED")
 
 
 def test_failover_then_both_down_timeout_dead_letter_and_replay_delivers_the_real_answer(world_factory):

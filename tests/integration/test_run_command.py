@@ -26,10 +26,10 @@ def bundled_config_on_free_ports(target: Path) -> tuple[Path, int]:
     """The bundled files, unchanged but for the ports, so the test never collides with a running demo."""
     shutil.copytree(REPO / "config", target, ignore=shutil.ignore_patterns("keys"))
     api = free_port()
-    mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703, 8704, 8705, 8706, 2575)}}
+    mapping = {"8700": str(api), **{str(p): str(free_port()) for p in (8701, 8702, 8703, 8704, 8705, 8706, 8707, 2575)}}
     for name in ("gateway.yaml", "participants.yaml", "routes.yaml"):
         path = target / name
-        path.write_text(re.sub(r"\b(870[0-6]|2575)\b", lambda m: mapping[m.group(1)], path.read_text()))
+        path.write_text(re.sub(r"\b(870[0-7]|2575)\b", lambda m: mapping[m.group(1)], path.read_text()))
     return target, api
 
 

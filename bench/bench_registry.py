@@ -1,0 +1,110 @@
+"""Registry verification round trips: MIS request → gateway → ФРМР emulator → answer delivered to the MIS.
+
+Starts a whole gateway (API, router, delivery workers, deadline watcher) on a temporary
+configuration with signed ФРМР/ФРМО emulators and two clinics as REST recipients, sends
+``--requests`` worker verification requests from ``--concurrency`` threads and waits
+until every answer has reached its clinic. Prints, from the same run:
+
+- round trips/s through the gateway with the cache off (every request calls ФРМР);
+- the same with the cache on and one repeated question (answers from the cache);
+- the ceiling: FrmrClient alone (HTTP call plus the registry's GOST signature check), one thread
+  per concurrency slot, against the same emulator.
+
+    .venv/bin/python bench/bench_registry.py [--requests 500] [--concurrency 16]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adapters.registries.clients import FrmrClient  # noqa: E402
+from signing import Certificate, PrivateKey, Signer, TrustStore  # noqa: E402
+from signing.demo_ca import DemoCA, create_demo_keys  # noqa: E402
+from tests.conftest import AMQP_URL, free_port  # noqa: E402
+from tests.integration.test_registry_flow import CLINICS, World  # noqa: E402
+from tests.support.gateway_proc import GatewayProcesses  # noqa: E402
+
+PEOPLE = ["11223344595", "12345678964", "34567891226", "45678912344", "56789123453", "10987654303"]
+
+
+class _Env:
+    """What World needs of pytest's monkeypatch."""
+
+    @staticmethod
+    def setenv(name: str, value: str) -> None:
+        os.environ[name] = value
+
+
+def round_trips(world: World, n: int, concurrency: int, same_question: bool) -> float:
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda i: world.ask_worker(CLINICS[i % 2], PEOPLE[0 if same_question else i % len(PEOPLE)]),
+                      range(n)))
+    while sum(len(s.accepted) for s in world.clinics.values()) < n:
+        if time.perf_counter() - t0 > 600:
+            raise SystemExit("answers missing after 600 s")
+        time.sleep(0.05)
+    return n / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--requests", type=int, default=500)
+    ap.add_argument("--concurrency", type=int, default=16)
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        keys = base / "keys"
+        create_demo_keys(keys, ["gateway", "clinic"], ("gost2012-256",))
+        ca, signers = DemoCA(keys / "ca"), {}
+        for name in ("frmr", "frmo"):
+            key, cert = ca.issue(keys, name, "gost2012-256")
+            signers[name] = (Signer.create(PrivateKey.load(key), Certificate.load(cert)), cert)
+        started: list[GatewayProcesses] = []
+
+        def gateway(participants: str, routes: str, *, settings: str, delivery_workers: int) -> GatewayProcesses:
+            gw = GatewayProcesses(base / f"gw{len(started)}", participants, routes, settings=settings,
+                                  amqp_url=AMQP_URL, db_url=None, api_port=free_port(),
+                                  delivery_workers=delivery_workers)
+            started.append(gw)
+            gw.start()
+            return gw
+
+        results = {}
+        for label, ttl, same in (("cache off", 0, False), ("cache on, one question", 600, True)):
+            world = World(gateway, _Env(), keys, signers, worker_ttl=ttl, delivery_workers=2)
+            try:
+                world.ask_worker("clinic-a", PEOPLE[0])  # warm up connections and the WSDL-free ФРМР path
+                while not world.clinics["clinic-a"].accepted:
+                    time.sleep(0.05)
+                world.clinics["clinic-a"].accepted.clear()
+                results[label] = round_trips(world, args.requests, args.concurrency, same)
+                if label == "cache off":
+                    http = httpx.Client(timeout=10)
+                    client = FrmrClient(http, world.frmr.url, "frmr-token", trust=TrustStore.from_directory(keys / "trust"),
+                                        signers=[signers["frmr"][0].certificate])
+                    t0 = time.perf_counter()
+                    with ThreadPoolExecutor(args.concurrency) as pool:
+                        list(pool.map(lambda i: client.person(PEOPLE[i % len(PEOPLE)]), range(args.requests)))
+                    results["ceiling: FrmrClient alone"] = args.requests / (time.perf_counter() - t0)
+                    http.close()
+            finally:
+                world.stop()
+                started[-1].stop()
+    print(f"{args.requests} worker verification requests, {args.concurrency} concurrent, 2 delivery workers, SQLite")
+    for label, value in results.items():
+        print(f"  {label:<28} {value:8.1f} per second")
+    print(f"  ratio gateway/ceiling        {results['cache off'] / results['ceiling: FrmrClient alone']:8.2f}")
+
+
+if __name__ == "__main__":
+    main()
