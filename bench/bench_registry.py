@@ -10,12 +10,13 @@ until every answer has reached its clinic. Prints, from the same run:
 - the ceiling: FrmrClient alone (HTTP call plus the registry's GOST signature check), one thread
   per concurrency slot, against the same emulator.
 
-    .venv/bin/python bench/bench_registry.py [--requests 500] [--concurrency 16]
+    .venv/bin/python bench/bench_registry.py [--requests 500] [--concurrency 16] [--database URL]
 """
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +28,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.registries.clients import FrmrClient  # noqa: E402
+from gateway.journal import Journal  # noqa: E402
 from signing import Certificate, PrivateKey, Signer, TrustStore  # noqa: E402
 from signing.demo_ca import DemoCA, create_demo_keys  # noqa: E402
 from tests.conftest import AMQP_URL, free_port  # noqa: E402
@@ -44,22 +46,37 @@ class _Env:
         os.environ[name] = value
 
 
-def round_trips(world: World, n: int, concurrency: int, same_question: bool) -> float:
+def round_trips(world: World, n: int, concurrency: int, same_question: bool) -> tuple[float, str]:
+    """Round trips per second, and the median time of each half: request accepted → registry answered
+    (spine, call, answer journalled), answer journalled → delivered to the clinic (spine again)."""
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
-        list(pool.map(lambda i: world.ask_worker(CLINICS[i % 2], PEOPLE[0 if same_question else i % len(PEOPLE)]),
-                      range(n)))
+        ids = list(pool.map(lambda i: world.ask_worker(CLINICS[i % 2],
+                                                       PEOPLE[0 if same_question else i % len(PEOPLE)]), range(n)))
     while sum(len(s.accepted) for s in world.clinics.values()) < n:
         if time.perf_counter() - t0 > 600:
             raise SystemExit("answers missing after 600 s")
         time.sleep(0.05)
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    journal = Journal(world.gw.db_url)
+    asked, back = [], []
+    for mid in ids:
+        request = journal.get(mid)
+        answered = next(e for e in journal.trail(mid) if e.kind in ("REGISTRY_ANSWERED", "LATE_ANSWER"))
+        answer = journal.get(answered.detail["answer"])
+        asked.append((answered.at - request.created_at).total_seconds())
+        back.append((answer.delivered_at - answer.created_at).total_seconds())
+    journal.engine.dispose()
+    return rate, f"median ms: accepted→answered {statistics.median(asked) * 1000:.0f}, " \
+                 f"answer→delivered {statistics.median(back) * 1000:.0f}"
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=16)
+    ap.add_argument("--database", default=None, help="journal URL (default: a fresh SQLite file); an empty "
+                    "PostgreSQL database per run, e.g. postgresql+psycopg://zdravlink:zdravlink@127.0.0.1/zl_bench")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
@@ -73,13 +90,14 @@ def main() -> None:
 
         def gateway(participants: str, routes: str, *, settings: str, delivery_workers: int) -> GatewayProcesses:
             gw = GatewayProcesses(base / f"gw{len(started)}", participants, routes, settings=settings,
-                                  amqp_url=AMQP_URL, db_url=None, api_port=free_port(),
+                                  amqp_url=AMQP_URL, db_url=args.database, api_port=free_port(),
                                   delivery_workers=delivery_workers)
             started.append(gw)
             gw.start()
             return gw
 
-        results = {}
+        results: dict[str, float] = {}
+        lags: dict[str, str] = {}
         for label, ttl, same in (("cache off", 0, False), ("cache on, one question", 600, True)):
             world = World(gateway, _Env(), keys, signers, worker_ttl=ttl, delivery_workers=2)
             try:
@@ -87,7 +105,7 @@ def main() -> None:
                 while not world.clinics["clinic-a"].accepted:
                     time.sleep(0.05)
                 world.clinics["clinic-a"].accepted.clear()
-                results[label] = round_trips(world, args.requests, args.concurrency, same)
+                results[label], lags[label] = round_trips(world, args.requests, args.concurrency, same)
                 if label == "cache off":
                     http = httpx.Client(timeout=10)
                     client = FrmrClient(http, world.frmr.url, "frmr-token", trust=TrustStore.from_directory(keys / "trust"),
@@ -100,9 +118,10 @@ def main() -> None:
             finally:
                 world.stop()
                 started[-1].stop()
-    print(f"{args.requests} worker verification requests, {args.concurrency} concurrent, 2 delivery workers, SQLite")
+    journal = "SQLite" if args.database is None else args.database.split("@")[-1]
+    print(f"{args.requests} worker verification requests, {args.concurrency} concurrent, 2 delivery workers, {journal}")
     for label, value in results.items():
-        print(f"  {label:<28} {value:8.1f} per second")
+        print(f"  {label:<28} {value:8.1f} per second   {lags.get(label, '')}")
     print(f"  ratio gateway/ceiling        {results['cache off'] / results['ceiling: FrmrClient alone']:8.2f}")
 
 

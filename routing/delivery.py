@@ -112,7 +112,9 @@ class DeliveryWorker:
             return
         index, attempt = int(h.get("x-zl-channel", 0)), int(h.get("x-zl-attempt", 1))
         attempts = rec.attempts
-        signed = self.keyring.sign_envelope(body)
+        # A registry channel sends the registry a query, not the envelope: nothing there to sign.
+        pushes = any(c.mode in ("rest", "soap") for c in route.channels[index:])
+        signed = self.keyring.sign_envelope(body) if pushes else body
         last = "no channel tried"
         while index < len(route.channels):
             channel = route.channels[index]
