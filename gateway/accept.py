@@ -52,6 +52,7 @@ class AcceptPipeline:
         self.config = config
         self.journal = journal
         self.keyring = keyring or KeyRing()
+        schemas.prepare()
         problems: list[ConfigProblem] = []
         self.service_records = ServiceRecordRules(config, journal, load_tariffs(config.directory, problems))
         if problems:

@@ -3,7 +3,12 @@
 A message type is the target namespace of its payload schema, so adding a type is
 dropping an XSD into ``schemas_xsd/payloads/``: no code, no registration list.
 Compiled schemas are kept per thread because lxml validators are not safe to share
-across threads, and the REST adapter validates in a thread pool.
+across threads, and the REST adapter validates in a thread pool. Compiling is not safe
+to run in two threads at once either (libxml2 fails with "Document is not valid XML
+Schema" or "not a built-in type", seen in a delivery worker whose threads accepted
+registry answers at once), so compiles take turns behind one lock, and ``prepare`` compiles
+once on the starting thread, before any pool exists. Each thread compiles each schema
+once, so the lock is never on a hot path.
 """
 from __future__ import annotations
 
@@ -43,14 +48,22 @@ def known_message_types() -> set[str]:
 
 
 _local = threading.local()
+_compiling = threading.Lock()
 
 
-def _compiled(path: Path) -> etree.XMLSchema:
+def compiled(path: Path) -> etree.XMLSchema:
+    """The schema at ``path``, compiled once per thread (see the module docstring)."""
     cache: dict[Path, etree.XMLSchema] = _local.__dict__.setdefault("schemas", {})
     schema = cache.get(path)
     if schema is None:
-        schema = cache[path] = etree.XMLSchema(etree.parse(str(path)))
+        with _compiling:
+            schema = cache[path] = etree.XMLSchema(etree.parse(str(path)))
     return schema
+
+
+def prepare() -> None:
+    """Compile the envelope schema on this thread, so libxml2's one-time schema set-up is done here."""
+    compiled(schemas_dir() / "envelope-1.0.xsd")
 
 
 def _first_error(schema: etree.XMLSchema) -> str:
@@ -64,7 +77,7 @@ def _element_path(schema: etree.XMLSchema) -> str | None:
 
 
 def validate_envelope(root: etree._Element) -> None:
-    schema = _compiled(schemas_dir() / "envelope-1.0.xsd")
+    schema = compiled(schemas_dir() / "envelope-1.0.xsd")
     if not schema.validate(root):
         raise Rejection(errors.ENVELOPE_INVALID, _first_error(schema), _element_path(schema) or "Envelope")
 
@@ -75,7 +88,7 @@ def validate_payload(message_type: str, payload: etree._Element) -> None:
     if path is None:
         raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"no schema for message type {message_type!r}", "MessageType",
                         status=422)
-    schema = _compiled(path)
+    schema = compiled(path)
     if not schema.validate(payload):
         raise Rejection(
             errors.PAYLOAD_INVALID,

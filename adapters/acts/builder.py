@@ -34,16 +34,14 @@ from __future__ import annotations
 
 import hashlib
 import re
-import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact
-from pathlib import Path
 
 from lxml import etree
 
-from gateway.schemas import schemas_dir
+from gateway.schemas import compiled, schemas_dir
 
 ACT_NS = "urn://zdravlink/types/service-act/1.0"
 SERVICE_RECORD_NS = "urn://zdravlink/types/service-record/1.0"
@@ -328,14 +326,6 @@ def _bill_code(head: Record, version: int, act_number: str) -> str:
     return str(int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % 10**8)
 
 
-_local = threading.local()
-
 
 def _schema() -> etree.XMLSchema:
-    """Compiled once per thread: lxml validators must not be shared between threads."""
-    path = schemas_dir() / "oms" / "service-act-3.1.xsd"
-    cache: dict[Path, etree.XMLSchema] = _local.__dict__.setdefault("schemas", {})
-    schema = cache.get(path)
-    if schema is None:
-        schema = cache[path] = etree.XMLSchema(etree.parse(str(path)))
-    return schema
+    return compiled(schemas_dir() / "oms" / "service-act-3.1.xsd")
