@@ -24,7 +24,7 @@ from signing.backends import BY_SIGNATURE_URI
 from signing.errors import SignatureError
 from signing.keys import Certificate, KeyFileError
 from signing.trust import TrustStore
-from signing.xmldsig import Signer, Verified
+from signing.xmldsig import Signer, Verified, check_signer
 
 ALGORITHM_HEADER = "X-Signature-Algorithm"
 SIGNATURE_HEADER = "X-Signature"
@@ -74,13 +74,7 @@ def verify_octets(data: bytes, headers: Mapping[str, str], *, trust: TrustStore,
     except KeyFileError as exc:
         raise SignatureError(errors.SIGNATURE_MALFORMED, str(exc)) from None
 
-    trusted = trust.check(cert, at)
-    if signers is not None and cert not in set(signers):
-        raise SignatureError(errors.CERTIFICATE_SENDER_MISMATCH,
-                             f"certificate {cert.subject!r} is trusted but is not one of the sender's certificates")
-    if cert.key_type != alg.key_type:
-        raise SignatureError(errors.SIGNATURE_INVALID,
-                             f"{ALGORITHM_HEADER} {alg.name} does not fit the certificate's {cert.key_type} key")
+    trusted = check_signer(cert, alg, trust=trust, signers=signers, at=at, method=ALGORITHM_HEADER)
     if not alg.backend.verify(cert, data, signature):
         raise SignatureError(errors.SIGNATURE_INVALID,
                              f"the signature does not verify over the body with the key of {cert.subject!r}")

@@ -25,7 +25,7 @@ from signing import errors, smev_transform
 from signing.backends import ALGORITHMS, BY_SIGNATURE_URI, DIGESTS, Algorithm, algorithm_for
 from signing.errors import SignatureError
 from signing.keys import Certificate, KeyFileError, PrivateKey
-from signing.trust import TrustStore
+from signing.trust import Trusted, TrustStore
 
 DS_NS = "http://www.w3.org/2000/09/xmldsig#"
 EXC_C14N = "http://www.w3.org/2001/10/xml-exc-c14n#"
@@ -189,13 +189,7 @@ def verify(signature: etree._Element, *, document: etree._Element, trust: TrustS
         resolved.append((ref, hits[0], uri))
 
     cert = _certificate(signature, signers)
-    trusted = trust.check(cert, at)
-    if signers is not None and cert not in set(signers):
-        raise SignatureError(errors.CERTIFICATE_SENDER_MISMATCH,
-                             f"certificate {cert.subject!r} is trusted but is not one of the sender's certificates")
-    if cert.key_type != alg.key_type:
-        raise SignatureError(errors.SIGNATURE_INVALID,
-                             f"SignatureMethod {alg.name} does not fit the certificate's {cert.key_type} key")
+    trusted = check_signer(cert, alg, trust=trust, signers=signers, at=at, method="SignatureMethod")
 
     for ref, target, uri in resolved:
         transforms = [(t.get("Algorithm") or "", _prefixes(t)) for t in ref.findall(f"{_DS}Transforms/{_DS}Transform")]
@@ -213,6 +207,23 @@ def verify(signature: etree._Element, *, document: etree._Element, trust: TrustS
         raise SignatureError(errors.SIGNATURE_INVALID,
                              f"the SignatureValue does not verify with the key of {cert.subject!r}")
     return Verified(cert, trusted.anchor, alg, tuple(u for _, _, u in resolved))
+
+
+def check_signer(cert: Certificate, alg: Algorithm, *, trust: TrustStore, signers: Iterable[Certificate] | None,
+                 at: dt.datetime | None, method: str) -> Trusted:
+    """The rules every signature's certificate must meet, whatever carries the signature.
+
+    It chains to the trust store (and is not revoked), it is one of the claimed sender's
+    certificates when those are known, and its key fits the algorithm named by ``method``.
+    """
+    trusted = trust.check(cert, at)
+    if signers is not None and cert not in set(signers):
+        raise SignatureError(errors.CERTIFICATE_SENDER_MISMATCH,
+                             f"certificate {cert.subject!r} is trusted but is not one of the sender's certificates")
+    if cert.key_type != alg.key_type:
+        raise SignatureError(errors.SIGNATURE_INVALID,
+                             f"{method} {alg.name} does not fit the certificate's {cert.key_type} key")
+    return trusted
 
 
 def _certificate(signature: etree._Element, signers: Iterable[Certificate] | None) -> Certificate:
