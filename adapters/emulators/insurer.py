@@ -34,9 +34,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from socketserver import ThreadingMixIn
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
 from lxml import etree
@@ -45,6 +43,8 @@ from spyne.model.fault import Fault
 from spyne.model.primitive import AnyXml, Unicode
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
+
+from adapters.emulators.serving import ServedInThread, wsgi_server
 
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
@@ -238,15 +238,6 @@ def check_act(act: etree._Element, *, act_message_id: str, insurer: str, tariffs
     return protocol
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    daemon_threads = True  # stop() must not wait for a handler
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *_: object) -> None:
-        pass  # the emulator logs through logging, without bodies
-
-
 class _ThenCall:
     """A WSGI body that runs ``then`` once the server has written it (PEP 3333 calls close() after sending)."""
 
@@ -265,14 +256,16 @@ class _ThenCall:
             self._then()
 
 
-class InsurerEmulator:
+class InsurerEmulator(ServedInThread):
     def __init__(self, tariffs: Mapping[str, Decimal], *, reject: Iterable[str] = (), mnemonic: str = "insurer",
                  gateway_url: str | None = None, token: str | None = None, reply_to: str | None = None,
                  signer: Signer | None = None, port: int = 0, host: str = "127.0.0.1",
                  reply_timeout: float = 5.0) -> None:
         if (gateway_url is None) != (token is None):
             raise ValueError("answering through the gateway needs both gateway_url and token")
+        super().__init__()
         self.mnemonic = mnemonic
+        self.name = f"{mnemonic}-soap"
         self.tariffs: dict[str, Decimal] = dict(tariffs)
         self.reject: set[str] = set(reject)
         self.acts: list[ReceivedAct] = []   # first delivery per idempotency key, with its protocol
@@ -284,21 +277,14 @@ class InsurerEmulator:
         self._signer = signer
         self._reply_timeout = reply_timeout
         self._keys: set[str] = set()
-        self._lock = threading.Lock()
         app = Application([self._service()], tns=INSURER_NS, name="ZdravlinkInsurer",
                           in_protocol=Soap11(validator="soft"), out_protocol=Soap11())
-        self._httpd = make_server(host, port, self._replying(WsgiApplication(app)),
-                                  server_class=_Server, handler_class=_QuietHandler)
-        self._thread: threading.Thread | None = None
+        self._httpd = wsgi_server(host, port, self._replying(WsgiApplication(app)))
 
     def answer_through(self, gateway_url: str, token: str) -> None:
         """Post protocols to this gateway from now on; a test learns the gateway's address only after
         the gateway's configuration (which names this emulator's WSDL) is written."""
         self._gateway_url, self._token = gateway_url.rstrip("/"), token
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
 
     @property
     def url(self) -> str:
@@ -308,25 +294,6 @@ class InsurerEmulator:
     def wsdl_url(self) -> str:
         return self.url + "?wsdl"
 
-    def start(self) -> InsurerEmulator:
-        # A short poll interval keeps shutdown() (which waits for the loop to notice) well under a second.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=f"{self.mnemonic}-soap", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(1.0)
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> InsurerEmulator:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     # ---- taking an act --------------------------------------------------
 

@@ -39,18 +39,15 @@ import datetime as dt
 import json
 import logging
 import re
-import threading
 import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from socketserver import ThreadingMixIn
 from typing import Any, Callable, Iterable
 from urllib.parse import parse_qs, urlsplit
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import yaml
 from pydantic import BaseModel, ConfigDict
@@ -63,6 +60,13 @@ from spyne.model.primitive import Boolean, Date, Unicode
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
+from adapters.emulators.serving import (
+    ServedInThread,
+    StartResponse,
+    ThreadingHttpServer,
+    WsgiApp,
+    wsgi_server,
+)
 from gateway.identifiers import snils_valid
 from signing import Signer, sign, sign_octets
 
@@ -196,54 +200,6 @@ def load_dataset(path: str | Path) -> Dataset:
     return ds
 
 
-# ---------------------------------------------------------------- shared lifecycle
-
-class _Lifecycle:
-    """start/stop/context manager for a socketserver in a thread.
-
-    The short poll interval keeps shutdown() well under a second; ``_stopping`` wakes
-    handlers sleeping on a ``slow:`` answer so stop() never waits for them.
-    """
-
-    _thread: threading.Thread | None = None
-    name = "registry"
-
-    def __init__(self) -> None:
-        self._stopping = threading.Event()
-        self._lock = threading.Lock()
-
-    def _server(self) -> Any:
-        raise NotImplementedError
-
-    @property
-    def port(self) -> int:
-        return int(self._server().server_address[1])
-
-    def start(self) -> Any:
-        self._stopping.clear()
-        self._thread = threading.Thread(target=self._server().serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=self.name, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stopping.set()
-        if self._thread is not None:
-            self._server().shutdown()
-            self._thread.join(1.0)
-            self._thread = None
-        self._server().server_close()
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
-
-    def _sleep(self, answer: str) -> None:
-        self._stopping.wait(float(answer.removeprefix("slow:")))
-
-
 def _scripted_status(answer: str) -> tuple[HTTPStatus, list[tuple[str, str]]]:
     """``http-NNN`` or ``http-NNN:SECONDS``: the status, and the Retry-After header for the second form."""
     code, _, retry_after = answer.removeprefix("http-").partition(":")
@@ -263,22 +219,14 @@ class FrmrCall:
     at: float = field(default_factory=time.time)
 
 
-class _HttpServer(ThreadingHTTPServer):
-    daemon_threads = True  # stop() must not wait for a handler still sleeping
-    request_queue_size = 64  # socketserver's 5 resets connections when the delivery threads ask at once
-
-
-class FrmrEmulator(_Lifecycle):
+class FrmrEmulator(ServedInThread):
     def __init__(self, dataset: Dataset, token: str, port: int = 0, script: Iterable[str] = (),
                  host: str = "127.0.0.1", name: str = "frmr", signer: Signer | None = None) -> None:
         super().__init__()
         self.dataset, self.token, self.name, self.signer = dataset, token, name, signer
         self.script: deque[str] = deque(script)
         self.requests: list[FrmrCall] = []
-        self._httpd = _HttpServer((host, port), self._handler())
-
-    def _server(self) -> _HttpServer:
-        return self._httpd
+        self._httpd = ThreadingHttpServer((host, port), self._handler())
 
     @property
     def url(self) -> str:
@@ -431,22 +379,10 @@ class FrmoCall:
     at: float = field(default_factory=time.time)
 
 
-StartResponse = Callable[..., Any]
-WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 _CALL = "zdravlink.frmo.call"  # the FrmoCall, handed from the WSGI layer to the spyne method
 
 
-class _WsgiServer(ThreadingMixIn, WSGIServer):
-    daemon_threads = True
-    request_queue_size = 64  # as _HttpServer
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *_: object) -> None:
-        pass
-
-
-class FrmoEmulator(_Lifecycle):
+class FrmoEmulator(ServedInThread):
     def __init__(self, dataset: Dataset, port: int = 0, script: Iterable[str] = (),
                  host: str = "127.0.0.1", name: str = "frmo", signer: Signer | None = None) -> None:
         super().__init__()
@@ -455,11 +391,7 @@ class FrmoEmulator(_Lifecycle):
         self.requests: list[FrmoCall] = []
         app = Application([self._service()], tns=FRMO_NS, name="FrmoEmulator",
                           in_protocol=Soap11(validator="soft"), out_protocol=Soap11())
-        self._httpd = make_server(host, port, self._scripted(WsgiApplication(app)),
-                                  server_class=_WsgiServer, handler_class=_QuietHandler)
-
-    def _server(self) -> _WsgiServer:
-        return self._httpd
+        self._httpd = wsgi_server(host, port, self._scripted(WsgiApplication(app)))
 
     @property
     def url(self) -> str:

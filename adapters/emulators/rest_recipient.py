@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Iterable
 
+from adapters.emulators.serving import ServedInThread, ThreadingHttpServer
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS
 from gateway.xmlsafe import parse_xml
@@ -56,24 +56,18 @@ def check_gateway_signature(body: bytes, content_type: str, trust: TrustStore, g
     return f"OK {v.algorithm.name}"
 
 
-class RecipientServer:
+class RecipientServer(ServedInThread):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "recipient",
                  script: Iterable[int] = (), delay: float = 0.0, trust: TrustStore | None = None,
                  gateway: Certificate | None = None) -> None:
+        super().__init__()
         self.name = name
         self.trust, self.gateway = trust, gateway
         self.script: deque[int] = deque(script)
         self.delay = delay
         self.requests: list[Received] = []      # every request, repeats included
         self.accepted: dict[str, Received] = {}  # first delivery per idempotency key
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer((host, port), self._handler())
-        self._httpd.daemon_threads = True
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
+        self._httpd = ThreadingHttpServer((host, port), self._handler())
 
     @property
     def url(self) -> str:
@@ -82,15 +76,6 @@ class RecipientServer:
     def set_script(self, codes: Iterable[int]) -> None:
         with self._lock:
             self.script = deque(codes)
-
-    def start(self) -> "RecipientServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name=self.name, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
 
     def _answer(self, item: Received) -> int:
         with self._lock:

@@ -13,14 +13,11 @@ A script of answers misbehaves on cue, one answer per delivery, then ``ok`` for 
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from socketserver import ThreadingMixIn
 from typing import Any, Callable, Iterable
-from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from lxml import etree
 from spyne import Application, ServiceBase, rpc
@@ -28,6 +25,8 @@ from spyne.model.fault import Fault
 from spyne.model.primitive import AnyXml, Unicode
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
+
+from adapters.emulators.serving import ServedInThread, wsgi_server
 
 log = logging.getLogger("zdravlink.emulator")
 
@@ -61,35 +60,19 @@ class Received:
     at: float = field(default_factory=time.time)
 
 
-class _Server(ThreadingMixIn, WSGIServer):
-    # Daemon handler threads: stop() must not wait for a "slow:" answer still sleeping.
-    daemon_threads = True
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, *_: object) -> None:
-        pass  # the emulator logs through logging, without bodies
-
-
-class SoapPartner:
+class SoapPartner(ServedInThread):
     def __init__(self, port: int = 0, script: Iterable[str] = (), name: str = "soap-partner",
                  host: str = "127.0.0.1") -> None:
+        super().__init__()
         self.name = name
         self.script: deque[str] = deque(script)
         self.calls: list[Call] = []          # every POST, repeats and misbehaviour included
         self.received: list[Received] = []   # first accepted delivery per idempotency key
         self.wsdl_fetches = 0                # GETs; the WSDL is all the service serves to them
         self._keys: set[str] = set()
-        self._lock = threading.Lock()
         app = Application([self._service()], tns=PARTNER_NS, name="ZdravlinkPartner",
                           in_protocol=Soap11(validator="soft"), out_protocol=Soap11())
-        self._httpd = make_server(host, port, self._scripted(WsgiApplication(app)),
-                                  server_class=_Server, handler_class=_QuietHandler)
-        self._thread: threading.Thread | None = None
-
-    @property
-    def port(self) -> int:
-        return self._httpd.server_address[1]
+        self._httpd = wsgi_server(host, port, self._scripted(WsgiApplication(app)))
 
     @property
     def url(self) -> str:
@@ -103,25 +86,6 @@ class SoapPartner:
         with self._lock:
             self.script = deque(answers)
 
-    def start(self) -> SoapPartner:
-        # A short poll interval keeps shutdown() (which waits for the loop to notice) well under a second.
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05},
-                                        name=self.name, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._httpd.shutdown()
-            self._thread.join(1.0)
-            self._thread = None
-        self._httpd.server_close()
-
-    def __enter__(self) -> SoapPartner:
-        return self.start()
-
-    def __exit__(self, *_: object) -> None:
-        self.stop()
 
     def _next_answer(self, environ: dict[str, Any]) -> str:
         with self._lock:
