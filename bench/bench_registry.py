@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.registries.clients import FrmrClient  # noqa: E402
 from gateway.journal import Journal  # noqa: E402
-from signing import Certificate, PrivateKey, Signer, TrustStore  # noqa: E402
-from signing.demo_ca import DemoCA, create_demo_keys  # noqa: E402
+from signing import TrustStore  # noqa: E402
+from signing.demo_ca import create_demo_keys, demo_signer  # noqa: E402
 from tests.conftest import AMQP_URL, free_port  # noqa: E402
 from tests.integration.test_registry_flow import CLINICS, World  # noqa: E402
 from tests.support.gateway_proc import GatewayProcesses  # noqa: E402
@@ -81,11 +81,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = Path(tmp)
         keys = base / "keys"
-        create_demo_keys(keys, ["gateway", "clinic"], ("gost2012-256",))
-        ca, signers = DemoCA(keys / "ca"), {}
-        for name in ("frmr", "frmo"):
-            key, cert = ca.issue(keys, name, "gost2012-256")
-            signers[name] = (Signer.create(PrivateKey.load(key), Certificate.load(cert)), cert)
+        create_demo_keys(keys, ["gateway", "clinic", "frmr", "frmo"], ("gost2012-256",))
+        signers = {name: (demo_signer(keys, name), keys / f"{name}-gost2012-256.pem") for name in ("frmr", "frmo")}
         started: list[GatewayProcesses] = []
 
         def gateway(participants: str, routes: str, *, settings: str, delivery_workers: int) -> GatewayProcesses:

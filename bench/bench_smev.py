@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from gateway.envelope import Envelope  # noqa: E402
 from gateway.xmlsafe import parse_xml  # noqa: E402
 from signing import sign  # noqa: E402
-from signing.demo_ca import create_demo_keys  # noqa: E402
+from signing.demo_ca import create_demo_keys, demo_signer  # noqa: E402
 from tests.conftest import AMQP_URL, free_port  # noqa: E402
 from tests.integration.test_smev_soap import LAB_TOKEN, write_config  # noqa: E402
 from adapters.soap import smev_client as smev  # noqa: E402
@@ -69,7 +69,7 @@ def main() -> None:
                           amqp_url=AMQP_URL, db_url=None, api_port=free_port(), delivery_workers=1)
     gw.spawn("api")
     gw.wait_ready()
-    lab = smev.signer(keys, "lab")
+    lab = demo_signer(keys, "lab")
     soap_headers = {"Content-Type": "text/xml; charset=utf-8", "SOAPAction": "urn:SendRequest"}
     soap_posts = [("/smev/1.1", smev.soap(smev.send_request(notice(), by=lab)), soap_headers)
                   for _ in range(args.messages)]
@@ -94,7 +94,7 @@ def main() -> None:
         inbox = Inbox(journal)
         for mid in journal.with_status(Status.ACCEPTED) + journal.with_status(Status.PUBLISHED):
             inbox.park(journal.get(mid), "bench", "default")
-        clinic = smev.signer(keys, "clinic")
+        clinic = demo_signer(keys, "clinic")
         n, t0 = 0, time.perf_counter()
         with httpx.Client(base_url=gw.base, timeout=30) as http:
             headers = {"Content-Type": "text/xml; charset=utf-8"}

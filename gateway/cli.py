@@ -7,7 +7,7 @@ import uuid
 import datetime as dt
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Optional
+from typing import Any, Callable, NoReturn, Optional, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,38 +33,39 @@ out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
 
 ConfigOpt = typer.Option(None, "--config", "-c", help="Configuration directory (default: $ZL_CONFIG_DIR or ./config)")
+T = TypeVar("T")
 DEMO_FRMR_TOKEN = "demo-frmr-token"  # the demo ФРМР emulator's bearer token; never a real one
 
 
-def _load_or_exit(directory: Optional[Path]):  # noqa: ANN202
+def _exit_with(problems: list) -> NoReturn:  # type: ignore[type-arg] (ConfigProblem, imported lazily)
+    """Every configuration problem on its own line, file, key and rule, then exit 2."""
+    for p in problems:
+        err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _or_exit(step: Callable[..., T], *args: Any) -> T:
+    """Run a loading step; its ConfigError is printed problem by problem and ends the command with 2."""
     try:
-        return load(directory)
+        return step(*args)
     except ConfigError as exc:
-        for p in exc.problems:
-            err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
-        raise typer.Exit(2) from None
+        _exit_with(exc.problems)
+
+
+def _load_or_exit(directory: Optional[Path]):  # noqa: ANN202
+    return _or_exit(load, directory)
 
 
 def _keyring_or_exit(cfg):  # noqa: ANN001, ANN202
     from gateway.keyring import load_keyring
 
-    try:
-        return load_keyring(cfg)
-    except ConfigError as exc:
-        for p in exc.problems:
-            err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
-        raise typer.Exit(2) from None
+    return _or_exit(load_keyring, cfg)
 
 
 def _mappings_or_exit(cfg):  # noqa: ANN001, ANN202
     from gateway.services import load_lab_mappings
 
-    try:
-        return load_lab_mappings(cfg)
-    except ConfigError as exc:
-        for p in exc.problems:
-            err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
-        raise typer.Exit(2) from None
+    return _or_exit(load_lab_mappings, cfg)
 
 
 def _tariffs_or_exit(cfg):  # noqa: ANN001, ANN202
@@ -73,10 +74,8 @@ def _tariffs_or_exit(cfg):  # noqa: ANN001, ANN202
 
     problems: list[ConfigProblem] = []
     table = load_tariffs(cfg.directory, problems)
-    for p in problems:
-        err.print(f"[red]{p.file}[/red]: [bold]{p.key}[/bold]: {p.rule}", highlight=False)
     if problems:
-        raise typer.Exit(2)
+        _exit_with(problems)
     return table
 
 
@@ -581,11 +580,9 @@ def _demo_registry(cfg, mnemonic: str, registry: str, port: int):  # noqa: ANN00
     import os
 
     from adapters.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
-    from signing import Certificate, PrivateKey, Signer
+    from signing.demo_ca import demo_signer
 
-    keys = cfg.directory / "keys"
-    signer = Signer.create(PrivateKey.load(keys / f"{mnemonic}-gost2012-256.key"),
-                           Certificate.load(keys / f"{mnemonic}-gost2012-256.pem"))
+    signer = demo_signer(cfg.directory / "keys", mnemonic)
     dataset = load_dataset(DEMO_DATASET)
     if registry == "frmr":
         return FrmrEmulator(dataset, token=os.environ.get("ZL_FRMR_TOKEN", DEMO_FRMR_TOKEN), port=port,
@@ -598,15 +595,13 @@ def _demo_insurer(cfg, mnemonic: str, port: int):  # noqa: ANN001, ANN202
     import os
 
     from adapters.emulators.insurer import InsurerEmulator
-    from signing import Certificate, PrivateKey, Signer
+    from signing.demo_ca import demo_signer
 
     from adapters.acts.schedule import previous_period
 
     last_month = dt.date.fromisoformat(previous_period(dt.date.today()) + "-01")
     prices = _tariffs_or_exit(cfg).prices_on(last_month)
-    keys = cfg.directory / "keys"
-    signer = Signer.create(PrivateKey.load(keys / f"{mnemonic}-gost2012-256.key"),
-                           Certificate.load(keys / f"{mnemonic}-gost2012-256.pem"))
+    signer = demo_signer(cfg.directory / "keys", mnemonic)
     s = cfg.settings.api
     return InsurerEmulator(prices, mnemonic=mnemonic, port=port, signer=signer, gateway_url=f"http://{s.host}:{s.port}",
                            token=os.environ.get("ZL_DEMO_INSURER_TOKEN", "demo-insurer-token"))
@@ -638,13 +633,13 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
     from adapters.soap import smev_client
     from gateway.envelope import Envelope
     from gateway.xmlsafe import parse_xml
-    from signing import Certificate, PrivateKey, Signer, sign
+    from signing import sign
+    from signing.demo_ca import demo_signer
 
     cfg = _load_or_exit(config)
     base = f"http://{cfg.settings.api.host}:{cfg.settings.api.port}"
     keys = cfg.directory / "keys"
-    signer = Signer.create(PrivateKey.load(keys / "lab-demo-gost2012-256.key"),
-                           Certificate.load(keys / "lab-demo-gost2012-256.pem")) if signed else None
+    signer = demo_signer(keys, "lab-demo") if signed else None
     for _ in range(count):
         payload = ('<n:Notice xmlns:n="urn://zdravlink/types/notice/1.0"><n:Code>SAMPLE_RECEIVED</n:Code>'
                    f'<n:IssuedAt>{datetime.now(timezone.utc).isoformat(timespec="seconds")}</n:IssuedAt>'

@@ -12,6 +12,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from signing.keys import Certificate, PrivateKey
+from signing.xmldsig import Signer
+
 CA_SUBJECT = "/O=Zdravlink demo/CN=Zdravlink Demo CA"
 KEY_TYPES = ("gost2012-256", "gost2012-512", "rsa")
 _GENPKEY = {
@@ -120,6 +123,12 @@ class DemoCA:
     def write_crl(self, path: Path) -> Path:
         _openssl("ca", "-config", str(self.config), "-engine", "gost", "-gencrl", "-out", str(path))
         return path
+
+
+def demo_signer(directory: Path, name: str, key_type: str = "gost2012-256") -> Signer:
+    """The Signer for ``<directory>/<name>-<key_type>.key|.pem``, the layout ``create_demo_keys`` writes."""
+    stem = directory / f"{name}-{key_type}"
+    return Signer.create(PrivateKey.load(f"{stem}.key"), Certificate.load(f"{stem}.pem"))
 
 
 def create_demo_keys(out: Path, names: list[str], key_types: tuple[str, ...] = ("gost2012-256", "rsa")) -> DemoCA:

@@ -40,6 +40,16 @@ def demo_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def registry_keys(demo_keys: Path) -> Path:
+    """demo_keys with GOST and RSA keys for the registries ``frmr`` and ``frmo``, and for ``other``,
+    someone the gateway trusts (same CA) but who is not a registry."""
+    from signing.demo_ca import create_demo_keys
+
+    create_demo_keys(demo_keys, ["frmr", "frmo", "other"], ("gost2012-256", "rsa"))
+    return demo_keys
+
+
+@pytest.fixture(scope="session")
 def amqp_url() -> str:
     return AMQP_URL
 

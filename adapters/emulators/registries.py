@@ -233,10 +233,6 @@ class FrmrEmulator(ServedInThread):
         """Base URL, as ``BASE_URL_FRMR`` would be configured: endpoints hang below it."""
         return f"http://127.0.0.1:{self.port}"
 
-    def set_script(self, answers: Iterable[str]) -> None:
-        with self._lock:
-            self.script = deque(answers)
-
     def _next_answer(self) -> str:
         with self._lock:
             return self.script.popleft() if self.script else "ok"
@@ -400,10 +396,6 @@ class FrmoEmulator(ServedInThread):
     @property
     def wsdl_url(self) -> str:
         return self.url + "?wsdl"
-
-    def set_script(self, answers: Iterable[str]) -> None:
-        with self._lock:
-            self.script = deque(answers)
 
     def _scripted(self, soap: WsgiApp) -> WsgiApp:
         """Answers no SOAP stack would give itself (bare HTTP statuses, delays) happen before spyne, signing after."""

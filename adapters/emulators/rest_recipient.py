@@ -73,10 +73,6 @@ class RecipientServer(ServedInThread):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}/zdravlink/inbox"
 
-    def set_script(self, codes: Iterable[int]) -> None:
-        with self._lock:
-            self.script = deque(codes)
-
     def _answer(self, item: Received) -> int:
         with self._lock:
             self.requests.append(item)

@@ -9,6 +9,7 @@ gateway's fault.
 from __future__ import annotations
 
 import threading
+from collections import deque
 from http.server import ThreadingHTTPServer
 from socketserver import ThreadingMixIn
 from typing import Any, Callable, Iterable, Self
@@ -46,10 +47,15 @@ class ServedInThread:
     _httpd: Any
     _thread: threading.Thread | None = None
     name = "emulator"
+    script: deque[Any]  # what to answer next, one entry per request, then normal answers
 
     def __init__(self) -> None:
         self._stopping = threading.Event()
         self._lock = threading.Lock()
+
+    def set_script(self, answers: Iterable[Any]) -> None:
+        with self._lock:
+            self.script = deque(answers)
 
     @property
     def port(self) -> int:

@@ -82,11 +82,6 @@ class SoapPartner(ServedInThread):
     def wsdl_url(self) -> str:
         return self.url + "?wsdl"
 
-    def set_script(self, answers: Iterable[str]) -> None:
-        with self._lock:
-            self.script = deque(answers)
-
-
     def _next_answer(self, environ: dict[str, Any]) -> str:
         with self._lock:
             answer = self.script.popleft() if self.script else "ok"

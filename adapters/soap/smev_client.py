@@ -9,17 +9,12 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 
 import httpx
 from lxml import etree
 
 from adapters.soap.smev_schema import B, BASIC_NS, SOAP_ENV_NS, T, TYPES_NS
-from signing import Certificate, PrivateKey, Signer, sign
-
-def signer(keys: Path, name: str, key_type: str = "gost2012-256") -> Signer:
-    return Signer.create(PrivateKey.load(keys / f"{name}-{key_type}.key"), Certificate.load(keys / f"{name}-{key_type}.pem"))
-
+from signing import Signer, sign
 
 def soap(request: etree._Element) -> bytes:
     env = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={"soapenv": SOAP_ENV_NS})

@@ -17,8 +17,8 @@ import pytest
 from adapters.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
 from adapters.registries.clients import FrmoClient, FrmrClient, RegistryCallFailed, RegistryReply
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, organisation_answer, worker_answer
-from signing import Certificate, PrivateKey, Signer, TrustStore
-from signing.demo_ca import create_demo_keys
+from signing import TrustStore
+from signing.demo_ca import demo_signer as signer
 from tests.conftest import free_port
 
 DATASET = DEMO_DATASET
@@ -31,10 +31,8 @@ MO_UNKNOWN = "1.2.643.5.1.13.13.12.2.77.9999"
 
 
 @pytest.fixture(scope="module")
-def keys(demo_keys: Path) -> Path:
-    """demo_keys' CA with the registries' keys, and one of someone else."""
-    create_demo_keys(demo_keys, ["frmr", "frmo", "other"], ("gost2012-256", "rsa"))
-    return demo_keys
+def keys(registry_keys: Path) -> Path:
+    return registry_keys
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +45,6 @@ def dataset() -> Dataset:
     return load_dataset(DATASET)
 
 
-def signer(keys: Path, name: str, key_type: str = "gost2012-256") -> Signer:
-    stem = keys / f"{name}-{key_type}"
-    return Signer.create(PrivateKey.load(stem.with_suffix(".key")), Certificate.load(stem.with_suffix(".pem")))
 
 
 @pytest.fixture

@@ -19,8 +19,8 @@ from adapters.soap.smev_schema import BASIC_NS, TYPES_NS
 from gateway.config import hash_token
 from gateway.envelope import Envelope
 from gateway.xmlsafe import parse_xml
-from signing import Certificate, PrivateKey, Signer, TrustStore
-from signing.demo_ca import DemoCA
+from signing import Certificate, Signer, TrustStore
+from signing.demo_ca import demo_signer
 from tests.support import configs
 
 pytestmark = pytest.mark.broker
@@ -33,15 +33,10 @@ T, B = "{%s}" % TYPES_NS, "{%s}" % BASIC_NS
 
 
 @pytest.fixture(scope="module")
-def registry_signers(demo_keys: Path, tmp_path_factory) -> dict[str, tuple[Signer, Path]]:
-    """Keys for the registries from the same demo CA the gateway trusts."""
-    out = tmp_path_factory.mktemp("registry-keys")
-    ca = DemoCA(demo_keys / "ca")
-    signers = {}
-    for name in ("frmr", "frmo"):
-        key, cert = ca.issue(out, name, "gost2012-256")
-        signers[name] = (Signer.create(PrivateKey.load(key), Certificate.load(cert)), cert)
-    return signers
+def registry_signers(registry_keys: Path) -> dict[str, tuple[Signer, Path]]:
+    """Each registry's signer and certificate file, from the same demo CA the gateway trusts."""
+    return {name: (demo_signer(registry_keys, name), registry_keys / f"{name}-gost2012-256.pem")
+            for name in ("frmr", "frmo")}
 
 
 class World:

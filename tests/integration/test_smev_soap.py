@@ -32,6 +32,7 @@ from gateway.keyring import load_keyring
 from gateway.schemas import known_message_types
 from gateway.service_records import SERVICE_RECORD_NS
 from signing import sign
+from signing.demo_ca import demo_signer
 from tests.unit.test_service_records import TARIFFS, record
 from adapters.soap import smev_client as smev
 from tests.support.references import SMEV_REFERENCE
@@ -94,8 +95,8 @@ class Smev:
 
     def __init__(self, url: str, journal: Journal, inbox: Inbox, keys: Path) -> None:
         self.url, self.journal, self.inbox, self.keys = url, journal, inbox, keys
-        self.lab = smev.signer(keys, "lab")
-        self.clinic = smev.signer(keys, "clinic")
+        self.lab = demo_signer(keys, "lab")
+        self.clinic = demo_signer(keys, "clinic")
 
     def call(self, request: etree._Element, **kw: object) -> tuple[int, etree._Element]:
         status, body = smev.call(self.url, request, **kw)  # type: ignore[arg-type]
@@ -181,7 +182,7 @@ def test_signed_send_request_is_journalled_and_answered_with_signed_metadata(ser
 
 def test_rsa_signature_and_test_message_flag(service):
     mid = str(uuid.uuid1())
-    status, _ = service.call(smev.send_request(notice(), message_id=mid, by=smev.signer(service.keys, "lab", "rsa"),
+    status, _ = service.call(smev.send_request(notice(), message_id=mid, by=demo_signer(service.keys, "lab", "rsa"),
                                                test=True))
     assert status == 200
     assert b"<zl:TestMessage/>" in service.journal.get(mid).envelope
@@ -267,7 +268,7 @@ def test_signature_over_another_element_is_incorrect_signature_target(service):
 
 
 def test_clinic_may_not_send_to_anyone_on_a_type_it_has_no_route_for(service):
-    status, body = service.call(smev.send_request(notice(), by=smev.signer(service.keys, "insurer")))
+    status, body = service.call(smev.send_request(notice(), by=demo_signer(service.keys, "insurer")))
     assert fault_detail(body).tag == F + "AccessDenied"
 
 

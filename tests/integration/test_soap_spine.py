@@ -19,6 +19,7 @@ from lxml import etree
 from adapters.emulators.soap_partner import SoapPartner
 from adapters.soap.smev_schema import T
 from gateway.config import hash_token
+from signing.demo_ca import demo_signer
 from adapters.soap import smev_client as smev
 from tests.support.gateway_proc import NOTICE_NS, notice
 
@@ -82,13 +83,13 @@ def gw(gateway_factory, demo_keys, insurer):
 def test_smev_request_travels_the_spine_to_a_polling_clinic(gw, demo_keys):
     url = gw.base + "/smev/1.1"
     mid = str(uuid.uuid1())
-    status, answer = smev.call(url, smev.send_request(notice(), message_id=mid, by=smev.signer(demo_keys, "lab")))
+    status, answer = smev.call(url, smev.send_request(notice(), message_id=mid, by=demo_signer(demo_keys, "lab")))
     assert status == 200 and answer.findtext(f"{T}MessageMetadata/{T}MessageId") == mid, etree.tostring(answer)
     gw.wait_status(mid, LAB, "AWAITING_PICKUP")
     trail = [e["event"] for e in gw.status(mid, LAB)["trail"]]
     assert trail[:4] == ["ACCEPTED", "PUBLISHED", "ROUTED", "PARKED_FOR_PICKUP"], trail
 
-    clinic = smev.signer(demo_keys, "clinic")
+    clinic = demo_signer(demo_keys, "clinic")
     _, got = smev.call(url, smev.get_request(NOTICE_NS, "Notice", by=clinic))
     assert got.findtext(f".//{T}SenderProvidedRequestData/{T}MessageID") == mid
     _, acked = smev.call(url, smev.ack(mid, by=clinic))
@@ -102,7 +103,7 @@ def test_rest_inbox_takes_and_acks_with_the_gateways_signature(gw, demo_keys):
 
     mid = str(uuid.uuid1())
     status, _ = smev.call(gw.base + "/smev/1.1", smev.send_request(notice(), message_id=mid,
-                                                                     by=smev.signer(demo_keys, "lab")))
+                                                                     by=demo_signer(demo_keys, "lab")))
     assert status == 200
     gw.wait_status(mid, LAB, "AWAITING_PICKUP")
     auth = {"Authorization": f"Bearer {CLINIC}"}
@@ -155,7 +156,7 @@ def test_api_stops_on_sigterm_under_soap_traffic_and_loses_nothing_it_acknowledg
 
     from gateway.journal import Journal
 
-    lab = smev.signer(demo_keys, "lab")
+    lab = demo_signer(demo_keys, "lab")
     acknowledged: list[str] = []
     stop = threading.Event()
 

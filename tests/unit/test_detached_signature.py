@@ -8,20 +8,19 @@ from pathlib import Path
 import httpx
 import pytest
 
-from signing import Certificate, PrivateKey, SignatureError, Signer, TrustStore, sign_octets, verify_octets
+from signing import Certificate, SignatureError, TrustStore, sign_octets, verify_octets
 from signing import errors
 from signing.backends import GOST256_SIGNATURE, RSA_SHA256_SIGNATURE
 from signing.demo_ca import create_demo_keys
+from signing.demo_ca import demo_signer as signer
 from signing.detached import ALGORITHM_HEADER, CERTIFICATE_HEADER, SIGNATURE_HEADER
 
 BODY = '{"content": {"snils": "11223344595", "lastName": "Иванова"}}'.encode()
 
 
 @pytest.fixture(scope="module")
-def keys(demo_keys: Path) -> Path:
-    """demo_keys' CA with the registries' keys, and one of someone else."""
-    create_demo_keys(demo_keys, ["frmr", "frmo", "other"], ("gost2012-256", "rsa"))
-    return demo_keys
+def keys(registry_keys: Path) -> Path:
+    return registry_keys
 
 
 @pytest.fixture(scope="module")
@@ -29,9 +28,6 @@ def trust(keys: Path) -> TrustStore:
     return TrustStore.from_directory(keys / "trust")
 
 
-def signer(keys: Path, name: str, key_type: str = "gost2012-256") -> Signer:
-    stem = keys / f"{name}-{key_type}"
-    return Signer.create(PrivateKey.load(stem.with_suffix(".key")), Certificate.load(stem.with_suffix(".pem")))
 
 
 def refused(headers: dict[str, str], trust: TrustStore, signers: list[Certificate] | None, body: bytes = BODY,
