@@ -38,6 +38,7 @@ from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal, MessageRecord
 from gateway.keyring import KeyRing
+from gateway.masking import mask_text
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
 from signing import transform
@@ -101,7 +102,8 @@ class RegistryChannel:
             evidence = {"registry": channel.registry or "", "channel": channel.name, **reply.signed_by}
             answer_id, _ = self.replies.answer(request, answer, "registry", evidence)
         except Rejection as rej:
-            return PushResult(False, False, f"the answer was refused: {rej.code} [{rej.field}] {rej.detail}")
+            # journalled and dead-lettered: validator messages quote values, so mask them
+            return PushResult(False, False, f"the answer was refused: {rej.code} [{rej.field}] {mask_text(rej.detail)}")
         if key is not None:
             self.requests.store(key, request.message_type, etree.tostring(answer), answer_id,
                                 settings.cache_ttl_seconds)

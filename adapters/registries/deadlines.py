@@ -23,6 +23,7 @@ from gateway.config import GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal, Status
+from gateway.masking import mask_text
 from gateway.xmlsafe import parse_xml
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class DeadlineWatcher:
             registry = self.config.participants.get(pending.registry)
             name = registry.name if registry else pending.registry
             if rec.status == Status.DEAD.value:
-                reason = f"{name} did not answer: the request went to the dead letter channel ({rec.last_error or 'no detail'})"
+                reason = (f"{name} did not answer: the request went to the dead letter channel "
+                          f"({rec.last_error or 'no detail'})")
             else:
                 waited = (pending.deadline_at - pending.accepted_at).total_seconds()
                 reason = f"no answer from {name} within {waited:g} s"
@@ -56,7 +58,7 @@ class DeadlineWatcher:
                 self.replies.timeout(request, timeout_id, timeout_answer(request.payload, reason[:1000], now), reason)
                 sent += 1
             except Rejection as rej:
-                log.error("TIMEOUT answer to %s refused: %s %s", pending.message_id, rej.code, rej.detail)
+                log.error("TIMEOUT answer to %s refused: %s %s", pending.message_id, rej.code, mask_text(rej.detail))
         return sent
 
     def run(self, stop: threading.Event) -> None:
