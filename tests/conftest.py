@@ -14,6 +14,7 @@ from typing import Iterator
 import pytest
 
 from tests.support.gateway_proc import GatewayProcesses
+from tests.support.rabbit_node import RabbitNode
 
 AMQP_URL = os.environ.get("ZL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 PG_URL = os.environ.get("ZL_TEST_PG_URL", "postgresql+psycopg://zdravlink:zdravlink@127.0.0.1:5432/zdravlink")
@@ -54,6 +55,19 @@ def amqp_url() -> str:
     return AMQP_URL
 
 
+@pytest.fixture
+def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RabbitNode"]:
+    """A RabbitMQ node of this test's own, for tests that stop or cut the broker."""
+    from tests.support.rabbit_node import RabbitNode
+
+    node = RabbitNode(tmp_path_factory.mktemp("rabbit"), free_port())
+    node.start()
+    try:
+        yield node
+    finally:
+        node.remove()
+
+
 def _pg_database(base_url: str) -> Iterator[str]:
     import sqlalchemy as sa
 
@@ -86,9 +100,10 @@ def gateway_factory(tmp_path: Path, amqp_url: str) -> Iterator:
 
     def make(participants: str, routes: str, *, db_url: str | None = None, settings: str = "",
              delivery_workers: int = 1, mappings: Path | None = None,
-             tariffs: Path | None = None) -> GatewayProcesses:
+             tariffs: Path | None = None, broker_url: str | None = None) -> GatewayProcesses:
         gw = GatewayProcesses(
-            tmp_path / f"gw{len(started)}", participants, routes, settings=settings, amqp_url=amqp_url,
+            tmp_path / f"gw{len(started)}", participants, routes, settings=settings,
+            amqp_url=broker_url or amqp_url,
             db_url=db_url, api_port=free_port(), delivery_workers=delivery_workers, mappings=mappings,
             mllp_port=free_port() if mappings is not None else None, tariffs=tariffs,
         )

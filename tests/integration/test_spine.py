@@ -1,8 +1,6 @@
 """The spine end to end: real processes, real RabbitMQ, real recipient servers on 127.0.0.1."""
 from __future__ import annotations
 
-import os
-import subprocess
 import signal
 import time
 
@@ -206,13 +204,9 @@ def test_replay_all_dead(gateway_factory, clinic):
     assert sorted(clinic.accepted) == sorted(b["messageId"] for b in bodies)
 
 
-def _rabbitmqctl(*args: str) -> None:
-    env = {**os.environ, "RABBITMQ_NODENAME": "rabbit@localhost", "ERL_EPMD_ADDRESS": "127.0.0.1"}
-    subprocess.run(["rabbitmqctl", *args], env=env, check=True, capture_output=True, timeout=120)
-
-
-def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_factory, clinic):
-    gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings())
+def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_factory, clinic, private_rabbit):
+    gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings(),
+                         broker_url=private_rabbit.url)
     warm = envelope_json("lab", "clinic")
     gw.post(warm, LAB_TOKEN).raise_for_status()
     gw.wait_status(warm["messageId"], LAB_TOKEN, "DELIVERED")
@@ -225,7 +219,7 @@ def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_facto
     for b in queued:
         gw.wait_status(b["messageId"], LAB_TOKEN, "ROUTED")
 
-    _rabbitmqctl("stop_app")
+    private_rabbit.stop_app()
     try:
         wait_for(lambda: gw.http.get("/readyz").status_code == 503, timeout=10, what="readyz to report the broker")
         assert gw.http.get("/readyz").json()["checks"]["broker"] is False
@@ -236,7 +230,7 @@ def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_facto
         time.sleep(1.0)
         assert {gw.status(b["messageId"], LAB_TOKEN)["status"] for b in bodies} == {"ACCEPTED"}
     finally:
-        _rabbitmqctl("start_app")
+        private_rabbit.start_app()
     gw.spawn("delivery-1")
     for b in bodies + queued:
         gw.wait_status(b["messageId"], LAB_TOKEN, "DELIVERED", timeout=60)

@@ -30,12 +30,19 @@ def _amqp_answers(port: int) -> bool:
         return False
 
 
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 class RabbitNode:
     """One private node; ``start()`` returns when AMQP answers and the app has booted."""
 
-    def __init__(self, directory: Path, port: int, name: str | None = None) -> None:
+    def __init__(self, directory: Path, port: int, name: str | None = None, dist_port: int | None = None) -> None:
         self.dir = Path(directory)
         self.port = port
+        self.dist_port = dist_port or _free_port()
         self.name = name or f"zlt{port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
 
@@ -48,7 +55,7 @@ class RabbitNode:
             "RABBITMQ_NODENAME": self.name,
             "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
             "RABBITMQ_NODE_PORT": str(self.port),
-            "RABBITMQ_DIST_PORT": str(self.port + 20000),
+            "RABBITMQ_DIST_PORT": str(self.dist_port),
             "RABBITMQ_MNESIA_BASE": str(d / "mnesia"),
             "RABBITMQ_LOG_BASE": str(d / "log"),
             "RABBITMQ_CONFIG_FILE": str(d / "rabbit.conf"),
