@@ -28,7 +28,7 @@ from gateway.identifiers import snils_valid
 from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.journal.correlation import RegistryRequests
-from gateway.journal.store import AcceptOutcome
+from gateway.journal.store import AcceptOutcome, SideWrite
 from gateway.keyring import KeyRing
 from gateway.service_records import ACT_PROTOCOL_NS, SERVICE_RECORD_NS, ServiceRecordRules
 from gateway.tariffs import load_tariffs
@@ -149,19 +149,19 @@ class AcceptPipeline:
         kept in the ACCEPTED event as the evidence of who signed."""
         route, warnings = self.check(env, caller, signature_verified=verified_signature is not None)
         outcome = self.journal.accept(env, source=source, actor=f"{source}-adapter", route=route,
-                                      evidence=verified_signature, warnings=warnings)
-        if env.message_type == SERVICE_RECORD_NS and not outcome.duplicate:
-            self.service_records.accepted(env)
-        elif env.message_type == ACT_PROTOCOL_NS and not outcome.duplicate:
-            self.service_records.protocol_accepted(env)
-        elif self._routes[route].channels[0].mode == "registry":
-            self._open_registry_request(env)
+                                      evidence=verified_signature, warnings=warnings,
+                                      side_writes=self._side_writes(env, route))
         return Accepted(outcome, env, route)
 
-    def _open_registry_request(self, env: Envelope) -> None:
-        """Start the answer deadline now: it counts from acceptance, whatever happens to delivery."""
-        rec = self.journal.get(env.message_id)
-        if rec is not None:
+    def _side_writes(self, env: Envelope, route: str) -> list[SideWrite]:
+        """What accepting this message must also record, in the same transaction as the message."""
+        if env.message_type == SERVICE_RECORD_NS:
+            return [self.service_records.record_write(env)]
+        if env.message_type == ACT_PROTOCOL_NS:
+            return [self.service_records.protocol_write(env)]
+        if self._routes[route].channels[0].mode == "registry":
+            # The answer deadline counts from acceptance, whatever happens to delivery.
             deadline = self.config.settings.registries.for_type(env.message_type).deadline_seconds
-            self.registry_requests.open(env.message_id, env.sender, env.recipient, env.message_type,
-                                        rec.created_at, deadline)
+            return [self.registry_requests.open_write(env.message_id, env.sender, env.recipient, env.message_type,
+                                                      deadline)]
+        return []

@@ -197,6 +197,16 @@ def worker_delivery(config: Optional[Path] = ConfigOpt) -> None:
     run_worker(cfg, _keyring_or_exit(cfg), "delivery")
 
 
+@worker_app.command("reconciler")
+def worker_reconciler(config: Optional[Path] = ConfigOpt) -> None:
+    """Record in the journal what RabbitMQ dead-lettered by itself, and send stuck messages round again."""
+    from gateway.services import run_worker
+
+    setup_logging("reconciler")
+    cfg = _load_or_exit(config)
+    run_worker(cfg, _keyring_or_exit(cfg), "reconciler")
+
+
 @worker_app.command("mllp")
 def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
     """Listen for HL7 v2 over MLLP and turn lab messages into lab results by their mapping files."""
@@ -252,14 +262,16 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
             if r.sender == kept and r.message_type == KEPT_NS]
         raise typer.Exit(_replay_kept(cfg, journal, records))
     ids = replaying.dead_ids(journal) if all_dead else [message_id]
-    results = replaying.replay(journal, ids)
-    done = {r.message_id for r in results if r.replayed}
-    if done:
-        replaying.drop_from_dead_queue(cfg.settings.broker.url, Topology(cfg.settings.broker.prefix), done)
-    for r in results:
+    counts = {True: 0, False: 0}
+    for r in replaying.replay(journal, ids):
+        counts[r.replayed] += 1
         out.print(f"{'[green]replayed[/green]' if r.replayed else '[red]skipped[/red]'} {r.message_id}: {r.reason}",
                   highlight=False)
-    if any(not r.replayed for r in results):
+    if counts[True]:
+        replaying.prune_dead_queue(cfg.settings.broker.url, Topology(cfg.settings.broker.prefix), journal)
+    if all_dead:
+        out.print(f"{counts[True]} replayed, {counts[False]} skipped")
+    if counts[False]:
         raise typer.Exit(1)
 
 

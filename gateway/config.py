@@ -137,6 +137,16 @@ class SmevSettings(_Strict):
     clock_skew_seconds: float = Field(300.0, ge=0)
 
 
+class ReconcilerSettings(_Strict):
+    """The reconciler and sweeper (``zdravlink worker reconciler``; docs/RELIABILITY.md)."""
+
+    #: How often the sweeper looks for messages that stopped moving.
+    sweep_interval_seconds: float = Field(30.0, gt=0)
+    #: A message unchanged this long in PUBLISHED, ROUTED or RETRYING (past its retry's due time),
+    #: with nothing in the queue its copy would wait in, is sent round again.
+    stuck_after_seconds: float = Field(300.0, gt=0)
+
+
 class Hl7Settings(_Strict):
     """The MLLP listener for laboratories that send HL7 v2 (see config/mappings/)."""
 
@@ -191,18 +201,28 @@ class Settings(_Strict):
     hl7: Hl7Settings = Hl7Settings()
     acts: ActsSettings = ActsSettings()
     registries: RegistriesSettings = RegistriesSettings()
+    reconciler: ReconcilerSettings = ReconcilerSettings()
 
 
 # ---- participants and routes ------------------------------------------------
 
 class RetryPolicy(_Strict):
-    """Camel's redelivery policy: attempts per channel, exponential delay with jitter and a cap."""
+    """Camel's redelivery policy: attempts per channel, exponential delay with jitter and a cap,
+    and a time budget for the whole delivery.
+
+    These two budgets are the only things that make a message DEAD for failing to be
+    delivered (a permanent refusal aside): a channel whose circuit breaker is open is
+    skipped for the next one, and when every channel left is open the message waits for
+    a breaker to let a trial through, without spending its attempts.
+    """
 
     attempts: int = Field(5, ge=1)
     initial_delay: float = Field(1.0, ge=0)
     multiplier: float = Field(2.0, ge=1)
     jitter: float = Field(0.1, ge=0, le=1)
     max_delay: float = Field(300.0, ge=0)
+    #: Seconds from routing after which a message still undelivered is DEAD; null: attempts alone decide.
+    max_total_seconds: float | None = Field(86_400.0, gt=0)
 
     @model_validator(mode="after")
     def _cap_not_below_start(self) -> RetryPolicy:
@@ -296,6 +316,7 @@ class RetryOverride(_Strict):
     multiplier: float | None = Field(None, ge=1)
     jitter: float | None = Field(None, ge=0, le=1)
     max_delay: float | None = Field(None, ge=0)
+    max_total_seconds: float | None = Field(None, gt=0)
 
 
 class RouteSpec(_Strict):

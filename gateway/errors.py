@@ -42,6 +42,18 @@ UNKNOWN_RECIPIENT = "UNKNOWN_RECIPIENT"
 ROUTE_FORBIDDEN = "ROUTE_FORBIDDEN"
 MESSAGE_ID_REUSED = "MESSAGE_ID_REUSED"
 MESSAGE_NOT_FOUND = "MESSAGE_NOT_FOUND"
+#: JSON the gateway will not read: nested deeper than it allows, a key twice in one object, or a
+#: string with a NUL or a lone surrogate (neither can travel in XML or UTF-8).
+JSON_TOO_DEEP = "JSON_TOO_DEEP"
+JSON_DUPLICATE_KEY = "JSON_DUPLICATE_KEY"
+INVALID_CHARACTER = "INVALID_CHARACTER"
+#: Another message accepted at the same moment took what this one needs (e.g. the same service
+#: record); nothing of this one was kept, and sending it again gets a definite answer.
+ACCEPT_CONFLICT = "ACCEPT_CONFLICT"
+#: The journal cannot be reached: nothing was accepted; send again after Retry-After (503).
+JOURNAL_UNAVAILABLE = "JOURNAL_UNAVAILABLE"
+#: An unexpected failure inside the gateway (500); the incident id is in the log and the audit table.
+INTERNAL_ERROR = "INTERNAL_ERROR"
 # SMEV 3 protocol (adapters/soap); each maps to the SMEV fault of the same meaning.
 INVALID_MESSAGE_ID_FORMAT = "INVALID_MESSAGE_ID_FORMAT"
 STALE_MESSAGE_ID = "STALE_MESSAGE_ID"

@@ -12,12 +12,13 @@ normative text for it was found, and one region switched the check off
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from decimal import Decimal
 from typing import Any
 
 from lxml import etree
 from sqlalchemy import insert, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.engine import Connection
 
 from gateway import errors
 from gateway.config import GatewayConfig
@@ -25,7 +26,7 @@ from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.identifiers import enp_valid, snils_valid
 from gateway.journal import Journal
-from gateway.journal.store import utcnow
+from gateway.journal.store import SideWrite
 from gateway.journal.tables import service_records
 from gateway.tariffs import TariffTable
 
@@ -93,19 +94,18 @@ class ServiceRecordRules:
                             status=409)
         return warnings
 
-    def accepted(self, env: Envelope) -> None:
-        """Remember the record for its act; a repeat of the same message is already there."""
+    def record_write(self, env: Envelope) -> SideWrite:
+        """Remember the record for its act, in the transaction that accepts its message."""
         p = env.payload
-        now = utcnow()
-        row = dict(record_key=record_key(_path(p, "Organisation/CodeMO"), _path(p, "RecordId")),
-                   record_id=_path(p, "RecordId"), code_mo=_path(p, "Organisation/CodeMO"), sender=env.sender,
-                   insurer=_path(p, "Patient/Insurer"), period=_path(p, "Period"), message_id=env.message_id,
-                   created_at=now, updated_at=now)
-        try:
-            with self.journal.engine.begin() as conn:
-                conn.execute(insert(service_records).values(**row))
-        except IntegrityError:
-            pass
+
+        def write(conn: Connection, now: dt.datetime) -> None:
+            conn.execute(insert(service_records).values(
+                record_key=record_key(_path(p, "Organisation/CodeMO"), _path(p, "RecordId")),
+                record_id=_path(p, "RecordId"), code_mo=_path(p, "Organisation/CodeMO"), sender=env.sender,
+                insurer=_path(p, "Patient/Insurer"), period=_path(p, "Period"), message_id=env.message_id,
+                created_at=now, updated_at=now))
+
+        return write
 
     def check_protocol(self, env: Envelope) -> None:
         """An insurer's protocol must answer an act sent to it, about that act's records only."""
@@ -123,19 +123,21 @@ class ServiceRecordRules:
                 raise Rejection(errors.SERVICE_RECORD_NOT_FOUND, f"record {record_id!r} is not in act {act_id}",
                                 "Record/RecordId", status=422)
 
-    def protocol_accepted(self, env: Envelope) -> None:
-        """Mark each record of the act with what the insurer said."""
+    def protocol_write(self, env: Envelope) -> SideWrite:
+        """Mark each record of the act with what the insurer said, in the protocol's accept transaction."""
+        return functools.partial(self._mark_outcomes, env)
+
+    @staticmethod
+    def _mark_outcomes(env: Envelope, conn: Connection, now: dt.datetime) -> None:
         act_id = env.payload.findtext(_P + "ActMessageId") or ""
-        now = utcnow()
-        with self.journal.engine.begin() as conn:
-            for rec in env.payload.iterfind(_P + "Record"):
-                reason = rec.find(_P + "Reason")
-                text = None if reason is None else \
-                    f"{reason.findtext(_P + 'Code') or ''}: {reason.findtext(_P + 'Text') or ''}".strip(": ")
-                conn.execute(update(service_records)
-                             .where(service_records.c.act_message_id == act_id,
-                                    service_records.c.record_id == (rec.findtext(_P + "RecordId") or ""))
-                             .values(outcome=rec.findtext(_P + "Outcome"), reason=text, updated_at=now))
+        for rec in env.payload.iterfind(_P + "Record"):
+            reason = rec.find(_P + "Reason")
+            text = None if reason is None else \
+                f"{reason.findtext(_P + 'Code') or ''}: {reason.findtext(_P + 'Text') or ''}".strip(": ")
+            conn.execute(update(service_records)
+                         .where(service_records.c.act_message_id == act_id,
+                                service_records.c.record_id == (rec.findtext(_P + "RecordId") or ""))
+                         .values(outcome=rec.findtext(_P + "Outcome"), reason=text, updated_at=now))
 
     def state(self, record_id: str, code_mo: str) -> dict[str, Any] | None:
         with self.journal.engine.connect() as conn:

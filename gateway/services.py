@@ -133,42 +133,66 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
 
 
 def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
-    """Run the router or a delivery worker until SIGTERM."""
+    """Run the router, a delivery worker or the reconciler until SIGTERM."""
+    import threading
+
     from routing.broker import ThreadPublisher
-    from routing.consumer import Consumer
+    from routing.consumer import Consumer, failure_in_trail
     from routing.deadletter import DeadLetterChannel
-    from routing.delivery import DeliveryWorker
-    from routing.router import Router
+    from routing.journal_gate import JournalGate
 
     s = config.settings
     journal = Journal(s.database.url)
     topology = _topology(config)
     publisher = ThreadPublisher(s.broker.url, f"zl-{kind}")
-    dead = DeadLetterChannel(journal, topology, publisher, actor=f"{kind}:{os.getpid()}")
+    actor = f"{kind}:{os.getpid()}"
+    dead = DeadLetterChannel(journal, topology, publisher, actor=actor)
+    stopping = threading.Event()
+    gate = JournalGate(journal, stopping, kind)
     declare = lambda ch: topology.declare(ch, config.participants)  # noqa: E731
+
+    def consumer(queues: list[str], handler, prefetch: int = s.broker.prefetch) -> Consumer:  # noqa: ANN001
+        return Consumer(s.broker.url, f"zl-{kind}", queues, handler, prefetch=prefetch, concurrency=prefetch,
+                        on_connect=declare, gate=gate, on_failure=failure_in_trail(journal, actor))
+
+    closers: list = []  # type: ignore[type-arg]
     if kind == "router":
+        from routing.router import Router
+
         router = Router(config, journal, topology, s.broker.url, dead, max_batch=s.broker.prefetch)
-        consumer = Consumer(s.broker.url, "zl-router", [topology.route_queue], router.handle,
-                            prefetch=s.broker.prefetch, concurrency=s.broker.prefetch, on_connect=declare)
-        _on_term(consumer.stop)
-        consumer.run()
-        router.close()
+        closers.append(router.close)
+        run = consumer([topology.route_queue], router.handle)
     elif kind == "delivery":
-        worker = DeliveryWorker(config, journal, topology, publisher, dead, keyring)
-        queues = [topology.deliver_queue(p) for p in sorted(config.participants)]
-        consumer = Consumer(s.broker.url, "zl-delivery", queues, worker.handle,
-                            prefetch=s.broker.prefetch, concurrency=s.broker.prefetch, on_connect=declare)
+        from routing.delivery import DeliveryWorker
 
-        def stop() -> None:
-            worker.stop()
-            consumer.stop()
+        worker = DeliveryWorker(config, journal, topology, publisher, dead, keyring, gate=gate)
+        closers.append(worker.close)
+        run = consumer([topology.deliver_queue(p) for p in sorted(config.participants)], worker.handle)
+    elif kind == "reconciler":
+        from routing.inspect import BrokerInspector
+        from routing.reconciler import Reconciler
+        from routing.sweeper import Sweeper
 
-        _on_term(stop)
-        consumer.run()
-        worker.close()
+        run = consumer([topology.poison_queue], Reconciler(config, journal, dead).handle, prefetch=4)
+        inspector = BrokerInspector(s.broker.url, topology.all_queues(config.participants))
+        sweeper = Sweeper(journal, topology, inspector.depths, s.reconciler.stuck_after_seconds)
+        threading.Thread(target=_sweep_until, args=(sweeper, stopping, s.reconciler.sweep_interval_seconds),
+                         name="sweeper", daemon=True).start()
     else:
         raise ValueError(f"unknown worker kind {kind!r}")
+    _on_term(stopping.set)
+    run.run()
+    for close in closers:
+        close()
     publisher.close()
+
+
+def _sweep_until(sweeper, stopping, interval: float) -> None:  # noqa: ANN001 (routing is imported lazily)
+    while not stopping.wait(interval):
+        try:
+            sweeper.sweep_once()
+        except Exception:  # noqa: BLE001 - one failed pass must not end the sweeper
+            log.exception("sweep failed")
 
 
 def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict) -> None:  # type: ignore[type-arg]
@@ -258,7 +282,8 @@ class Supervisor:
     def _commands(self) -> dict[str, list[str]]:
         exe = [sys.executable, "-m", "gateway.cli"]
         cfg = ["--config", str(self.directory)]
-        cmds = {"api": [*exe, "serve", *cfg, "--no-migrate"], "router": [*exe, "worker", "router", *cfg]}
+        cmds = {"api": [*exe, "serve", *cfg, "--no-migrate"], "router": [*exe, "worker", "router", *cfg],
+                "reconciler": [*exe, "worker", "reconciler", *cfg]}
         for i in range(self.config.settings.workers.delivery):
             cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
         if self.config.settings.acts.schedule_day is not None:

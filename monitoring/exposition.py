@@ -55,7 +55,7 @@ class GatewayStateCollector(Collector):
         yield depth
         dead = GaugeMetricFamily("zl_messages_dead", "Messages in DEAD status awaiting replay")
         try:
-            dead.add_metric([], len(self.journal.with_status(Status.DEAD)))
+            dead.add_metric([], self.journal.count(Status.DEAD))
         except Exception:
             log.exception("journal unavailable for metrics")
         yield dead

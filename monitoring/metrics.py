@@ -39,3 +39,16 @@ REGISTRY_ANSWERS = Counter(
 REGISTRY_CACHE = Counter("zl_registry_cache_total", "Registry answer cache lookups", ["registry", "result"])
 REGISTRY_LATE = Counter("zl_registry_late_answers_total", "Registry answers that came after the TIMEOUT answer",
                         ["registry"])
+JOURNAL_WAITING = Gauge(
+    "zl_journal_waiting_threads", "Worker threads holding a message until the journal answers again", ["role"],
+    multiprocess_mode="livesum",
+)
+CIRCUIT_WAITS = Counter("zl_circuit_waits_total",
+                        "Messages parked because every channel left had an open circuit breaker", ["participant"])
+HANDLER_FAILURES = Counter("zl_handler_failures_total",
+                           "Messages a worker failed to handle (requeued; RabbitMQ dead-letters repeated failures)",
+                           ["role"])
+RECONCILED = Counter("zl_reconciled_total",
+                     "Messages RabbitMQ dead-lettered by itself, recorded DEAD in the journal by the reconciler",
+                     ["reason"])
+SWEPT = Counter("zl_swept_total", "Messages found stuck in a status and sent round again by the sweeper", ["status"])

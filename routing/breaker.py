@@ -5,6 +5,11 @@ OPEN: calls are refused (the delivery fails over) until ``reset_timeout`` passes
 HALF_OPEN: one trial call is let through; success closes, failure re-opens.
 State lives in each delivery worker process: a worker learns of a dead endpoint from
 its own failures, which costs a few extra attempts per process but needs no shared store.
+
+An open breaker never decides a message's fate: the delivery worker fails over to the
+next channel, or parks the message until ``retry_in()`` says a trial may go through.
+A parked message may come back to another worker process whose breaker is closed; it
+is tried there, and that attempt counts like any other (docs/RELIABILITY.md).
 """
 from __future__ import annotations
 
@@ -51,6 +56,13 @@ class CircuitBreaker:
             if self._on_change:
                 self._on_change(state)
 
+    def retry_in(self) -> float:
+        """Seconds until this breaker lets a call through again (0 when it would now)."""
+        with self._lock:
+            if self._state is not State.OPEN:
+                return 0.0
+            return max(0.0, self.reset_timeout - (self._clock() - self._opened_at))
+
     def allow(self) -> bool:
         """May a call go to this endpoint now?"""
         with self._lock:
@@ -86,6 +98,7 @@ class BreakerBoard:
     def __init__(self, failure_threshold: int, reset_timeout: float,
                  on_change: Callable[[str, State], None] | None = None) -> None:
         self._args = (failure_threshold, reset_timeout)
+        self.reset_timeout = reset_timeout
         self._on_change = on_change
         self._breakers: dict[str, CircuitBreaker] = {}
         self._lock = threading.Lock()

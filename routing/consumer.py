@@ -1,9 +1,19 @@
 """A RabbitMQ consumer with manual acks, bounded prefetch and a thread pool.
 
 The handler runs on a pool thread; its outcome is turned into an ack (or a requeue)
-on the connection's own thread through ``add_callback_threadsafe``. A handler that
-raises gets its message requeued; the queues' delivery limit dead-letters a message
-that keeps failing, so one poison message cannot block a queue forever.
+on the connection's own thread through ``add_callback_threadsafe``.
+
+What a failing handler does to its message depends on why it failed:
+
+* the journal is out of reach: the thread holds the message unacked and waits for the
+  journal (``JournalGate``), then runs the handler again; RabbitMQ counts nothing, so an
+  outage of any length never uses up the queue's delivery limit;
+* the worker is stopping: the message is left unacked, and the broker hands it out again;
+* anything else (a bug, a message the handler cannot digest): the failure is written to
+  the message's trail, and the message is requeued after a short pause that grows with
+  its delivery count. After ``POISON_DELIVERY_LIMIT`` deliveries RabbitMQ dead-letters it
+  to the poison queue, where the reconciler records it DEAD in the journal
+  (``routing.reconciler``), so it shows in the trail and ``replay`` finds it.
 """
 from __future__ import annotations
 
@@ -16,11 +26,33 @@ from typing import Callable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
+from gateway.journal import Journal
+from gateway.journal.store import unavailable
+from gateway.masking import mask_text
+from monitoring import metrics
 from routing.broker import BROKER_ERRORS, connect
+from routing.journal_gate import JournalGate, WorkerStopping
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[bytes, pika.BasicProperties], None]
+#: Told of a handler failure that is not the journal's: (message id, the error, its delivery count).
+FailureNote = Callable[[str, BaseException, int], None]
+
+
+def failure_in_trail(journal: Journal, actor: str) -> FailureNote:
+    """Note each handler failure in the message's trail, so the reconciler can name the last one."""
+
+    def note(message_id: str, exc: BaseException, count: int) -> None:
+        journal.record(message_id, "HANDLER_FAILED", actor,
+                       {"error": mask_text(f"{type(exc).__name__}: {exc}")[:500], "delivery": count + 1})
+
+    return note
+
+
+def delivery_count(props: pika.BasicProperties) -> int:
+    """How many times RabbitMQ handed this message out before (quorum queues count it in a header)."""
+    return int((props.headers or {}).get("x-delivery-count", 0))
 
 
 class Consumer:
@@ -33,6 +65,8 @@ class Consumer:
         prefetch: int,
         concurrency: int,
         on_connect: Callable[[BlockingChannel], None] | None = None,
+        gate: JournalGate | None = None,
+        on_failure: FailureNote | None = None,
     ) -> None:
         self.amqp_url = amqp_url
         self.name = name
@@ -40,8 +74,10 @@ class Consumer:
         self.handler = handler
         self.prefetch = prefetch
         self.on_connect = on_connect
+        self.gate = gate
+        self.on_failure = on_failure
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
-        self._stop = threading.Event()
+        self._stop = gate.stopping if gate is not None else threading.Event()
         self._conn: BlockingConnection | None = None
 
     def stop(self) -> None:
@@ -85,18 +121,50 @@ class Consumer:
 
     def _on_message(self, ch: BlockingChannel, method: pika.spec.Basic.Deliver,
                     props: pika.BasicProperties, body: bytes) -> None:
-        fut = self._pool.submit(self.handler, body, props)
+        fut = self._pool.submit(self._work, body, props)
         fut.add_done_callback(functools.partial(self._settle, ch, method.delivery_tag))
 
-    def _settle(self, ch: BlockingChannel, tag: int, fut: Future[None]) -> None:
-        exc = fut.exception()
-        if exc is not None:
-            log.error("%s: handler failed, message requeued: %r", self.name, exc, exc_info=exc)
+    def _work(self, body: bytes, props: pika.BasicProperties) -> bool | None:
+        """Run the handler; True: ack, False: requeue, None: leave unacked (the worker is stopping)."""
+        while True:
+            try:
+                self.handler(body, props)
+                return True
+            except WorkerStopping:
+                return None
+            except Exception as exc:  # noqa: BLE001 - every failure is settled one way or another
+                if self.gate is not None and unavailable(exc):
+                    try:
+                        self.gate.wait(exc)
+                    except WorkerStopping:
+                        return None
+                    continue  # the handler is an idempotent consumer: run it again from the start
+                return self._failed(props, exc)
+
+    def _failed(self, props: pika.BasicProperties, exc: BaseException) -> bool | None:
+        count = delivery_count(props)
+        metrics.HANDLER_FAILURES.labels(self.name).inc()
+        log.error("%s: handling %s failed (delivery %d): %s", self.name, props.message_id, count + 1,
+                  mask_text(repr(exc))[:500], exc_info=exc)
+        if self.on_failure is not None:
+            try:
+                self.on_failure(str(props.message_id), exc, count)
+            except Exception:  # noqa: BLE001 - a note that cannot be written must not change the outcome
+                log.warning("%s: could not note the failure of %s in its trail", self.name, props.message_id)
+        # A pause before the requeue, so a message that fails every time does not spin.
+        if self._stop.wait(min(0.1 * 2 ** count, 5.0)):
+            return None
+        return False
+
+    def _settle(self, ch: BlockingChannel, tag: int, fut: Future[bool | None]) -> None:
+        verdict = fut.result()
+        if verdict is None:
+            return  # stopping: the broker hands it out again once this connection closes
 
         def settle() -> None:
             if not ch.is_open:
                 return  # the broker will redeliver it on the new connection
-            if exc is None:
+            if verdict:
                 ch.basic_ack(tag)
             else:
                 ch.basic_nack(tag, requeue=True)

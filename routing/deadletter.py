@@ -15,6 +15,10 @@ from routing.broker import ThreadPublisher, properties
 from routing.topology import Topology
 
 
+#: Where a message can be when it is given up on; a message that moved on (delivered meanwhile) stays so.
+IN_TRANSIT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
+
+
 class DeadLetterChannel:
     def __init__(self, journal: Journal, topology: Topology, publisher: ThreadPublisher, actor: str) -> None:
         self.journal = journal
@@ -30,12 +34,12 @@ class DeadLetterChannel:
             "x-zl-channel": channel or "",
             "x-zl-attempts": attempts,
             "x-zl-failed-at": datetime.now(timezone.utc).isoformat(),
-            "x-zl-generation": rec.replays,
+            "x-zl-generation": rec.generation,
         }
         self.publisher.publish(self.topology.dead_exchange, "dead", body, properties(rec.message_id, headers))
         self.journal.record(
             rec.message_id, "DEAD", self.actor,
             {"reason": reason, "channel": channel, "attempts": attempts, "queue": self.topology.dead_queue},
-            status=Status.DEAD, last_error=reason[:2000],
+            status=Status.DEAD, only_from=IN_TRANSIT, last_error=reason[:2000],
         )
         metrics.DEAD.labels(route.name if route else "", rec.recipient).inc()

@@ -5,28 +5,33 @@ same policy, parks the message in the recipient's pull inbox, where GetRequest,
 GetResponse or ``GET /api/v1/inbox`` take it and an Ack makes it DELIVERED, or asks a
 federal registry and sends its answer back to the requester (``adapters.registries``).
 
-For each message it walks the route's channels in order (failover). On one channel:
-short waits between attempts run in process with tenacity; a wait longer than
-``delivery.in_process_max_delay`` parks the message in a delayed-retry queue, so a
-retry due in an hour survives a restart and does not hold a worker thread. A
-permanent failure (a 4xx other than 408/425/429) skips the retries and goes to the
-dead letter channel; a channel whose breaker is open is skipped without a call.
+For each message it walks the route's channels in order (failover), skipping those
+whose attempts are used up. On one channel, short waits between attempts run in
+process; a wait longer than ``delivery.in_process_max_delay`` parks the message in a
+delayed-retry queue, so a retry due in an hour survives a restart and holds no thread.
+A permanent failure (a 4xx other than 408/425/429) goes to the dead letter channel.
+
+Only the route's retry budget makes a message DEAD for failing: its attempts per
+channel, and its time budget (``retry.max_total_seconds`` from routing). A channel
+whose circuit breaker is open is skipped for the next one; when no channel is left
+but some were skipped, the message waits in a delayed-retry queue until a breaker
+lets a trial through, and its attempts stay unspent. What the message has used so far
+travels with each copy in its headers (``DeliveryProgress``).
 
 Redelivered messages are checked against the journal first (idempotent consumer):
-a message already DELIVERED or DEAD is dropped, and a message whose replay
-generation has moved on is a stale copy and is dropped too.
+a message already DELIVERED or DEAD is dropped, and a copy whose generation is not
+the message's (it was replayed or swept since) is stale and is dropped too.
 """
 from __future__ import annotations
 
-import enum
 import logging
 import os
 import threading
-from typing import Any
+import time
+from typing import Any, Callable
 
 import httpx
 import pika
-from tenacity import RetryCallState, Retrying, retry_if_result
 
 from adapters.intake import Intake
 from adapters.registries.channel import RegistryChannel
@@ -41,26 +46,24 @@ from monitoring import metrics
 from routing.breaker import BreakerBoard, State
 from routing.broker import ThreadPublisher, properties
 from routing.deadletter import DeadLetterChannel
+from routing.delivery_progress import DeliveryProgress
+from routing.journal_gate import JournalGate, WorkerStopping
 from routing.topology import Topology
 
 log = logging.getLogger(__name__)
 
-DELIVERABLE = (Status.ACCEPTED.value, Status.PUBLISHED.value, Status.ROUTED.value, Status.RETRYING.value)
+DELIVERABLE = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
+_DELIVERABLE_VALUES = frozenset(s.value for s in DELIVERABLE)
+CIRCUIT_OPEN = "circuit open"
 
-
-class WorkerStopping(Exception):
-    """Raised out of a retry wait on shutdown; the message is left unacked for redelivery."""
-
-
-class Outcome(enum.Enum):
-    DONE = "done"          # delivered or dead-lettered
-    PARKED = "parked"      # waiting in a delayed-retry queue
-    EXHAUSTED = "exhausted"  # this channel is used up: fail over
+#: One call on a channel: (channel, the signed envelope, the message, attempt number) → outcome.
+ChannelCall = Callable[[Channel, bytes, MessageRecord, int], PushResult]
 
 
 class DeliveryWorker:
     def __init__(self, config: GatewayConfig, journal: Journal, topology: Topology,
-                 publisher: ThreadPublisher, dead: DeadLetterChannel, keyring: KeyRing | None = None) -> None:
+                 publisher: ThreadPublisher, dead: DeadLetterChannel, keyring: KeyRing | None = None,
+                 call: ChannelCall | None = None, gate: JournalGate | None = None) -> None:
         s = config.settings
         self.keyring = keyring or KeyRing()
         self.config = config
@@ -70,27 +73,40 @@ class DeliveryWorker:
         self.dead = dead
         self.actor = f"delivery-worker:{os.getpid()}"
         self.in_process_max_delay = s.delivery.in_process_max_delay
-        self.client = httpx.Client(timeout=s.delivery.timeout_seconds, follow_redirects=False,
-                                   limits=httpx.Limits(max_connections=64))
         self.breakers = BreakerBoard(s.circuit_breaker.failure_threshold, s.circuit_breaker.reset_timeout_seconds,
                                      on_change=self._breaker_changed)
-        self.soap = SoapPusher(s.delivery.timeout_seconds)
         self.inbox = Inbox(journal)
+        self.gate = gate or JournalGate(journal, threading.Event(), "delivery")
+        self._stopping = self.gate.stopping
+        self.client: httpx.Client | None = None
+        self.soap: SoapPusher | None = None
         self.registries: RegistryChannel | None = None
-        if any(c.mode == "registry" for r in config.routes for c in r.channels):
-            intake = Intake(AcceptPipeline(config, journal, self.keyring), journal)
-            self.registries = RegistryChannel(config, journal, intake, self.keyring, s.delivery.timeout_seconds)
+        self._call = call or self._open_channels(s.delivery.timeout_seconds)
         self._routes = {r.name: r for r in config.routes}
-        self._stopping = threading.Event()
+
+    def _open_channels(self, timeout: float) -> ChannelCall:
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=64))
+        self.soap = SoapPusher(timeout)
+        if any(c.mode == "registry" for r in self.config.routes for c in r.channels):
+            intake = Intake(AcceptPipeline(self.config, self.journal, self.keyring), self.journal)
+            self.registries = RegistryChannel(self.config, self.journal, intake, self.keyring, timeout)
+        return self._call_channel
+
+    def _call_channel(self, channel: Channel, signed: bytes, rec: MessageRecord, attempt: int) -> PushResult:
+        if channel.mode == "soap" and self.soap is not None:
+            return self.soap.push(channel, signed, rec.message_id, attempt)
+        if channel.mode == "registry" and self.registries is not None:
+            return self.registries.deliver(channel, rec)
+        assert self.client is not None and channel.url is not None
+        return push(self.client, channel.url, signed, rec.message_id, channel.format, attempt)
 
     def stop(self) -> None:
         self._stopping.set()
 
     def close(self) -> None:
-        self.client.close()
-        self.soap.close()
-        if self.registries is not None:
-            self.registries.close()
+        for closable in (self.client, self.soap, self.registries):
+            if closable is not None:
+                closable.close()
 
     @staticmethod
     def _breaker_changed(key: str, state: State) -> None:
@@ -103,133 +119,143 @@ class DeliveryWorker:
     def handle(self, body: bytes, props: pika.BasicProperties) -> None:
         h: dict[str, Any] = props.headers or {}
         rec = self.journal.get(props.message_id)
-        if rec is None or rec.status not in DELIVERABLE or int(h.get("x-zl-generation", 0)) != rec.replays:
-            return
         route = self._routes.get(str(h.get("x-zl-route", "")))
-        if route is None:
-            self.dead.send(body, rec, route=None, reason=f"route {h.get('x-zl-route')!r} no longer configured",
-                           channel=None, attempts=rec.attempts)
+        progress = DeliveryProgress.from_headers(h, route)
+        if rec is None or rec.status not in _DELIVERABLE_VALUES or progress.generation != rec.generation:
             return
-        index, attempt = int(h.get("x-zl-channel", 0)), int(h.get("x-zl-attempt", 1))
-        attempts = rec.attempts
+        if route is None:
+            self._dead(body, rec, None, None, f"route {progress.route!r} no longer configured", progress)
+            return
+        budget = route.retry.max_total_seconds
+        if budget is not None and time.time() - progress.since > budget:
+            self._dead(body, rec, route, None, f"the route's time budget of {budget:g} s is used up; "
+                       f"last: {rec.last_error or 'no attempt made'}", progress)
+            return
         # A registry channel sends the registry a query, not the envelope: nothing there to sign.
-        pushes = any(c.mode in ("rest", "soap") for c in route.channels[index:])
+        pushes = any(c.mode in ("rest", "soap") for c in route.channels)
         signed = self.keyring.sign_envelope(body) if pushes else body
-        last = "no channel tried"
-        while index < len(route.channels):
-            channel = route.channels[index]
-            outcome, attempts, last = self._deliver_on(body, signed, rec, route, index, attempt, attempts)
-            if outcome is not Outcome.EXHAUSTED:
-                return
-            index, attempt = index + 1, 1
-            if index < len(route.channels):
-                nxt = route.channels[index].name
-                self.journal.record(rec.message_id, "FAILOVER", self.actor,
-                                    {"from": channel.name, "to": nxt, "reason": last})
-                metrics.FAILOVERS.labels(route.name, "circuit_open" if last == "circuit open" else "exhausted").inc()
-        self.dead.send(body, rec, route=route, reason=f"all channels failed; last: {last}",
-                       channel=route.channels[-1].name, attempts=attempts)
+        self._walk(body, signed, rec, route, progress)
 
-    def _deliver_on(self, body: bytes, signed: bytes, rec: MessageRecord, route: Route, index: int,
-                    first_attempt: int, attempts: int) -> tuple[Outcome, int, str]:
-        """Try one channel with ``signed`` (the body with the gateway's signature); returns the outcome,
-        the message's attempt count and the last error. ``body`` is what parks or dead-letters."""
+    def _walk(self, body: bytes, signed: bytes, rec: MessageRecord, route: Route, progress: DeliveryProgress) -> None:
+        """Try the channels in failover order until one delivers, parks the message, or none is left."""
+        waits: list[float] = []  # for each channel skipped because its breaker is open: seconds to its trial
+        previous: Channel | None = None
+        for index, channel in enumerate(route.channels):
+            if progress.tries[index] >= route.retry.attempts:
+                continue
+            if previous is not None:
+                self.journal.record(rec.message_id, "FAILOVER", self.actor,
+                                    {"from": previous.name, "to": channel.name, "reason": progress.last_error})
+                metrics.FAILOVERS.labels(route.name, "circuit_open" if progress.last_error == CIRCUIT_OPEN
+                                         else "exhausted").inc()
+            previous = channel
+            if channel.mode == "pull":
+                self.inbox.park(rec, self.actor, channel.name)
+                return
+            breaker = self.breakers.get(f"{route.recipient}/{channel.name}")
+            if not breaker.allow():
+                waits.append(breaker.retry_in())
+                progress.last_error = CIRCUIT_OPEN
+                self.journal.record(rec.message_id, "CIRCUIT_OPEN", self.actor,
+                                    {"channel": channel.name, "trial_in_s": round(waits[-1], 1)})
+                continue
+            if self._on_channel(body, signed, rec, route, index, progress):
+                return
+        if waits:
+            self._wait_for_breaker(body, rec, route, progress, min(waits))
+        else:
+            self._dead(body, rec, route, route.channels[-1], f"all channels failed; last: {progress.last_error}",
+                       progress)
+
+    def _on_channel(self, body: bytes, signed: bytes, rec: MessageRecord, route: Route, index: int,
+                    progress: DeliveryProgress) -> bool:
+        """Attempt one channel, retrying in process while the waits are short.
+
+        True when the message is settled here: delivered, dead-lettered or parked for a
+        later retry; False when the channel is used up or its breaker opened (fail over).
+        """
         channel = route.channels[index]
         breaker = self.breakers.get(f"{route.recipient}/{channel.name}")
-        delays: dict[int, float] = {}
-        state = {"attempts": attempts, "attempt": first_attempt}
-
-        def next_delay(rs: RetryCallState) -> float:
-            n = first_attempt + rs.attempt_number - 1
-            if n not in delays:
-                result: PushResult = rs.outcome.result()
-                delays[n] = max(route.retry.delay(n), result.retry_after or 0.0)
-            return delays[n]
-
-        def stop(rs: RetryCallState) -> bool:
-            n = first_attempt + rs.attempt_number - 1
-            return n >= route.retry.attempts or next_delay(rs) > self.in_process_max_delay
-
-        def before_sleep(rs: RetryCallState) -> None:
-            n = first_attempt + rs.attempt_number - 1
-            self.journal.record(rec.message_id, "RETRY_SCHEDULED", self.actor,
-                                {"channel": channel.name, "next_attempt": n + 1, "delay_s": round(delays[n], 3),
-                                 "mode": "in-process"}, status=Status.RETRYING, only_from=DELIVERABLE)
-            metrics.RETRIES.labels(route.recipient, "in_process").inc()
-
-        def sleep(seconds: float) -> None:
-            if self._stopping.wait(seconds):
-                raise WorkerStopping()
-
-        def attempt_once() -> PushResult:
-            if not breaker.allow():
-                return PushResult(False, True, "circuit open")
-            n = state["attempt"]
-            state["attempt"] += 1
-            state["attempts"] += 1
-            if channel.mode == "soap":
-                res = self.soap.push(channel, signed, rec.message_id, n)
-            elif channel.mode == "registry" and self.registries is not None:
-                res = self.registries.deliver(channel, rec)
-            else:
-                res = push(self.client, channel.url, signed, rec.message_id, channel.format, n)
+        while True:
+            progress.tries[index] += 1
+            attempt = progress.tries[index]
+            res = self._call(channel, signed, rec, attempt)
             if res.delivered or not res.retryable:
                 breaker.success()
             else:
                 breaker.failure()
-            if not res.delivered:
-                outcome = "retryable" if res.retryable else "permanent"
-                metrics.DELIVERY_FAILURES.labels(route.recipient, channel.name, outcome).inc()
-                self.journal.record(rec.message_id, "DELIVERY_FAILED", self.actor,
-                                    {"channel": channel.name, "attempt": n, "error": res.detail, "outcome": outcome},
-                                    attempts=state["attempts"])
-            return res
+            if res.delivered:
+                self._delivered(rec, route, channel, progress)
+                return True
+            outcome = "retryable" if res.retryable else "permanent"
+            metrics.DELIVERY_FAILURES.labels(route.recipient, channel.name, outcome).inc()
+            self.journal.record(rec.message_id, "DELIVERY_FAILED", self.actor,
+                                {"channel": channel.name, "attempt": attempt, "error": res.detail, "outcome": outcome},
+                                attempts=progress.attempts, last_error=res.detail[:2000])
+            progress.last_error = res.detail
+            if not res.retryable:
+                self._dead(body, rec, route, channel, f"permanent failure: {res.detail}", progress)
+                return True
+            if attempt >= route.retry.attempts:
+                return False
+            delay = max(route.retry.delay(attempt), res.retry_after or 0.0)
+            if delay > self.in_process_max_delay:
+                self._park(body, rec, route, progress, delay, "RETRY_SCHEDULED",
+                           {"channel": channel.name, "next_attempt": attempt + 1})
+                return True
+            self.journal.record(rec.message_id, "RETRY_SCHEDULED", self.actor,
+                                {"channel": channel.name, "next_attempt": attempt + 1, "delay_s": round(delay, 3),
+                                 "mode": "in-process"}, status=Status.RETRYING, only_from=DELIVERABLE)
+            metrics.RETRIES.labels(route.recipient, "in_process").inc()
+            if self._stopping.wait(delay):
+                raise WorkerStopping()
+            if not breaker.allow():
+                progress.last_error = CIRCUIT_OPEN
+                return False
 
-        if channel.mode == "pull":
-            self.inbox.park(rec, self.actor, channel.name)
-            return Outcome.DONE, attempts, "parked for pickup"
-        res: PushResult = Retrying(
-            retry=retry_if_result(lambda r: not r.delivered and r.retryable and r.detail != "circuit open"),
-            stop=stop,
-            wait=next_delay,
-            before_sleep=before_sleep,
-            sleep=sleep,
-            retry_error_callback=lambda rs: rs.outcome.result(),
-            reraise=True,
-        )(attempt_once)
-        attempts = state["attempts"]
-        if res.delivered:
-            self._delivered(rec, route, channel, attempts)
-            return Outcome.DONE, attempts, res.detail
-        if not res.retryable:
-            return self._dead(body, rec, route, channel, f"permanent failure: {res.detail}", attempts)
-        done = state["attempt"] - 1  # the channel attempt that just failed
-        if res.detail == "circuit open" or done >= route.retry.attempts:
-            if res.detail == "circuit open":
-                self.journal.record(rec.message_id, "CIRCUIT_OPEN", self.actor, {"channel": channel.name})
-            return Outcome.EXHAUSTED, attempts, res.detail
-        delay = delays.get(done) or route.retry.delay(done)
+    def _wait_for_breaker(self, body: bytes, rec: MessageRecord, route: Route, progress: DeliveryProgress,
+                          retry_in: float) -> None:
+        """Every channel left has an open breaker: wait for the first trial, spending no attempt.
+
+        Waits in a row grow (up to the route's max_delay) so that a long outage does not
+        churn thousands of parked messages through the broker every reset timeout.
+        """
+        spaced = min(route.retry.max_delay, self.breakers.reset_timeout * 2 ** progress.waits)
+        delay = max(retry_in, spaced, 0.001)
+        progress.waits += 1
+        metrics.CIRCUIT_WAITS.labels(route.recipient).inc()
+        self._park(body, rec, route, progress, delay, "RETRY_SCHEDULED",
+                   {"reason": CIRCUIT_OPEN, "wait": progress.waits,
+                    "channels": [c.name for i, c in enumerate(route.channels)
+                                 if progress.tries[i] < route.retry.attempts]})
+
+    def _park(self, body: bytes, rec: MessageRecord, route: Route, progress: DeliveryProgress, delay: float,
+              kind: str, detail: dict[str, Any]) -> None:
+        """Hand the message to a delayed-retry queue; it comes back to a delivery worker after ``delay``."""
+        budget = route.retry.max_total_seconds
+        if budget is not None:  # wake no later than the budget's end, to be declared dead on time
+            delay = min(delay, max(0.0, progress.since + budget - time.time()) + 1.0)
         bucket = self.topology.retry_bucket(delay)
-        headers = {"x-zl-route": route.name, "x-zl-channel": index, "x-zl-attempt": done + 1,
-                   "x-zl-generation": rec.replays}
+        if detail.get("reason") != CIRCUIT_OPEN:
+            progress.waits = 0
         self.publisher.publish(self.topology.retry_exchange(bucket), route.recipient, body,
-                               properties(rec.message_id, headers))
-        self.journal.record(rec.message_id, "RETRY_SCHEDULED", self.actor,
-                            {"channel": channel.name, "next_attempt": done + 1, "delay_s": bucket, "mode": "queued",
-                             "queue": self.topology.retry_queue(bucket)},
+                               properties(rec.message_id, progress.headers()))
+        self.journal.record(rec.message_id, kind, self.actor,
+                            {**detail, "delay_s": bucket, "mode": "queued", "queue": self.topology.retry_queue(bucket)},
                             status=Status.RETRYING, only_from=DELIVERABLE)
         metrics.RETRIES.labels(route.recipient, "queued").inc()
-        return Outcome.PARKED, attempts, res.detail
 
-    def _delivered(self, rec: MessageRecord, route: Route, channel: Channel, attempts: int) -> None:
-        self.journal.record(rec.message_id, "DELIVERED", self.actor, {"channel": channel.name, "url": channel.url},
-                            status=Status.DELIVERED, only_from=DELIVERABLE, channel=channel.name, attempts=attempts)
+    def _delivered(self, rec: MessageRecord, route: Route, channel: Channel, progress: DeliveryProgress) -> None:
+        # The recipient has it: wait out a journal outage here rather than deliver it again later.
+        self.gate.until_written(lambda: self.journal.record(
+            rec.message_id, "DELIVERED", self.actor, {"channel": channel.name, "url": channel.url},
+            status=Status.DELIVERED, only_from=DELIVERABLE, channel=channel.name, attempts=progress.attempts))
         metrics.DELIVERED.labels(route.name, route.recipient, channel.name).inc()
-        done = self.journal.get(rec.message_id)
-        if done is not None and done.delivered_at is not None:
-            metrics.LATENCY.labels(route.name).observe((done.delivered_at - rec.created_at).total_seconds())
+        metrics.LATENCY.labels(route.name).observe(
+            max(0.0, time.time() - rec.created_at.timestamp()))
 
-    def _dead(self, body: bytes, rec: MessageRecord, route: Route, channel: Channel, reason: str,
-              attempts: int) -> tuple[Outcome, int, str]:
-        self.dead.send(body, rec, route=route, reason=reason, channel=channel.name, attempts=attempts)
-        return Outcome.DONE, attempts, reason
+    def _dead(self, body: bytes, rec: MessageRecord, route: Route | None, channel: Channel | None, reason: str,
+              progress: DeliveryProgress) -> None:
+        self.gate.until_written(lambda: self.dead.send(
+            body, rec, route=route, reason=reason, channel=channel.name if channel else None,
+            attempts=progress.attempts))

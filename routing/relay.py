@@ -74,7 +74,9 @@ class OutboxRelay:
         if not batch:
             return 0
         published = self.publisher.publish_batch(
-            self.topology.ingress_exchange, [Outgoing(message_id, "route", body) for message_id, body in batch]
+            self.topology.ingress_exchange,
+            [Outgoing(message_id, "route", body, {"x-zl-generation": generation})
+             for message_id, body, generation in batch],
         )
         if published:
             self.journal.mark_published(published, ACTOR)

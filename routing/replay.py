@@ -8,6 +8,7 @@ removed so that the queue keeps showing only what is still dead.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, Iterator
 
 from gateway.journal import Journal, Status
 from routing.broker import BROKER_ERRORS, connect
@@ -21,29 +22,30 @@ class ReplayResult:
     reason: str
 
 
-def replay(journal: Journal, message_ids: list[str], actor: str = "operator") -> list[ReplayResult]:
-    results = []
+def replay(journal: Journal, message_ids: Iterable[str], actor: str = "operator") -> Iterator[ReplayResult]:
+    """Replay each message in turn, yielding as it goes, so any number can be replayed."""
     for mid in message_ids:
         rec = journal.get(mid)
         if rec is None:
-            results.append(ReplayResult(mid, False, "no such message"))
+            yield ReplayResult(mid, False, "no such message")
         elif journal.replay(mid, actor):
-            results.append(ReplayResult(mid, True, f"was {rec.status}: {rec.last_error or ''}".strip()))
+            yield ReplayResult(mid, True, f"was {rec.status}: {rec.last_error or ''}".strip())
         else:
-            results.append(ReplayResult(mid, False, f"status is {rec.status}; only DEAD or FAILED can be replayed"))
-    return results
+            yield ReplayResult(mid, False, f"status is {rec.status}; only DEAD or FAILED can be replayed")
 
 
-def dead_ids(journal: Journal) -> list[str]:
+def dead_ids(journal: Journal) -> Iterator[str]:
+    """Every DEAD message, however many: read from the journal a page at a time."""
     return journal.with_status(Status.DEAD)
 
 
-def drop_from_dead_queue(amqp_url: str, topology: Topology, message_ids: set[str]) -> int:
-    """Remove the dead-queue copies of these messages; every other entry stays, in order.
+def prune_dead_queue(amqp_url: str, topology: Topology, journal: Journal, page: int = 500) -> int:
+    """Remove the dead-queue copies of messages that are no longer DEAD in that round; the rest stay, in order.
 
-    Entries are taken without ack: the wanted ones are acked, the rest go back to the
-    queue when the channel closes. Returns how many were removed; 0 if the broker is down
-    (the stale copies are harmless: delivery drops a copy whose replay generation is old).
+    Entries are taken without ack and looked up in the journal a page at a time: the
+    ones whose message was replayed (or delivered since) are acked, the rest go back
+    to the queue when the channel closes. Returns how many were removed; 0 if the
+    broker is down (stale copies are harmless: delivery drops a copy of an old generation).
     """
     removed = 0
     try:
@@ -53,12 +55,23 @@ def drop_from_dead_queue(amqp_url: str, topology: Topology, message_ids: set[str
     try:
         ch = conn.channel()
         while True:
-            method, props, _body = ch.basic_get(topology.dead_queue, auto_ack=False)
-            if method is None:
+            held = []
+            for _ in range(page):
+                method, props, _body = ch.basic_get(topology.dead_queue, auto_ack=False)
+                if method is None:
+                    break
+                held.append((method.delivery_tag, props))
+            if not held:
                 break
-            if props.message_id in message_ids:
-                ch.basic_ack(method.delivery_tag)
-                removed += 1
+            records = journal.get_many([str(p.message_id) for _, p in held])
+            for tag, props in held:
+                rec = records.get(str(props.message_id))
+                generation = int((props.headers or {}).get("x-zl-generation", -1))
+                if rec is None or rec.status != Status.DEAD.value or generation != rec.generation:
+                    ch.basic_ack(tag)
+                    removed += 1
+            if len(held) < page:
+                break
         ch.basic_recover(requeue=True)
     finally:
         conn.close()

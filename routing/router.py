@@ -24,6 +24,7 @@ from gateway.xmlsafe import parse_xml
 from monitoring import metrics
 from routing.batching import GroupExecutor, ItemFailed
 from routing.deadletter import DeadLetterChannel
+from routing.delivery_progress import routed_headers
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology
 
@@ -66,6 +67,8 @@ class Router:
             rec = records.get(props.message_id)
             if rec is None or rec.status not in _ROUTABLE_VALUES or props.message_id in routes:
                 continue  # a repeat from the relay or a redelivery: the journal shows it has moved on
+            if int((props.headers or {}).get("x-zl-generation", rec.generation)) != rec.generation:
+                continue  # a copy from before a replay or a sweep; the current round has its own copy
             try:
                 env = Envelope.from_element(parse_xml(body))
                 route = self.config.resolve_route(env.sender, env.message_type, env.recipient, env.payload)
@@ -78,12 +81,11 @@ class Router:
                 results[-1] = ItemFailed(exc)
                 continue
             routes[rec.message_id] = route.name
-            headers = {"x-zl-route": route.name, "x-zl-channel": 0, "x-zl-attempt": 1,
-                       "x-zl-generation": rec.replays}
-            outgoing.append(Outgoing(rec.message_id, env.recipient, body, headers))
+            outgoing.append(Outgoing(rec.message_id, env.recipient, body, routed_headers(route, rec.generation)))
+            # The delivery worker may record DELIVERED before this lands: keep ROUTED in the trail anyway.
             changes.append(Change(rec.message_id, "ROUTED", ACTOR,
                                   {"route": route.name, "channels": [c.name for c in route.channels]},
-                                  Status.ROUTED, ROUTABLE, {"route": route.name}))
+                                  Status.ROUTED, ROUTABLE, {"route": route.name}, even_if_late=True))
         confirmed = set(self.publisher.publish_batch(self.topology.deliver_exchange, outgoing))
         self.journal.record_many([c for c in changes if c.message_id in confirmed])
         for mid in confirmed:

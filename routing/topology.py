@@ -2,7 +2,8 @@
 
     {p}.ingress ──"route"──▶ {p}.route ──router──▶ {p}.deliver ──<recipient>──▶ {p}.deliver.<recipient>
     {p}.retry.<n>s ──(fanout)──▶ {p}.retry.<n>s  (TTL n seconds, dead-letters back to {p}.deliver)
-    {p}.dead  ──"dead"──▶ {p}.dead        (the dead letter channel; also catches poison messages)
+    {p}.dead  ──"dead"──▶ {p}.dead        (the dead letter channel: what the gateway gave up on)
+    {p}.dead  ──"poison"──▶ {p}.poison    (what RabbitMQ dead-lettered by itself: the delivery limit)
 
 All queues are quorum queues: replicated, durable, and dead-lettering at-least-once,
 so a retry parked for an hour survives a broker restart. Retry delays are rounded up
@@ -10,6 +11,11 @@ to the next bucket because a queue-level TTL is the only expiry RabbitMQ applies
 A retry is published to its bucket's fanout exchange with the recipient as routing key;
 on expiry the broker dead-letters it with that same key, which is what {p}.deliver
 routes on, so each bucket needs its own exchange rather than one keyed by bucket.
+
+A message that RabbitMQ dead-letters by itself (a handler failed on it
+``POISON_DELIVERY_LIMIT`` times) lands in {p}.poison, not in the dead letter channel:
+the journal does not know of it yet. The reconciler records it DEAD with the reason and
+only then moves it into {p}.dead, so the queue and the journal never disagree for long.
 """
 from __future__ import annotations
 
@@ -17,12 +23,17 @@ import bisect
 from dataclasses import dataclass
 from typing import Iterable
 
+import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 #: Delayed-retry buckets in seconds. A delay is rounded up to the next bucket.
 RETRY_BUCKETS: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 #: A message redelivered this many times (a worker crashing on it) is dead-lettered by the broker.
 POISON_DELIVERY_LIMIT = 20
+
+
+class TopologyMismatch(RuntimeError):
+    """A queue exists with other arguments than this version declares (an older gateway made it)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +69,10 @@ class Topology:
     def dead_queue(self) -> str:
         return f"{self.prefix}.dead"
 
+    @property
+    def poison_queue(self) -> str:
+        return f"{self.prefix}.poison"
+
     @staticmethod
     def retry_bucket(delay: float) -> int:
         i = bisect.bisect_left(RETRY_BUCKETS, delay)
@@ -69,6 +84,7 @@ class Topology:
             *(self.deliver_queue(r) for r in sorted(set(recipients))),
             *(self.retry_queue(b) for b in RETRY_BUCKETS),
             self.dead_queue,
+            self.poison_queue,
         ]
 
     def all_exchanges(self) -> list[str]:
@@ -77,11 +93,22 @@ class Topology:
 
     def declare(self, ch: BlockingChannel, recipients: Iterable[str]) -> None:
         """Idempotently declare everything; safe to call from every process at start."""
+        try:
+            self._declare(ch, recipients)
+        except pika.exceptions.ChannelClosedByBroker as exc:
+            if exc.reply_code != 406:
+                raise
+            raise TopologyMismatch(
+                f"RabbitMQ refused the topology: {exc.reply_text}. A queue of prefix {self.prefix!r} was declared "
+                "by an earlier version with other arguments; move its messages off and delete it "
+                "(rabbitmqctl delete_queue NAME), or start with another broker.prefix") from None
+
+    def _declare(self, ch: BlockingChannel, recipients: Iterable[str]) -> None:
         poison_dlx = {
             "x-queue-type": "quorum",
             "x-delivery-limit": POISON_DELIVERY_LIMIT,
             "x-dead-letter-exchange": self.dead_exchange,
-            "x-dead-letter-routing-key": "dead",
+            "x-dead-letter-routing-key": "poison",
             "x-dead-letter-strategy": "at-least-once",
             "x-overflow": "reject-publish",
         }
@@ -89,6 +116,8 @@ class Topology:
             ch.exchange_declare(name, exchange_type="direct", durable=True)
         ch.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
         ch.queue_bind(self.dead_queue, self.dead_exchange, routing_key="dead")
+        ch.queue_declare(self.poison_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_bind(self.poison_queue, self.dead_exchange, routing_key="poison")
         ch.queue_declare(self.route_queue, durable=True, arguments=poison_dlx)
         ch.queue_bind(self.route_queue, self.ingress_exchange, routing_key="route")
         for r in sorted(set(recipients)):

@@ -17,9 +17,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, insert, or_, select, update
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gateway.journal.store import Journal, Status, utcnow
+from gateway.journal.store import Journal, SideWrite, Status, utcnow
 from gateway.journal.tables import messages, registry_cache, registry_requests
 
 
@@ -50,16 +51,17 @@ class RegistryRequests:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    def open(self, message_id: str, requester: str, registry: str, message_type: str, accepted_at: datetime,
-             deadline_seconds: float) -> None:
-        """Start the clock on a request; opening it again (a redelivery, a repeat) changes nothing."""
-        try:
-            with self.journal.engine.begin() as conn:
-                conn.execute(insert(registry_requests).values(
-                    message_id=message_id, requester=requester, registry=registry, message_type=message_type,
-                    accepted_at=accepted_at, deadline_at=accepted_at + timedelta(seconds=deadline_seconds)))
-        except IntegrityError:
-            pass
+    @staticmethod
+    def open_write(message_id: str, requester: str, registry: str, message_type: str,
+                   deadline_seconds: float) -> SideWrite:
+        """Start the clock on a request, in the transaction that accepts it (the deadline counts from then)."""
+
+        def write(conn: Connection, accepted_at: datetime) -> None:
+            conn.execute(insert(registry_requests).values(
+                message_id=message_id, requester=requester, registry=registry, message_type=message_type,
+                accepted_at=accepted_at, deadline_at=accepted_at + timedelta(seconds=deadline_seconds)))
+
+        return write
 
     def get(self, message_id: str) -> PendingRequest | None:
         with self.journal.engine.connect() as conn:

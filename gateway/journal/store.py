@@ -3,6 +3,11 @@
 Each status change is one transaction that updates the message row and appends an
 event whose hash covers the previous event of the same message, so a trail edited
 after the fact no longer verifies (``Journal.verify_trail``).
+
+The journal is the only truth about a message. Its database can be briefly out of
+reach (a failover, a network blip): ``unavailable(exc)`` tells those errors apart
+from bugs, so that a worker waits for the journal instead of letting RabbitMQ count
+the failures and dead-letter messages behind the journal's back.
 """
 from __future__ import annotations
 
@@ -12,11 +17,11 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, Iterator, NamedTuple, Sequence
 
-from sqlalchemy import create_engine, event, func, insert, select, update
+from sqlalchemy import create_engine, event, func, insert, select, tuple_, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, InterfaceError, OperationalError
 
 from gateway import errors
 from gateway.envelope import Envelope
@@ -42,6 +47,22 @@ class Status(str, enum.Enum):
 
 #: Statuses from which a message still has somewhere to go.
 IN_FLIGHT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING, Status.AWAITING_PICKUP)
+
+#: Writes that belong to accepting a message (a service record, a registry deadline …): run inside
+#: the accept transaction with its connection and time, so a crash cannot keep one without the other.
+SideWrite = Callable[[Connection, datetime], None]
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Is this the journal's database being out of reach (or busy), rather than a bug?
+
+    Connection refused or dropped, a server shutting down, SQLite's lock wait running
+    out: all surface as OperationalError or InterfaceError, or as a DBAPIError that
+    invalidated its connection. Retrying later is the answer to each of them.
+    """
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
 @dataclass(frozen=True)
@@ -73,10 +94,17 @@ class MessageRecord:
     attempts: int
     replays: int
     last_error: str | None
+    generation: int = 0
 
 
 class Change(NamedTuple):
-    """One journal change: an event, and optionally a status move guarded by ``only_from``."""
+    """One journal change: an event, and optionally a status move guarded by ``only_from``.
+
+    ``even_if_late``: when ``only_from`` does not hold because the message has already
+    moved on (the delivery worker's DELIVERED landed before the router's ROUTED), the
+    event is still appended — with the status the message has, which it does not move
+    back — so the trail shows every stage the message went through.
+    """
 
     message_id: str
     kind: str
@@ -85,6 +113,7 @@ class Change(NamedTuple):
     status: Status | None = None
     only_from: tuple[Status, ...] | None = None
     columns: dict[str, Any] = {}
+    even_if_late: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,6 +149,13 @@ def _event_row(prev: str, message_id: str, at: datetime, status: str, kind: str,
     """An events row chained to ``prev``: its hash covers every field and the previous hash."""
     return dict(message_id=message_id, at=at, status=status, kind=kind, actor=actor, detail=detail_text,
                 prev_hash=prev, hash=_event_hash(prev, message_id, at, status, kind, actor, detail_text))
+
+
+def _record(row: Any) -> MessageRecord:
+    data = row._asdict()
+    for key in ("created_at", "updated_at", "delivered_at"):
+        data[key] = _aware(data[key])
+    return MessageRecord(**data)
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -205,24 +241,29 @@ class Journal:
             rows = []
             for c in changes:
                 status_now = current.get(c.message_id)
-                if status_now is None or (
-                    c.only_from is not None and status_now not in {Status(s).value for s in c.only_from}
-                ):
+                guard_holds = status_now is not None and (
+                    c.only_from is None or status_now in {Status(s).value for s in c.only_from})
+                if not guard_holds:
                     results.append(False)
-                    continue
-                new_status = c.status.value if c.status else status_now
-                values: dict[str, Any] = {"updated_at": now, **c.columns}
-                if c.status:
-                    values["status"] = new_status
-                if c.status == Status.DELIVERED:
-                    values["delivered_at"] = now
-                conn.execute(update(messages).where(messages.c.message_id == c.message_id).values(**values))
-                current[c.message_id] = new_status
+                    if status_now is None or not c.even_if_late:
+                        continue
+                    detail: dict[str, Any] = {**c.detail, "late": True}
+                    new_status = status_now
+                else:
+                    detail = c.detail
+                    new_status = c.status.value if c.status else status_now
+                    values: dict[str, Any] = {"updated_at": now, **c.columns}
+                    if c.status:
+                        values["status"] = new_status
+                    if c.status == Status.DELIVERED:
+                        values["delivered_at"] = now
+                    conn.execute(update(messages).where(messages.c.message_id == c.message_id).values(**values))
+                    current[c.message_id] = new_status
+                    results.append(True)
                 row = _event_row(heads.get(c.message_id, GENESIS), c.message_id, now, new_status, c.kind, c.actor,
-                                 _detail_text(c.detail))
+                                 _detail_text(detail))
                 rows.append(row)
                 heads[c.message_id] = row["hash"]
-                results.append(True)
             if rows:
                 conn.execute(insert(events), rows)
         return results
@@ -260,12 +301,16 @@ class Journal:
     # ---- accept ---------------------------------------------------------
 
     def accept(self, env: Envelope, *, source: str, actor: str, route: str | None,
-               evidence: dict[str, str] | None = None, warnings: Sequence[str] = ()) -> AcceptOutcome:
+               evidence: dict[str, str] | None = None, warnings: Sequence[str] = (),
+               side_writes: Sequence[SideWrite] = ()) -> AcceptOutcome:
         """Journal an accepted message, or recognise a repeat of one (idempotent receiver).
 
         The same MessageID with the same canonical data is a repeat and gets the first
         answer; with other data it is refused. A MessageID whose earlier message was
-        REJECTED may be sent again, corrected.
+        REJECTED may be sent again, corrected. ``side_writes`` run in the same
+        transaction as the message row and its first event, and only for a first
+        acceptance: a repeat must not write them twice, and a crash must not leave the
+        message without them (its resend would be taken as a duplicate).
         """
         now = utcnow()
         row = dict(
@@ -292,14 +337,22 @@ class Journal:
             with self.engine.begin() as conn:
                 conn.execute(insert(messages).values(**row))
                 self._append_event(conn, env.message_id, Status.ACCEPTED.value, "ACCEPTED", actor, detail, now)
+                for write in side_writes:
+                    write(conn, now)
             return AcceptOutcome(env.message_id, Status.ACCEPTED.value, duplicate=False)
         except IntegrityError:
+            # Either the MessageID is taken (handled below) or a side write broke a constraint;
+            # the second raises again below if the message row turns out not to exist.
             pass
         with self.engine.begin() as conn:
             self._lock_chains(conn, [env.message_id])
             existing = conn.execute(
                 select(messages.c.status, messages.c.fingerprint).where(messages.c.message_id == env.message_id)
-            ).one()
+            ).one_or_none()
+            if existing is None:
+                raise Rejection(errors.ACCEPT_CONFLICT, "a message accepted at the same moment holds what this one "
+                                "records (e.g. the same service record); nothing was kept, send it again",
+                                "MessageID", status=409)
             if existing.status == Status.REJECTED.value:
                 conn.execute(
                     update(messages)
@@ -308,6 +361,8 @@ class Journal:
                 )
                 self._append_event(conn, env.message_id, Status.ACCEPTED.value, "ACCEPTED", actor,
                                    {**detail, "resubmitted_after": "REJECTED"}, now)
+                for write in side_writes:
+                    write(conn, now)
                 return AcceptOutcome(env.message_id, Status.ACCEPTED.value, duplicate=False)
             if existing.fingerprint != env.fingerprint():
                 raise Rejection(
@@ -365,16 +420,16 @@ class Journal:
 
     # ---- outbox ---------------------------------------------------------
 
-    def outbox(self, limit: int) -> list[tuple[str, bytes]]:
-        """Accepted messages not yet handed to the broker, oldest first."""
+    def outbox(self, limit: int) -> list[tuple[str, bytes, int]]:
+        """Accepted messages not yet handed to the broker, oldest first: id, envelope and generation."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(messages.c.message_id, messages.c.envelope)
+                select(messages.c.message_id, messages.c.envelope, messages.c.generation)
                 .where(messages.c.status == Status.ACCEPTED.value)
                 .order_by(messages.c.created_at)
                 .limit(limit)
             ).all()
-        return [(r.message_id, r.envelope) for r in rows]
+        return [(r.message_id, r.envelope, r.generation) for r in rows]
 
     def mark_published(self, message_ids: Sequence[str], actor: str) -> None:
         """Record the broker's confirm. The router may already have moved a message on,
@@ -410,13 +465,7 @@ class Journal:
     def get_many(self, message_ids: Sequence[str]) -> dict[str, MessageRecord]:
         with self.engine.connect() as conn:
             rows = conn.execute(select(messages).where(messages.c.message_id.in_(list(message_ids)))).all()
-        found = {}
-        for row in rows:
-            data = row._asdict()
-            for key in ("created_at", "updated_at", "delivered_at"):
-                data[key] = _aware(data[key])
-            found[row.message_id] = MessageRecord(**data)
-        return found
+        return {row.message_id: _record(row) for row in rows}
 
     def trail(self, message_id: str) -> list[EventRecord]:
         with self.engine.connect() as conn:
@@ -438,14 +487,34 @@ class Journal:
             prev = ev.hash
         return True
 
-    def with_status(self, status: Status, limit: int = 10_000) -> list[str]:
+    def with_status(self, status: Status, page: int = 1000) -> Iterator[str]:
+        """Every message in ``status``, oldest first, read a page at a time so any number fits in memory."""
+        after: tuple[datetime, str] | None = None
+        while True:
+            query = select(messages.c.created_at, messages.c.message_id).where(messages.c.status == status.value)
+            if after is not None:
+                query = query.where(tuple_(messages.c.created_at, messages.c.message_id) > after)
+            with self.engine.connect() as conn:
+                rows = conn.execute(query.order_by(messages.c.created_at, messages.c.message_id).limit(page)).all()
+            yield from (r.message_id for r in rows)
+            if len(rows) < page:
+                return
+            after = (rows[-1].created_at, rows[-1].message_id)
+
+    def count(self, status: Status) -> int:
         with self.engine.connect() as conn:
-            return list(
-                conn.execute(
-                    select(messages.c.message_id).where(messages.c.status == status.value)
-                    .order_by(messages.c.created_at).limit(limit)
-                ).scalars()
-            )
+            return int(conn.execute(select(func.count()).select_from(messages)
+                                    .where(messages.c.status == status.value)).scalar_one())
+
+    def unchanged_since(self, statuses: Iterable[Status], before: datetime, limit: int = 1000) -> list[MessageRecord]:
+        """Messages in these statuses whose last change is older than ``before``, oldest change first."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(messages).where(messages.c.status.in_([s.value for s in statuses]),
+                                       messages.c.updated_at < before)
+                .order_by(messages.c.updated_at).limit(limit)
+            ).all()
+        return [_record(row) for row in rows]
 
     def rejections(self, limit: int = 100) -> list[dict[str, Any]]:
         with self.engine.connect() as conn:
@@ -475,5 +544,25 @@ class Journal:
         return self.record(
             message_id, "REPLAYED", actor, lineage,
             status=Status.ACCEPTED, only_from=(Status.DEAD, Status.FAILED),
-            replays=rec.replays + 1, attempts=0, last_error=None,
+            replays=rec.replays + 1, generation=rec.generation + 1, attempts=0, last_error=None,
         )
+
+    def send_round_again(self, rec: MessageRecord, actor: str, detail: dict[str, Any]) -> bool:
+        """The sweeper's resend: back to the outbox on a new generation, if the message has not moved.
+
+        Guarded by the status and generation it was found in, so a message that moved on
+        meanwhile (its copy turned up after all) is left alone.
+        """
+        now = utcnow()
+        with self.engine.begin() as conn:
+            self._lock_chains(conn, [rec.message_id])
+            moved = conn.execute(
+                update(messages).where(messages.c.message_id == rec.message_id, messages.c.status == rec.status,
+                                       messages.c.generation == rec.generation)
+                .values(status=Status.ACCEPTED.value, generation=rec.generation + 1, updated_at=now)
+            ).rowcount
+            if not moved:
+                return False
+            self._append_event(conn, rec.message_id, Status.ACCEPTED.value, "SWEPT", actor,
+                               {**detail, "from_status": rec.status, "generation": rec.generation + 1}, now)
+        return True

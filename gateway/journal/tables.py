@@ -37,7 +37,10 @@ messages = Table(
     Column("attempts", Integer, nullable=False, default=0),
     Column("replays", Integer, nullable=False, default=0),
     Column("last_error", Text),
+    #: The round the message is on (replay and the sweeper raise it); copies of older rounds are stale.
+    Column("generation", Integer, nullable=False, default=0),
     Index("ix_messages_status_created", "status", "created_at"),
+    Index("ix_messages_status_updated", "status", "updated_at"),
 )
 
 events = Table(

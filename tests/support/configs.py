@@ -35,16 +35,18 @@ participants:
 
 
 def routes(channels: list[tuple[str, str]] | None = None, attempts: int = 5, initial_delay: float = 0.05,
-           multiplier: float = 2.0, max_delay: float = 2.0, condition: str | None = None) -> str:
+           multiplier: float = 2.0, max_delay: float = 2.0, condition: str | None = None,
+           max_total_seconds: float | None = None) -> str:
     chan = ""
     if channels:
         chan = "    channels:\n" + "".join(
             f'      - {{name: {name}, mode: rest, url: "{url}"}}\n' for name, url in channels
         )
     cond = f'    condition: "{condition}"\n' if condition else ""
+    budget = f", max_total_seconds: {max_total_seconds}" if max_total_seconds else ""
     return f"""
 defaults:
-  retry: {{attempts: {attempts}, initial_delay: {initial_delay}, multiplier: {multiplier}, jitter: 0.0, max_delay: {max_delay}}}
+  retry: {{attempts: {attempts}, initial_delay: {initial_delay}, multiplier: {multiplier}, jitter: 0.0, max_delay: {max_delay}{budget}}}
 routes:
   - name: lab-to-clinic
     sender: lab

@@ -73,7 +73,8 @@ class GatewayProcesses:
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
         args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp"),
-                "acts": ("worker", "acts"), "deadlines": ("worker", "deadlines")}.get(
+                "acts": ("worker", "acts"), "deadlines": ("worker", "deadlines"),
+                "reconciler": ("worker", "reconciler")}.get(
             name, ("worker", "delivery"))
         log = open(self.dir / f"{name}.log", "ab")
         proc = subprocess.Popen(self._cmd(*args), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
@@ -84,6 +85,7 @@ class GatewayProcesses:
         self.spawn("api")
         self.wait_ready()
         self.spawn("router")
+        self.spawn("reconciler")
         for i in range(self.delivery_workers):
             self.spawn(f"delivery-{i + 1}")
         if self._asks_registries():

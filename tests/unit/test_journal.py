@@ -45,9 +45,9 @@ def test_outbox_publish_and_guarded_transitions(journal: Journal) -> None:
     envs = [make_env(str(i)) for i in range(3)]
     for e in envs:
         journal.accept(e, source="rest", actor="t", route="r")
-    assert [m for m, _ in journal.outbox(10)] == [e.message_id for e in envs]
+    assert [m for m, _, _ in journal.outbox(10)] == [e.message_id for e in envs]
     journal.mark_published([envs[0].message_id], "relay")
-    assert [m for m, _ in journal.outbox(10)] == [e.message_id for e in envs[1:]]
+    assert [m for m, _, _ in journal.outbox(10)] == [e.message_id for e in envs[1:]]
     mid = envs[0].message_id
     assert journal.record(mid, "ROUTED", "router", {}, status=Status.ROUTED, only_from=(Status.PUBLISHED,))
     assert journal.record(mid, "DELIVERED", "w", {}, status=Status.DELIVERED, only_from=(Status.ROUTED,))
@@ -121,3 +121,80 @@ def test_concurrent_writers_never_fork_a_trail(journal: Journal) -> None:
         j.engine.dispose()
     assert len(journal.trail(env.message_id)) == 1 + 4 * 15
     assert journal.verify_trail(env.message_id)
+
+
+def test_accept_and_its_side_writes_are_one_transaction(journal: Journal) -> None:
+    """A crash (here: a failing side write) between the message row and its side rows keeps neither,
+    so the resend is a first acceptance, not a duplicate with its record missing."""
+    from gateway.journal.tables import rejections
+
+    env = make_env()
+
+    def side(conn, now) -> None:  # noqa: ANN001
+        conn.execute(sa.insert(rejections).values(at=now, source="side", code="SIDE", detail="written"))
+        raise ConnectionError("the process died here")
+
+    with pytest.raises(ConnectionError):
+        journal.accept(env, source="rest", actor="t", route="r", side_writes=[side])
+    assert journal.get(env.message_id) is None and journal.trail(env.message_id) == []
+    assert [r for r in journal.rejections() if r["code"] == "SIDE"] == []
+
+    written = []
+    out = journal.accept(env, source="rest", actor="t", route="r",
+                         side_writes=[lambda conn, now: written.append(now)])
+    assert not out.duplicate and written == [journal.get(env.message_id).created_at]
+    assert journal.accept(env, source="rest", actor="t", route="r",
+                          side_writes=[lambda conn, now: written.append(now)]).duplicate
+    assert len(written) == 1  # a repeat writes nothing more
+
+
+def test_a_late_stage_is_recorded_without_moving_the_status_back(journal: Journal) -> None:
+    from gateway.journal import Change
+
+    env = make_env()
+    mid = env.message_id
+    journal.accept(env, source="rest", actor="t", route="r")
+    journal.mark_published([mid], "relay")
+    journal.record(mid, "DELIVERED", "w", {}, status=Status.DELIVERED)
+    late = Change(mid, "ROUTED", "router", {"route": "r"}, Status.ROUTED, (Status.ACCEPTED, Status.PUBLISHED),
+                  even_if_late=True)
+    stale = Change(mid, "ROUTED", "router", {"route": "r"}, Status.ROUTED, (Status.ACCEPTED, Status.PUBLISHED))
+    assert journal.record_many([late, stale]) == [False, False]
+    trail = journal.trail(mid)
+    assert [(e.kind, e.status) for e in trail] == [("ACCEPTED", "ACCEPTED"), ("PUBLISHED", "PUBLISHED"),
+                                                   ("DELIVERED", "DELIVERED"), ("ROUTED", "DELIVERED")]
+    assert trail[-1].detail == {"route": "r", "late": True}
+    assert journal.get(mid).status == "DELIVERED" and journal.verify_trail(mid)
+
+
+def test_send_round_again_raises_the_generation_only_where_the_message_still_is(journal: Journal) -> None:
+    env = make_env()
+    journal.accept(env, source="rest", actor="t", route="r")
+    journal.mark_published([env.message_id], "relay")
+    found = journal.get(env.message_id)
+    assert journal.send_round_again(found, "sweeper", {"stuck_for_s": 600})
+    rec = journal.get(env.message_id)
+    assert (rec.status, rec.generation, rec.replays) == ("ACCEPTED", 1, 0)
+    assert journal.trail(env.message_id)[-1].detail == {"stuck_for_s": 600, "from_status": "PUBLISHED",
+                                                        "generation": 1}
+    assert not journal.send_round_again(found, "sweeper", {})  # it has moved since it was found
+
+
+def test_messages_by_status_are_streamed_past_any_page_and_counted(journal: Journal) -> None:
+    envs = [make_env(str(i)) for i in range(7)]
+    for e in envs:
+        journal.accept(e, source="rest", actor="t", route="r")
+        journal.record(e.message_id, "DEAD", "w", {}, status=Status.DEAD)
+    assert list(journal.with_status(Status.DEAD, page=3)) == [e.message_id for e in envs]
+    assert journal.count(Status.DEAD) == 7 and journal.count(Status.DELIVERED) == 0
+
+
+def test_unreachable_database_is_told_apart_from_a_bug(tmp_path) -> None:
+    from gateway.journal.store import unavailable
+
+    gone = Journal("postgresql+psycopg://nobody:x@127.0.0.1:1/none")
+    with pytest.raises(Exception) as exc:
+        gone.ping()
+    assert unavailable(exc.value)
+    assert not unavailable(ValueError("a bug"))
+    assert not unavailable(sa.exc.IntegrityError("INSERT", {}, Exception("unique")))

@@ -24,18 +24,21 @@ def store(db_url: str):
 
 def request(journal: Journal, store: RegistryRequests, deadline: float = 60.0) -> str:
     env = make_env()
-    journal.accept(env, source="rest", actor="t", route="r")
-    rec = journal.get(env.message_id)
-    store.open(env.message_id, "clinic", "frmr", WORKER_NS, rec.created_at, deadline)
-    store.open(env.message_id, "clinic", "frmr", WORKER_NS, rec.created_at, deadline * 10)  # a repeat changes nothing
+    journal.accept(env, source="rest", actor="t", route="r",
+                   side_writes=[store.open_write(env.message_id, "clinic", "frmr", WORKER_NS, deadline)])
+    # A repeat of the same message is a duplicate: its side writes do not run again.
+    again = journal.accept(make_env(env.payload[0].text, mid=env.message_id), source="rest", actor="t", route="r",
+                           side_writes=[store.open_write(env.message_id, "clinic", "frmr", WORKER_NS, deadline * 10)])
+    assert again.duplicate
     return env.message_id
 
 
-def test_deadline_is_counted_from_acceptance_and_opening_twice_keeps_the_first(store) -> None:
+def test_deadline_is_counted_from_acceptance_and_a_repeat_keeps_the_first(store) -> None:
     journal, reqs = store
     mid = request(journal, reqs, deadline=60)
     pending = reqs.get(mid)
     assert (pending.deadline_at - pending.accepted_at).total_seconds() == 60
+    assert pending.accepted_at == journal.get(mid).created_at
     now = pending.accepted_at
     assert reqs.due(now + dt.timedelta(seconds=59)) == []
     assert [p.message_id for p in reqs.due(now + dt.timedelta(seconds=61))] == [mid]

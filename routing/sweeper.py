@@ -1,0 +1,89 @@
+"""The sweeper: messages that stopped moving are sent round again.
+
+A message can stop between two stages with no copy left anywhere: a publish whose
+confirm was lost, a queue purged by hand, a broker that lost a non-replicated queue.
+The journal shows it PUBLISHED, ROUTED or RETRYING for ever. The sweeper looks for
+messages whose last change is older than ``stuck_after_seconds`` (for a queued retry:
+older than its due time plus that) while the queue their copy would be waiting in is
+empty, and sends each round again through the outbox on a new generation, with a
+SWEPT event in its trail. Should the old copy turn up after all, its generation marks
+it stale and it is dropped, so a sweep never makes a message go twice.
+
+Not swept: ACCEPTED (the outbox relay still has it), AWAITING_PICKUP (the recipient's
+inbox holds it). Right after a journal outage the sweeper waits one more
+``stuck_after_seconds``: workers that held messages through the outage are still
+catching up on their writes.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import timedelta
+from typing import Callable
+
+from gateway.journal import Journal, MessageRecord, Status
+from gateway.journal.store import unavailable, utcnow
+from monitoring import metrics
+from routing.topology import Topology
+
+log = logging.getLogger(__name__)
+ACTOR = "sweeper"
+SWEPT_STATUSES = (Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
+
+
+class Sweeper:
+    def __init__(self, journal: Journal, topology: Topology, queue_depths: Callable[[], dict[str, int]],
+                 stuck_after_seconds: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.journal = journal
+        self.topology = topology
+        self.queue_depths = queue_depths
+        self.stuck_after = stuck_after_seconds
+        self._clock = clock
+        self._quiet_until = 0.0
+
+    def stuck(self, limit: int = 1000) -> list[tuple[MessageRecord, str]]:
+        """Messages that stopped moving with no copy waiting for them, each with why it counts as stuck."""
+        now = utcnow()
+        depths = self.queue_depths()
+        found = []
+        for rec in self.journal.unchanged_since(SWEPT_STATUSES, now - timedelta(seconds=self.stuck_after), limit):
+            waiting_in = self._queues_for(rec)
+            if waiting_in is None or any(depths.get(q, 1) for q in waiting_in):
+                continue  # a copy may be waiting its turn (or the broker could not say)
+            age = (now - rec.updated_at).total_seconds()
+            found.append((rec, f"{rec.status} for {age:.0f} s with nothing in {', '.join(waiting_in)}"))
+        return found
+
+    def _queues_for(self, rec: MessageRecord) -> list[str] | None:
+        if rec.status == Status.PUBLISHED.value:
+            return [self.topology.route_queue]
+        if rec.status == Status.ROUTED.value:
+            return [self.topology.deliver_queue(rec.recipient)]
+        # RETRYING: a queued retry is due after its delay; an in-process one is held by a worker.
+        last = self.journal.trail(rec.message_id)[-1]
+        delay = float(last.detail.get("delay_s", 0)) if last.kind == "RETRY_SCHEDULED" else 0.0
+        if (utcnow() - rec.updated_at).total_seconds() < delay + self.stuck_after:
+            return None
+        queues = [self.topology.deliver_queue(rec.recipient)]
+        if "queue" in last.detail:
+            queues.append(str(last.detail["queue"]))
+        return queues
+
+    def sweep_once(self) -> list[str]:
+        """Send every stuck message round again; the ids swept. Quiet for a while after a journal outage."""
+        if self._clock() < self._quiet_until:
+            return []
+        try:
+            swept = []
+            for rec, why in self.stuck():
+                if self.journal.send_round_again(rec, ACTOR, {"reason": why}):
+                    swept.append(rec.message_id)
+                    metrics.SWEPT.labels(rec.status).inc()
+                    log.warning("swept %s: %s; sent round again", rec.message_id, why)
+            return swept
+        except Exception as exc:
+            if not unavailable(exc):
+                raise
+            self._quiet_until = self._clock() + self.stuck_after
+            log.warning("sweeper: the journal is out of reach; next sweep in %.0f s at the earliest", self.stuck_after)
+            return []
