@@ -33,6 +33,7 @@ class Intake:
         try:
             caller = self.pipeline.authenticate(token)
             env = self.pipeline.parse(body, content_type)
+            self.pipeline.check_message_id(env)
         except Rejection as rej:
             self.refused(rej, source=source, remote=remote, caller=caller.mnemonic if caller else None, env=env)
             raise

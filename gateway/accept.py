@@ -8,12 +8,12 @@ and only after that does the partner get its acknowledgement.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from lxml import etree
 
-from gateway import errors, schemas
+from gateway import errors, jsonsafe, schemas
 from gateway.config import (
     WORKER_VERIFICATION_NS,
     ConfigError,
@@ -30,6 +30,7 @@ from gateway.journal import Journal
 from gateway.journal.correlation import RegistryRequests
 from gateway.journal.store import AcceptOutcome, SideWrite
 from gateway.keyring import KeyRing
+from gateway.message_ids import check_message_id
 from gateway.service_records import ACT_PROTOCOL_NS, SERVICE_RECORD_NS, ServiceRecordRules
 from gateway.tariffs import load_tariffs
 from gateway.xmlsafe import parse_xml
@@ -77,11 +78,7 @@ class AcceptPipeline:
         """Parse either wire form and check the envelope XSD (the JSON form is checked as XML)."""
         media = content_type.split(";", 1)[0].strip().lower()
         if media in JSON_TYPES:
-            try:
-                data = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as exc:
-                raise Rejection(errors.MALFORMED_JSON, f"not valid JSON: {exc}", "body") from None
-            env = Envelope.from_json(data)
+            env = Envelope.from_json(jsonsafe.loads(body))
             schemas.validate_envelope(env.to_element())
             return env
         if media in XML_TYPES:
@@ -90,6 +87,16 @@ class AcceptPipeline:
             return Envelope.from_element(root)
         raise Rejection(errors.UNSUPPORTED_MEDIA_TYPE, f"send application/json or application/xml, not {media!r}",
                         "Content-Type", status=415)
+
+    def check_message_id(self, env: Envelope) -> None:
+        """SMEV's MessageID rules (UUID v1, age, clock skew) for what a partner sent itself.
+
+        Not for envelopes the gateway derives (HL7 results, acts, registry answers): those
+        take their ids from the source, whose age is not the sender's clock.
+        """
+        s = self.config.settings.smev
+        check_message_id(env.message_id, datetime.now(timezone.utc), s.message_id_max_age_hours,
+                         s.clock_skew_seconds)
 
     def check(self, env: Envelope, caller: Participant, *, signature_verified: bool = False) -> tuple[str, list[str]]:
         """Business and access checks; returns the route name the message will take and any warnings.

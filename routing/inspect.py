@@ -1,8 +1,15 @@
-"""Read-only looks at the broker for metrics and readiness, cached so scrapes stay cheap."""
+"""Read-only looks at the broker for metrics and readiness, cached so scrapes stay cheap.
+
+The broker is reachable when a connection opens. A queue that does not exist yet (the
+API started before any worker declared the topology) has no depth, and is not a sign
+that the broker is down.
+"""
 from __future__ import annotations
 
 import threading
 import time
+
+import pika
 
 from routing.broker import BROKER_ERRORS, connect
 
@@ -27,7 +34,10 @@ class BrokerInspector:
                 try:
                     ch = conn.channel()
                     for q in self.queues:
-                        depths[q] = ch.queue_declare(q, passive=True).method.message_count
+                        try:
+                            depths[q] = ch.queue_declare(q, passive=True).method.message_count
+                        except pika.exceptions.ChannelClosedByBroker:  # 404: not declared yet
+                            ch = conn.channel()
                 finally:
                     conn.close()
                 self._ok = True

@@ -13,6 +13,7 @@ import threading
 
 from gateway.config import RelaySettings
 from gateway.journal import Journal
+from gateway.journal.store import unavailable
 from routing.broker import BROKER_ERRORS
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology
@@ -49,6 +50,7 @@ class OutboxRelay:
 
     def _run(self) -> None:
         backoff = self.settings.poll_interval_seconds
+        journal_down = False
         while not self._stop.is_set():
             try:
                 moved = self.relay_once()
@@ -60,9 +62,18 @@ class OutboxRelay:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
-            except Exception:
-                log.exception("outbox relay pass failed")
-                moved = 0
+            except Exception as exc:
+                if not unavailable(exc):
+                    log.exception("outbox relay pass failed")
+                elif not journal_down:
+                    log.warning("journal out of reach, the outbox waits (%s)", type(exc).__name__)
+                journal_down = unavailable(exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            if journal_down:
+                log.warning("journal answers again, the outbox resumes")
+                journal_down = False
             if moved < self.settings.batch_size:
                 self._wake.wait(self.settings.poll_interval_seconds)
                 self._wake.clear()

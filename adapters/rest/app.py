@@ -18,8 +18,9 @@ from starlette.responses import JSONResponse, Response
 from adapters.intake import Intake
 from adapters.mapping.lab_json import LabResultsDocument
 from adapters.mapping.lab_service import LabResults
+from adapters.rest.incidents import IncidentMiddleware
 from adapters.rest.problems import problem
-from gateway import errors
+from gateway import errors, jsonsafe
 from gateway.envelope import Envelope, EnvelopeDocument
 from gateway.errors import Rejection
 from gateway.journal import Journal
@@ -78,6 +79,8 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         first = exc.errors()[0]
         return problem(Rejection("REQUEST_INVALID", first["msg"], ".".join(map(str, first["loc"]))))
 
+    app.add_middleware(IncidentMiddleware, soap_paths=tuple(soap or {}),
+                       audit=lambda rej, source, remote: journal.reject(rej, source=source, remote=remote))
     envelope_schema = EnvelopeDocument.model_json_schema()
 
     @app.post(
@@ -181,6 +184,7 @@ def _lab_document(lab: str, caller_mnemonic: str, body: bytes) -> LabResultsDocu
     if caller_mnemonic != lab:
         raise Rejection(errors.SENDER_MISMATCH, f"the token belongs to {caller_mnemonic!r}, not {lab!r}", "lab",
                         status=403)
+    jsonsafe.loads(body)  # depth, duplicate keys and characters, before the model reads it
     try:
         return LabResultsDocument.model_validate_json(body)
     except ValidationError as exc:

@@ -8,7 +8,7 @@ from gateway.errors import Rejection
 PROBLEM_JSON = "application/problem+json"
 
 
-def problem(rej: Rejection, instance: str | None = None) -> JSONResponse:
+def problem(rej: Rejection) -> JSONResponse:
     body: dict[str, object] = {
         "type": f"urn:zdravlink:problem:{rej.code}",
         "title": rej.code.replace("_", " ").capitalize(),
@@ -17,8 +17,8 @@ def problem(rej: Rejection, instance: str | None = None) -> JSONResponse:
         "field": rej.field,
         "detail": rej.detail,
     }
-    if instance:
-        body["instance"] = instance
+    if rej.extra.get("incident"):
+        body["incident"] = rej.extra["incident"]  # the id of the failure in the log and the audit table
     if rej.extra.get("errors"):
         body["errors"] = rej.extra["errors"]  # every problem at once, each with its field and rule
     return JSONResponse(body, status_code=rej.status, media_type=PROBLEM_JSON)

@@ -14,10 +14,8 @@ SMEV fault of the same meaning by the service.
 """
 from __future__ import annotations
 
-import re
-import uuid
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from typing import Callable
 
 from lxml import etree
@@ -34,6 +32,7 @@ from gateway.errors import Rejection
 from gateway.journal import MessageRecord, Status
 from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
+from gateway.message_ids import check_message_id
 from gateway.schemas import known_message_types
 from gateway.xmlsafe import parse_xml
 from signing import SignatureError, sign, verify
@@ -43,9 +42,6 @@ OPERATIONS = ("SendRequest", "SendResponse", "GetRequest", "GetResponse", "Ack",
               "GetIncomingQueueStatistics")
 SMEV_SIGNATURE_ID = "SIGNED_BY_SMEV"
 _CALLER_SIGNATURE = f"{T}CallerInformationSystemSignature/{{{DSIG_NS}}}Signature"
-_UUID_V1 = re.compile("[0-9a-f]{8}-[0-9a-f]{4}-1[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
-#: 100-ns intervals between the UUID epoch (1582-10-15) and the Unix epoch.
-_UUID_EPOCH_OFFSET = 0x01B21DD213814000
 
 
 class Audited(Exception):
@@ -65,12 +61,6 @@ class Caller:
     @property
     def signed(self) -> bool:
         return self.signature is not None
-
-
-def message_id_time(message_id: str) -> datetime:
-    """The creation time a UUID v1 carries."""
-    ticks = uuid.UUID(message_id).time
-    return datetime.fromtimestamp((ticks - _UUID_EPOCH_OFFSET) / 1e7, tz=timezone.utc)
 
 
 class SmevExchange:
@@ -114,19 +104,8 @@ class SmevExchange:
         el = next(request.iter(T + "MessageID"), None)
         if el is None:
             return  # the XSD names the missing element
-        text = (el.text or "").strip()
-        if not _UUID_V1.fullmatch(text):
-            raise Rejection(errors.INVALID_MESSAGE_ID_FORMAT,
-                            f"{text!r} is not a lower-case time-based UUID (RFC 4122 version 1)", "MessageID")
-        born, now = message_id_time(text), self.clock()
-        if born < now - timedelta(hours=self.settings.message_id_max_age_hours):
-            raise Rejection(errors.STALE_MESSAGE_ID,
-                            f"{text} was generated at {born.isoformat()}, more than "
-                            f"{self.settings.message_id_max_age_hours:g} h ago: generate a new MessageID", "MessageID")
-        if born > now + timedelta(seconds=self.settings.clock_skew_seconds):
-            raise Rejection(errors.STALE_MESSAGE_ID,
-                            f"{text} carries the time {born.isoformat()}, in the future: check the sender's clock",
-                            "MessageID")
+        s = self.settings
+        check_message_id((el.text or "").strip(), self.clock(), s.message_id_max_age_hours, s.clock_skew_seconds)
 
     def _signed_target(self, request: etree._Element, operation: str) -> etree._Element:
         if operation == "SendRequest":

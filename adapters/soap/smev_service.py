@@ -127,16 +127,20 @@ class SmevWsgi:
             return [b"POST SOAP 1.1 requests here; GET ?wsdl for the WSDL\n"]
         try:
             body = self._read(environ)
-            parse_xml(body, field="soap:Envelope")
+            operation = _operation_of(parse_xml(body, field="soap:Envelope"))
         except Rejection as rej:
             self.exchange.intake.refused(rej, source="soap", remote=environ.get("REMOTE_ADDR"), caller=None, env=None)
             log.info("refused SOAP request: %s %s", rej.code, mask_text(rej.detail))
-            fault = SmevFault.from_rejection(rej, "SendRequest")
-            start_response("500 Internal Server Error", [("Content-Type", _XML)])
-            return [etree.tostring(fault.envelope(), encoding="UTF-8", xml_declaration=True)]
+            return _fault(SmevFault.from_rejection(rej, "SendRequest"), start_response)
         environ["wsgi.input"] = io.BytesIO(body)
         environ["CONTENT_LENGTH"] = str(len(body))
-        return self.spyne(environ, start_response)
+        try:
+            return list(self.spyne(environ, start_response))
+        except Exception as exc:  # spyne's own failures: a fault of the official schema, never a bare 500
+            log.exception("SMEV %s failed inside spyne", operation)
+            rej = Rejection(errors.GATEWAY_FAILURE, f"the gateway could not process the request: "
+                            f"{type(exc).__name__}", None, status=500)
+            return _fault(SmevFault.from_rejection(rej, operation), start_response, exc_info=True)
 
     def _read(self, environ: dict[str, Any]) -> bytes:
         declared = environ.get("CONTENT_LENGTH") or ""
@@ -168,6 +172,28 @@ class SmevWsgi:
         host = environ.get("HTTP_HOST") or f"{environ.get('SERVER_NAME')}:{environ.get('SERVER_PORT')}"
         path = environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")
         return f"{environ.get('wsgi.url_scheme', 'http')}://{host}{path}"
+
+
+def _operation_of(root: etree._Element) -> str:
+    """The operation a SOAP 1.1 request asks for: its Body must hold exactly one element, ``<Op>Request``."""
+    if root.tag != f"{{{SOAP_ENV_NS}}}Envelope":
+        raise Rejection(errors.SOAP_REQUEST_INVALID, f"the root is {root.tag}, not a SOAP 1.1 Envelope", "soap:Envelope")
+    body = root.find(f"{{{SOAP_ENV_NS}}}Body")
+    if body is None:
+        raise Rejection(errors.SOAP_REQUEST_INVALID, "the Envelope has no soap:Body", "soap:Body")
+    children = [c for c in body if isinstance(c.tag, str)]
+    if len(children) != 1:
+        raise Rejection(errors.SOAP_REQUEST_INVALID, f"soap:Body must hold exactly one request element, "
+                        f"not {len(children)}", "soap:Body")
+    name = etree.QName(children[0]).localname
+    return name.removesuffix("Request") if name.removesuffix("Request") in OPERATIONS else "SendRequest"
+
+
+def _fault(fault: SmevFault, start_response: StartResponse, exc_info: bool = False) -> list[bytes]:
+    import sys
+
+    start_response("500 Internal Server Error", [("Content-Type", _XML)], sys.exc_info() if exc_info else None)
+    return [etree.tostring(fault.envelope(), encoding="UTF-8", xml_declaration=True)]
 
 
 def _link_schemas(text: str, base: str) -> str:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
@@ -11,6 +12,7 @@ from adapters.emulators.rest_recipient import RecipientServer
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN
 from tests.support.gateway_proc import envelope_json, notice
+from tests.support.ids import uuid1_at
 
 pytestmark = pytest.mark.broker
 
@@ -82,6 +84,25 @@ CASES = [
      "AUTHENTICATION_REQUIRED", "Authorization"),
     ("unsupported media type", b"hello", "text/plain", LAB_TOKEN, 415, "UNSUPPORTED_MEDIA_TYPE", "Content-Type"),
     ("oversized body", xml(notice(text="я" * 40_000)), "application/xml", LAB_TOKEN, 413, "BODY_TOO_LARGE", "body"),
+    ("JSON nested 5,000 deep", b'{"messageId": ' + b"[" * 5000 + b"]" * 5000 + b"}", "application/json", LAB_TOKEN,
+     400, "JSON_TOO_DEEP", "body"),
+    ("JSON nested 100 deep", json.dumps({**envelope_json("lab", "clinic"), "x": json.loads("[" * 100 + "]" * 100)})
+     .encode(), "application/json", LAB_TOKEN, 400, "JSON_TOO_DEEP", "x" + "[0]" * 63),
+    ("NUL in messageId", json.dumps({**envelope_json("lab", "clinic"), "messageId": "c5d00674-e67e-11f1-81ba\x00"})
+     .encode(), "application/json", LAB_TOKEN, 400, "INVALID_CHARACTER", "messageId"),
+    ("lone surrogate", json.dumps(envelope_json("lab", "clinic", payload=notice(text="PLACEHOLDER"))).encode()
+     .replace(b"PLACEHOLDER", b"\\ud800"), "application/json", LAB_TOKEN, 400, "INVALID_CHARACTER", "payload"),
+    ("duplicate key", json.dumps(envelope_json("lab", "clinic"))[:-1].encode() + b', "recipient": "lab"}',
+     "application/json", LAB_TOKEN, 400, "JSON_DUPLICATE_KEY", "recipient"),
+    ("MessageID three days old", json.dumps(envelope_json(
+        "lab", "clinic", message_id=uuid1_at(datetime.now(timezone.utc) - timedelta(days=3)))).encode(),
+     "application/json", LAB_TOKEN, 400, "STALE_MESSAGE_ID", "MessageID"),
+    ("MessageID an hour ahead", json.dumps(envelope_json(
+        "lab", "clinic", message_id=uuid1_at(datetime.now(timezone.utc) + timedelta(hours=1)))).encode(),
+     "application/json", LAB_TOKEN, 400, "STALE_MESSAGE_ID", "MessageID"),
+    ("MessageID dated in the year 4000", json.dumps(envelope_json(
+        "lab", "clinic", message_id=uuid1_at(datetime(4000, 1, 1, tzinfo=timezone.utc)))).encode(),
+     "application/json", LAB_TOKEN, 400, "STALE_MESSAGE_ID", "MessageID"),
 ]
 
 
@@ -155,3 +176,18 @@ def test_patient_data_is_masked_in_audit_and_logs(gw):
     for text in (details, events, gw.log("api")):
         assert snils not in text and "1122334459X" not in text
     assert "*********9X" in details
+
+
+def test_lab_json_with_a_nul_or_a_repeated_key_is_refused_before_mapping(gw):
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {LAB_TOKEN}"}
+    nul = json.dumps({"messageId": "LAB-0001\x00", "results": []}).encode()
+    r = gw.http.post("/api/v1/labs/lab/results", content=nul, headers=headers)
+    assert (r.status_code, r.json()["code"], r.json()["field"]) == (400, "INVALID_CHARACTER", "messageId")
+    twice = b'{"messageId": "LAB-0001", "messageId": "LAB-0002"}'
+    r = gw.http.post("/api/v1/labs/lab/results", content=twice, headers=headers)
+    assert (r.status_code, r.json()["code"], r.json()["field"]) == (400, "JSON_DUPLICATE_KEY", "messageId")
+    engine = sa.create_engine(gw.db_url)
+    with engine.connect() as conn:
+        audited = [row[0] for row in conn.execute(sa.text("SELECT code FROM rejections ORDER BY id"))]
+    engine.dispose()
+    assert audited == ["INVALID_CHARACTER", "JSON_DUPLICATE_KEY"]

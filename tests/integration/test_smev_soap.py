@@ -20,7 +20,9 @@ import pytest
 from lxml import etree
 
 from adapters.intake import Intake
-from adapters.soap.smev_exchange import SmevExchange, message_id_time
+from adapters.soap.smev_exchange import SmevExchange
+from gateway.message_ids import message_id_time
+from tests.support.ids import uuid1_at
 from adapters.soap.smev_mapping import ANSWER_NS
 from adapters.soap.smev_schema import B, F, SOAP_ENV_NS, T, compile_schema, smev_dir
 from adapters.soap.smev_service import SmevWsgi
@@ -211,12 +213,6 @@ def test_message_id_must_be_a_lower_case_uuid_v1(service, message_id):
     assert service.journal.rejections(1)[0]["code"] == "INVALID_MESSAGE_ID_FORMAT"
 
 
-def uuid1_at(when: datetime) -> str:
-    ticks = int(when.timestamp() * 1e7) + 0x01B21DD213814000
-    fields = (ticks & 0xFFFFFFFF, (ticks >> 32) & 0xFFFF, ((ticks >> 48) & 0x0FFF) | 0x1000, 0x80, 0x01, 0x123456789ABC)
-    return str(uuid.UUID(fields=fields))
-
-
 def test_message_id_time_is_read_back():
     when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     assert abs((message_id_time(uuid1_at(when)) - when).total_seconds()) < 1e-3
@@ -311,6 +307,24 @@ def test_doctype_and_garbage_and_soap_action_mismatch(service):
     assert fault_detail(etree.fromstring(resp.content)[0][0]).findtext(B + "Code") == "MALFORMED_XML"
     status, body = service.call(smev.send_request(notice(), by=service.lab), action="urn:GetRequest")
     assert fault_detail(body).findtext(B + "Code") == "SOAP_REQUEST_INVALID" and "SOAPAction" in body.findtext("faultstring")
+
+
+@pytest.mark.parametrize("body, why", [
+    (b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body/></soap:Envelope>',
+     "exactly one request element, not 0"),
+    (b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Header/></soap:Envelope>',
+     "no soap:Body"),
+    (b'<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body><a/><b/></soap:Body>'
+     b'</soap:Envelope>', "exactly one request element, not 2"),
+    (b"<Envelope/>", "not a SOAP 1.1 Envelope"),
+])
+def test_a_request_without_one_body_element_is_a_fault_not_a_crash(service, body, why):
+    resp = httpx.post(service.url, content=body, headers={"Content-Type": "text/xml"})
+    assert resp.status_code == 500 and resp.headers["content-type"].startswith("text/xml")
+    fault = etree.fromstring(resp.content).find(f"{{{SOAP_ENV_NS}}}Body")[0]
+    assert official_errors(fault_detail(fault)) == []
+    assert fault_detail(fault).findtext(B + "Code") == "SOAP_REQUEST_INVALID" and why in fault.findtext("faultstring")
+    assert service.journal.rejections(1)[0]["code"] == "SOAP_REQUEST_INVALID"
 
 
 def test_oversized_body_is_refused_before_parsing(service):
