@@ -153,6 +153,16 @@ class Hl7Settings(_Strict):
     enabled: bool = True
     host: str = "127.0.0.1"
     port: int = Field(2575, ge=1, le=65535)
+    #: The largest message accepted; unset: the API's body limit (api.max_body_bytes).
+    max_frame_bytes: int | None = Field(None, ge=1024)
+    #: Connections open at once; one more is closed at once.
+    max_connections: int = Field(100, ge=1)
+    #: A connection that sends nothing this long is closed (labs keep theirs open between messages).
+    idle_timeout_seconds: float = Field(300.0, gt=0)
+    #: A message begun must end within this time (a sender trickling bytes holds memory).
+    frame_timeout_seconds: float = Field(60.0, gt=0)
+    #: Unfinished frames of all connections together may hold this much memory.
+    max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1024)
 
 
 class ActsSettings(_Strict):

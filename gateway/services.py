@@ -204,6 +204,7 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict) -> None:  
     from adapters.hl7v2.mllp import MllpServer
     from adapters.intake import Intake
     from gateway.accept import AcceptPipeline
+    from monitoring import metrics
 
     s = config.settings
     journal = Journal(s.database.url)
@@ -213,7 +214,12 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict) -> None:  
         return (await asyncio.to_thread(labs.handle, message, peer)).ack
 
     async def main() -> None:
-        server = MllpServer(handle, ack_for_error, s.hl7.host, s.hl7.port)
+        h = s.hl7
+        server = MllpServer(handle, ack_for_error, h.host, h.port, idle_timeout=h.idle_timeout_seconds,
+                            max_frame_bytes=h.max_frame_bytes or s.api.max_body_bytes,
+                            max_connections=h.max_connections, frame_timeout=h.frame_timeout_seconds,
+                            max_buffered_bytes=h.max_buffered_bytes,
+                            on_refused=lambda reason: metrics.MLLP_REFUSED.labels(reason).inc())
         await server.start()
         log.info("MLLP listener on %s:%s for %s", s.hl7.host, server.port, ", ".join(sorted(mappings)) or "no lab")
         stop = asyncio.Event()

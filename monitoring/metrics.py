@@ -52,3 +52,6 @@ RECONCILED = Counter("zl_reconciled_total",
                      "Messages RabbitMQ dead-lettered by itself, recorded DEAD in the journal by the reconciler",
                      ["reason"])
 SWEPT = Counter("zl_swept_total", "Messages found stuck in a status and sent round again by the sweeper", ["status"])
+MLLP_REFUSED = Counter("zl_mllp_refused_total",
+                       "MLLP connections closed for a limit: too_many_connections, frame_too_large, frame_timeout, "
+                       "memory_budget", ["reason"])

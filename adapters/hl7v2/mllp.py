@@ -7,6 +7,14 @@ senders put on the wire: frames cut anywhere by TCP, several frames in one read,
 stray NUL/CR/LF between frames, and a sender that restarts a frame it never finished.
 
 Logs here name the peer and byte counts only: a message carries patient data.
+
+The listener is open to anyone who reaches its port before a lab is recognised, so
+it keeps its memory bounded whatever peers do: at most ``max_connections`` at once, a
+frame no larger than ``max_frame_bytes`` (by default the API's body limit), a frame
+begun must end within ``frame_timeout`` seconds, a silent connection is closed after
+``idle_timeout``, and all unfinished frames together may hold ``max_buffered_bytes``.
+Each refusal closes the connection, is logged with the peer, and is counted in
+``zl_mllp_refused_total{reason}``.
 """
 from __future__ import annotations
 
@@ -57,6 +65,15 @@ class FrameReader:
         self.abandoned = 0
         self._frame = bytearray()
         self._in_frame = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of the unfinished frame held now."""
+        return len(self._frame)
+
+    @property
+    def in_frame(self) -> bool:
+        return self._in_frame
 
     def feed(self, data: bytes) -> list[bytes]:
         """Complete messages found so far, in order; a partial frame stays buffered."""
@@ -145,6 +162,10 @@ class MllpServer:
         *,
         idle_timeout: float = 300.0,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        max_connections: int = 100,
+        frame_timeout: float = 60.0,
+        max_buffered_bytes: int = 64 * 1024 * 1024,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -152,6 +173,11 @@ class MllpServer:
         self._on_error = on_error
         self.idle_timeout = idle_timeout
         self.max_frame_bytes = max_frame_bytes
+        self.max_connections = max_connections
+        self.frame_timeout = frame_timeout
+        self.max_buffered_bytes = max_buffered_bytes
+        self._on_refused = on_refused or (lambda reason: None)
+        self._buffered: dict[int, int] = {}  # unfinished-frame bytes per connection
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._stopping = False
@@ -191,29 +217,54 @@ class MllpServer:
         self._server = None
         log.info("MLLP listener stopped")
 
+    def _refuse(self, peer: str, reason: str, text: str, *args: object) -> None:
+        self._on_refused(reason)
+        log.warning("MLLP %s: " + text + ", closing", peer, *args)
+
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        conn = _Connection(task, writer)
-        self._connections.add(conn)
         peername = writer.get_extra_info("peername")
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
+        if len(self._connections) >= self.max_connections:
+            self._refuse(peer, "too_many_connections", "%d connections are open already", len(self._connections))
+            writer.close()
+            return
+        conn = _Connection(task, writer)
+        self._connections.add(conn)
         frames = FrameReader(self.max_frame_bytes)
+        frame_started = 0.0
         log.info("MLLP connection from %s", peer)
         try:
             while not self._stopping:
+                loop = asyncio.get_running_loop()
+                wait = self.idle_timeout
+                if frames.in_frame:
+                    wait = min(wait, max(0.0, frame_started + self.frame_timeout - loop.time()))
                 try:
-                    data = await asyncio.wait_for(reader.read(READ_BYTES), self.idle_timeout)
+                    data = await asyncio.wait_for(reader.read(READ_BYTES), wait)
                 except TimeoutError:
-                    log.info("MLLP connection from %s idle for %.0f s, closing", peer, self.idle_timeout)
+                    if frames.in_frame:
+                        self._refuse(peer, "frame_timeout", "a frame begun %.0f s ago has not ended",
+                                     self.frame_timeout)
+                    else:
+                        log.info("MLLP connection from %s idle for %.0f s, closing", peer, self.idle_timeout)
                     return
                 if not data or self._stopping:
                     return
                 discarded, abandoned = frames.discarded, frames.abandoned
+                was_in_frame = frames.in_frame
                 try:
                     messages = frames.feed(data)
                 except FrameTooLarge:
-                    log.warning("MLLP frame from %s exceeds %d bytes, closing", peer, self.max_frame_bytes)
+                    self._refuse(peer, "frame_too_large", "a frame exceeds %d bytes", self.max_frame_bytes)
+                    return
+                if frames.in_frame and (not was_in_frame or messages):
+                    frame_started = loop.time()
+                self._buffered[id(conn)] = frames.buffered
+                if sum(self._buffered.values()) > self.max_buffered_bytes:
+                    self._refuse(peer, "memory_budget", "unfinished frames of all connections exceed %d bytes",
+                                 self.max_buffered_bytes)
                     return
                 if frames.discarded != discarded:
                     log.warning("MLLP %s: discarded %d bytes outside frames (%d frame(s) restarted)",
@@ -237,6 +288,7 @@ class MllpServer:
                         ", a message left without ACK" if conn.busy else "")
         finally:
             self._connections.discard(conn)
+            self._buffered.pop(id(conn), None)
             writer.close()
             with suppress(Exception):
                 await writer.wait_closed()

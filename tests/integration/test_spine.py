@@ -11,6 +11,7 @@ from tests.conftest import free_port
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN
 from tests.support.gateway_proc import envelope_json, notice
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -24,15 +25,6 @@ def clinic():
 
 def events(status: dict) -> list[str]:
     return [e["event"] for e in status["trail"]]
-
-
-def wait_for(predicate, timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_end_to_end_delivered_once_with_full_trail(gateway_factory, clinic, db_url):
