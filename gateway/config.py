@@ -137,6 +137,24 @@ class SmevSettings(_Strict):
     clock_skew_seconds: float = Field(300.0, ge=0)
 
 
+class MetricsSettings(_Strict):
+    """Who may read ``/metrics``: it names participants, queues and certificates.
+
+    With ``port`` set, ``/metrics`` is served on its own listener (``host``:``port``) and
+    not on the API's; with ``token_sha256`` set, a scrape must send one of those tokens
+    as a bearer token (Prometheus: ``authorization: {credentials: …}``). With neither,
+    only loopback clients may read it.
+    """
+
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, ge=1, le=65535)
+    token_sha256: list[str] = []
+    #: Show certificate subjects and serials in zl_certificate_expiry_days (else a pseudonymous id).
+    certificate_details: bool = False
+
+    _hex = field_validator("token_sha256")(classmethod(lambda cls, v: Credentials._hex(v)))
+
+
 class ReconcilerSettings(_Strict):
     """The reconciler and sweeper (``zdravlink worker reconciler``; docs/RELIABILITY.md)."""
 
@@ -212,6 +230,7 @@ class Settings(_Strict):
     acts: ActsSettings = ActsSettings()
     registries: RegistriesSettings = RegistriesSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
 
 # ---- participants and routes ------------------------------------------------

@@ -52,6 +52,8 @@ INVALID_CHARACTER = "INVALID_CHARACTER"
 ACCEPT_CONFLICT = "ACCEPT_CONFLICT"
 #: The journal cannot be reached: nothing was accepted; send again after Retry-After (503).
 JOURNAL_UNAVAILABLE = "JOURNAL_UNAVAILABLE"
+#: /metrics asked for from another host with no scrape token or metrics port configured.
+METRICS_FORBIDDEN = "METRICS_FORBIDDEN"
 #: An unexpected failure inside the gateway (500); the incident id is in the log and the audit table.
 INTERNAL_ERROR = "INTERNAL_ERROR"
 # SMEV 3 protocol (adapters/soap); each maps to the SMEV fault of the same meaning.

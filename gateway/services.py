@@ -10,6 +10,7 @@ import logging
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -117,19 +118,42 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
     inbox = Inbox(journal)
     labs = LabResults(intake, load_lab_mappings(config))
     smev = SmevWsgi(SmevExchange(config, intake, inbox, keyring, labs), s.api.max_body_bytes)
-    certificates = [(owner, c.subject, c.serial, c.not_after) for owner, c in keyring.owned_certificates()]
+    certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
+                    for owner, c in keyring.owned_certificates()]
     app = create_app(intake=intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
                      state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
-                     lab_results=labs)
+                     lab_results=labs, metrics=s.metrics)
     relay.start()
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))
+    sockets = [_listen(s.api.host, s.api.port)]
+    if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
+        sockets.append(_listen(s.metrics.host, s.metrics.port))
     try:
-        server.run()
+        server.run(sockets=sockets)
     finally:
         relay.stop()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def certificate_labels(subject: str, serial: str, details: bool) -> tuple[str, str]:
+    """A certificate's labels on /metrics: its subject and serial, or a pseudonymous id that tells them apart."""
+    if details:
+        return subject, serial
+    import hashlib
+
+    return "hidden", hashlib.sha256(f"{subject}|{serial}".encode()).hexdigest()[:12]
 
 
 def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:

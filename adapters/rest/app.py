@@ -5,6 +5,7 @@ it, so an oversized or hostile body costs at most ``max_body_bytes`` of memory.
 """
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Callable, Literal
 
 from fastapi import FastAPI, Request
@@ -21,6 +22,7 @@ from adapters.mapping.lab_service import LabResults
 from adapters.rest.incidents import IncidentMiddleware
 from adapters.rest.problems import problem
 from gateway import errors, jsonsafe
+from gateway.config import MetricsSettings, hash_token
 from gateway.envelope import Envelope, EnvelopeDocument
 from gateway.errors import Rejection
 from gateway.journal import Journal
@@ -56,7 +58,8 @@ async def _read_capped(request: Request, limit: int) -> bytes:
 def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector,
                inbox: Inbox | None = None, keyring: KeyRing | None = None, lock_seconds: float = 300.0,
-               soap: dict[str, Any] | None = None, lab_results: LabResults | None = None) -> FastAPI:
+               soap: dict[str, Any] | None = None, lab_results: LabResults | None = None,
+               metrics: MetricsSettings | None = None) -> FastAPI:
     """The ASGI app; ``soap`` maps paths (``/smev/1.1``) to ASGI apps mounted beside the REST API."""
     app = FastAPI(
         title="Zdravlink gateway",
@@ -173,11 +176,33 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
+    scrape = metrics or MetricsSettings()
+
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
-    def metrics_endpoint() -> Response:
+    def metrics_endpoint(request: Request) -> Response:
+        _check_scrape(request, scrape)
         return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app
+
+
+def _check_scrape(request: Request, scrape: MetricsSettings) -> None:
+    """``/metrics`` names participants, queues and certificates: only for whom the settings allow."""
+    local_port = (request.scope.get("server") or ("", 0))[1]
+    if scrape.port is not None and local_port != scrape.port:
+        raise Rejection("HTTP_404", "metrics are served on their own port", None, status=404)
+    if scrape.token_sha256:
+        token = _bearer(request)
+        if not token:
+            raise Rejection(errors.AUTHENTICATION_REQUIRED, "a scrape token is required (Authorization: Bearer …)",
+                            "Authorization", status=401)
+        if hash_token(token) not in scrape.token_sha256:
+            raise Rejection(errors.INVALID_TOKEN, "the scrape token is not valid", "Authorization", status=401)
+    elif scrape.port is None:
+        client = request.client.host if request.client else ""
+        if not ipaddress.ip_address(client or "0.0.0.0").is_loopback:
+            raise Rejection(errors.METRICS_FORBIDDEN, "metrics are readable from this host only, unless "
+                            "metrics.token_sha256 or metrics.port is configured", None, status=403)
 
 
 def _lab_document(lab: str, caller_mnemonic: str, body: bytes) -> LabResultsDocument:
