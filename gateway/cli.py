@@ -22,12 +22,14 @@ worker_app = typer.Typer(help="Run one kind of worker process.", no_args_is_help
 acts_app = typer.Typer(help="Service acts for insurers.", no_args_is_help=True)
 demo_app = typer.Typer(help="Demo partners and sample traffic.", no_args_is_help=True)
 db_app = typer.Typer(help="Journal database.", no_args_is_help=True)
+journal_app = typer.Typer(help="The journal's consistency with itself and with the broker.", no_args_is_help=True)
 keys_app = typer.Typer(help="Keys and certificates.", no_args_is_help=True)
 app.add_typer(worker_app, name="worker")
 app.add_typer(acts_app, name="acts")
 app.add_typer(keys_app, name="keys")
 app.add_typer(demo_app, name="demo")
 app.add_typer(db_app, name="db")
+app.add_typer(journal_app, name="journal")
 # Piped output (logs, CI, `| less`) gets a wide fixed width instead of rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
@@ -268,7 +270,7 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
         out.print(f"{'[green]replayed[/green]' if r.replayed else '[red]skipped[/red]'} {r.message_id}: {r.reason}",
                   highlight=False)
     if counts[True]:
-        replaying.prune_dead_queue(cfg.settings.broker.url, Topology(cfg.settings.broker.prefix), journal)
+        replaying.prune_dead_queue(cfg.settings.broker.url, Topology.of(cfg.settings.broker), journal)
     if all_dead:
         out.print(f"{counts[True]} replayed, {counts[False]} skipped")
     if counts[False]:
@@ -373,6 +375,42 @@ def db_upgrade(config: Optional[Path] = ConfigOpt) -> None:
 
     Journal(_load_or_exit(config).settings.database.url).migrate()
     out.print("journal schema is current")
+
+
+@journal_app.command("check")
+def journal_check(config: Optional[Path] = ConfigOpt,
+                  older_than: Optional[float] = typer.Option(None, "--older-than", metavar="SECONDS",
+                                                             help="Stuck means unchanged this long "
+                                                                  "(default: reconciler.stuck_after_seconds)"),
+                  repair: bool = typer.Option(False, "--repair", help="Run the reconciler and the sweeper once, "
+                                              "prune the dead letter queue, then check again")) -> None:
+    """Stuck messages, trails that do not verify, broker dead letters the journal does not know; exit 1 if any."""
+    from gateway.journal import Journal
+    from routing.journal_check import JournalCheck
+
+    cfg = _load_or_exit(config)
+    check = JournalCheck(cfg, Journal(cfg.settings.database.url),
+                         older_than if older_than is not None else cfg.settings.reconciler.stuck_after_seconds)
+    if repair:
+        done = check.repair()
+        out.print(f"repair: {done['reconciled']} reconciled from the poison queue, {done['swept']} swept, "
+                  f"{done['pruned']} stale copies pruned from the dead letter queue")
+    found = check.run()
+    for mid, why in found.stuck:
+        out.print(f"[yellow]stuck[/yellow] {mid}: {why}", highlight=False)
+    for mid in found.broken_trails:
+        out.print(f"[red]trail does not verify[/red] {mid}", highlight=False)
+    if not found.broker_reachable:
+        out.print("[red]the broker is out of reach[/red]: queues not checked")
+    if found.unreconciled:
+        out.print(f"[red]{found.unreconciled} message(s) in the poison queue[/red] not yet DEAD in the journal "
+                  "(is `zdravlink worker reconciler` running? --repair takes them)")
+    if found.stale_dead_copies:
+        out.print(f"{found.stale_dead_copies} stale copies in the dead letter queue (harmless; --repair prunes them)")
+    out.print(f"{'[green]clean[/green]' if found.clean else '[red]not clean[/red]'}: {len(found.stuck)} stuck, "
+              f"{len(found.broken_trails)} broken trails, {found.unreconciled} unreconciled")
+    if not found.clean:
+        raise typer.Exit(1)
 
 
 @app.command("declare-topology")

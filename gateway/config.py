@@ -74,6 +74,10 @@ class BrokerSettings(_Strict):
     url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     prefix: str = Field("zl", pattern=r"^[a-z0-9][a-z0-9_.-]{0,30}$")
     prefetch: int = Field(32, ge=1, le=1000)
+    #: Redeliveries of one message before RabbitMQ gives up on it (a handler that fails on it every
+    #: time) and dead-letters it to the poison queue, where the reconciler records it DEAD. A queue
+    #: argument: changing it for existing queues means declaring them anew (docs/RELIABILITY.md).
+    delivery_limit: int = Field(20, ge=2, le=1000)
 
 
 class WorkerSettings(_Strict):

@@ -61,7 +61,7 @@ def load_lab_mappings(config: GatewayConfig) -> dict:  # type: ignore[type-arg] 
 def _topology(config: GatewayConfig):  # noqa: ANN202 (routing is imported lazily)
     from routing.topology import Topology
 
-    return Topology(config.settings.broker.prefix)
+    return Topology.of(config.settings.broker)
 
 
 def declare_topology(config: GatewayConfig) -> None:

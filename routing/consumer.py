@@ -152,7 +152,7 @@ class Consumer:
             except Exception:  # noqa: BLE001 - a note that cannot be written must not change the outcome
                 log.warning("%s: could not note the failure of %s in its trail", self.name, props.message_id)
         # A pause before the requeue, so a message that fails every time does not spin.
-        if self._stop.wait(min(0.1 * 2 ** count, 5.0)):
+        if self._stop.wait(min(0.1 * 2 ** count, 2.0)):
             return None
         return False
 

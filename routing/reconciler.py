@@ -26,16 +26,14 @@ log = logging.getLogger(__name__)
 RECONCILABLE = frozenset(s.value for s in (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING))
 
 
-def broker_death(headers: dict[str, Any]) -> tuple[str, str, int]:
-    """Why, from where and after how many deliveries RabbitMQ dead-lettered a message (its x-death header)."""
+def broker_death(headers: dict[str, Any]) -> tuple[str, str]:
+    """Why and from where RabbitMQ dead-lettered a message (its x-death headers)."""
     deaths = headers.get("x-death") or []
     first = deaths[0] if deaths and isinstance(deaths[0], dict) else {}
-    reason = str(headers.get("x-first-death-reason") or first.get("reason") or "unknown")
-    queue = str(headers.get("x-first-death-queue") or first.get("queue") or "unknown")
-    deliveries = int(headers.get("x-delivery-count", 0)) or int(first.get("count", 0) or 0)
-    if isinstance(reason, bytes):
-        reason = reason.decode()
-    return reason, queue, deliveries
+    reason = headers.get("x-first-death-reason") or first.get("reason") or "unknown"
+    queue = headers.get("x-first-death-queue") or first.get("queue") or "unknown"
+    return (reason.decode() if isinstance(reason, bytes) else str(reason),
+            queue.decode() if isinstance(queue, bytes) else str(queue))
 
 
 class Reconciler:
@@ -53,8 +51,8 @@ class Reconciler:
         generation = int(headers.get("x-zl-generation", rec.generation))
         if rec.status not in RECONCILABLE or generation != rec.generation:
             return  # the message moved on, or this copy is from an earlier round
-        reason, queue, deliveries = broker_death(headers)
-        last = self._last_failure(rec)
+        reason, queue = broker_death(headers)
+        last, deliveries = self._last_failure(rec)
         route = self._routes.get(str(headers.get("x-zl-route", rec.route or "")))
         self.dead.send(body, rec, route=route,
                        reason=f"RabbitMQ dead-lettered it from {queue} ({reason}) after {deliveries} deliveries; "
@@ -64,8 +62,9 @@ class Reconciler:
         log.warning("reconciled %s: dead-lettered by RabbitMQ from %s (%s), now DEAD in the journal",
                     rec.message_id, queue, reason)
 
-    def _last_failure(self, rec: MessageRecord) -> str:
+    def _last_failure(self, rec: MessageRecord) -> tuple[str, str]:
+        """The last failure the workers noted in the trail, and at which delivery; the queue keeps neither."""
         for event in reversed(self.journal.trail(rec.message_id)):
             if event.kind == "HANDLER_FAILED":
-                return str(event.detail.get("error", "unknown"))
-        return rec.last_error or "none noted"
+                return str(event.detail.get("error", "unknown")), str(event.detail.get("delivery", "?"))
+        return rec.last_error or "none noted", "?"

@@ -26,6 +26,8 @@ from typing import Iterable
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
+from gateway.config import BrokerSettings
+
 #: Delayed-retry buckets in seconds. A delay is rounded up to the next bucket.
 RETRY_BUCKETS: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
 #: A message redelivered this many times (a worker crashing on it) is dead-lettered by the broker.
@@ -39,6 +41,8 @@ class TopologyMismatch(RuntimeError):
 @dataclass(frozen=True)
 class Topology:
     prefix: str
+    #: Redeliveries of one message (so limit + 1 deliveries) before RabbitMQ dead-letters it to the poison queue.
+    delivery_limit: int = POISON_DELIVERY_LIMIT
 
     @property
     def ingress_exchange(self) -> str:
@@ -103,10 +107,14 @@ class Topology:
                 "by an earlier version with other arguments; move its messages off and delete it "
                 "(rabbitmqctl delete_queue NAME), or start with another broker.prefix") from None
 
+    @classmethod
+    def of(cls, broker: BrokerSettings) -> Topology:
+        return cls(broker.prefix, broker.delivery_limit)
+
     def _declare(self, ch: BlockingChannel, recipients: Iterable[str]) -> None:
         poison_dlx = {
             "x-queue-type": "quorum",
-            "x-delivery-limit": POISON_DELIVERY_LIMIT,
+            "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dead_exchange,
             "x-dead-letter-routing-key": "poison",
             "x-dead-letter-strategy": "at-least-once",

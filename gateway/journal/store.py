@@ -487,6 +487,29 @@ class Journal:
             prev = ev.hash
         return True
 
+    def broken_trails(self, since: datetime | None = None) -> Iterator[str]:
+        """Every message whose trail does not verify, in one streamed pass over the events."""
+        query = select(events).order_by(events.c.message_id, events.c.id)
+        if since is not None:
+            query = query.where(events.c.message_id.in_(
+                select(messages.c.message_id).where(messages.c.created_at >= since)))
+        with self.engine.connect() as conn:
+            rows = conn.execution_options(stream_results=True, yield_per=5000).execute(query)
+            current, prev, broken = None, GENESIS, False
+            for r in rows:
+                if r.message_id != current:
+                    if broken:
+                        yield str(current)
+                    current, prev, broken = r.message_id, GENESIS, False
+                if broken:
+                    continue
+                if r.prev_hash != prev or r.hash != _event_hash(prev, r.message_id, r.at, r.status, r.kind, r.actor,
+                                                                r.detail):
+                    broken = True
+                prev = r.hash
+            if broken:
+                yield str(current)
+
     def with_status(self, status: Status, page: int = 1000) -> Iterator[str]:
         """Every message in ``status``, oldest first, read a page at a time so any number fits in memory."""
         after: tuple[datetime, str] | None = None
