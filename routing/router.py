@@ -19,7 +19,7 @@ import pika
 
 from gateway.config import GatewayConfig
 from gateway.envelope import Envelope
-from gateway.journal import Change, Journal, Status
+from gateway.journal import Change, Journal, Stage, Status
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
 from routing.batching import GroupExecutor, ItemFailed
@@ -62,13 +62,20 @@ class Router:
         changes: list[Change] = []
         routes: dict[str, str] = {}
         results: list[None | ItemFailed] = []
+        late: list[Change] = []
         for body, props in items:
             results.append(None)
             rec = records.get(props.message_id)
-            if rec is None or rec.status not in _ROUTABLE_VALUES or props.message_id in routes:
-                continue  # a repeat from the relay or a redelivery: the journal shows it has moved on
+            if rec is None or props.message_id in routes:
+                continue
             if int((props.headers or {}).get("x-zl-generation", rec.generation)) != rec.generation:
                 continue  # a copy from before a replay or a sweep; the current round has its own copy
+            if rec.status not in _ROUTABLE_VALUES:
+                # A repeat, or a router that died after routing it and before writing it down: the
+                # delivery worker has it. The stage guard writes ROUTED only in the second case.
+                late.append(Change(rec.message_id, "ROUTED", ACTOR, {"route": rec.route, "noted": "on redelivery"},
+                                   Status.ROUTED, ROUTABLE, even_if_late=True, stage=Stage.ROUTED))
+                continue
             try:
                 env = Envelope.from_element(parse_xml(body))
                 route = self.config.resolve_route(env.sender, env.message_type, env.recipient, env.payload)
@@ -82,12 +89,17 @@ class Router:
                 continue
             routes[rec.message_id] = route.name
             outgoing.append(Outgoing(rec.message_id, env.recipient, body, routed_headers(route, rec.generation)))
+            # It came through the broker, so it was published, whether or not the relay has written
+            # that down yet (it may have died first); the stage guard keeps one PUBLISHED either way.
+            changes.append(Change(rec.message_id, "PUBLISHED", ACTOR, {"noted": "by the router"}, Status.PUBLISHED,
+                                  (Status.ACCEPTED,), even_if_late=True, stage=Stage.PUBLISHED))
             # The delivery worker may record DELIVERED before this lands: keep ROUTED in the trail anyway.
             changes.append(Change(rec.message_id, "ROUTED", ACTOR,
                                   {"route": route.name, "channels": [c.name for c in route.channels]},
-                                  Status.ROUTED, ROUTABLE, {"route": route.name}, even_if_late=True))
+                                  Status.ROUTED, ROUTABLE, {"route": route.name}, even_if_late=True,
+                                  stage=Stage.ROUTED))
         confirmed = set(self.publisher.publish_batch(self.topology.deliver_exchange, outgoing))
-        self.journal.record_many([c for c in changes if c.message_id in confirmed])
+        self.journal.record_many([c for c in changes if c.message_id in confirmed] + late)
         for mid in confirmed:
             metrics.ROUTED.labels(routes[mid]).inc()
         missing = [o.message_id for o in outgoing if o.message_id not in confirmed]

@@ -65,8 +65,11 @@ class RecipientServer(ServedInThread):
         self.trust, self.gateway = trust, gateway
         self.script: deque[int] = deque(script)
         self.delay = delay
+        #: While set, every request is answered with this status (a recipient in trouble for a while).
+        self.answer_with: int | None = None
         self.requests: list[Received] = []      # every request, repeats included
         self.accepted: dict[str, Received] = {}  # first delivery per idempotency key
+        self.repeats = 0  # deliveries acknowledged again for a key already accepted
         self._httpd = ThreadingHttpServer((host, port), self._handler())
 
     @property
@@ -76,9 +79,10 @@ class RecipientServer(ServedInThread):
     def _answer(self, item: Received) -> int:
         with self._lock:
             self.requests.append(item)
-            code = self.script.popleft() if self.script else 200
+            code = self.answer_with or (self.script.popleft() if self.script else 200)
             if code < 300:
                 if item.idempotency_key in self.accepted:
+                    self.repeats += 1
                     return 200  # a repeat: acknowledged, not processed again
                 self.accepted[item.idempotency_key] = item
             return code

@@ -45,6 +45,17 @@ class Status(str, enum.Enum):
     REJECTED = "REJECTED"
 
 
+class Stage(enum.IntFlag):
+    """Stages whose event is written once per round, by whichever process sees the stage first.
+
+    The relay's confirm and the router's pick-up race, and a process can die between
+    doing a stage and writing it down; a stage is in the trail once, never missing.
+    """
+
+    PUBLISHED = 1
+    ROUTED = 2
+
+
 #: Statuses from which a message still has somewhere to go.
 IN_FLIGHT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING, Status.AWAITING_PICKUP)
 
@@ -95,6 +106,7 @@ class MessageRecord:
     replays: int
     last_error: str | None
     generation: int = 0
+    stages: int = 0
 
 
 class Change(NamedTuple):
@@ -114,6 +126,8 @@ class Change(NamedTuple):
     only_from: tuple[Status, ...] | None = None
     columns: dict[str, Any] = {}
     even_if_late: bool = False
+    #: A stage written once per round: skipped when its event is already in the trail.
+    stage: Stage | None = None
 
 
 @dataclass(frozen=True)
@@ -234,19 +248,27 @@ class Journal:
         results: list[bool] = []
         with self.engine.begin() as conn:
             self._lock_chains(conn, ids)
-            current = dict(conn.execute(
-                select(messages.c.message_id, messages.c.status).where(messages.c.message_id.in_(ids))
-            ).all())
+            found = conn.execute(select(messages.c.message_id, messages.c.status, messages.c.stages)
+                                 .where(messages.c.message_id.in_(ids))).all()
+            current = {r.message_id: r.status for r in found}
+            stages = {r.message_id: r.stages for r in found}
             heads = self._chain_heads(conn, ids)
             rows = []
             for c in changes:
                 status_now = current.get(c.message_id)
-                guard_holds = status_now is not None and (
-                    c.only_from is None or status_now in {Status(s).value for s in c.only_from})
+                if status_now is None or (c.stage is not None and stages[c.message_id] & c.stage):
+                    results.append(False)
+                    continue  # no such message, or this stage of this round is in the trail already
+                guard_holds = c.only_from is None or status_now in {Status(s).value for s in c.only_from}
+                if not guard_holds and not c.even_if_late:
+                    results.append(False)
+                    continue
+                if c.stage is not None:
+                    stages[c.message_id] |= c.stage
+                    conn.execute(update(messages).where(messages.c.message_id == c.message_id)
+                                 .values(stages=stages[c.message_id]))
                 if not guard_holds:
                     results.append(False)
-                    if status_now is None or not c.even_if_late:
-                        continue
                     detail: dict[str, Any] = {**c.detail, "late": True}
                     new_status = status_now
                 else:
@@ -432,30 +454,33 @@ class Journal:
         return [(r.message_id, r.envelope, r.generation) for r in rows]
 
     def mark_published(self, message_ids: Sequence[str], actor: str) -> None:
-        """Record the broker's confirm. The router may already have moved a message on,
-        so the status only changes where it is still ACCEPTED; the event is kept either way."""
+        """Record the broker's confirm. The router may already have moved a message on (and
+        noted PUBLISHED itself): the status only changes where it is still ACCEPTED, and the
+        event is written unless this round's PUBLISHED is in the trail already (``Stage``)."""
         now = utcnow()
         with self.engine.begin() as conn:
             self._lock_chains(conn, message_ids)
-            current = dict(
-                conn.execute(
-                    select(messages.c.message_id, messages.c.status).where(messages.c.message_id.in_(message_ids))
-                ).all()
-            )
+            current = {r.message_id: r.status for r in conn.execute(
+                select(messages.c.message_id, messages.c.status, messages.c.stages)
+                .where(messages.c.message_id.in_(message_ids))) if not r.stages & Stage.PUBLISHED}
+            if not current:
+                return
+            ids = list(current)
             conn.execute(
                 update(messages)
-                .where(messages.c.message_id.in_(message_ids), messages.c.status == Status.ACCEPTED.value)
+                .where(messages.c.message_id.in_(ids), messages.c.status == Status.ACCEPTED.value)
                 .values(status=Status.PUBLISHED.value, updated_at=now)
             )
+            conn.execute(update(messages).where(messages.c.message_id.in_(ids))
+                         .values(stages=messages.c.stages.op("|")(int(Stage.PUBLISHED))))
             # One query for the chain heads and one multi-row insert: a relay batch of
             # hundreds must not cost two round trips per message.
-            heads = self._chain_heads(conn, list(current))
+            heads = self._chain_heads(conn, ids)
             rows = []
             for mid, status in current.items():
                 new = Status.PUBLISHED.value if status == Status.ACCEPTED.value else status
                 rows.append(_event_row(heads.get(mid, GENESIS), mid, now, new, "PUBLISHED", actor, _detail_text({})))
-            if rows:
-                conn.execute(insert(events), rows)
+            conn.execute(insert(events), rows)
 
     # ---- reading ----------------------------------------------------------
 
@@ -567,7 +592,7 @@ class Journal:
         return self.record(
             message_id, "REPLAYED", actor, lineage,
             status=Status.ACCEPTED, only_from=(Status.DEAD, Status.FAILED),
-            replays=rec.replays + 1, generation=rec.generation + 1, attempts=0, last_error=None,
+            replays=rec.replays + 1, generation=rec.generation + 1, stages=0, attempts=0, last_error=None,
         )
 
     def send_round_again(self, rec: MessageRecord, actor: str, detail: dict[str, Any]) -> bool:
@@ -582,7 +607,7 @@ class Journal:
             moved = conn.execute(
                 update(messages).where(messages.c.message_id == rec.message_id, messages.c.status == rec.status,
                                        messages.c.generation == rec.generation)
-                .values(status=Status.ACCEPTED.value, generation=rec.generation + 1, updated_at=now)
+                .values(status=Status.ACCEPTED.value, generation=rec.generation + 1, stages=0, updated_at=now)
             ).rowcount
             if not moved:
                 return False

@@ -39,6 +39,8 @@ messages = Table(
     Column("last_error", Text),
     #: The round the message is on (replay and the sweeper raise it); copies of older rounds are stale.
     Column("generation", Integer, nullable=False, default=0),
+    #: Stage events of this round already in the trail (store.Stage bits): each is written once.
+    Column("stages", Integer, nullable=False, default=0),
     Index("ix_messages_status_created", "status", "created_at"),
     Index("ix_messages_status_updated", "status", "updated_at"),
 )

@@ -136,15 +136,20 @@ class GatewayProcesses:
         path = self.dir / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def stop(self) -> None:
+    def stop_processes(self, sig: int = signal.SIGTERM) -> None:
+        """Stop every process (as ``zdravlink run`` does on SIGTERM); ``start()`` brings them back."""
         for proc in self.procs.values():
             if proc.poll() is None:
-                proc.terminate()
+                proc.send_signal(sig)
         for proc in self.procs.values():
             try:
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                proc.wait(5)
+
+    def stop(self) -> None:
+        self.stop_processes()
         self.http.close()
         self.delete_topology()
 
