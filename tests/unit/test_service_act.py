@@ -33,7 +33,7 @@ from tests.support.references import SHARED
 
 ROOT = Path(__file__).resolve().parents[2]
 OUR_XSD = ROOT / "schemas_xsd" / "oms" / "service-act-3.1.xsd"
-REFERENCE_XSD = ROOT / "tests" / "data" / "oms" / "promed-ufa-OMS-D1-1-NEW.xsd"
+REFERENCE_XSD = ROOT / "schemas_xsd" / "oms" / "bashkortostan" / "promed-ufa-OMS-D1-1-NEW.xsd"
 REFERENCE_SHA256 = "be8f11f1ff8d1a4b383007741e288c9953495c10cd58b816b9e11651b15c698b"
 RECORD_XSD = ROOT / "schemas_xsd" / "payloads" / "service-record-1.0.xsd"
 XS = "{http://www.w3.org/2001/XMLSchema}"
