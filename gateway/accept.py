@@ -30,7 +30,7 @@ from gateway.journal import Journal
 from gateway.journal.correlation import RegistryRequests
 from gateway.journal.store import AcceptOutcome
 from gateway.keyring import KeyRing
-from gateway.service_records import ACT_PROTOCOL_NS, SERVICE_RECORD_NS, ServiceRecordRules
+from gateway.service_records import PROTOCOL_TYPES, SERVICE_RECORD_NS, ServiceRecordRules
 from gateway.tariffs import load_tariffs
 from gateway.xmlsafe import parse_xml
 from signing import errors as signature_errors
@@ -112,7 +112,7 @@ class AcceptPipeline:
                             "MessageType", status=422)
         schemas.validate_payload(env.message_type, env.payload)
         warnings = self.service_records.check(env) if env.message_type == SERVICE_RECORD_NS else []
-        if env.message_type == ACT_PROTOCOL_NS:
+        if env.message_type in PROTOCOL_TYPES:
             self.service_records.check_protocol(env)
         if env.message_type == WORKER_VERIFICATION_NS:
             self._check_worker_request(env)
@@ -152,7 +152,7 @@ class AcceptPipeline:
                                       evidence=verified_signature, warnings=warnings)
         if env.message_type == SERVICE_RECORD_NS and not outcome.duplicate:
             self.service_records.accepted(env)
-        elif env.message_type == ACT_PROTOCOL_NS and not outcome.duplicate:
+        elif env.message_type in PROTOCOL_TYPES and not outcome.duplicate:
             self.service_records.protocol_accepted(env)
         elif self._routes[route].channels[0].mode == "registry":
             self._open_registry_request(env)
