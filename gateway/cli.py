@@ -633,25 +633,14 @@ def _demo_insurer(cfg, mnemonic: str, port: int):  # noqa: ANN001, ANN202
     from adapters.acts.schedule import previous_period
 
     last_month = dt.date.fromisoformat(previous_period(dt.date.today()) + "-01")
-    prices = _tariffs_or_exit(cfg).prices_on(last_month)
-    oms = _or_exit(_checked, load_oms_config, cfg)
+    prices = _tariffs_or_exit(cfg).prices_on(last_month)  # exits on any problem of oms/ too
+    oms = load_oms_config(cfg, [])
     binding = oms.insurers.get(mnemonic)
     region = dict(answer="flk", profile=oms.profiles[binding.profile], editions=binding.editions) if binding else {}
     signer = demo_signer(cfg.directory / "keys", mnemonic)
     s = cfg.settings.api
     return InsurerEmulator(prices, mnemonic=mnemonic, port=port, signer=signer, gateway_url=f"http://{s.host}:{s.port}",
                            token=os.environ.get("ZL_DEMO_INSURER_TOKEN", "demo-insurer-token"), **region)
-
-
-def _checked(load, cfg):  # noqa: ANN001, ANN202
-    """Run a ``load(cfg, problems)`` step; its problems become a ConfigError."""
-    from gateway.config import ConfigError, ConfigProblem
-
-    problems: list[ConfigProblem] = []
-    loaded = load(cfg, problems)
-    if problems:
-        raise ConfigError(problems)
-    return loaded
 
 
 @demo_app.command("send")

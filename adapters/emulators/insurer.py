@@ -61,7 +61,7 @@ from gateway.oms import OmsFileError
 from gateway.oms.archive import RegisterPair, pack, unpack_register
 from gateway.oms.checks import check_register
 from gateway.oms.flk import FlkError, FlkProtocol, write_flk
-from gateway.oms.profiles import Edition, EditionError, InsurerBinding, RegionProfile, resolve
+from gateway.oms.profiles import Edition, InsurerBinding, RegionProfile, resolve
 from gateway.schemas import validate_envelope
 from signing import Certificate, Signer, TrustStore, sign
 from signing.cms import verify_detached
@@ -134,7 +134,7 @@ def check_archive(pair: RegisterPair, profile: RegionProfile, *, editions: list[
     try:
         period = f"{int(pair.h_file.findtext('SCHET/YEAR') or '')}-{int(pair.h_file.findtext('SCHET/MONTH') or ''):02d}"
         edition = resolve(profile, InsurerBinding(profile=profile.name, editions=editions), period)
-    except (ValueError, EditionError) as exc:
+    except ValueError as exc:  # an unreadable period, or an EditionError
         h_errors.append(FlkError("ZL.EDITION", "VERSION", "ZGLV", comment=f"no edition to check against: {exc}"))
     else:
         if pair.l_file is None:

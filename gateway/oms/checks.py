@@ -35,16 +35,16 @@ says ``3.1`` (tests/data/oms/region75); the schema is chosen by the period, as i
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass
 from collections.abc import Collection, Iterable, Iterator
+from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from lxml import etree
 
+from gateway.oms import OmsFileError
 from gateway.oms.flk import FlkError
 from gateway.oms.names import RegisterName
-from gateway.oms import OmsFileError
 from gateway.oms.schema_check import schema_errors
 
 _PLAT_REQUIRED = ("MS", "ST", "SM")
