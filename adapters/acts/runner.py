@@ -93,8 +93,13 @@ class ActRunner:
                 service_records.c.period == period, service_records.c.code_mo == code_mo,
                 service_records.c.insurer == insurer).order_by(service_records.c.record_key)).all()
         messages = self.journal.get_many([r.message_id for r in rows])
-        records = [Record.from_element(Envelope.from_element(parse_xml(messages[r.message_id].envelope)).payload)
-                   for r in rows]
+        records = []
+        for row in rows:
+            try:
+                records.append(Record.from_element(
+                    Envelope.from_element(parse_xml(messages[row.message_id].envelope)).payload))
+            except RegisterError as exc:  # a record kept before the register needed it (Patient/Person)
+                raise RegisterError(f"record {row.record_key!r} (message {row.message_id}): {exc}") from None
         return records, [r.record_key for r in rows]
 
     def _one(self, period: str, code_mo: str, insurer: str, sender: str, correction: bool,

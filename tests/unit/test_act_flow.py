@@ -27,7 +27,7 @@ from gateway.config import load_config
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal
-from gateway.journal.tables import acts
+from gateway.journal.tables import acts, rejections
 from gateway.keyring import KeyRing
 from gateway.oms.archive import pack, unpack_register
 from gateway.oms.flk import FlkError, FlkProtocol, write_flk
@@ -200,6 +200,11 @@ def test_a_protocol_left_as_a_file_is_taken_with_its_signature(gateway: ActRunne
     file = tmp_path / "VM770001S75001_24101.xml"
     file.write_bytes(write_flk(FlkProtocol("VM770001S75001_24101", "HM770001S75001_24101.XML",
                                            (FlkError("001F.00.0310", "PRVS", "SL", n_zap="2", sl_id="2"),))))
+    garbage = tmp_path / "VM770001S75001_24101.zip"
+    garbage.write_bytes(b"not a zip")
+    with pytest.raises(Rejection) as exc:
+        import_protocol(gateway, garbage, None)
+    assert exc.value.code == "PROTOCOL_INVALID" and "not a readable ZIP" in exc.value.detail
     with pytest.raises(Rejection) as exc:  # the route wants the insurer's signature: none came
         import_protocol(gateway, file, None)
     assert exc.value.code == "SIGNATURE_REQUIRED"
@@ -210,6 +215,9 @@ def test_a_protocol_left_as_a_file_is_taken_with_its_signature(gateway: ActRunne
     assert exc.value.code == "CERTIFICATE_SENDER_MISMATCH"
     sig = tmp_path / f"{file.name}.sig"
     sig.write_bytes(sign_detached(file.read_bytes(), demo_signer(demo_keys, "insurer")))
+    with gateway.journal.engine.connect() as conn:  # every refusal is in the audit table
+        assert [r.code for r in conn.execute(select(rejections).order_by(rejections.c.id))] == [
+            "PROTOCOL_INVALID", "SIGNATURE_REQUIRED", "CERTIFICATE_SENDER_MISMATCH"]
     accepted = import_protocol(gateway, file, sig)
     assert (accepted.envelope.sender, accepted.envelope.recipient, accepted.envelope.reference_message_id) == (
         "smo", "clinic", outcome.message_id)
