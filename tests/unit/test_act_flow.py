@@ -1,5 +1,6 @@
-"""The gateway's side of an act, without a broker: records in, the register archive out (journalled), the
-insurer's ФЛК protocol in, each record marked; the same for a protocol left as a file, and `--out`.
+"""The gateway's side of an act, without a broker, on SQLite and PostgreSQL: records in, the register archive
+out (journalled), the insurer's ФЛК protocol in, each record marked; the same for a protocol left as a file,
+and `--out`.
 
 The insurer's checks run in-process here (``check_archive`` of the emulator); over the wire they
 run in tests/integration/test_service_acts.py.
@@ -49,7 +50,7 @@ V021 = {"76", "27"}
 
 
 @pytest.fixture
-def gateway(tmp_path: Path, demo_keys: Path):
+def gateway(tmp_path: Path, demo_keys: Path, db_url: str):
     (tmp_path / "tariffs").mkdir()
     (tmp_path / "tariffs" / "t.yaml").write_text(TARIFFS.replace("2026-01-01", "2024-01-01"), encoding="utf-8")
     (tmp_path / "participants.yaml").write_text(
@@ -67,7 +68,7 @@ def gateway(tmp_path: Path, demo_keys: Path):
     (tmp_path / "oms" / "insurers.yaml").write_text(
         f"insurers:\n  smo: {{profile: zabaykalsky, drop_directory: {tmp_path / 'drop'}}}\n")
     config = load_config(tmp_path, known_message_types=known_message_types())
-    journal = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
+    journal = Journal(db_url)
     journal.migrate()
     keyring = KeyRing(trust=TrustStore.from_directory(demo_keys / "trust"), signer=demo_signer(demo_keys, "gateway"),
                       certificates={"smo": [Certificate.load(demo_keys / "insurer-gost2012-256.pem")]})
