@@ -5,8 +5,10 @@ It lives in the core because the accept pipeline reads protocols against the act
 building acts from service records is ``adapters.acts``. Facts and their sources:
 docs/service-acts.md and ../shared/research/oms-format.md.
 
-Public surface: ``names``, ``archive``, ``layout``, ``profiles``, ``checks``, ``flk`` modules, and
-``OmsFileError`` for any file that cannot be read or written as the format says.
+Modules: ``names`` (file names), ``archive`` (the ZIP, windows-1251 files), ``layout`` (element order
+from a region's XSD), ``profiles`` (regions, editions, insurer bindings), ``schema_check`` and
+``checks`` (the ФЛК-side checks), ``flk`` (the protocol), ``services`` (which records an error
+names); and ``OmsFileError`` for any file that cannot be read or written as the format says.
 """
 from __future__ import annotations
 

@@ -276,3 +276,40 @@ def test_the_running_gateway_sends_the_previous_months_acts_on_schedule(gateway_
     time.sleep(1.5)  # several more checks of the schedule: the act is not sent again
     assert len(insurers["smo-3"].acts) == 1
     assert f"acts {period} 770001 → smo-3: sent" in gw.log("acts")
+
+
+def test_an_insurer_receiving_by_rest_gets_the_same_archive_in_json(gateway_factory, tmp_path, demo_keys):
+    import json
+
+    from adapters.emulators.rest_recipient import RecipientServer
+
+    insurer = RecipientServer(name="smo-rest").start()
+    try:
+        people = ("  - {mnemonic: clinic-a, name: A, kind: mis, delivery: {mode: pull}, "
+                  f"credentials: {{api_token_sha256: [\"{hash_token('clinic-a-token')}\"]}}}}\n"
+                  "  - {mnemonic: smo-1, name: S, kind: insurer, oms_code: \"75001\", signature_required: false, "
+                  f"delivery: {{mode: rest, url: \"{insurer.url}\", format: json}}}}\n")
+        routes = (f'  - {{name: rec, sender: clinic-a, message_type: "{SERVICE_RECORD_NS}", recipient: smo-1, '
+                  'channels: [{mode: pull}]}\n'
+                  f'  - {{name: act, sender: clinic-a, message_type: "{REGISTER_NS}", recipient: smo-1}}\n')
+        gw = gateway_factory(f"participants:\n{people}", f"routes:\n{routes}", tariffs=tariffs_dir(tmp_path),
+                             oms=oms_config(tmp_path, "insurers:\n  smo-1: {profile: zabaykalsky}\n"),
+                             settings=configs.settings(keys=demo_keys))
+        r = gw.post({"messageId": str(uuid.uuid1()), "sender": "clinic-a", "recipient": "smo-1",
+                     "messageType": SERVICE_RECORD_NS,
+                     "payload": record(id="REST-1", period=PERIOD, din=f"{PERIOD}-07", dout=f"{PERIOD}-07", mo="770001",
+                                       insurer="smo-1", dept="3", tariff="1300.00")}, "clinic-a-token")
+        assert r.status_code == 202, r.text
+        built = gw.cli("acts", "build", "--period", PERIOD)
+        assert built.returncode == 0 and "sent" in built.stdout, built.stdout + built.stderr
+        wait_for(lambda: len(insurer.requests) == 1)
+        env = Envelope.from_json(json.loads(insurer.requests[0].body))
+        archive = read_archive_payload(env.payload)
+        pair = unpack_register(archive.content, archive.file_name)
+        assert archive.file_name == "HM770001S75001_24101.zip"
+        assert reference_valid(pair.h_file, SCHEMAS["smo-1"][0], None) == []
+        assert [u.findtext("IDSERV") for u in pair.h_file.iterfind(".//USL")] == ["REST-1"]
+        verify_detached(archive.content, archive.signature, trust=TrustStore.from_directory(demo_keys / "trust"),
+                        signers=[Certificate.load(demo_keys / "gateway-gost2012-256.pem")])
+    finally:
+        insurer.stop()
