@@ -161,6 +161,8 @@ class DeliveryWorker:
                 continue
             if self._on_channel(body, signed, rec, route, index, progress):
                 return
+            if progress.tries[index] < route.retry.attempts:  # its breaker opened between two attempts
+                waits.append(breaker.retry_in())
         if waits:
             self._wait_for_breaker(body, rec, route, progress, min(waits))
         else:

@@ -52,15 +52,16 @@ class Script:
 @pytest.fixture
 def world(tmp_path: Path):
     def make(script: Script, *, attempts: int = 3, threshold: int = 5, reset: float = 30.0,
-             budget: float | None = None, channels: int = 2) -> tuple[DeliveryWorker, Journal, FakePublisher]:
+             budget: float | None = None, channels: int = 2, in_process: float = 0.0,
+             initial_delay: float = 10.0) -> tuple[DeliveryWorker, Journal, FakePublisher]:
         cfg_dir = tmp_path / "cfg"
         cfg_dir.mkdir(exist_ok=True)
         (cfg_dir / "participants.yaml").write_text(configs.participants("http://127.0.0.1:9/x"))
         names = ["primary", "backup"][:channels]
         (cfg_dir / "routes.yaml").write_text(configs.routes(
-            channels=[(n, f"http://127.0.0.1:9/{n}") for n in names], attempts=attempts, initial_delay=10.0,
+            channels=[(n, f"http://127.0.0.1:9/{n}") for n in names], attempts=attempts, initial_delay=initial_delay,
             max_delay=60.0, max_total_seconds=budget))
-        (cfg_dir / "gateway.yaml").write_text(configs.settings(in_process_max_delay=0.0, failure_threshold=threshold,
+        (cfg_dir / "gateway.yaml").write_text(configs.settings(in_process_max_delay=in_process, failure_threshold=threshold,
                                                                reset_timeout=reset))
         cfg = load_config(cfg_dir)
         journal = Journal(f"sqlite:///{tmp_path / 'j.db'}")
@@ -126,6 +127,17 @@ def test_open_breakers_make_a_message_wait_without_spending_attempts(world) -> N
     mid, body, _ = victims[0]
     handle(worker, mid, body, parked[0])
     assert pub.sent[-1][0] == "t.retry.60s" and pub.sent[-1][2]["x-zl-waits"] == 2
+
+
+def test_a_breaker_that_opens_between_in_process_attempts_makes_the_message_wait_not_die(world) -> None:
+    script = Script(primary=[DOWN], backup=[DOWN])
+    worker, journal, pub = world(script, attempts=5, threshold=2, in_process=5.0, initial_delay=0.01)
+    mid, body, headers = routed(journal)
+    handle(worker, mid, body, headers)
+    rec = journal.get(mid)
+    assert rec.status == "RETRYING", rec.last_error
+    assert script.calls == [("primary", 1), ("primary", 2), ("backup", 1), ("backup", 2)]
+    assert pub.sent[-1][2]["x-zl-tries"] == [2, 2] and pub.sent[-1][0].startswith("t.retry.")
 
 
 def test_a_closed_breaker_lets_the_waiting_message_through(world) -> None:
