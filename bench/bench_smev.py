@@ -92,7 +92,7 @@ def main() -> None:
         from gateway.journal.inbox import Inbox
         journal = Journal(gw.db_url)
         inbox = Inbox(journal)
-        for mid in journal.with_status(Status.ACCEPTED) + journal.with_status(Status.PUBLISHED):
+        for mid in [*journal.with_status(Status.ACCEPTED), *journal.with_status(Status.PUBLISHED)]:
             inbox.park(journal.get(mid), "bench", "default")
         clinic = demo_signer(keys, "clinic")
         n, t0 = 0, time.perf_counter()

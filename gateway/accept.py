@@ -31,7 +31,7 @@ from gateway.journal.correlation import RegistryRequests
 from gateway.journal.store import AcceptOutcome, SideWrite
 from gateway.keyring import KeyRing
 from gateway.message_ids import check_message_id
-from gateway.service_records import ACT_PROTOCOL_NS, SERVICE_RECORD_NS, ServiceRecordRules
+from gateway.service_records import PROTOCOL_TYPES, SERVICE_RECORD_NS, ServiceRecordRules
 from gateway.tariffs import load_tariffs
 from gateway.xmlsafe import parse_xml
 from signing import errors as signature_errors
@@ -119,7 +119,7 @@ class AcceptPipeline:
                             "MessageType", status=422)
         schemas.validate_payload(env.message_type, env.payload)
         warnings = self.service_records.check(env) if env.message_type == SERVICE_RECORD_NS else []
-        if env.message_type == ACT_PROTOCOL_NS:
+        if env.message_type in PROTOCOL_TYPES:
             self.service_records.check_protocol(env)
         if env.message_type == WORKER_VERIFICATION_NS:
             self._check_worker_request(env)
@@ -164,7 +164,7 @@ class AcceptPipeline:
         """What accepting this message must also record, in the same transaction as the message."""
         if env.message_type == SERVICE_RECORD_NS:
             return [self.service_records.record_write(env)]
-        if env.message_type == ACT_PROTOCOL_NS:
+        if env.message_type in PROTOCOL_TYPES:
             return [self.service_records.protocol_write(env)]
         if self._routes[route].channels[0].mode == "registry":
             # The answer deadline counts from acceptance, whatever happens to delivery.

@@ -71,11 +71,14 @@ def _mappings_or_exit(cfg):  # noqa: ANN001, ANN202
 
 
 def _tariffs_or_exit(cfg):  # noqa: ANN001, ANN202
+    """The tariff table; the OMS register profiles (oms/) are checked with it: service records need both."""
     from gateway.config import ConfigProblem
+    from gateway.oms.profiles import load_oms_config
     from gateway.tariffs import load_tariffs
 
     problems: list[ConfigProblem] = []
     table = load_tariffs(cfg.directory, problems)
+    load_oms_config(cfg, problems)
     if problems:
         _exit_with(problems)
     return table
@@ -301,37 +304,65 @@ def acts_build(period: str = typer.Option(..., "--period", help="The reporting m
                insurer: Optional[str] = typer.Option(None, "--insurer", help="Only this insurer's acts"),
                correction: bool = typer.Option(False, "--correction", help="Send a new version of acts already "
                                                "sent, naming the version it replaces"),
+               out_dir: Optional[Path] = typer.Option(None, "--out", file_okay=False, help="Write each act's archive "
+                                                      "and .sig into this directory and send nothing"),
                config: Optional[Path] = ConfigOpt) -> None:
-    """Build each organisation's act per insurer for the period and send it; a period already sent is not resent."""
+    """Build each organisation's register per insurer for the period and send it; a period already sent is not
+    resent. With --out the archives are written for an operator to check or hand over, and nothing is sent."""
     import re as _re
 
     from rich.progress import Progress
 
-    from adapters.acts.runner import ActRunner
-    from adapters.intake import Intake
-    from gateway.accept import AcceptPipeline
-    from gateway.journal import Journal
-
     if not _re.fullmatch(r"\d{4}-(0[1-9]|1[0-2])", period):
         err.print(f"--period must be YYYY-MM (got {period!r})")
         raise typer.Exit(2)
-    cfg = _load_or_exit(config)
-    _tariffs_or_exit(cfg)
-    journal = Journal(cfg.settings.database.url)
-    runner = ActRunner(cfg, journal, Intake(AcceptPipeline(cfg, journal, _keyring_or_exit(cfg)), journal))
+    runner = _act_runner(config)
     groups = runner.groups(period, insurer)
     if not groups:
         out.print(f"no service records for {period}" + (f" and {insurer}" if insurer else ""))
         raise typer.Exit(0)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(f"acts for {period}", total=len(groups))
-        outcomes = runner.build(period, insurer, correction, progress=lambda _: bar.advance(task))
-    colours = {"sent": "green", "unchanged": "cyan", "changed": "yellow", "failed": "red"}
+        outcomes = runner.build(period, insurer, correction, progress=lambda _: bar.advance(task), out=out_dir)
+    colours = {"sent": "green", "unchanged": "cyan", "changed": "yellow", "written": "green", "failed": "red"}
     for o in outcomes:
         version = f" v{o.version}" if o.version else ""
         out.print(f"[{colours[o.state]}]{o.state:<9}[/{colours[o.state]}] {o.code_mo} → {o.insurer}{version}: "
                   f"{o.detail}" + (f" ({o.message_id})" if o.state == "sent" else ""), highlight=False)
     raise typer.Exit(1 if any(o.state == "failed" for o in outcomes) else 0)
+
+
+@acts_app.command("protocol")
+def acts_protocol(file: Path = typer.Argument(..., exists=True, dir_okay=False,
+                                              help="The insurer's ФЛК protocol: FLK_P XML, or a ZIP of them"),
+                  signature: Optional[Path] = typer.Option(None, "--signature", exists=True, dir_okay=False,
+                                                           help="Its detached CMS signature (.sig), by the insurer"),
+                  config: Optional[Path] = ConfigOpt) -> None:
+    """Take a ФЛК protocol an insurer left as a file: mark the act's records and deliver it to the MIS, as if the
+    insurer had sent it (its .sig stands for the envelope signature the route may require)."""
+    from adapters.acts.protocol_file import import_protocol
+    from gateway.errors import Rejection
+
+    runner = _act_runner(config)
+    try:
+        accepted = import_protocol(runner, file, signature)
+    except Rejection as exc:
+        err.print(f"[red]{exc.code}[/red] [{exc.field}] {exc.detail}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"[green]accepted[/green] {file.name} from {accepted.envelope.sender} about act "
+              f"{accepted.envelope.reference_message_id}: MessageID {accepted.outcome.message_id}", highlight=False)
+
+
+def _act_runner(config: Optional[Path]):  # noqa: ANN202 (ActRunner, imported lazily)
+    from adapters.acts.runner import ActRunner
+    from adapters.intake import Intake
+    from gateway.accept import AcceptPipeline
+    from gateway.journal import Journal
+
+    cfg = _load_or_exit(config)
+    _tariffs_or_exit(cfg)
+    journal = Journal(cfg.settings.database.url)
+    return ActRunner(cfg, journal, Intake(_or_exit(AcceptPipeline, cfg, journal, _keyring_or_exit(cfg)), journal))
 
 
 @app.command()
@@ -641,20 +672,25 @@ def _demo_registry(cfg, mnemonic: str, registry: str, port: int):  # noqa: ANN00
 
 
 def _demo_insurer(cfg, mnemonic: str, port: int):  # noqa: ANN001, ANN202
-    """An insurer that checks acts against the bundled tariffs and answers through the API, signed."""
+    """An insurer that runs the ФЛК of its region profile (oms/insurers.yaml) on each register and answers
+    with a signed ФЛК protocol through the API; without a profile it answers act-protocols on the tariffs."""
     import os
 
     from adapters.emulators.insurer import InsurerEmulator
+    from gateway.oms.profiles import load_oms_config
     from signing.demo_ca import demo_signer
 
     from adapters.acts.schedule import previous_period
 
     last_month = dt.date.fromisoformat(previous_period(dt.date.today()) + "-01")
-    prices = _tariffs_or_exit(cfg).prices_on(last_month)
+    prices = _tariffs_or_exit(cfg).prices_on(last_month)  # exits on any problem of oms/ too
+    oms = load_oms_config(cfg, [])
+    binding = oms.insurers.get(mnemonic)
+    region = dict(answer="flk", profile=oms.profiles[binding.profile], editions=binding.editions) if binding else {}
     signer = demo_signer(cfg.directory / "keys", mnemonic)
     s = cfg.settings.api
     return InsurerEmulator(prices, mnemonic=mnemonic, port=port, signer=signer, gateway_url=f"http://{s.host}:{s.port}",
-                           token=os.environ.get("ZL_DEMO_INSURER_TOKEN", "demo-insurer-token"))
+                           token=os.environ.get("ZL_DEMO_INSURER_TOKEN", "demo-insurer-token"), **region)
 
 
 @demo_app.command("send")
@@ -744,11 +780,13 @@ def _demo_records(cfg, count: int) -> None:  # noqa: ANN001
                    f"<sr:RecordId>{record_id}</sr:RecordId><sr:Period>{period}</sr:Period>"
                    "<sr:Organisation><sr:Oid>1.2.643.5.1.13.13.12.2.77.7701</sr:Oid><sr:CodeMO>770001</sr:CodeMO>"
                    "</sr:Organisation><sr:Patient><sr:ENP>1234567890123452</sr:ENP><sr:PolicyType>3</sr:PolicyType>"
-                   "<sr:Insurer>insurer-demo</sr:Insurer></sr:Patient><sr:Service>"
+                   "<sr:Insurer>insurer-demo</sr:Insurer><sr:Person><sr:FamilyName>Демо</sr:FamilyName>"
+                   "<sr:GivenName>Пациент</sr:GivenName><sr:Sex>1</sr:Sex><sr:BirthDate>1980-01-01</sr:BirthDate>"
+                   "</sr:Person></sr:Patient><sr:Service>"
                    f"<sr:Code>{code}</sr:Code><sr:DateIn>{day}</sr:DateIn><sr:DateOut>{day}</sr:DateOut>"
                    f"<sr:Quantity>1</sr:Quantity><sr:Tariff>{prices[code]}</sr:Tariff><sr:Diagnosis>J06.9</sr:Diagnosis>"
-                   "</sr:Service><sr:Doctor><sr:SNILS>11223344595</sr:SNILS><sr:Specialty>76</sr:Specialty></sr:Doctor>"
-                   "</sr:ServiceRecord>")
+                   "<sr:Department>1</sr:Department></sr:Service><sr:Doctor><sr:SNILS>11223344595</sr:SNILS>"
+                   "<sr:Specialty>76</sr:Specialty></sr:Doctor></sr:ServiceRecord>")
         r = httpx.post(f"{base}/api/v1/messages", headers={"Authorization": "Bearer demo-mis-token"},
                        json={"messageId": str(uuid.uuid1()), "sender": "clinic-mis", "recipient": "insurer-demo",
                              "messageType": "urn://zdravlink/types/service-record/1.0", "payload": payload})

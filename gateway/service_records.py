@@ -1,39 +1,44 @@
-"""Service records: the business checks at intake, and the record store acts are built from.
+"""Service records: the business checks at intake, the record store acts are built from, and protocols.
 
 An insurer checks every record of an act and refuses the bad ones weeks later; each
 check here refuses the record the day the clinic sends it instead, with the field and
 the rule: an unknown service code or a price that is not the tariff's, dates in the
 future or outside the reporting month, a doctor's СНИЛС that fails its check digits, an
-insurer the gateway does not know, and the same record reported twice. An ЕНП that
-fails its check digit is only a warning: the algorithm is widely implemented but no
-normative text for it was found, and one region switched the check off
-(research/formats.md §5.4).
+insurer the gateway does not know, the same record reported twice, the patient's
+personal data the L-file needs (``gateway.patient_data``), and what the insurer's region
+requires of a record (``gateway.oms.profiles``: a subdivision code, a residence code) or
+a period whose register edition Zdravlink does not write. An ЕНП that fails its check
+digit is only a warning: the algorithm is widely implemented but no normative text for it
+was found, and one region switched the check off (research/formats.md §5.4).
 """
 from __future__ import annotations
 
 import datetime as dt
-import functools
+import json
 from decimal import Decimal
 from typing import Any
 
-from lxml import etree
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway import errors
-from gateway.config import GatewayConfig
+from gateway.act_protocols import ACT_PROTOCOL_NS, FLK_PROTOCOL_NS, PROTOCOL_TYPES, REGISTER_NS, ActProtocols, \
+    errors_json
+from gateway.config import ConfigError, ConfigProblem, GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.identifiers import enp_valid, snils_valid
 from gateway.journal import Journal
 from gateway.journal.store import SideWrite
 from gateway.journal.tables import service_records
+from gateway.oms.profiles import EditionError, OmsConfig, load_oms_config
+from gateway.patient_data import TextOf, check_person
 from gateway.tariffs import TariffTable
 
 SERVICE_RECORD_NS = "urn://zdravlink/types/service-record/1.0"
-ACT_PROTOCOL_NS = "urn://zdravlink/types/act-protocol/1.0"
-_S = "{%s}" % SERVICE_RECORD_NS
-_P = "{%s}" % ACT_PROTOCOL_NS
+
+__all__ = ["ACT_PROTOCOL_NS", "FLK_PROTOCOL_NS", "PROTOCOL_TYPES", "REGISTER_NS", "SERVICE_RECORD_NS",
+           "ServiceRecordRules", "record_key"]
 
 
 def record_key(code_mo: str, record_id: str) -> str:
@@ -47,14 +52,15 @@ class ServiceRecordRules:
         self.journal = journal
         self.tariffs = tariffs
         self.today = today or dt.date.today
+        problems: list[ConfigProblem] = []
+        self.oms: OmsConfig = load_oms_config(config, problems)
+        if problems:
+            raise ConfigError(problems)
+        self.protocols = ActProtocols(journal)
 
     def check(self, env: Envelope) -> list[str]:
         """Raise the first Rejection, or return the warnings the record carries into the journal."""
-        p = env.payload
-
-        def text(path: str) -> str:
-            return _path(p, path)
-
+        text = TextOf(env.payload, SERVICE_RECORD_NS)
         warnings: list[str] = []
         if not enp_valid(text("Patient/ENP")):
             warnings.append("Patient/ENP: the ЕНП fails its check digit (accepted: the check is not normative)")
@@ -75,6 +81,8 @@ class ServiceRecordRules:
             if day.strftime("%Y-%m") != period:
                 raise Rejection(errors.DATE_INVALID, f"{name} is outside the reporting period {period}",
                                 f"Service/{name}", status=422)
+        check_person(text, first_service=date_in, today=self.today())
+        warnings.extend(self._check_region(text, insurer.mnemonic, period))
         code = text("Service/Code")
         tariff = self.tariffs.on(code, date_in)
         if tariff is None:
@@ -94,50 +102,52 @@ class ServiceRecordRules:
                             status=409)
         return warnings
 
+    def _check_region(self, text: TextOf, insurer: str, period: str) -> list[str]:
+        """What the insurer's register edition for the period needs of a record; a warning if none is configured."""
+        if insurer not in self.oms.insurers:
+            return [f"Patient/Insurer: no register profile is configured for {insurer!r} (oms/insurers.yaml): "
+                    "its act cannot be built until one is"]
+        try:
+            edition = self.oms.resolve(insurer, period)
+        except EditionError as exc:
+            raise Rejection(errors.REGISTER_EDITION_UNSUPPORTED, str(exc), "Period", status=422) from None
+        for field in sorted(edition.required_fields()):
+            if not text(field):
+                raise Rejection(errors.FIELD_REQUIRED, f"{insurer!r} takes the register of {edition.profile.title} "
+                                f"(H {edition.h_version}, L {edition.l_version}), whose schema requires what "
+                                f"{field} fills", field, status=422)
+        return []
+
     def record_write(self, env: Envelope) -> SideWrite:
         """Remember the record for its act, in the transaction that accepts its message."""
-        p = env.payload
+        text = TextOf(env.payload, SERVICE_RECORD_NS)
 
         def write(conn: Connection, now: dt.datetime) -> None:
             conn.execute(insert(service_records).values(
-                record_key=record_key(_path(p, "Organisation/CodeMO"), _path(p, "RecordId")),
-                record_id=_path(p, "RecordId"), code_mo=_path(p, "Organisation/CodeMO"), sender=env.sender,
-                insurer=_path(p, "Patient/Insurer"), period=_path(p, "Period"), message_id=env.message_id,
+                record_key=record_key(text("Organisation/CodeMO"), text("RecordId")),
+                record_id=text("RecordId"), code_mo=text("Organisation/CodeMO"), sender=env.sender,
+                insurer=text("Patient/Insurer"), period=text("Period"), message_id=env.message_id,
                 created_at=now, updated_at=now))
 
         return write
 
     def check_protocol(self, env: Envelope) -> None:
         """An insurer's protocol must answer an act sent to it, about that act's records only."""
-        act_id = env.payload.findtext(_P + "ActMessageId") or ""
-        with self.journal.engine.connect() as conn:
-            rows = conn.execute(select(service_records.c.record_id, service_records.c.insurer)
-                                .where(service_records.c.act_message_id == act_id)).all()
-        if not rows or rows[0].insurer != env.sender:
-            raise Rejection(errors.MESSAGE_NOT_FOUND, f"no act {act_id} was sent to {env.sender!r}", "ActMessageId",
-                            status=422)
-        known = {r.record_id for r in rows}
-        for rec in env.payload.iterfind(_P + "Record"):
-            record_id = rec.findtext(_P + "RecordId") or ""
-            if record_id not in known:
-                raise Rejection(errors.SERVICE_RECORD_NOT_FOUND, f"record {record_id!r} is not in act {act_id}",
-                                "Record/RecordId", status=422)
+        self.protocols.verdicts(env)
 
     def protocol_write(self, env: Envelope) -> SideWrite:
         """Mark each record of the act with what the insurer said, in the protocol's accept transaction."""
-        return functools.partial(self._mark_outcomes, env)
+        act_id, verdicts = self.protocols.verdicts(env)
 
-    @staticmethod
-    def _mark_outcomes(env: Envelope, conn: Connection, now: dt.datetime) -> None:
-        act_id = env.payload.findtext(_P + "ActMessageId") or ""
-        for rec in env.payload.iterfind(_P + "Record"):
-            reason = rec.find(_P + "Reason")
-            text = None if reason is None else \
-                f"{reason.findtext(_P + 'Code') or ''}: {reason.findtext(_P + 'Text') or ''}".strip(": ")
-            conn.execute(update(service_records)
-                         .where(service_records.c.act_message_id == act_id,
-                                service_records.c.record_id == (rec.findtext(_P + "RecordId") or ""))
-                         .values(outcome=rec.findtext(_P + "Outcome"), reason=text, updated_at=now))
+        def write(conn: Connection, now: dt.datetime) -> None:
+            for record_id, verdict in verdicts.items():
+                conn.execute(update(service_records)
+                             .where(service_records.c.act_message_id == act_id,
+                                    service_records.c.record_id == record_id)
+                             .values(outcome=verdict.outcome, reason=verdict.reason, errors=errors_json(verdict),
+                                     updated_at=now))
+
+        return write
 
     def state(self, record_id: str, code_mo: str) -> dict[str, Any] | None:
         with self.journal.engine.connect() as conn:
@@ -148,9 +158,5 @@ class ServiceRecordRules:
         message = self.journal.get(row.message_id)
         return {"recordId": row.record_id, "codeMO": row.code_mo, "sender": row.sender, "insurer": row.insurer,
                 "period": row.period, "messageId": row.message_id, "messageStatus": message.status if message else None,
-                "actMessageId": row.act_message_id, "outcome": row.outcome or "pending", "reason": row.reason}
-
-
-def _path(payload: etree._Element, path: str) -> str:
-    el = payload.find("/".join(_S + part for part in path.split("/")))
-    return (el.text or "").strip() if el is not None else ""
+                "actMessageId": row.act_message_id, "outcome": row.outcome or "pending", "reason": row.reason,
+                "errors": json.loads(row.errors) if row.errors else []}

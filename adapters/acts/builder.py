@@ -1,9 +1,11 @@
-"""The service act: one organisation's service records for one insurer and one month, as an OMS register.
+"""The register of one organisation's service records for one insurer and one month: the H-file and its L-file.
 
-The act is the register of bills (H-file, version 3.1) in the layout of
-``schemas_xsd/oms/service-act-3.1.xsd``, which is derived from a real TFOMS schema (its header
-lists the deviations). Its root is in the namespace ``urn://zdravlink/types/service-act/1.0``
-so the act can travel as a payload; the file delivered to an insurer drops the namespace.
+What an insurer loads is a pair: the H-file (ZL_LIST: cases and services) and the L-file
+(PERS_LIST: the patients' personal data) linked by ID_PAC, without a namespace, in the
+edition the period requires and the layout of the insurer's region
+(``gateway.oms.profiles``). This module decides the *values*; the region's schema decides
+the order (``gateway.oms.layout``), and the ФЛК-side checks run on the result before
+anything leaves (``gateway.oms.checks``).
 
 Structure, and why:
 
@@ -11,43 +13,43 @@ Structure, and why:
   holding one USL per service record. The federal format allows exactly one Z_SL per ZAP,
   so a patient treated for two diagnoses in the month has two ZAPs with the same PACIENT;
   an outpatient completed case (обращение) is about one disease, so the services for one
-  diagnosis are one case.
+  diagnosis are one case. One PERS per patient, in order of first appearance.
 * Sums: SUMV_USL = KOL_USL × TARIF is rounded once, to kopecks, half up, because that is
   the figure an insurer recomputes for each service; SL/SUM_M, Z_SL/SUMV and SCHET/SUMMAV
   are exact sums of already rounded amounts.
 * Determinism: records are sorted by patient, dates and record id, and nothing depends on
-  the clock, so the same records, number and date give the same bytes and the same
-  ``act_digest``; a second build of an act that was already sent is recognised by it.
+  the clock, so the same records, number and date give the same bytes.
+* Editions: 3.2 writes PACIENT/ENP and leaves NPOLIS out for the single-format policy
+  (VPOLIS 3), as region 75's valid 3.2 file and the Q015 rule 003F.00.2170 do; it writes
+  the service's doctor as USL/MR_USL_N (MR_N 1) instead of USL/PRVS and CODE_MD; the L-file
+  3.2 adds DOCDATE and DOCORG.
+* Identifiers: ID_PAC is the ЕНП; IDSERV is the record id, which with CODE_MO identifies a
+  record for good and comes back in the insurer's protocol; IDDOKT and CODE_MD are the
+  doctor's СНИЛС written ``XXX-XXX-XXX YY``, as region 75 keys doctors. A name part the
+  patient lacks is left out and DOST says so (1 no patronymic, 2 no surname, 3 no given
+  name: Q015 003F.00.1530–1640 in [MF]).
 * Codes the records do not carry (conditions, kind and form of care, result, outcome,
-  payment method, profile) come from ``CaseDefaults``: a region's rules may require others.
-* Identifiers: ID_PAC and NPOLIS are the ЕНП (the only policy number a record carries);
-  IDSERV is the record id, which with CODE_MO identifies a record for good; IDDOKT and
-  CODE_MD are the doctor's СНИЛС written ``XXX-XXX-XXX YY``, as regions that key doctors
-  by СНИЛС expect.
+  payment method, profile) come from ``CaseDefaults``.
 * SCHET/CODE (N8, unique per bill within the organisation) has no counter behind it in the
-  gateway: it is derived from what makes an act unique (organisation, insurer, period,
-  version, number) by hashing, so it is stable across rebuilds.
-* FILENAME follows research/formats.md §3.4: ``HM{CODE_MO}S{insurer code}_{YYMM}{version}``
-  (H-file, to an insurance company).
+  gateway: it is derived from what makes an act unique by hashing, so it is stable.
 """
 from __future__ import annotations
 
 import hashlib
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import date
 from decimal import ROUND_HALF_UP, Context, Decimal, Inexact
 
 from lxml import etree
 
-from gateway.schemas import compiled, schemas_dir
+from gateway.oms.checks import check_register
+from gateway.oms.layout import Values, render
+from gateway.oms.names import RegisterName
+from gateway.oms.profiles import ResolvedEdition
+from gateway.service_records import SERVICE_RECORD_NS
 
-ACT_NS = "urn://zdravlink/types/service-act/1.0"
-SERVICE_RECORD_NS = "urn://zdravlink/types/service-record/1.0"
-FORMAT_VERSION = "3.1"
-
-_A = "{%s}" % ACT_NS
 _S = "{%s}" % SERVICE_RECORD_NS
 _CENT = Decimal("0.01")
 # Products and sums must never be rounded by the context: an Inexact result is a bug, not a kopeck.
@@ -55,9 +57,33 @@ _EXACT = Context(prec=60, traps=[Inexact])
 _PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 
+class RegisterError(ValueError):
+    """The records cannot make a register; the message names the record and never a patient's data."""
+
+
+@dataclass(frozen=True)
+class Person:
+    """The patient's personal data for the L-file (payload ``Patient/Person``)."""
+
+    family_name: str | None
+    given_name: str | None
+    patronymic: str | None
+    sex: str
+    birth_date: date
+    birth_place: str | None = None
+    doc_type: str | None = None
+    doc_series: str | None = None
+    doc_number: str | None = None
+    doc_date: date | None = None
+    doc_issuer: str | None = None
+    snils: str | None = None
+    residence_okato: str | None = None
+    stay_okato: str | None = None
+
+
 @dataclass(frozen=True)
 class Record:
-    """One service record as the act needs it (payload ``urn://zdravlink/types/service-record/1.0``)."""
+    """One service record as the register needs it (payload ``urn://zdravlink/types/service-record/1.0``)."""
 
     record_id: str
     period: str
@@ -66,7 +92,6 @@ class Record:
     enp: str
     policy_type: str
     insurer: str
-    insurer_code: str
     service_code: str
     date_in: date
     date_out: date
@@ -75,30 +100,38 @@ class Record:
     diagnosis: str | None
     doctor_snils: str
     specialty: str
+    person: Person
+    policy_series: str | None = None
+    policy_number: str | None = None
+    department: str | None = None
 
     @classmethod
-    def from_element(cls, el: etree._Element, insurer_code: str) -> Record:
-        """Read a ServiceRecord payload; the insurer's SMO code comes from the gateway's configuration."""
+    def from_element(cls, el: etree._Element) -> Record:
         if el.tag != _S + "ServiceRecord":
-            raise ValueError(f"expected a ServiceRecord in {SERVICE_RECORD_NS}, got {el.tag}")
-        diagnosis = el.find(f"{_S}Service/{_S}Diagnosis")
+            raise RegisterError(f"expected a ServiceRecord in {SERVICE_RECORD_NS}, got {el.tag}")
+        p = "Patient/Person/"
+        doc_date = _optional(el, p + "IdentityDocument/IssueDate")
         return cls(
-            record_id=_text(el, "RecordId"),
-            period=_text(el, "Period"),
-            org_oid=_text(el, "Organisation/Oid"),
-            code_mo=_text(el, "Organisation/CodeMO"),
-            enp=_text(el, "Patient/ENP"),
-            policy_type=_text(el, "Patient/PolicyType"),
-            insurer=_text(el, "Patient/Insurer"),
-            insurer_code=insurer_code,
-            service_code=_text(el, "Service/Code"),
-            date_in=date.fromisoformat(_text(el, "Service/DateIn")),
+            record_id=_text(el, "RecordId"), period=_text(el, "Period"), org_oid=_text(el, "Organisation/Oid"),
+            code_mo=_text(el, "Organisation/CodeMO"), enp=_text(el, "Patient/ENP"),
+            policy_type=_text(el, "Patient/PolicyType"), insurer=_text(el, "Patient/Insurer"),
+            service_code=_text(el, "Service/Code"), date_in=date.fromisoformat(_text(el, "Service/DateIn")),
             date_out=date.fromisoformat(_text(el, "Service/DateOut")),
-            quantity=Decimal(_text(el, "Service/Quantity")),
-            tariff=Decimal(_text(el, "Service/Tariff")),
-            diagnosis=None if diagnosis is None else (diagnosis.text or "").strip() or None,
-            doctor_snils=_text(el, "Doctor/SNILS"),
+            quantity=Decimal(_text(el, "Service/Quantity")), tariff=Decimal(_text(el, "Service/Tariff")),
+            diagnosis=_optional(el, "Service/Diagnosis"), doctor_snils=_text(el, "Doctor/SNILS"),
             specialty=_text(el, "Doctor/Specialty"),
+            person=Person(
+                family_name=_optional(el, p + "FamilyName"), given_name=_optional(el, p + "GivenName"),
+                patronymic=_optional(el, p + "Patronymic"), sex=_text(el, p + "Sex"),
+                birth_date=date.fromisoformat(_text(el, p + "BirthDate")), birth_place=_optional(el, p + "BirthPlace"),
+                doc_type=_optional(el, p + "IdentityDocument/Type"),
+                doc_series=_optional(el, p + "IdentityDocument/Series"),
+                doc_number=_optional(el, p + "IdentityDocument/Number"),
+                doc_date=date.fromisoformat(doc_date) if doc_date else None,
+                doc_issuer=_optional(el, p + "IdentityDocument/IssuedBy"), snils=_optional(el, p + "SNILS"),
+                residence_okato=_optional(el, p + "ResidenceOKATO"), stay_okato=_optional(el, p + "StayOKATO")),
+            policy_series=_optional(el, "Patient/PolicySeries"), policy_number=_optional(el, "Patient/PolicyNumber"),
+            department=_optional(el, "Service/Department"),
         )
 
 
@@ -121,184 +154,201 @@ class CaseDefaults:
     ishod: int = 304  # V012 outpatient outcome: no change (без перемен), the neutral one
     idsp: int = 28  # V010 payment method: per medical service (за медицинскую услугу)
     profil: int = 97  # V002 care profile: therapy (терапии)
-    det: int = 0  # adult profile: a record carries no birth date
+    det: int = 0  # not a children's profile of care
     vers_spec: str = "V021"  # the directory the records' specialty codes (PRVS) come from
 
 
-def build_act(records: Sequence[Record], *, act_number: str, act_date: date, version: int = 1,
-              replaces: str | None = None, defaults: CaseDefaults = CaseDefaults()) -> etree._Element:
-    """The act (ZL_LIST) for records of one organisation, insurer and period.
+@dataclass(frozen=True)
+class Register:
+    """The pair as built: its H-file name, both files (no namespace), and what it bills."""
 
-    ``version`` > 1 is a correction: every ZAP says so (PR_NOV 1) and SCHET/COMENTS names the
-    act it ``replaces``, which a correction must give and a first version cannot.
-    Raises ValueError naming the first record that does not fit: another organisation,
-    insurer or period, a repeated record id, no diagnosis (DS1 is required), an amount
-    with more than two decimals, or a patient whose policy type differs between records.
+    name: RegisterName
+    h_file: etree._Element
+    l_file: etree._Element
+    total: Decimal
+    records: int
+
+
+def build_register(records: Sequence[Record], *, edition: ResolvedEdition, receiver_code: str, act_number: str,
+                   act_date: date, version: int = 1, replaces: str | None = None,
+                   defaults: CaseDefaults = CaseDefaults()) -> Register:
+    """The H-file and L-file for records of one organisation, insurer and period, checked.
+
+    ``version`` is the pack number of the file name; > 1 is a correction: every ZAP says so
+    (PR_NOV 1) and SCHET/COMENTS names the act it ``replaces``. Raises RegisterError naming
+    the first record that does not fit, or the first finding of the ФЛК-side checks.
     """
     if not records:
-        raise ValueError("an act needs at least one record")
+        raise RegisterError("an act needs at least one record")
     if version < 1:
-        raise ValueError(f"act version must be 1 or more, not {version}")
+        raise RegisterError(f"act version must be 1 or more, not {version}")
     if (version > 1) != (replaces is not None):
-        raise ValueError("a correction (version > 1) must name the act it replaces, and only a correction can")
+        raise RegisterError("a correction (version > 1) must name the act it replaces, and only a correction can")
     _check(records)
     head = records[0]
+    year, month = (int(p) for p in head.period.split("-"))
+    binding = edition.binding
+    name = RegisterName("H", "M", head.code_mo, binding.receiver, receiver_code, year, month, version)
     ordered = sorted(records, key=lambda r: (r.enp, r.date_in, r.date_out, r.record_id))
     cases: dict[tuple[str, str], list[Record]] = {}
     for r in ordered:
         cases.setdefault((r.enp, r.diagnosis or ""), []).append(r)
     amounts = {r.record_id: _cents(_EXACT.multiply(r.quantity, r.tariff)) for r in ordered}
     case_sums = [_total(amounts[r.record_id] for r in rs) for rs in cases.values()]
+    total = _total(case_sums)
+    writer = _Writer(edition, defaults, amounts, receiver_code)
 
-    root = etree.Element(_A + "ZL_LIST", nsmap={None: ACT_NS})
-    year, month = head.period.split("-")
-    zglv = _sub(root, "ZGLV")
-    _sub(zglv, "VERSION", FORMAT_VERSION)
-    _sub(zglv, "DATA", act_date.isoformat())
-    _sub(zglv, "FILENAME", f"HM{head.code_mo}S{head.insurer_code}_{year[2:]}{month}{version}")
-    _sub(zglv, "SD_Z", str(len(cases)))
+    schet: dict[str, object] = {
+        "CODE": _bill_code(head, receiver_code, version, act_number), "CODE_MO": head.code_mo, "YEAR": str(year),
+        "MONTH": str(month), "NSCHET": act_number, "DSCHET": act_date.isoformat(), "PLAT": receiver_code,
+        "SUMMAV": _money(total), "COMENTS": f"Исправленный акт взамен акта № {replaces}" if replaces else None,
+        **writer.regional("ZL_LIST/SCHET")}
+    zaps = [writer.zap(n, rs, case_sums[n - 1], version) for n, rs in enumerate(cases.values(), start=1)]
+    h_values: Values = {"ZGLV": {"VERSION": edition.h_version, "DATA": act_date.isoformat(), "FILENAME": str(name),
+                                 "SD_Z": str(len(zaps))},
+                        "SCHET": schet, "ZAP": zaps}
+    patients = {r.enp: r for r in ordered}
+    l_values: Values = {"ZGLV": {"VERSION": edition.l_version, "DATA": act_date.isoformat(),
+                                 "FILENAME": str(name.paired("L")), "FILENAME1": str(name)},
+                        "PERS": [writer.pers(r) for r in patients.values()]}
+    h_file, l_file = render(edition.h_layout, h_values), render(edition.l_layout, l_values)
+    findings = check_register(h_file, l_file, h_schema=edition.h_layout.source, l_schema=edition.l_layout.source).all
+    if findings:
+        first = findings[0]
+        where = ", ".join(f"{k.upper()} {v}" for k, v in (("n_zap", first.n_zap), ("idserv", first.idserv),
+                                                          ("id_pac", first.id_pac)) if v)
+        raise RegisterError(f"the register fails its checks ({len(findings)} findings), first: {first.oshib} "
+                            f"{first.element or ''} {where}: {first.comment}")
+    return Register(name, h_file, l_file, total, len(records))
 
-    schet = _sub(root, "SCHET")
-    _sub(schet, "CODE", _bill_code(head, version, act_number))
-    _sub(schet, "CODE_MO", head.code_mo)
-    _sub(schet, "YEAR", year)
-    _sub(schet, "MONTH", str(int(month)))
-    _sub(schet, "NSCHET", act_number)
-    _sub(schet, "DSCHET", act_date.isoformat())
-    _sub(schet, "PLAT", head.insurer_code)
-    _sub(schet, "SUMMAV", _money(_total(case_sums)))
-    if replaces is not None:
-        _sub(schet, "COMENTS", f"Исправленный акт взамен акта № {replaces}")
 
-    for n, ((_, diagnosis), rs) in enumerate(cases.items(), start=1):
+def register_digest(register: Register) -> str:
+    """sha256 (hex) of both files' exclusive C14N: the same records give the same digest."""
+    h = hashlib.sha256()
+    for el in (register.h_file, register.l_file):
+        h.update(etree.tostring(el, method="c14n", exclusive=True, with_comments=False))
+    return h.hexdigest()
+
+
+class _Writer:
+    """Values of ZAP and PERS for one edition and profile; regional elements by their profile source."""
+
+    def __init__(self, edition: ResolvedEdition, defaults: CaseDefaults, amounts: dict[str, Decimal],
+                 receiver_code: str) -> None:
+        self.edition = edition
+        # PACIENT/SMO is the insurer's code in a file to the insurer; to a ТФОМС the patient's insurer is unknown.
+        self.smo = receiver_code if edition.binding.receiver == "S" else None
+        self.v32 = edition.h_version == "3.2"
+        self.d = defaults
+        self.amounts = amounts
+
+    def regional(self, parent: str, *, case: Sequence[Record] = (), record: Record | None = None,
+                 case_sum: Decimal | None = None) -> dict[str, str | None]:
+        """The profile's elements under ``parent``, each from its source (None when the record lacks it)."""
+        found: dict[str, str | None] = {}
+        for path, source in self.edition.profile.regional.items():
+            folder, _, element = path.rpartition("/")
+            if folder != parent:
+                continue
+            last = record or (case[-1] if case else None)
+            person = last.person if last is not None else None
+            values = {
+                "binding": self.edition.binding.values.get(path),
+                "department": last.department if last is not None else None,
+                "specialty": last.specialty if last is not None else None,
+                "case_sum": _money(case_sum) if case_sum is not None else None,
+                "service_tariff": _money(record.tariff) if record is not None else None,
+                "residence_okato": person.residence_okato if person is not None else None,
+                "stay_okato": person.stay_okato if person is not None else None,
+            }
+            found[element] = values[source]
+        return found
+
+    def zap(self, n: int, rs: Sequence[Record], case_sum: Decimal, version: int) -> Values:
         first, last = rs[0], rs[-1]
-        zap = _sub(root, "ZAP")
-        _sub(zap, "N_ZAP", str(n))
-        _sub(zap, "PR_NOV", "1" if version > 1 else "0")
-        pacient = _sub(zap, "PACIENT")
-        _sub(pacient, "ID_PAC", first.enp)
-        _sub(pacient, "VPOLIS", first.policy_type)
-        _sub(pacient, "NPOLIS", first.enp)
-        _sub(pacient, "ENP", first.enp)
-        _sub(pacient, "SMO", first.insurer_code)
-        _sub(pacient, "NOVOR", "0")
-
         date_1 = min(r.date_in for r in rs).isoformat()
         date_2 = max(r.date_out for r in rs).isoformat()
-        z_sl = _sub(zap, "Z_SL")
-        _sub(z_sl, "IDCASE", str(n))
-        _sub(z_sl, "USL_OK", str(defaults.usl_ok))
-        _sub(z_sl, "VIDPOM", str(defaults.vidpom))
-        _sub(z_sl, "FOR_POM", str(defaults.for_pom))
-        _sub(z_sl, "LPU", head.code_mo)
-        _sub(z_sl, "DATE_Z_1", date_1)
-        _sub(z_sl, "DATE_Z_2", date_2)
-        _sub(z_sl, "RSLT", str(defaults.rslt))
-        _sub(z_sl, "ISHOD", str(defaults.ishod))
-        _sub(z_sl, "IDSP", str(defaults.idsp))
-        _sub(z_sl, "SUMV", _money(case_sums[n - 1]))
-
+        if first.policy_type != "3":
+            npolis = first.policy_number
+        else:  # the single-format policy's number is the ЕНП: NPOLIS in 3.1, ENP alone in 3.2
+            npolis = None if self.v32 else first.enp
+        pacient = {"ID_PAC": first.enp, "VPOLIS": first.policy_type, "SPOLIS": first.policy_series, "NPOLIS": npolis,
+                   "ENP": first.enp if self.v32 else None, "SMO": self.smo, "NOVOR": "0"}
         # The case's doctor is the one of its last service: the visit that closed it for the month.
-        sl = _sub(z_sl, "SL")
-        _sub(sl, "SL_ID", str(n))
-        _sub(sl, "LPU_1", head.code_mo)
-        _sub(sl, "PROFIL", str(defaults.profil))
-        _sub(sl, "DET", str(defaults.det))
-        _sub(sl, "NHISTORY", first.record_id)
-        _sub(sl, "DATE_1", date_1)
-        _sub(sl, "DATE_2", date_2)
-        _sub(sl, "DS1", diagnosis)
-        _sub(sl, "PRVS", last.specialty)
-        _sub(sl, "VERS_SPEC", defaults.vers_spec)
-        _sub(sl, "IDDOKT", _snils(last.doctor_snils))
-        _sub(sl, "SUM_M", _money(case_sums[n - 1]))
-        for r in rs:
-            usl = _sub(sl, "USL")
-            _sub(usl, "IDSERV", r.record_id)
-            _sub(usl, "LPU", r.code_mo)
-            _sub(usl, "PROFIL", str(defaults.profil))
-            _sub(usl, "DET", str(defaults.det))
-            _sub(usl, "DATE_IN", r.date_in.isoformat())
-            _sub(usl, "DATE_OUT", r.date_out.isoformat())
-            _sub(usl, "DS", diagnosis)
-            _sub(usl, "CODE_USL", r.service_code)
-            _sub(usl, "KOL_USL", _money(r.quantity))
-            _sub(usl, "TARIF", _money(r.tariff))
-            _sub(usl, "SUMV_USL", _money(amounts[r.record_id]))
-            _sub(usl, "PRVS", r.specialty)
-            _sub(usl, "CODE_MD", _snils(r.doctor_snils))
-    return root
+        sl: dict[str, object] = {
+            "SL_ID": str(n), "LPU_1": last.department, "PROFIL": str(self.d.profil), "DET": str(self.d.det),
+            "NHISTORY": first.record_id, "DATE_1": date_1, "DATE_2": date_2, "DS1": first.diagnosis,
+            "PRVS": last.specialty, "VERS_SPEC": self.d.vers_spec, "IDDOKT": _snils(last.doctor_snils),
+            "SUM_M": _money(case_sum), "USL": [self.usl(r) for r in rs],
+            **self.regional("ZL_LIST/ZAP/Z_SL/SL", case=rs, case_sum=case_sum)}
+        return {"N_ZAP": str(n), "PR_NOV": "1" if version > 1 else "0", "PACIENT": pacient,
+                "Z_SL": {"IDCASE": str(n), "USL_OK": str(self.d.usl_ok), "VIDPOM": str(self.d.vidpom),
+                         "FOR_POM": str(self.d.for_pom), "LPU": first.code_mo, "DATE_Z_1": date_1, "DATE_Z_2": date_2,
+                         "RSLT": str(self.d.rslt), "ISHOD": str(self.d.ishod), "SL": [sl], "IDSP": str(self.d.idsp),
+                         "SUMV": _money(case_sum)}}
 
+    def usl(self, r: Record) -> Values:
+        doctor = {"PRVS": r.specialty, "CODE_MD": _snils(r.doctor_snils)}
+        return {"IDSERV": r.record_id, "LPU": r.code_mo, "LPU_1": r.department, "PROFIL": str(self.d.profil),
+                "DET": str(self.d.det), "DATE_IN": r.date_in.isoformat(), "DATE_OUT": r.date_out.isoformat(),
+                "DS": r.diagnosis, "CODE_USL": r.service_code, "KOL_USL": _money(r.quantity),
+                "TARIF": _money(r.tariff), "SUMV_USL": _money(self.amounts[r.record_id]),
+                **({"MR_USL_N": {"MR_N": "1", **doctor}} if self.v32 else doctor),
+                **self.regional("ZL_LIST/ZAP/Z_SL/SL/USL", record=r)}
 
-def validate_act(el: etree._Element) -> list[str]:
-    """Every complaint of the act's schema, empty when the act is valid.
-
-    Each names its element by a path such as ``ZL_LIST/ZAP[3]/Z_SL/SL/USL[2]``: libxml2's own
-    (``/*/*[3]/*/*/*[14]``) means nothing to whoever must fix the records.
-    """
-    schema = _schema()
-    if schema.validate(el):
-        return []
-    return [f"{_where(el, e.path)}: {e.message.replace(_A, '')}" for e in schema.error_log]
-
-
-def act_digest(el: etree._Element) -> str:
-    """sha256 (hex) of the act's exclusive C14N: the same act gives the same digest wherever it is embedded."""
-    return hashlib.sha256(etree.tostring(el, method="c14n", exclusive=True, with_comments=False)).hexdigest()
+    def pers(self, r: Record) -> Values:
+        p = r.person
+        dost = [code for code, part in (("1", p.patronymic), ("2", p.family_name), ("3", p.given_name)) if not part]
+        l32 = self.edition.l_version == "3.2"
+        snils = p.snils if p.snils is None or self.edition.profile.snils == "digits" else _snils(p.snils)
+        return {"ID_PAC": r.enp, "FAM": p.family_name, "IM": p.given_name, "OT": p.patronymic, "W": p.sex,
+                "DR": p.birth_date.isoformat(), "DOST": dost, "MR": p.birth_place, "DOCTYPE": p.doc_type,
+                "DOCSER": p.doc_series, "DOCNUM": p.doc_number,
+                "DOCDATE": p.doc_date.isoformat() if l32 and p.doc_date else None,
+                "DOCORG": p.doc_issuer if l32 else None, "SNILS": snils,
+                **self.regional("PERS_LIST/PERS", record=r)}
 
 
 def _check(records: Sequence[Record]) -> None:
     head = records[0]
     if not _PERIOD.fullmatch(head.period):
-        raise ValueError(f"record {head.record_id!r}: period {head.period!r} is not YYYY-MM")
+        raise RegisterError(f"record {head.record_id!r}: period {head.period!r} is not YYYY-MM")
     seen: set[str] = set()
-    policies: dict[str, str] = {}
+    patients: dict[str, Record] = {}
     for r in records:
-        for field in ("code_mo", "insurer", "insurer_code", "period"):
-            if getattr(r, field) != getattr(head, field):
-                raise ValueError(f"record {r.record_id!r}: {field} {getattr(r, field)!r} differs from the act's "
-                                 f"{getattr(head, field)!r} (record {head.record_id!r})")
+        for name in ("code_mo", "insurer", "period"):
+            if getattr(r, name) != getattr(head, name):
+                raise RegisterError(f"record {r.record_id!r}: {name} {getattr(r, name)!r} differs from the act's "
+                                    f"{getattr(head, name)!r} (record {head.record_id!r})")
         if r.record_id in seen:
-            raise ValueError(f"record {r.record_id!r} appears twice")
+            raise RegisterError(f"record {r.record_id!r} appears twice")
         seen.add(r.record_id)
         if not r.diagnosis:
-            raise ValueError(f"record {r.record_id!r} has no diagnosis; the register requires one (SL/DS1, USL/DS)")
-        if policies.setdefault(r.enp, r.policy_type) != r.policy_type:
-            raise ValueError(f"record {r.record_id!r}: policy type {r.policy_type} differs from another record "
-                             f"of patient {r.enp} ({policies[r.enp]})")
+            raise RegisterError(f"record {r.record_id!r} has no diagnosis; the register requires one (SL/DS1, USL/DS)")
+        earlier = patients.setdefault(r.enp, r)
+        for name in ("policy_type", "policy_series", "policy_number"):
+            if getattr(r, name) != getattr(earlier, name):
+                raise RegisterError(f"record {r.record_id!r}: the patient's {name} differs from record "
+                                    f"{earlier.record_id!r} (one PACIENT per patient)")
+        differing = [f.name for f in fields(Person) if getattr(r.person, f.name) != getattr(earlier.person, f.name)]
+        if differing:
+            raise RegisterError(f"record {r.record_id!r}: the patient's personal data ({', '.join(differing)}) "
+                                f"differs from record {earlier.record_id!r}: one PERS per patient")
         for name, value in (("quantity", r.quantity), ("tariff", r.tariff)):
             if value.quantize(_CENT) != value:
-                raise ValueError(f"record {r.record_id!r}: {name} {value} has more than two decimal places")
-
-
-def _where(act: etree._Element, path: str | None) -> str:
-    """libxml2 reports paths from the validated element, which it writes ``/*``."""
-    rest = re.sub(r"^/\*(\[1\])?", "", path or "", count=1)
-    found = act.xpath("." + rest) if path and rest != path else []
-    if not found:
-        return path or "?"
-    names: list[str] = []
-    node = found[0]
-    while node is not act:
-        parent = node.getparent()
-        same = [s for s in parent if s.tag == node.tag]
-        names.append(etree.QName(node).localname + (f"[{same.index(node) + 1}]" if len(same) > 1 else ""))
-        node = parent
-    names.append(etree.QName(act).localname)
-    return "/".join(reversed(names))
+                raise RegisterError(f"record {r.record_id!r}: {name} {value} has more than two decimal places")
 
 
 def _text(el: etree._Element, path: str) -> str:
+    value = _optional(el, path)
+    if value is None:
+        raise RegisterError(f"ServiceRecord has no {path}")
+    return value
+
+
+def _optional(el: etree._Element, path: str) -> str | None:
     found = el.find("/".join(_S + part for part in path.split("/")))
-    if found is None or not (found.text or "").strip():
-        raise ValueError(f"ServiceRecord has no {path}")
-    return found.text.strip()
-
-
-def _sub(parent: etree._Element, name: str, text: str | None = None) -> etree._Element:
-    el = etree.SubElement(parent, _A + name)
-    el.text = text
-    return el
+    return found.text.strip() if found is not None and (found.text or "").strip() else None
 
 
 def _cents(value: Decimal) -> Decimal:
@@ -313,7 +363,7 @@ def _total(amounts: Iterable[Decimal]) -> Decimal:
 
 
 def _money(value: Decimal) -> str:
-    """Always two decimals, so 1.5 and 1.50 from different sources give the same act bytes."""
+    """Always two decimals, so 1.5 and 1.50 from different sources give the same bytes."""
     return format(value.quantize(_CENT), "f")
 
 
@@ -321,11 +371,6 @@ def _snils(digits: str) -> str:
     return f"{digits[0:3]}-{digits[3:6]}-{digits[6:9]} {digits[9:11]}"
 
 
-def _bill_code(head: Record, version: int, act_number: str) -> str:
-    key = f"{head.code_mo}|{head.insurer_code}|{head.period}|{version}|{act_number}".encode()
+def _bill_code(head: Record, receiver_code: str, version: int, act_number: str) -> str:
+    key = f"{head.code_mo}|{receiver_code}|{head.period}|{version}|{act_number}".encode()
     return str(int.from_bytes(hashlib.sha256(key).digest()[:8], "big") % 10**8)
-
-
-
-def _schema() -> etree.XMLSchema:
-    return compiled(schemas_dir() / "oms" / "service-act-3.1.xsd")

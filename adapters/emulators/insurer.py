@@ -1,31 +1,41 @@
-"""An insurer (СМО, ТФОМС) that takes service acts through its SOAP service and answers each with a protocol.
+"""An insurer (СМО, ТФОМС) that takes register archives through its SOAP service and answers each one.
 
-Used by the tests as a real server on 127.0.0.1, so the whole loop of billing can run
-over the wire: the gateway pushes a clinic's act with its SOAP channel
-(``operation: Deliver``, as to the SOAP partner), the insurer checks it the way an
-insurer's MEK does, and sends its ActProtocol back through the gateway's REST API as
-any participant would, addressed to the clinic's MIS and referring to the act.
-Answering the SOAP call never waits for that post: a real insurer acknowledges the
-file first and sends the protocol later.
+Used by the tests and the demo as a real server on 127.0.0.1, so the whole loop of billing
+runs over the wire: the gateway pushes a clinic's register archive with its SOAP channel
+(``operation: Deliver``), the insurer unpacks the ZIP, checks the detached signature (when
+it is given a trust store), and answers through the gateway's REST API as any participant
+would, addressed to the clinic's MIS and referring to the archive's message. Answering the
+SOAP call never waits for that post: a real insurer acknowledges the file first and sends
+its protocol later.
 
-What it checks, and the reason codes it answers with (in the style of the federal
-directory F014; the numbers follow F014 as it is commonly cited and were not checked
-against its current edition, since the codes are the insurer's anyway):
+Two kinds of insurer, by ``answer``:
 
-* ``5.1.2`` SCHET/SUMMAV differs from the sum of SUMV_USL: every record is refused;
-* ``5.1.3`` a field the check needs (CODE_USL, KOL_USL, TARIF, SUMV_USL, DATE_IN, DATE_OUT) is empty;
-* ``5.1.4`` a field is filled wrongly: not a number or a date, SUMV_USL is not KOL_USL × TARIF to
-  the kopeck, DATE_IN after DATE_OUT, a date outside the act's SCHET YEAR/MONTH;
-* ``5.4.1`` no tariff for CODE_USL; ``5.4.2`` TARIF is not the agreed price;
-* ``5.2.4`` the record is on the ``reject`` list (the patient is not insured with this insurer).
+* ``flk`` — what insurers really do: the ФЛК. The pair is validated against the schemas of
+  the insurer's region for the period (``profile``), with the ФЛК-side checks of
+  ``gateway.oms.checks`` and its own directory of specialties (V021), and the answer is a
+  ФЛК protocol (FLK_P) naming each error's record: a ZIP ``V<name>.zip`` with the H-file's
+  protocol ``V<name>.xml`` and the L-file's ``F<name>.xml``.
+* ``act-protocol`` — Zdravlink's own per-record answer, checking each service the way an
+  insurer's МЭК does. Reason codes in the style of the federal directory F014 (the numbers
+  follow F014 as commonly cited, not checked against its current edition: the codes are
+  the insurer's anyway):
 
-An act it cannot read at all (no ZL_LIST, no SCHET, a USL without IDSERV) gets a
-soap:Client fault: there is nothing to answer per record, and the gateway then treats
-the delivery as permanently failed. Repeats with a known ``Idempotency-Key`` are
-answered as accepted and not checked or answered again.
+  * ``5.1.2`` SCHET/SUMMAV differs from the sum of SUMV_USL: every record is refused;
+  * ``5.1.3`` a field the check needs (CODE_USL, KOL_USL, TARIF, SUMV_USL, DATE_IN, DATE_OUT) is empty;
+  * ``5.1.4`` a field is filled wrongly: not a number or a date, SUMV_USL is not KOL_USL × TARIF to
+    the kopeck, DATE_IN after DATE_OUT, a date outside the act's SCHET YEAR/MONTH;
+  * ``5.4.1`` no tariff for CODE_USL; ``5.4.2`` TARIF is not the agreed price;
+  * ``5.2.4`` the record is on the ``reject`` list (the patient is not insured with this insurer).
+
+An archive it cannot read at all (not a ZIP, no H-file, a USL without IDSERV, a signature
+that does not verify) gets a soap:Client fault: there is nothing to answer per record, and
+the gateway then treats the delivery as permanently failed. Repeats with a known
+``Idempotency-Key`` are answered as accepted and not checked or answered again. Nothing it
+logs carries a patient's data: names, numbers and file contents stay out of the log.
 """
 from __future__ import annotations
 
+import base64
 import logging
 import threading
 import time
@@ -34,7 +44,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from typing import Any
+from typing import Any, Literal
 
 import httpx
 from lxml import etree
@@ -45,27 +55,34 @@ from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
 from adapters.emulators.serving import ServedInThread, wsgi_server
-
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
+from gateway.oms import OmsFileError
+from gateway.oms.archive import RegisterPair, pack, unpack_register
+from gateway.oms.checks import check_register
+from gateway.oms.flk import FlkError, FlkProtocol, write_flk
+from gateway.oms.profiles import Edition, InsurerBinding, RegionProfile, resolve
 from gateway.schemas import validate_envelope
-from signing import Signer, sign
+from signing import Certificate, Signer, TrustStore, sign
+from signing.cms import verify_detached
+from signing.errors import SignatureError
 
 log = logging.getLogger("zdravlink.emulator")
 
 INSURER_NS = "urn://zdravlink/insurer/1.0"
-ACT_NS = "urn://zdravlink/types/service-act/1.0"
+REGISTER_NS = "urn://zdravlink/types/oms-register/1.0"
 ACT_PROTOCOL_NS = "urn://zdravlink/types/act-protocol/1.0"
-_A, _P = "{%s}" % ACT_NS, "{%s}" % ACT_PROTOCOL_NS
+FLK_PROTOCOL_NS = "urn://zdravlink/types/oms-protocol/1.0"
+_R, _P, _F = "{%s}" % REGISTER_NS, "{%s}" % ACT_PROTOCOL_NS, "{%s}" % FLK_PROTOCOL_NS
 _CENT = Decimal("0.01")
-_REPLY = "zdravlink.reply"  # the protocol's envelope, handed from the spyne method to the WSGI layer
+_REPLY = "zdravlink.reply"  # the answer's envelope, handed from the spyne method to the WSGI layer
 
 StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
 class ActUnreadable(ValueError):
-    """The act lacks what a per-record answer needs; the insurer refuses the file as a whole."""
+    """The archive lacks what an answer needs; the insurer refuses the file as a whole."""
 
 
 @dataclass(frozen=True)
@@ -76,19 +93,22 @@ class Reason:
 
 @dataclass
 class ReceivedAct:
-    """One act checked: the first delivery per idempotency key."""
+    """One archive checked: the first delivery per idempotency key, and the answer made for it."""
 
     message_id: str
     idempotency_key: str
     act_number: str
-    protocol: etree._Element
+    file_name: str
+    archive: bytes
+    signature: bytes
+    answer: etree._Element  # the ActProtocol or ProtocolFile payload
     envelope: bytes = b""  # the delivered envelope as the insurer parsed it, signatures included
     at: float = field(default_factory=time.time)
 
 
 @dataclass
 class Reply:
-    """One post of a protocol to the gateway; ``status`` is None when no HTTP answer came."""
+    """One post of an answer to the gateway; ``status`` is None when no HTTP answer came."""
 
     message_id: str
     act_message_id: str
@@ -103,8 +123,41 @@ class _Refused(Exception):
         self.reason = Reason(code, text)
 
 
+# ---- the ФЛК -------------------------------------------------------------------
+
+def check_archive(pair: RegisterPair, profile: RegionProfile, *, editions: list[Edition] | None = None,
+                  specialties: Iterable[str] | None = None) -> list[FlkProtocol]:
+    """The H-file's protocol (``V…``) and the L-file's (``F…``) for a register pair, by the region's rules."""
+    name = pair.name
+    h_errors: list[FlkError] = []
+    l_errors: list[FlkError] = []
+    try:
+        period = f"{int(pair.h_file.findtext('SCHET/YEAR') or '')}-{int(pair.h_file.findtext('SCHET/MONTH') or ''):02d}"
+        edition = resolve(profile, InsurerBinding(profile=profile.name, editions=editions), period)
+    except ValueError as exc:  # an unreadable period, or an EditionError
+        h_errors.append(FlkError("ZL.EDITION", "VERSION", "ZGLV", comment=f"no edition to check against: {exc}"))
+    else:
+        if pair.l_file is None:
+            h_errors.append(FlkError("ZL.PAIR", "FILENAME", "ZGLV", comment=f"{name.paired('L').xml} is not in the "
+                                     "archive"))
+        found = check_register(pair.h_file, pair.l_file, h_schema=edition.h_layout.source,
+                               l_schema=edition.l_layout.source, specialties=specialties)
+        h_errors += found.h
+        l_errors += found.l
+    l_name = name.paired("L")
+    return [FlkProtocol(name.protocol, str(name), tuple(h_errors)),
+            FlkProtocol(l_name.protocol, str(l_name), tuple(l_errors))]
+
+
+def protocol_file(protocols: list[FlkProtocol], when: date) -> tuple[str, bytes]:
+    """The protocols zipped under the first one's name, as the answer travels."""
+    return f"{protocols[0].fname}.zip", pack([(f"{p.fname}.xml", write_flk(p)) for p in protocols], when)
+
+
+# ---- the МЭК of an act-protocol insurer ------------------------------------------
+
 def _text(parent: etree._Element, tag: str) -> str | None:
-    value = parent.findtext(_A + tag)
+    value = parent.findtext(tag)
     return value.strip() if value is not None and value.strip() else None
 
 
@@ -183,10 +236,10 @@ def _sum_presented(usls: list[etree._Element]) -> Decimal:
 
 def check_act(act: etree._Element, *, act_message_id: str, insurer: str, tariffs: Mapping[str, Decimal],
               reject: Iterable[str] = ()) -> etree._Element:
-    """The ActProtocol for one ZL_LIST; ActUnreadable if there is nothing to answer per record."""
-    if act.tag != _A + "ZL_LIST":
-        raise ActUnreadable(f"the payload is {act.tag}, not a service act ({_A}ZL_LIST)")
-    schet = act.find(_A + "SCHET")
+    """The ActProtocol for one H-file (ZL_LIST); ActUnreadable if there is nothing to answer per record."""
+    if act.tag != "ZL_LIST":
+        raise ActUnreadable(f"the H-file's root is {act.tag}, not ZL_LIST")
+    schet = act.find("SCHET")
     if schet is None:
         raise ActUnreadable("the act has no SCHET")
     number = _header(schet, "NSCHET")
@@ -197,7 +250,7 @@ def check_act(act: etree._Element, *, act_message_id: str, insurer: str, tariffs
         raise ActUnreadable(f"SCHET is unreadable: {exc}") from None
     if not presented.is_finite():
         raise ActUnreadable(f"SCHET/SUMMAV {presented} is not an amount")
-    usls = list(act.iterfind(f"{_A}ZAP/{_A}Z_SL/{_A}SL/{_A}USL"))
+    usls = list(act.iterfind("ZAP/Z_SL/SL/USL"))
     ids: list[str] = []
     for usl in usls:
         record_id = _text(usl, "IDSERV")
@@ -257,19 +310,30 @@ class _ThenCall:
 
 
 class InsurerEmulator(ServedInThread):
-    def __init__(self, tariffs: Mapping[str, Decimal], *, reject: Iterable[str] = (), mnemonic: str = "insurer",
+    def __init__(self, tariffs: Mapping[str, Decimal], *, answer: Literal["flk", "act-protocol"] = "act-protocol",
+                 profile: RegionProfile | None = None, editions: list[Edition] | None = None,
+                 specialties: Iterable[str] | None = None, reject: Iterable[str] = (), mnemonic: str = "insurer",
                  gateway_url: str | None = None, token: str | None = None, reply_to: str | None = None,
-                 signer: Signer | None = None, port: int = 0, host: str = "127.0.0.1",
+                 signer: Signer | None = None, trust: TrustStore | None = None,
+                 senders: Iterable[Certificate] | None = None, port: int = 0, host: str = "127.0.0.1",
                  reply_timeout: float = 5.0) -> None:
         if (gateway_url is None) != (token is None):
             raise ValueError("answering through the gateway needs both gateway_url and token")
+        if answer == "flk" and profile is None:
+            raise ValueError("a ФЛК insurer checks against its region's profile: give profile")
         super().__init__()
         self.mnemonic = mnemonic
         self.name = f"{mnemonic}-soap"
+        self.answer = answer
+        self.profile = profile
+        self.editions = editions
+        self.specialties = None if specialties is None else frozenset(specialties)
         self.tariffs: dict[str, Decimal] = dict(tariffs)
         self.reject: set[str] = set(reject)
-        self.acts: list[ReceivedAct] = []   # first delivery per idempotency key, with its protocol
-        self.replies: list[Reply] = []      # every post of a protocol to the gateway
+        self.trust = trust
+        self.senders = None if senders is None else list(senders)
+        self.acts: list[ReceivedAct] = []   # first delivery per idempotency key, with its answer
+        self.replies: list[Reply] = []      # every post of an answer to the gateway
         self.other: list[bytes] = []        # envelopes of other message types, taken as they are
         self._gateway_url = gateway_url.rstrip("/") if gateway_url else None
         self._token = token
@@ -282,7 +346,7 @@ class InsurerEmulator(ServedInThread):
         self._httpd = wsgi_server(host, port, self._replying(WsgiApplication(app)))
 
     def answer_through(self, gateway_url: str, token: str) -> None:
-        """Post protocols to this gateway from now on; a test learns the gateway's address only after
+        """Post answers to this gateway from now on; a test learns the gateway's address only after
         the gateway's configuration (which names this emulator's WSDL) is written."""
         self._gateway_url, self._token = gateway_url.rstrip("/"), token
 
@@ -294,8 +358,7 @@ class InsurerEmulator(ServedInThread):
     def wsdl_url(self) -> str:
         return self.url + "?wsdl"
 
-
-    # ---- taking an act --------------------------------------------------
+    # ---- taking an archive ----------------------------------------------
 
     def _deliver(self, root: etree._Element | None, environ: dict[str, Any]) -> str:
         if root is None:
@@ -307,40 +370,60 @@ class InsurerEmulator(ServedInThread):
             if key:
                 self._keys.add(key)  # held while checking, so a concurrent repeat is a duplicate too
         try:
-            env, protocol = self._check(root)
+            env, act = self._check(root, key)
         except Exception:
             with self._lock:
                 self._keys.discard(key)  # not taken, so a retry under the same key is checked again
             raise
-        if protocol is None:  # not an act: an insurer takes other messages (notices) as they come
+        if act is None:  # not a register: an insurer takes other messages (notices) as they come
             with self._lock:
                 self.other.append(etree.tostring(root, encoding="UTF-8"))
             log.info("%s: message %s (%s) -> accepted", self.mnemonic, env.message_id, env.message_type)
             return "accepted"
-        act = ReceivedAct(env.message_id, key, protocol.findtext(_P + "ActNumber") or "", protocol,
-                          etree.tostring(root, encoding="UTF-8"))
         with self._lock:
             self.acts.append(act)
-        log.info("%s: act %s (message %s): %s accepted, %s rejected", self.mnemonic, act.act_number,
-                 env.message_id, protocol.findtext(_P + "Accepted"), protocol.findtext(_P + "Rejected"))
+        log.info("%s: register %s (message %s) checked: %s", self.mnemonic, act.file_name, env.message_id,
+                 self._summary(act.answer))
         if self._gateway_url is not None:
-            environ[_REPLY] = self._reply_envelope(env, protocol)
+            environ[_REPLY] = self._reply_envelope(env, act.answer)
         return "accepted"
 
-    def _check(self, root: etree._Element) -> tuple[Envelope, etree._Element | None]:
+    def _check(self, root: etree._Element, key: str) -> tuple[Envelope, ReceivedAct | None]:
         try:
             validate_envelope(root)
         except Rejection as exc:
             raise Fault(faultcode="Client", faultstring=f"not a Zdravlink envelope: {exc}") from None
         env = Envelope.from_element(root)
-        if env.message_type != ACT_NS:
+        if env.message_type != REGISTER_NS:
             return env, None
+        name = env.payload.findtext(_R + "FileName") or ""
         try:
-            protocol = check_act(env.payload, act_message_id=env.message_id, insurer=self.mnemonic,
-                                 tariffs=self.tariffs, reject=self.reject)
-        except ActUnreadable as exc:
-            raise Fault(faultcode="Client", faultstring=f"act refused: {exc}") from None
-        return env, protocol
+            archive = base64.b64decode(env.payload.findtext(_R + "Content") or "", validate=True)
+            signature = base64.b64decode(env.payload.findtext(f"{_R}Signature/{_R}Content") or "", validate=True)
+            if self.trust is not None:
+                verify_detached(archive, signature, trust=self.trust, signers=self.senders)
+            pair = unpack_register(archive, name)
+            if self.answer == "flk":
+                assert self.profile is not None
+                answer_name, content = protocol_file(
+                    check_archive(pair, self.profile, editions=self.editions, specialties=self.specialties),
+                    date.today())
+                answer = etree.Element(_F + "ProtocolFile", nsmap={"fp": FLK_PROTOCOL_NS})
+                etree.SubElement(answer, _F + "FileName").text = answer_name
+                etree.SubElement(answer, _F + "Content").text = base64.b64encode(content).decode("ascii")
+            else:
+                answer = check_act(pair.h_file, act_message_id=env.message_id, insurer=self.mnemonic,
+                                   tariffs=self.tariffs, reject=self.reject)
+        except (ValueError, OmsFileError, SignatureError, ActUnreadable) as exc:
+            raise Fault(faultcode="Client", faultstring=f"register refused: {exc}") from None
+        return env, ReceivedAct(env.message_id, key, pair.h_file.findtext("SCHET/NSCHET") or "", name, archive,
+                                signature, answer, etree.tostring(root, encoding="UTF-8"))
+
+    @staticmethod
+    def _summary(answer: etree._Element) -> str:
+        if answer.tag == _P + "ActProtocol":
+            return f"{answer.findtext(_P + 'Accepted')} accepted, {answer.findtext(_P + 'Rejected')} rejected"
+        return f"ФЛК protocol {answer.findtext(_F + 'FileName')}"
 
     def _service(self) -> type[ServiceBase]:
         insurer = self
@@ -354,10 +437,10 @@ class InsurerEmulator(ServedInThread):
 
     # ---- answering through the gateway ----------------------------------
 
-    def _reply_envelope(self, act: Envelope, protocol: etree._Element) -> Envelope:
+    def _reply_envelope(self, act: Envelope, answer: etree._Element) -> Envelope:
         reply = Envelope(message_id=str(uuid.uuid1()), sender=self.mnemonic, recipient=self._reply_to or act.sender,
-                         message_type=ACT_PROTOCOL_NS, payload=protocol, reference_message_id=act.message_id,
-                         test_message=act.test_message)
+                         message_type=etree.QName(answer).namespace or "", payload=answer,
+                         reference_message_id=act.message_id, test_message=act.test_message)
         if self._signer is not None:
             reply.sender_signature = sign(reply.sender_data_element(), self._signer)
         return reply

@@ -121,6 +121,7 @@ service_records = Table(
     Column("reason", Text),
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
+    Column("errors", Text),  # the insurer's errors about this record, JSON (migration 0009)
     Index("ix_service_records_act", "code_mo", "insurer", "period"),
 )
 
@@ -138,7 +139,9 @@ acts = Table(
     Column("records", Integer, nullable=False),
     Column("total", String(20), nullable=False),
     Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("file_name", String(40)),  # the register's H-file name, without extension (migration 0009)
     UniqueConstraint("code_mo", "insurer", "period", "version", name="uq_acts_version"),
+    Index("ix_acts_file_name", "file_name"),
 )
 
 registry_requests = Table(

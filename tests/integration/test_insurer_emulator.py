@@ -1,17 +1,18 @@
-"""The insurer emulator over the wire: acts in by SOAP, protocols out through a gateway's REST API.
+"""The insurer emulator over the wire: register archives in by SOAP, answers out through a gateway's REST API.
 
 Everything runs as real servers on 127.0.0.1: the insurer's spyne service and a REST
-recipient standing in for the gateway.
-The acts are built here by hand in the OMS register layout, independently of the
-service-act schema and builder.
+recipient standing in for the gateway. The registers are built here by hand in the OMS
+layout (or are region 75's own), independently of the gateway's builder, packed and signed.
 """
 from __future__ import annotations
 
+import base64
 import json
 import socket
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from datetime import date
 from decimal import Decimal
 from pathlib import Path
 
@@ -19,16 +20,21 @@ import httpx
 import pytest
 from lxml import etree
 
-from adapters.emulators.insurer import ACT_PROTOCOL_NS, INSURER_NS, InsurerEmulator
+from adapters.emulators.insurer import ACT_PROTOCOL_NS, FLK_PROTOCOL_NS, INSURER_NS, REGISTER_NS, InsurerEmulator
 from adapters.emulators.rest_recipient import RecipientServer
 from adapters.soap.push import SoapPusher
 from gateway.config import Channel
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS, schemas_dir, validate_envelope, validate_payload
+from gateway.oms.archive import pack, to_bytes
+from gateway.oms.flk import read_protocol_file
 from signing import Certificate, PrivateKey, Signer, TrustStore, verify
+from signing.cms import sign_detached
+from signing.demo_ca import demo_signer
 
-ACT_NS = "urn://zdravlink/types/service-act/1.0"
-A, P, Z, DS = "{%s}" % ACT_NS, "{%s}" % ACT_PROTOCOL_NS, "{%s}" % ENVELOPE_NS, "{%s}" % DSIG_NS
+R, P, Z, DS = "{%s}" % REGISTER_NS, "{%s}" % ACT_PROTOCOL_NS, "{%s}" % ENVELOPE_NS, "{%s}" % DSIG_NS
+F = "{%s}" % FLK_PROTOCOL_NS
+REAL = Path(__file__).resolve().parents[1] / "data" / "oms" / "region75"
 SOAP_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 WSDL_SOAP11 = "http://schemas.xmlsoap.org/wsdl/soap/"
 PROTOCOL_XSD = etree.XMLSchema(etree.parse(str(schemas_dir() / "payloads" / "act-protocol-1.0.xsd")))
@@ -44,14 +50,15 @@ def usl(idserv: str, code: str, kol: str, tarif: str, sumv: str, date_in: str = 
 
 def act_envelope(services: list[dict[str, str]], summav: str | None = None, number: str = "17-0324",
                  sender: str = "clinic") -> Envelope:
-    """A service act for March 2024: one ZAP per service, as a clinic's MIS would bill them."""
+    """A register for March 2024: one ZAP per service, as a clinic's MIS would bill them, zipped with its
+    L-file (an insurer answering act-protocols checks no signature here)."""
     def sub(parent: etree._Element, tag: str, text: str | None = None) -> etree._Element:
-        el = etree.SubElement(parent, A + tag)
+        el = etree.SubElement(parent, tag)
         el.text = text
         return el
 
     total = summav if summav is not None else str(sum(Decimal(s["SUMV_USL"]) for s in services))
-    zl = etree.Element(A + "ZL_LIST", nsmap={None: ACT_NS})
+    zl = etree.Element("ZL_LIST")
     zglv = sub(zl, "ZGLV")
     for tag, value in (("VERSION", "3.1"), ("DATA", "2024-04-02"), ("FILENAME", "HM770001S77001_24031"),
                        ("SD_Z", str(len(services)))):
@@ -76,9 +83,28 @@ def act_envelope(services: list[dict[str, str]], summav: str | None = None, numb
         sub(sl, "SUM_M", service["SUMV_USL"])
         u = sub(sl, "USL")
         for tag in ("IDSERV", "DATE_IN", "DATE_OUT", "CODE_USL", "KOL_USL", "TARIF", "SUMV_USL"):
-            sub(u, tag, service[tag])
-    return Envelope(message_id=str(uuid.uuid1()), sender=sender, recipient="insurer", message_type=ACT_NS,
-                    payload=zl)
+            if service.get(tag) is not None:
+                sub(u, tag, service[tag])
+    pers = etree.Element("PERS_LIST")
+    for n in range(1, len(services) + 1):
+        p = sub(pers, "PERS")
+        sub(p, "ID_PAC", f"pac-{n}")
+    return register_envelope("HM770001S77001_24031", to_bytes(zl), to_bytes(pers), sender)
+
+
+def register_envelope(name: str, h_file: bytes, l_file: bytes | None, sender: str = "clinic",
+                      signer: Signer | None = None) -> Envelope:
+    files = [(f"{name}.xml", h_file)] + ([("L" + name[1:] + ".xml", l_file)] if l_file is not None else [])
+    archive = pack(files, date(2024, 4, 2))
+    signature = sign_detached(archive, signer) if signer is not None else b"no signature"
+    payload = etree.Element(R + "RegisterArchive", nsmap={"rg": REGISTER_NS})
+    etree.SubElement(payload, R + "FileName").text = f"{name}.zip"
+    etree.SubElement(payload, R + "Content").text = base64.b64encode(archive).decode()
+    sig = etree.SubElement(payload, R + "Signature")
+    etree.SubElement(sig, R + "FileName").text = f"{name}.zip.sig"
+    etree.SubElement(sig, R + "Content").text = base64.b64encode(signature).decode()
+    return Envelope(message_id=str(uuid.uuid1()), sender=sender, recipient="insurer", message_type=REGISTER_NS,
+                    payload=payload)
 
 
 def soap_action(insurer: InsurerEmulator) -> str:
@@ -153,7 +179,7 @@ def test_act_is_checked_per_record(tmp_path):
         assert deliver_result(deliver(insurer, env)) == "accepted"
 
     assert [(a.message_id, a.act_number) for a in insurer.acts] == [(env.message_id, "17-0324")]
-    protocol = insurer.acts[0].protocol
+    protocol = insurer.acts[0].answer
     assert PROTOCOL_XSD.validate(protocol), PROTOCOL_XSD.error_log
     assert outcomes(protocol) == {
         "r-ok-1": ("accepted", None),
@@ -242,7 +268,7 @@ def test_summav_mismatch_rejects_every_record():
     with InsurerEmulator(TARIFFS) as insurer:
         assert deliver_result(deliver(insurer, env)) == "accepted"
 
-    protocol = insurer.acts[0].protocol
+    protocol = insurer.acts[0].answer
     assert PROTOCOL_XSD.validate(protocol), PROTOCOL_XSD.error_log
     assert outcomes(protocol) == {"r-1": ("rejected", "5.1.2"), "r-2": ("rejected", "5.1.2")}
     for text in protocol.iterfind(f"{P}Record/{P}Reason/{P}Text"):
@@ -252,8 +278,9 @@ def test_summav_mismatch_rejects_every_record():
 
 def test_unreadable_act_is_a_client_fault_and_its_key_stays_free():
     env = act_envelope([usl("r-1", "B01.001.001", "1", "1250.00", "1250.00")])
-    broken = env.to_element()
-    broken.find(f".//{A}IDSERV").getparent().remove(broken.find(f".//{A}IDSERV"))
+    services = [usl("r-1", "B01.001.001", "1", "1250.00", "1250.00")]
+    broken = act_envelope([{**services[0], "IDSERV": None}])  # type: ignore[dict-item]
+    broken.message_id = env.message_id
     with InsurerEmulator(TARIFFS) as insurer:
         resp = deliver(insurer, broken, key=env.message_id)
         assert resp.status_code == 500
@@ -275,7 +302,7 @@ def test_gateways_soap_pusher_delivers_an_act():
             assert (res.delivered, res.status_code) == (True, 200), res
     finally:
         pusher.close()
-    assert outcomes(insurer.acts[0].protocol) == {"r-1": ("accepted", None)}
+    assert outcomes(insurer.acts[0].answer) == {"r-1": ("accepted", None)}
     assert insurer.acts[0].idempotency_key == env.message_id
 
 
@@ -298,3 +325,65 @@ def test_stop_is_quick_even_while_a_reply_hangs():
     finally:
         slow_gateway.stop()
 
+
+
+# ---- a ФЛК insurer ------------------------------------------------------------------------
+
+def _region75():  # noqa: ANN202 - RegionProfile
+    from tests.unit.test_service_act import profile
+
+    return profile("zabaykalsky")
+
+
+def flk_answer(act) -> dict[str, list[tuple[str, str | None, str | None]]]:  # noqa: ANN001 - ReceivedAct
+    """The protocols of a ФЛК answer: per file answered, (OSHIB, element, IDSERV) of each error."""
+    name = act.answer.findtext(F + "FileName")
+    content = base64.b64decode(act.answer.findtext(F + "Content"))
+    return {p.answers: [(e.oshib, e.element, e.idserv) for e in p.errors] for p in read_protocol_file(name, content)}
+
+
+def test_a_flk_insurer_checks_the_pair_by_its_region_and_answers_naming_each_error(demo_keys, gateway_stub):
+    from tests.unit.test_register_checks import L_FILE
+
+    h_file = (REAL / "tfoms75-test-H_VALID.XML").read_bytes()
+    signer = demo_signer(demo_keys, "gateway")
+    good = register_envelope("HM750096T75_21041", h_file, L_FILE, signer=signer)
+    with InsurerEmulator({}, answer="flk", profile=_region75(), specialties={"17"}, mnemonic="tfoms-75",
+                         trust=TrustStore.from_directory(demo_keys / "trust"), senders=[signer.certificate],
+                         gateway_url=f"http://127.0.0.1:{gateway_stub.port}", token=INSURER_TOKEN,
+                         signer=demo_signer(demo_keys, "insurer")) as insurer:
+        assert deliver_result(deliver(insurer, good)) == "accepted"
+        assert wait_for(lambda: len(insurer.replies) == 1)
+        insurer.specialties = frozenset({"76"})
+        assert deliver_result(deliver(insurer, register_envelope("HM750096T75_21041", h_file, L_FILE,
+                                                                 signer=signer))) == "accepted"
+        assert deliver_result(deliver(insurer, register_envelope("HM750096T75_21041", h_file, None,
+                                                                 signer=signer))) == "accepted"
+    passed, unknown_specialty, without_l = insurer.acts
+    assert passed.answer.findtext(F + "FileName") == "VM750096T75_21041.zip"
+    assert flk_answer(passed) == {"HM750096T75_21041": [], "LM750096T75_21041": []}
+    assert flk_answer(unknown_specialty)["HM750096T75_21041"] == [
+        ("001F.00.0310", "SL/PRVS", None), ("001F.00.0661", "USL/PRVS", "477246")]
+    assert ("ZL.PAIR", "ZGLV/FILENAME", None) in flk_answer(without_l)["HM750096T75_21041"]
+
+    posted = Envelope.from_json(json.loads(gateway_stub.requests[0].body))
+    assert (posted.message_type, posted.sender, posted.reference_message_id) == (
+        FLK_PROTOCOL_NS, "tfoms-75", good.message_id)
+    validate_payload(FLK_PROTOCOL_NS, posted.payload)
+
+
+def test_a_register_whose_signature_does_not_hold_is_refused_as_a_whole(demo_keys):
+    h_file = (REAL / "tfoms75-test-H_VALID.XML").read_bytes()
+    gateway = demo_signer(demo_keys, "gateway")
+    by_someone_else = register_envelope("HM750096T75_21041", h_file, b"<PERS_LIST/>", signer=demo_signer(demo_keys, "lab"))
+    with InsurerEmulator({}, answer="flk", profile=_region75(), trust=TrustStore.from_directory(demo_keys / "trust"),
+                         senders=[gateway.certificate]) as insurer:
+        resp = deliver(insurer, by_someone_else)
+        assert resp.status_code == 500
+        fault = etree.fromstring(resp.content).find(f".//{{{SOAP_NS}}}Fault")
+        assert fault.findtext("faultcode").endswith("Client") and "CERTIFICATE_SENDER_MISMATCH" in \
+            fault.findtext("faultstring")
+        unsigned = register_envelope("HM750096T75_21041", h_file, b"<PERS_LIST/>")
+        assert "SIGNATURE_MALFORMED" in etree.fromstring(deliver(insurer, unsigned).content).findtext(
+            f".//{{{SOAP_NS}}}Fault/faultstring")
+    assert insurer.acts == []

@@ -132,7 +132,7 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
             assert answered["verdict"] == verdict, trail
             wait_delivered(base, answered["answer"], "demo-mis-token")
         children = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
-        assert len(children) == 7  # api, router, two delivery workers, deadlines, mllp, demo partners
+        assert len(children) == 8  # api, router, reconciler, two delivery workers, deadlines, mllp, demo partners
     finally:
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(30)

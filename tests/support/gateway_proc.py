@@ -33,7 +33,7 @@ def envelope_json(sender: str, recipient: str, payload: str | None = None, messa
 class GatewayProcesses:
     def __init__(self, directory: Path, participants: str, routes: str, *, settings: str, amqp_url: str,
                  db_url: str | None, api_port: int, delivery_workers: int, mappings: Path | None = None,
-                 mllp_port: int | None = None, tariffs: Path | None = None) -> None:
+                 mllp_port: int | None = None, tariffs: Path | None = None, oms: Path | None = None) -> None:
         import shutil
 
         self.dir = directory
@@ -42,6 +42,8 @@ class GatewayProcesses:
             shutil.copytree(mappings, self.dir / "mappings")
         if tariffs is not None:
             shutil.copytree(tariffs, self.dir / "tariffs")
+        if oms is not None:  # region profiles and insurer bindings (docs/service-acts.md)
+            shutil.copytree(oms, self.dir / "oms")
         self.mllp_port = mllp_port
         (self.dir / "participants.yaml").write_text(participants)
         (self.dir / "routes.yaml").write_text(routes)
