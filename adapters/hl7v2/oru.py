@@ -22,13 +22,12 @@ from zoneinfo import ZoneInfo
 import hl7
 from lxml import etree
 
+from adapters.hl7v2.message_ids import message_id_for
 from adapters.mapping.lab_mapping import FSLI_OID, Conversion, Hl7Path, LabMapping, Location, TestMapping
 from gateway.identifiers import enp_valid, snils_valid
 
 LAB_RESULT_NS = "urn://zdravlink/types/lab-result/1.0"
 L = "{%s}" % LAB_RESULT_NS
-#: A fixed namespace for deriving MessageIDs from (lab, MSH-10): a resent message gets the same id.
-_MESSAGE_IDS = uuid.UUID("6f1b3a52-51d6-4c4e-9a43-0c1e3d5b7a21")
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d+)?([+-]\d{4})?$")
 _RANGE = re.compile(r"^\(?\s*(-?\d+(?:[.,]\d+)?)\s*(?:-|_|–|to)\s*(-?\d+(?:[.,]\d+)?)\s*\)?$")
 #: OBX-11 / OBR-25 (HL7 table 0085) → the lab result's P, F, C, X.
@@ -456,7 +455,3 @@ def map_message(message: hl7.Message, mapping: LabMapping) -> Mapped:
     control = report.control_id()
     return Mapped(payload, recipient, message_id_for(mapping.lab, control) if control else str(uuid.uuid1()), control)
 
-
-def message_id_for(lab: str, control_id: str) -> str:
-    """The MessageID of the lab's message with this MSH-10: the same for every resend."""
-    return str(uuid.uuid5(_MESSAGE_IDS, f"{lab}|{control_id}"))
