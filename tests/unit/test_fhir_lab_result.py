@@ -10,26 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fhir.resources.R4B.observation import Observation
 from lxml import etree
 
-from adapters.fhir.lab_result import FhirInvalid, to_bundle, to_json_bytes, validate_bundle
+from adapters.fhir.lab_result import to_bundle, to_json_bytes
+from adapters.fhir.validation import LENIENT, STRICT, FhirInvalid, validate_bundle
 from gateway.schemas import validate_payload
-from tests.support.references import SHARED
 
 NS = "urn://zdravlink/types/lab-result/1.0"
 DATA = Path(__file__).resolve().parents[1] / "data"
-FHIR_DATA = DATA / "fhir"
-FHIR_REFERENCE = SHARED / "fhir"
-EXAMPLES = sorted(FHIR_DATA.glob("*.json"))
 MESSAGE_ID = "6f1c2a10-abcd-11ef-8000-0242ac120002"
 PREVIOUS_ID = "1b2c3d40-abcd-11ef-8000-0242ac120002"
 FSLI = "urn:oid:1.2.643.5.1.13.13.11.1080"
 V3_INTERPRETATION = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
-
-
-def load(name: str) -> dict[str, Any]:
-    return json.loads((FHIR_DATA / name).read_text(encoding="utf-8"))
 
 
 def errors_of(data: dict[str, Any], **kwargs: Any) -> list[str]:
@@ -80,102 +72,9 @@ def url_of(bundle: dict[str, Any], rtype: str) -> str:
 def convert(root: etree._Element, **kwargs: Any) -> dict[str, Any]:
     """Our Bundle, after checking it passes the validation it is sent under, in both forms."""
     bundle = to_bundle(root, message_id=kwargs.pop("message_id", MESSAGE_ID), **kwargs)
-    validate_bundle(bundle)
-    validate_bundle(json.loads(to_json_bytes(bundle)))
+    validate_bundle(bundle, mode=STRICT)
+    validate_bundle(json.loads(to_json_bytes(bundle)), mode=STRICT)
     return bundle
-
-
-# ---- the reference examples ------------------------------------------------------------
-
-@pytest.mark.skipif(not FHIR_REFERENCE.exists(), reason="no ../shared/reference in this checkout")
-def test_shipped_copies_are_the_reference_files_byte_for_byte():
-    reference = sorted(p.name for p in FHIR_REFERENCE.glob("*.json")) + ["SOURCES.md"]
-    assert sorted(p.name for p in EXAMPLES) + ["SOURCES.md"] == reference
-    for name in reference:
-        assert (FHIR_DATA / name).read_bytes() == (FHIR_REFERENCE / name).read_bytes(), name
-
-
-def test_there_are_examples_of_both_shapes():
-    kinds = {load(p.name)["resourceType"] for p in EXAMPLES}
-    assert kinds == {"Bundle", "Observation"}
-
-
-@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
-def test_every_official_example_passes_our_validation(path):
-    validate_bundle(json.loads(path.read_text(encoding="utf-8")), resolve_references=False)
-
-
-def test_the_f001_report_points_outside_its_bundle_and_that_is_reported():
-    errors = errors_of(load("diagnosticreport-example-f001-bloodexam.json"))
-    dangling = " ".join(errors)
-    for ref in ("Observation/f001", "Observation/f005", "Patient/f001", "Organization/f001"):
-        assert f"'{ref}'" in dangling
-    # Its ServiceRequest is in the Bundle, under a RESTful fullUrl on the same base.
-    assert "ServiceRequest/req" not in dangling
-    assert all("resolves to no Bundle entry" in e for e in errors)
-
-
-def test_relative_references_resolve_against_a_restful_fullurl():
-    errors = errors_of(load("diagnosticreport-example-lipids.json"))
-    assert not [e for e in errors if "Observation/" in e]
-    assert any("'Patient/pat2'" in e for e in errors)
-
-
-def glucose(**changes: Any) -> dict[str, Any]:
-    data = load("observation-example-f001-glucose.json")
-    for key, value in changes.items():
-        if value is None:
-            del data[key]
-        else:
-            data[key] = value
-    return data
-
-
-@pytest.mark.parametrize(("mutated", "expected"), [
-    (glucose(status=None), "status"),
-    (glucose(valueQuantity={"value": "abc", "unit": "mmol/l"}), "valueQuantity.value"),
-    (glucose(valueString="6.3 mmol/l"), "but got multiple"),
-    (glucose(issued="2013-04-03T15:30:10"), "issued"),
-    (glucose(colour="red"), "colour"),
-    (glucose(status="bogus"), "'bogus' is not a code of its required value set"),
-], ids=["missing-status", "bad-decimal", "two-values", "instant-without-zone", "unknown-element", "bogus-status"])
-def test_broken_examples_are_refused_with_a_readable_reason(mutated, expected):
-    errors = errors_of(mutated, resolve_references=False)
-    assert any(expected in e and e.startswith("Observation") for e in errors), errors
-
-
-def test_the_library_alone_would_let_a_bogus_status_through():
-    Observation.model_validate(glucose(status="bogus"))  # what our own check is for
-
-
-def test_a_bogus_status_inside_a_bundle_entry_is_refused():
-    bundle = load("diagnosticreport-example-lipids.json")
-    bundle["entry"][2]["resource"]["status"] = "bogus"
-    errors = errors_of(bundle, resolve_references=False)
-    assert errors == [
-        "entry[2].resource (Observation): status: 'bogus' is not a code of its required value set "
-        "(amended, cancelled, corrected, entered-in-error, final, preliminary, registered, unknown)"]
-
-
-@pytest.mark.parametrize(("resource", "expected"), [
-    ({"resourceType": "Foo", "id": "x"}, "unknown resourceType 'Foo'"),
-    ({"id": "x", "status": "final"}, "no resourceType"),
-    ({"resourceType": "Quantity", "value": 1}, "unknown resourceType 'Quantity'"),
-])
-def test_entries_the_bundle_model_would_wave_through_or_crash_on_are_reported(resource, expected):
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1", "resource": resource}]}
-    assert errors_of(bundle) == [f"entry[0].resource: {expected}"]
-
-
-def test_what_is_not_a_resource_at_all_is_refused_not_crashed_on():
-    assert errors_of({"resourceType": "Nope"}) == ["resource: unknown resourceType 'Nope'"]
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [7]}
-    assert [e for e in errors_of(bundle) if e.startswith("Bundle: entry[0]")]
-
-
-def test_an_entry_without_resource_request_or_response_is_refused():
-    bundle = {"resourceType": "Bundle", "type": "collection", "entry": [{"fullUrl": "urn:uuid:1"}]}
-    assert "bdl-5" in errors_of(bundle)[0]
 
 
 # ---- our output: the example payload, field by field ----------------------------------
@@ -304,7 +203,7 @@ def test_comparator_and_a_unit_given_as_ucum():
 def test_a_bad_comparator_is_caught_though_the_library_accepts_it():
     bundle = to_bundle(lab_result(lab_test(QTY)), message_id=MESSAGE_ID)
     bundle["entry"][1]["resource"]["valueQuantity"]["comparator"] = "~"
-    assert "valueQuantity.comparator: '~'" in errors_of(bundle)[0]
+    assert "valueQuantity.comparator: '~'" in errors_of(bundle, mode=STRICT)[0]
 
 
 @pytest.mark.parametrize(("flag", "code", "display"), [
@@ -429,15 +328,15 @@ def test_several_tests_each_become_an_observation_in_the_report():
         {"reference": e["fullUrl"]} for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"]
 
 
-def test_a_broken_reference_in_our_own_output_is_caught():
+def test_a_broken_reference_in_our_own_output_fails_the_strict_mode():
     bundle = to_bundle(lab_result(lab_test(QTY)), message_id=MESSAGE_ID)
-    validate_bundle(bundle)
+    validate_bundle(bundle, mode=STRICT)
     broken = copy.deepcopy(bundle)
     broken["entry"][0]["resource"]["result"][0]["reference"] = "urn:uuid:00000000-0000-0000-0000-000000000000"
-    assert errors_of(broken) == [
+    assert errors_of(broken, mode=STRICT) == [
         "entry[0].resource (DiagnosticReport): result[0]: reference 'urn:uuid:00000000-0000-0000-0000-000000000000' "
         "resolves to no Bundle entry or contained resource"]
-    validate_bundle(broken, resolve_references=False)
+    validate_bundle(broken, mode=LENIENT)
 
 
 def test_only_a_lab_result_with_a_uuid_message_id_is_converted():
