@@ -1,8 +1,10 @@
-"""A lab result (payload ``urn://zdravlink/types/lab-result/1.0``) as a FHIR R4 Bundle, and its validation.
+"""A lab result (payload ``urn://zdravlink/types/lab-result/1.0``) as a FHIR R4 Bundle.
 
-A recipient MIS that asks for FHIR gets a ``collection`` Bundle holding a DiagnosticReport,
-one Observation per test, the Patient, the laboratory as an Organization and the Specimen,
-linked by ``urn:uuid:`` fullUrls. Where a choice had to be made, it follows the Russian FHIR
+A recipient MIS that asks for FHIR gets a ``collection`` Bundle holding, for each Order of
+the lab result, a DiagnosticReport with one Observation per test (and the order's Specimen
+and ServiceRequest when it has them), plus the Patient, the laboratory as an Organization
+and a Practitioner for each person named (requester, performer), linked by ``urn:uuid:``
+fullUrls. ``validation.validate_bundle(..., mode=STRICT)`` is what it must pass. Where a choice had to be made, it follows the Russian FHIR
 material (Ru-SEMD «Протокол лабораторного исследования», ru.core) as recorded in
 ``shared/research/formats.md`` §2.3 and §4.3:
 
@@ -29,15 +31,37 @@ material (Ru-SEMD «Протокол лабораторного исследов
   ``code`` only when the payload names the unit's system — whether "g/L" is meant as UCUM
   cannot be known from the string, and qty-3 forbids a code without a system.
 
-A corrected result (Status C) keeps the ResultId of the report it corrects, so the
-DiagnosticReport carries the same business identifier with ``status: corrected``. R4 has no
+Nothing of the lab result is left behind (docs/onboarding-a-lab.md lists it all):
+
+* Statuses: each lab result status maps onto its FHIR code (``_REPORT_STATUS``,
+  ``_OBSERVATION_STATUS``); S (partial) is a report's ``partial``; B (appended) was read
+  as A, an Observation's ``amended``.
+* No value: NotPerformed is ``dataAbsentReason`` ``not-performed`` (``not-asked`` for a test
+  the lab marked N); ``NoValue`` pending is ``temp-unknown``; HL7's explicit null is a
+  dataAbsentReason with text only — no code of that value set says "the lab stated there is
+  none", and inventing one would assert what the lab did not.
+* Several coded answers (a repeating OBX-5) are components, one per answer: one
+  CodeableConcept holds codings of one meaning, not several answers. A coded value's
+  alternate coding is a second coding of the same concept, its original text the text.
+* Notes: a test's are its Observation's ``note``; an order's, and the patient's (which R4's
+  Patient cannot carry), are the DiagnosticReport's ``conclusion``, the patient's last and
+  marked so; R4's DiagnosticReport has no ``note``.
+* Names: HumanName with ``given`` = [given, middle] (отчество after the given name, as
+  ru.core does).
+* An order's performer (HL7 OBR-32, the principal result interpreter) is the report's
+  ``resultsInterpreter``; a test's (OBX-16) is its Observation's ``performer`` beside the
+  laboratory; the requester is the ServiceRequest's.
+
+An order the lab sends again (a correction, a final after a preliminary) keeps its OrderId,
+so the DiagnosticReport carries the same business identifier with its new status. R4 has no
 ``replaces`` element on DiagnosticReport; the generic extension
 ``http://hl7.org/fhir/StructureDefinition/replaces`` is only allowed on canonical resources,
 so the link uses the core extension made for this resource,
 ``http://hl7.org/fhir/StructureDefinition/diagnosticReport-replaces`` (valueReference to a
 DiagnosticReport; HL7 describes it for a final report superseding a preliminary one, and a
 correction is the same act: the new report takes the old one's place). Its reference is logical: an identifier ``urn://zdravlink/fhir/message-id``
-= the replaced message's id, which every DiagnosticReport we emit carries for its own message.
+= the replaced message's id, which every DiagnosticReport we emit carries for its own message
+(with the order's OrderId beside it, so the MIS finds the order within that message).
 A literal reference would dangle (the earlier report is in another Bundle).
 
 Times: FHIR wants a time zone on any dateTime with a time, and ``issued`` is an instant,
@@ -68,6 +92,7 @@ ENP_SYSTEM = "http://fhir.ru/core/systems/OMS"
 URI_SYSTEM = "urn:ietf:rfc:3986"
 MESSAGE_ID_SYSTEM = "urn://zdravlink/fhir/message-id"
 RESULT_ID_SYSTEM = "urn://zdravlink/fhir/result-id"
+ORDER_ID_SYSTEM = "urn://zdravlink/fhir/order-id"
 PARTICIPANT_SYSTEM = "urn://zdravlink/fhir/participant"
 LOCAL_CODE_SYSTEM = "urn://zdravlink/fhir/local-code/"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -78,7 +103,11 @@ _V2_0074 = "http://terminology.hl7.org/CodeSystem/v2-0074"
 _OBSERVATION_CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 _DATA_ABSENT_REASON = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
 
-_STATUS = {"P": "preliminary", "F": "final", "C": "corrected", "X": "cancelled"}
+_REPORT_STATUS = {"I": "registered", "R": "preliminary", "S": "partial", "P": "preliminary", "F": "final",
+                  "A": "amended", "C": "corrected", "X": "cancelled", "N": "cancelled", "D": "entered-in-error",
+                  "W": "entered-in-error"}
+_OBSERVATION_STATUS = {**_REPORT_STATUS, "S": "preliminary"}
+_ABSENT = {"not-performed": "Not Performed", "not-asked": "Not Asked", "temp-unknown": "Temporarily Unknown"}
 
 #: HL7 v2 table 0078 flags that the v3 code system defines with the same code.
 _INTERPRETATIONS = {
@@ -91,7 +120,7 @@ _INTERPRETATIONS = {
 }
 
 #: Coding-system names of HL7 v2 (table 0396) a lab mapping may pass through unchanged.
-_V2_SYSTEM_NAMES = {"UCUM": UCUM_SYSTEM, "LN": "http://loinc.org"}
+_V2_SYSTEM_NAMES = {"UCUM": UCUM_SYSTEM, "LN": "http://loinc.org", "SCT": "http://snomed.info/sct"}
 
 _OID = re.compile(r"[0-2](\.(0|[1-9][0-9]*))+")
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
@@ -139,12 +168,16 @@ def _system_uri(name: str | None) -> str | None:
     return _V2_SYSTEM_NAMES.get(name.upper())
 
 
-def _coding(coded: etree._Element, default_system: str | None = None) -> dict[str, Any]:
+def _coding(coded: etree._Element, default_system: str | None = None) -> dict[str, Any] | None:
+    """One Coding of a Code/System/Display triple; None without a code (text alone is no coding)."""
+    code = _text(coded, "Code")
+    if code is None:
+        return None
     coding: dict[str, Any] = {}
     system = _system_uri(_text(coded, "System")) if coded.find(_L + "System") is not None else default_system
     if system:
         coding["system"] = system
-    coding["code"] = _required(coded, "Code")
+    coding["code"] = code
     display = _text(coded, "Display")
     if display:
         coding["display"] = display
@@ -152,10 +185,18 @@ def _coding(coded: etree._Element, default_system: str | None = None) -> dict[st
 
 
 def _concept(coded: etree._Element, default_system: str | None = None) -> dict[str, Any]:
-    coding = _coding(coded, default_system)
-    concept: dict[str, Any] = {"coding": [coding]}
-    if "display" in coding:
-        concept["text"] = coding["display"]
+    """A Coded whole: its coding, the alternate coding, and as text the original text or display."""
+    codings = [c for c in (_coding(coded, default_system),) if c]
+    alternate = coded.find(_L + "Alternate")
+    if alternate is not None:
+        alt = _coding(alternate)
+        if alt:
+            codings.append(alt)
+    concept: dict[str, Any] = {"coding": codings} if codings else {}
+    text = _text(coded, "OriginalText") or _text(coded, "Display") or (
+        _text(alternate, "Display") if alternate is not None else None)
+    if text:
+        concept["text"] = text
     return concept
 
 
@@ -205,15 +246,54 @@ def _entry(full_url: str, resource: dict[str, Any]) -> dict[str, Any]:
                                               "id": full_url.removeprefix("urn:uuid:"), **resource}}
 
 
-@dataclass(frozen=True)
-class _Context:
-    lab: str
-    patient: str
-    organization: str
-    specimen: str | None
-    observed_at: str | None
-    issued: str | None
-    local_tz: tzinfo | None
+class _Bundle:
+    """The entries of one Bundle, with fullUrls derived from the message id (stable on redelivery)."""
+
+    def __init__(self, message: uuid.UUID, lab: str, local_tz: tzinfo | None) -> None:
+        self.message = message
+        self.lab = lab
+        self.local_tz = local_tz
+        self.entries: list[dict[str, Any]] = []
+        self.patient = self.full_url("Patient")
+        self.organization = self.full_url("Organization")
+        self._people: dict[str, str] = {}
+
+    def full_url(self, role: str) -> str:
+        return f"urn:uuid:{uuid.uuid5(self.message, role)}"
+
+    def add(self, full_url: str, resource: dict[str, Any], at: int | None = None) -> None:
+        self.entries.insert(len(self.entries) if at is None else at, _entry(full_url, resource))
+
+    def practitioner(self, person: etree._Element) -> str:
+        """A Practitioner for a Person; the same person named twice is one resource."""
+        key = etree.tostring(person, method="c14n").decode()
+        if key not in self._people:
+            url = self.full_url(f"Practitioner/{len(self._people)}")
+            resource: dict[str, Any] = {"resourceType": "Practitioner"}
+            ident = _text(person, "Id")
+            if ident:
+                resource["identifier"] = [{"value": ident}]
+            name = person.find(_L + "Name")
+            if name is not None:
+                resource["name"] = [_human_name(name)]
+            self.add(url, resource)
+            self._people[key] = url
+        return self._people[key]
+
+
+def _human_name(name: etree._Element) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    family = _text(name, "Family")
+    if family:
+        out["family"] = family
+    given = [g for g in (_text(name, "Given"), _text(name, "Middle")) if g]
+    if given:
+        out["given"] = given
+    for tag, key in (("Prefix", "prefix"), ("Suffix", "suffix")):
+        value = _text(name, tag)
+        if value:
+            out[key] = [value]
+    return out
 
 
 def _patient(patient: etree._Element) -> dict[str, Any]:
@@ -238,6 +318,9 @@ def _patient(patient: etree._Element) -> dict[str, Any]:
     resource: dict[str, Any] = {"resourceType": "Patient"}
     if identifiers:
         resource["identifier"] = identifiers
+    name = patient.find(_L + "Name")
+    if name is not None:
+        resource["name"] = [_human_name(name)]
     sex = _text(patient, "Sex")
     if sex:
         resource["gender"] = sex
@@ -259,24 +342,15 @@ def _organization(lab: etree._Element) -> dict[str, Any]:
     return resource
 
 
-def _specimen(specimen: etree._Element, ctx: _Context) -> dict[str, Any]:
-    resource: dict[str, Any] = {"resourceType": "Specimen", "subject": _ref(ctx.patient)}
-    kind = specimen.find(_L + "Type")
-    if kind is not None:
-        resource["type"] = _concept(kind)
-    collected = _text(specimen, "CollectedAt")
-    if collected:
-        resource["collection"] = {"collectedDateTime": _fhir_datetime(collected, ctx.local_tz)}
-    return resource
-
-
 def _unit(unit: etree._Element | None) -> dict[str, Any]:
     if unit is None:
         return {}
-    code, display = _required(unit, "Code"), _text(unit, "Display")
-    fields: dict[str, Any] = {"unit": display or code}
+    code, display = _text(unit, "Code"), _text(unit, "Display")
+    fields: dict[str, Any] = {}
+    if display or code:
+        fields["unit"] = display or code
     system = _system_uri(_text(unit, "System"))
-    if system:
+    if system and code:
         fields.update(system=system, code=code)
     return fields
 
@@ -295,35 +369,26 @@ def _reference_range(rng: etree._Element, unit: dict[str, Any]) -> dict[str, Any
         value = _text(rng, tag)
         if value is not None:
             out[key] = {"value": Decimal(value), **unit}
-    text = _text(rng, "Text")
+    text_el = rng.find(_L + "Text")
+    text = _clean(text_el.text) if text_el is not None else None
     if text:
-        out["text"] = text
+        # in the lab's own unit when the bounds were converted: say so, or the text misleads
+        lab_unit = text_el.get("unit")
+        out["text"] = f"{text} ({lab_unit})" if lab_unit else text
     return out or None
 
 
-def _observation(test: etree._Element, ctx: _Context) -> dict[str, Any]:
-    code = _concept(_child(test, "Code"), FSLI_SYSTEM)
-    local = test.find(_L + "LocalCode")
-    if local is not None:
-        local_coding = _coding(local, LOCAL_CODE_SYSTEM + quote(ctx.lab, safe=""))
-        code["coding"].append(local_coding)
-        if "text" not in code and "display" in local_coding:
-            code["text"] = local_coding["display"]
-    obs: dict[str, Any] = {
-        "resourceType": "Observation",
-        "status": _STATUS[_required(test, "Status")],
-        "category": [{"coding": [{"system": _OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}],
-        "code": code,
-        "subject": _ref(ctx.patient),
-    }
-    observed = _text(test, "ObservedAt") or ctx.observed_at
-    if observed:
-        obs["effectiveDateTime"] = _fhir_datetime(observed, ctx.local_tz)
-    if ctx.issued:
-        obs["issued"] = ctx.issued
-    obs["performer"] = [_ref(ctx.organization)]
+def _absent(code: str | None, text: str | None) -> dict[str, Any]:
+    absent: dict[str, Any] = {}
+    if code:
+        absent["coding"] = [{"system": _DATA_ABSENT_REASON, "code": code, "display": _ABSENT[code]}]
+    if text:
+        absent["text"] = text
+    return absent
 
-    unit: dict[str, Any] = {}
+
+def _value(test: etree._Element, obs: dict[str, Any], code: dict[str, Any]) -> dict[str, Any]:
+    """Set the Observation's value (or why it has none); returns the unit its range shares."""
     quantity = test.find(_L + "Quantity")
     if quantity is not None:
         unit = _unit(quantity.find(_L + "Unit"))
@@ -332,20 +397,66 @@ def _observation(test: etree._Element, ctx: _Context) -> dict[str, Any]:
         if comparator:
             value["comparator"] = comparator
         obs["valueQuantity"] = {**value, **unit}
-    elif _text(test, "Text"):
+        return unit
+    coded = test.findall(_L + "Coded")
+    status = _text(test, "Status")
+    if _text(test, "Text"):
         obs["valueString"] = _text(test, "Text")
-    elif test.find(_L + "Coded") is not None:
-        obs["valueCodeableConcept"] = _concept(_child(test, "Coded"))
+    elif len(coded) == 1:
+        obs["valueCodeableConcept"] = _concept(coded[0])
+    elif coded:
+        obs["component"] = [{"code": code, "valueCodeableConcept": _concept(c)} for c in coded]
+    elif test.find(_L + "NotPerformed") is not None:
+        obs["dataAbsentReason"] = _absent("not-asked" if status == "N" else "not-performed",
+                                          _text(test, "NotPerformed"))
+    elif test.find(_L + "NoValue") is not None:
+        reason = test.find(_L + "NoValue").get("reason")
+        obs["dataAbsentReason"] = {
+            "null": _absent(None, 'the laboratory stated there is no value (HL7 "")'),
+            "pending": _absent("temp-unknown", "the result is still to come"),
+            "withdrawn": _absent(None, "withdrawn by the laboratory"),
+        }[reason]
     else:
         # The schema lets a Text be empty, and FHIR has no empty string: that is a value unknown.
-        why, why_display = (("not-performed", "Not Performed") if test.find(_L + "NotPerformed") is not None
-                            else ("unknown", "Unknown"))
-        absent: dict[str, Any] = {"coding": [{"system": _DATA_ABSENT_REASON, "code": why, "display": why_display}]}
-        reason = _text(test, "NotPerformed")
-        if reason:
-            absent["text"] = reason
-        obs["dataAbsentReason"] = absent
+        obs["dataAbsentReason"] = {"coding": [{"system": _DATA_ABSENT_REASON, "code": "unknown",
+                                               "display": "Unknown"}]}
+    return {}
 
+
+@dataclass(frozen=True)
+class _OrderContext:
+    bundle: _Bundle
+    specimen: str | None
+    observed_at: str | None
+    issued: str | None
+
+
+def _observation(test: etree._Element, ctx: _OrderContext) -> dict[str, Any]:
+    b = ctx.bundle
+    code = _concept(_child(test, "Code"), FSLI_SYSTEM)
+    local = test.find(_L + "LocalCode")
+    if local is not None:
+        local_concept = _concept(local, LOCAL_CODE_SYSTEM + quote(b.lab, safe=""))
+        code.setdefault("coding", []).extend(local_concept.get("coding", []))
+        if "text" not in code and "text" in local_concept:
+            code["text"] = local_concept["text"]
+    obs: dict[str, Any] = {
+        "resourceType": "Observation",
+        "status": _OBSERVATION_STATUS[_required(test, "Status")],
+        "category": [{"coding": [{"system": _OBSERVATION_CATEGORY, "code": "laboratory", "display": "Laboratory"}]}],
+        "code": code,
+        "subject": _ref(b.patient),
+    }
+    observed = _text(test, "ObservedAt") or ctx.observed_at
+    if observed:
+        obs["effectiveDateTime"] = _fhir_datetime(observed, b.local_tz)
+    if ctx.issued:
+        obs["issued"] = ctx.issued
+    obs["performer"] = [_ref(b.organization)]
+    performer = test.find(_L + "Performer")
+    if performer is not None:
+        obs["performer"].append(_ref(b.practitioner(performer)))
+    unit = _value(test, obs, {k: v for k, v in code.items()})
     flags = [flag for flag in (_clean(el.text) for el in test.findall(_L + "Flag")) if flag]
     if flags:
         obs["interpretation"] = [_interpretation(flag) for flag in flags]
@@ -363,48 +474,30 @@ def _observation(test: etree._Element, ctx: _Context) -> dict[str, Any]:
     return obs
 
 
-def to_bundle(result: etree._Element, *, message_id: str, replaces: str | None = None,
-              local_tz: tzinfo | None = None) -> dict[str, Any]:
-    """The FHIR R4 Bundle of one schema-valid ``LabResult``.
-
-    ``message_id`` (a UUID, as every gateway message id is) names the Bundle, and every fullUrl
-    is a UUID derived from it: a redelivered message yields the same resource ids, so a
-    recipient that keeps them sees the same resources again, not copies. ``replaces`` is the
-    message id of the result this one corrects; by default the payload's own Replaces.
-    ``local_tz`` is the laboratory's zone, used only for times the payload gives without an
-    offset (see the module docstring). Decimals are ``Decimal`` so their precision survives:
-    serialise with :func:`to_json_bytes`, check with ``validation.validate_bundle(..., mode=STRICT)``.
-    """
-    if result.tag != _L + "LabResult":
-        raise ValueError(f"not a lab result: {result.tag}")
-    message = uuid.UUID(message_id)
-
-    def full_url(role: str) -> str:
-        return f"urn:uuid:{uuid.uuid5(message, role)}"
-
-    reported = _text(result, "ReportedAt")
-    specimen = result.find(_L + "Specimen")
-    ctx = _Context(
-        lab=_required(_child(result, "Laboratory"), "Mnemonic"),
-        patient=full_url("Patient"),
-        organization=full_url("Organization"),
-        specimen=full_url("Specimen") if specimen is not None else None,
-        observed_at=_text(result, "ObservedAt"),
-        issued=_zoned(reported, local_tz) if reported else None,
-        local_tz=local_tz,
+def _order(order: etree._Element, n: int, result: etree._Element, b: _Bundle, replaces: str | None) -> None:
+    """The order's DiagnosticReport first, then what it refers to that is new to the Bundle."""
+    prefix = f"Order/{n}"
+    first = len(b.entries)
+    specimen = order.find(_L + "Specimen")
+    reported = _text(order, "ReportedAt")
+    ctx = _OrderContext(
+        bundle=b,
+        specimen=b.full_url(f"{prefix}/Specimen") if specimen is not None else None,
+        observed_at=_text(order, "ObservedAt"),
+        issued=_zoned(reported, b.local_tz) if reported else None,
     )
-    observations = [(full_url(f"Observation/{n}"), _observation(test, ctx))
-                     for n, test in enumerate(result.findall(_L + "Test"))]
+    observations = [(b.full_url(f"{prefix}/Observation/{i}"), _observation(test, ctx))
+                    for i, test in enumerate(order.findall(_L + "Test"))]
 
     report: dict[str, Any] = {"resourceType": "DiagnosticReport"}
-    replaced = replaces or _text(result, "Replaces")
+    replaced = replaces or _text(order, "Replaces")
     if replaced:
         report["extension"] = [{"url": REPLACES_EXTENSION, "valueReference": {
             "type": "DiagnosticReport", "identifier": {"system": MESSAGE_ID_SYSTEM, "value": replaced}}}]
-    order = _child(result, "Order")
     identifiers: list[dict[str, Any]] = [
+        {"system": ORDER_ID_SYSTEM, "value": _required(order, "OrderId")},
         {"system": RESULT_ID_SYSTEM, "value": _required(result, "ResultId")},
-        {"system": MESSAGE_ID_SYSTEM, "value": str(message)},
+        {"system": MESSAGE_ID_SYSTEM, "value": str(b.message)},
     ]
     filler = _text(order, "FillerNumber")
     if filler:
@@ -412,43 +505,110 @@ def to_bundle(result: etree._Element, *, message_id: str, replaces: str | None =
         identifiers.append({"type": {"coding": [{"system": _V2_0203, "code": "FILL", "display": "Filler Identifier"}]},
                             "value": filler})
     report["identifier"] = identifiers
-    placer = _text(order, "PlacerNumber")
-    if placer:
-        report["basedOn"] = [{"type": "ServiceRequest", "identifier": {
-            "type": {"coding": [{"system": _V2_0203, "code": "PLAC", "display": "Placer Identifier"}]},
-            "value": placer}}]
-    report["status"] = _STATUS[_required(result, "Status")]
+    service_request = _service_request(order, prefix, b)
+    if service_request:
+        report["basedOn"] = [_ref(service_request)]
+    report["status"] = _REPORT_STATUS[_required(order, "Status")]
     report["category"] = [{"coding": [{"system": _V2_0074, "code": "LAB", "display": "Laboratory"}]}]
     service = order.find(_L + "Service")
-    report["code"] = _concept(service) if service is not None else {
+    report["code"] = (_concept(service) if service is not None else None) or {
         "coding": [{"system": "http://loinc.org", "code": "11502-2", "display": "Laboratory report"}],
         "text": "Laboratory report"}
-    report["subject"] = _ref(ctx.patient)
+    report["subject"] = _ref(b.patient)
     if ctx.observed_at:
-        report["effectiveDateTime"] = _fhir_datetime(ctx.observed_at, local_tz)
+        report["effectiveDateTime"] = _fhir_datetime(ctx.observed_at, b.local_tz)
     if ctx.issued:
         report["issued"] = ctx.issued
-    report["performer"] = [_ref(ctx.organization)]
-    performer = _text(result, "Performer")
-    if performer:
-        report["performer"].append({"display": performer})
+    report["performer"] = [_ref(b.organization)]
+    interpreter = order.find(_L + "Performer")
+    if interpreter is not None:
+        report["resultsInterpreter"] = [_ref(b.practitioner(interpreter))]
     if ctx.specimen:
         report["specimen"] = [_ref(ctx.specimen)]
     report["result"] = [_ref(url) for url, _ in observations]
+    conclusion = _conclusion(order, result)
+    if conclusion:
+        report["conclusion"] = conclusion
+    b.add(b.full_url(f"{prefix}/DiagnosticReport"), report, at=first)
+    for url, obs in observations:
+        b.add(url, obs)
+    if specimen is not None and ctx.specimen:
+        b.add(ctx.specimen, _specimen(specimen, b))
 
-    entries = [_entry(full_url("DiagnosticReport"), report)]
-    entries += [_entry(url, obs) for url, obs in observations]
-    entries.append(_entry(ctx.patient, _patient(_child(result, "Patient"))))
-    entries.append(_entry(ctx.organization, _organization(_child(result, "Laboratory"))))
-    if specimen is not None:
-        entries.append(_entry(full_url("Specimen"), _specimen(specimen, ctx)))
+
+def _conclusion(order: etree._Element, result: etree._Element) -> str | None:
+    """The order's notes, then the patient's (marked): R4's DiagnosticReport has no note element."""
+    lines = [n for n in (_clean(el.text) for el in order.findall(_L + "Note")) if n]
+    patient = _child(result, "Patient")
+    lines += [f"О пациенте: {n}" for n in (_clean(el.text) for el in patient.findall(_L + "Note")) if n]
+    return "\n".join(lines) or None
+
+
+def _service_request(order: etree._Element, prefix: str, b: _Bundle) -> str | None:
+    """The order as the MIS placed it: its placer number and requester, when the lab sent them."""
+    placer, requester = _text(order, "PlacerNumber"), order.find(_L + "Requester")
+    if placer is None and requester is None:
+        return None
+    resource: dict[str, Any] = {"resourceType": "ServiceRequest", "status": "unknown", "intent": "order"}
+    if placer:
+        ident: dict[str, Any] = {
+            "type": {"coding": [{"system": _V2_0203, "code": "PLAC", "display": "Placer Identifier"}]},
+            "value": placer}
+        assigner = order.find(_L + "PlacerNumber").get("assigner")
+        if assigner:
+            ident["assigner"] = {"display": assigner}
+        resource["identifier"] = [ident]
+    service = order.find(_L + "Service")
+    if service is not None and _concept(service):
+        resource["code"] = _concept(service)
+    resource["subject"] = _ref(b.patient)
+    if requester is not None:
+        resource["requester"] = _ref(b.practitioner(requester))
+    url = b.full_url(f"{prefix}/ServiceRequest")
+    b.add(url, resource)
+    return url
+
+
+def _specimen(specimen: etree._Element, b: _Bundle) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Specimen", "subject": _ref(b.patient)}
+    kind = specimen.find(_L + "Type")
+    if kind is not None and _concept(kind):
+        resource["type"] = _concept(kind)
+    collected = _text(specimen, "CollectedAt")
+    if collected:
+        resource["collection"] = {"collectedDateTime": _fhir_datetime(collected, b.local_tz)}
+    return resource
+
+
+def to_bundle(result: etree._Element, *, message_id: str, replaces: str | None = None,
+              local_tz: tzinfo | None = None) -> dict[str, Any]:
+    """The FHIR R4 Bundle of one schema-valid ``LabResult``.
+
+    ``message_id`` (a UUID, as every gateway message id is) names the Bundle, and every fullUrl
+    is a UUID derived from it: a redelivered message yields the same resource ids, so a
+    recipient that keeps them sees the same resources again, not copies. ``replaces`` is the
+    message id of the result a single-order result corrects; by default each order's own
+    Replaces. ``local_tz`` is the laboratory's zone, used only for times the payload gives
+    without an offset (see the module docstring). Decimals are ``Decimal`` so their precision
+    survives: serialise with :func:`to_json_bytes`, check with
+    ``validation.validate_bundle(..., mode=STRICT)``.
+    """
+    if result.tag != _L + "LabResult":
+        raise ValueError(f"not a lab result: {result.tag}")
+    message = uuid.UUID(message_id)
+    b = _Bundle(message, _required(_child(result, "Laboratory"), "Mnemonic"), local_tz)
+    orders = result.findall(_L + "Order")
+    for n, order in enumerate(orders):
+        _order(order, n, result, b, replaces if len(orders) == 1 else None)
+    b.add(b.patient, _patient(_child(result, "Patient")))
+    b.add(b.organization, _organization(_child(result, "Laboratory")))
     return {
         "resourceType": "Bundle",
         "id": str(message),
         "identifier": {"system": URI_SYSTEM, "value": f"urn:uuid:{message}"},
         "type": "collection",
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "entry": entries,
+        "entry": b.entries,
     }
 
 

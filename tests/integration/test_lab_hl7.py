@@ -22,6 +22,7 @@ from gateway.envelope import Envelope
 from gateway.journal import Journal
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, TrustStore
+from tests.support.envelopes import assert_valid_envelope
 
 pytestmark = pytest.mark.broker
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -105,20 +106,26 @@ def test_every_reference_message_becomes_a_result_at_the_mis_or_a_precise_nak(gw
     prefixes = ["01", "02", "03", "04", "05", "07", "08", "09", "11", "13"]
     acks = exchange(gw.mllp_port, [reference(p) for p in prefixes], chunk=700)
     codes = {p: str(a.segment("MSA")[1]) for p, a in zip(prefixes, acks)}
-    assert codes == {**{p: "AA" for p in prefixes}, "09": "AE"}, codes
+    assert codes == {**{p: "AA" for p in prefixes}, "09": "AE", "11": "AE"}, codes
     for p, a in zip(prefixes, acks):
         sent = hl7.parse(reference(p).decode().replace("\n", "\r").strip("\r"))
         assert str(a.segment("MSA")[2]) == str(sent.segment("MSH")[10])
     err = acks[prefixes.index("09")].segment("ERR")
     assert str(err[2]) == "PID^1^7" and "VALUE_INVALID" in str(err[8])
-    wait_for(lambda: len(clinic.requests) >= 9)
+    renal = [(str(e[2]), str(e[8]).split(":")[0]) for e in acks[prefixes.index("11")].segments("ERR")]
+    assert renal == [("OBX^1^5", "VALUE_MISSING"), ("OBX^4^5", "VALUE_MISSING")]
+    # realm's OBR-25 says F over a preliminary test: accepted, with a warning the result carries too
+    (warning,) = acks[prefixes.index("07")].segments("ERR")
+    assert (str(warning[2]), str(warning[4])) == ("OBR^1^25", "W") and "STATUS_LOWERED" in str(warning[8])
+    wait_for(lambda: len(clinic.requests) >= 8)
     for got in clinic.requests:
+        assert_valid_envelope(got.body)
         env = Envelope.from_element(parse_xml(got.body))
         assert env.message_type == LAB_RESULT_NS and env.recipient == "clinic"
         assert SCHEMA.validate(env.payload), SCHEMA.error_log
         assert got.signature == "OK gost2012-256"
     labs = sorted(Envelope.from_element(parse_xml(r.body)).sender for r in clinic.requests)
-    assert labs == sorted(["nist-lab"] * 5 + ["realm-lab", "cerner-lab", "renal-lab", "abl-lab"])
+    assert labs == sorted(["nist-lab"] * 5 + ["realm-lab", "cerner-lab", "abl-lab"])
 
 
 def test_resent_message_is_acknowledged_again_and_delivered_once(gw, clinic):
@@ -171,7 +178,7 @@ def test_windows_1251_message_round_trips(gw, clinic):
     env = Envelope.from_element(parse_xml(clinic.requests[0].body))
     ns = {"lr": LAB_RESULT_NS}
     assert env.payload.findtext("lr:Patient/lr:LocalId", namespaces=ns) == "П-123"
-    assert env.payload.findtext("lr:Test/lr:LocalCode/lr:Display", namespaces=ns) == "Гемоглобин"
+    assert env.payload.findtext("lr:Order/lr:Test/lr:LocalCode/lr:Display", namespaces=ns) == "Гемоглобин"
 
 
 def test_message_kept_after_a_gap_becomes_a_result_once_the_mapping_is_fixed(gw, clinic):
@@ -215,11 +222,13 @@ def test_corrected_result_names_the_message_it_replaces(gw, clinic):
     assert str(first.segment("MSA")[1]) == str(corrected.segment("MSA")[1]) == "AA"
     wait_for(lambda: len(clinic.requests) >= 2)
     ns = {"lr": LAB_RESULT_NS}
-    results = {Envelope.from_element(parse_xml(r.body)).payload.findtext("lr:Status", namespaces=ns):
+    results = {Envelope.from_element(parse_xml(r.body)).payload.findtext("lr:Order/lr:Status", namespaces=ns):
                Envelope.from_element(parse_xml(r.body)).payload for r in clinic.requests}
-    assert results["C"].findtext("lr:Replaces", namespaces=ns) == message_id_for("nist-lab", "NIST-100929110701660")
-    assert results["F"].find("lr:Replaces", ns) is None
-    assert results["C"].findtext("lr:ResultId", namespaces=ns) == results["F"].findtext("lr:ResultId", namespaces=ns)
+    assert results["C"].findtext("lr:Order/lr:Replaces", namespaces=ns) == message_id_for(
+        "nist-lab", "NIST-100929110701660")
+    assert results["F"].find("lr:Order/lr:Replaces", ns) is None
+    assert results["C"].findtext("lr:Order/lr:OrderId", namespaces=ns) == results["F"].findtext(
+        "lr:Order/lr:OrderId", namespaces=ns)
 
 
 
@@ -245,9 +254,10 @@ def test_json_results_over_rest_use_the_same_mapping(gw, clinic):
     env = Envelope.from_element(parse_xml(clinic.requests[0].body))
     ns = {"lr": LAB_RESULT_NS}
     assert SCHEMA.validate(env.payload), SCHEMA.error_log
+    assert_valid_envelope(clinic.requests[0].body)
     assert env.payload.findtext("lr:Patient/lr:SNILS", namespaces=ns) == "11223344595"
-    assert env.payload.findtext("lr:Test/lr:Code/lr:Code", namespaces=ns) == "1017128"
-    assert env.payload.findtext("lr:ReportedAt", namespaces=ns) == "2026-11-23T10:00:00+03:00"
+    assert env.payload.findtext("lr:Order/lr:Test/lr:Code/lr:Code", namespaces=ns) == "1017128"
+    assert env.payload.findtext("lr:Order/lr:ReportedAt", namespaces=ns) == "2026-11-23T10:00:00+03:00"
 
 
 def test_json_gaps_are_listed_with_their_json_places(gw, clinic):
@@ -289,9 +299,10 @@ def test_lab_report_inside_smev_is_mapped_by_the_same_file(gw, clinic):
     assert status == 200 and answer.findtext(f"{T}MessageMetadata/{T}Recipient/{T}Mnemonic") == "clinic", \
         etree.tostring(answer)
     wait_for(lambda: len(clinic.requests) >= 1)
+    assert_valid_envelope(clinic.requests[0].body)
     env = Envelope.from_element(parse_xml(clinic.requests[0].body))
     assert env.message_id == mid and env.message_type == LAB_RESULT_NS
-    assert env.payload.findtext("lr:Test/lr:Code/lr:Code", namespaces={"lr": LAB_RESULT_NS}) == "1017128"
+    assert env.payload.findtext("lr:Order/lr:Test/lr:Code/lr:Code", namespaces={"lr": LAB_RESULT_NS}) == "1017128"
 
     status, fault = smev.call(url, smev.send_request(lab_report_xml("S-2", unit="g/dL")), token=GAP_TOKEN)
     assert fault.tag == f"{{{SOAP_ENV_NS}}}Fault"
