@@ -48,6 +48,10 @@ Nothing of the lab result is left behind (docs/onboarding-a-lab.md lists it all)
   marked so; R4's DiagnosticReport has no ``note``.
 * Names: HumanName with ``given`` = [given, middle] (отчество after the given name, as
   ru.core does).
+* What the lab result warns about (an order's status lowered to its tests, a segment the
+  lab's mapping let through unplaced, a unit that cannot go with a text) is an
+  OperationOutcome in the Bundle, one issue each, ``severity: warning``, the HL7 place in
+  ``location``: a FHIR recipient sees what an XML one sees.
 * An order's performer (HL7 OBR-32, the principal result interpreter) is the report's
   ``resultsInterpreter``; a test's (OBX-16) is its Observation's ``performer`` beside the
   laboratory; the requester is the ServiceRequest's.
@@ -93,6 +97,7 @@ URI_SYSTEM = "urn:ietf:rfc:3986"
 MESSAGE_ID_SYSTEM = "urn://zdravlink/fhir/message-id"
 RESULT_ID_SYSTEM = "urn://zdravlink/fhir/result-id"
 ORDER_ID_SYSTEM = "urn://zdravlink/fhir/order-id"
+WARNING_SYSTEM = "urn://zdravlink/fhir/warning"
 PARTICIPANT_SYSTEM = "urn://zdravlink/fhir/participant"
 LOCAL_CODE_SYSTEM = "urn://zdravlink/fhir/local-code/"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -580,6 +585,21 @@ def _specimen(specimen: etree._Element, b: _Bundle) -> dict[str, Any]:
     return resource
 
 
+#: The lab result's warning codes → FHIR IssueType (required binding).
+_ISSUE_TYPES = {"STATUS_LOWERED": "business-rule", "UNIT_IGNORED": "value", "ORDER_ID_REPEATED": "duplicate"}
+
+
+def _outcome(warnings: list[etree._Element]) -> dict[str, Any]:
+    issues = []
+    for w in warnings:
+        code = _required(w, "Code")
+        issues.append({"severity": "warning",
+                       "code": _ISSUE_TYPES.get(code, "structure" if code.startswith("SEGMENT_") else "processing"),
+                       "details": {"coding": [{"system": WARNING_SYSTEM, "code": code}], "text": _required(w, "Text")},
+                       "location": [_required(w, "Where")]})
+    return {"resourceType": "OperationOutcome", "issue": issues}
+
+
 def to_bundle(result: etree._Element, *, message_id: str, replaces: str | None = None,
               local_tz: tzinfo | None = None) -> dict[str, Any]:
     """The FHIR R4 Bundle of one schema-valid ``LabResult``.
@@ -602,6 +622,9 @@ def to_bundle(result: etree._Element, *, message_id: str, replaces: str | None =
         _order(order, n, result, b, replaces if len(orders) == 1 else None)
     b.add(b.patient, _patient(_child(result, "Patient")))
     b.add(b.organization, _organization(_child(result, "Laboratory")))
+    warnings = result.findall(_L + "Warning")
+    if warnings:
+        b.add(b.full_url("OperationOutcome"), _outcome(warnings))
     return {
         "resourceType": "Bundle",
         "id": str(message),

@@ -51,6 +51,15 @@ _REQUIRED_CODES: dict[str, dict[str, frozenset[str]]] = {
         "valueQuantity.comparator": frozenset({"<", "<=", ">=", ">"}),
     },
     "Patient": {"gender": frozenset({"male", "female", "other", "unknown"})},
+    "OperationOutcome": {
+        "issue.severity": frozenset({"fatal", "error", "warning", "information"}),
+        "issue.code": frozenset({"invalid", "structure", "required", "value", "invariant", "security", "login",
+                                 "unknown", "expired", "forbidden", "suppressed", "processing", "not-supported",
+                                 "duplicate", "multiple-matches", "not-found", "deleted", "too-long",
+                                 "code-invalid", "extension", "too-costly", "business-rule", "conflict",
+                                 "transient", "lock-error", "no-store", "exception", "timeout", "incomplete",
+                                 "throttled", "informational"}),
+    },
     "Specimen": {"status": frozenset({"available", "unavailable", "unsatisfactory", "entered-in-error"})},
     "ServiceRequest": {
         "status": frozenset({"draft", "active", "on-hold", "revoked", "completed", "entered-in-error", "unknown"}),

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import hl7
 from lxml import etree
 
-from adapters.hl7v2.hl7_values import Coded, Values, field_of, hl7_date, hl7_datetime, text_of
+from adapters.hl7v2.hl7_values import Coded, Values, field_of, hl7_date, hl7_datetime, repetitions, text_of
 from adapters.hl7v2.message_ids import message_id_for
 from adapters.hl7v2.oru_context import LAB_RESULT_NS, Context, Gap, L, sub
 from adapters.hl7v2.oru_observation import ObservationBuilder, coded_element, name_element, notes, person_element
@@ -36,12 +36,15 @@ _ORDER_STATUS_WORDS = {"O": "order received", "I": "in progress", "S": "schedule
 
 
 class MappingGaps(Exception):
-    """What stands in the way of a lab result; ``warnings`` are the things that would have been let through."""
+    """What stands in the way of a lab result; ``warnings`` are the things that would have been let
+    through, and ``payload`` the result as far as it could be built (never sent: for inspection)."""
 
-    def __init__(self, gaps: list[Gap], warnings: list[Gap] | None = None) -> None:
+    def __init__(self, gaps: list[Gap], warnings: list[Gap] | None = None,
+                 payload: etree._Element | None = None) -> None:
         super().__init__("; ".join(f"{g.where}: {g.reason}" for g in gaps))
         self.gaps = gaps
         self.warnings = warnings or []
+        self.payload = payload
 
 
 @dataclass
@@ -76,7 +79,7 @@ def map_message(message: hl7.Message, mapping: LabMapping) -> Mapped:
     payload = builder.build()
     recipient = recipient_of(ctx, structure, mapping)
     if ctx.errors:
-        raise MappingGaps(ctx.errors, ctx.warnings)
+        raise MappingGaps(ctx.errors, ctx.warnings, payload)
     return Mapped(payload, recipient, message_id_for(mapping.lab, control), control, ctx.warnings)
 
 
@@ -103,6 +106,7 @@ class _ResultBuilder:
         self.s = structure
         self.m = ctx.mapping
         self.v = ctx.values
+        self.order_ids: set[str] = set()
 
     def build(self) -> etree._Element:
         root = etree.Element(L + "LabResult", nsmap={"lr": LAB_RESULT_NS})
@@ -136,9 +140,11 @@ class _ResultBuilder:
         p = self.m.fields.patient
         scope = self.s.patient_scope
         el = sub(root, "Patient")
-        name = self.ctx.find(p.name, scope)
-        if name is not None:
-            name_element(el, "Name", self.v.name(name.field))
+        found = self.ctx.find(p.name, scope)
+        if found is not None:
+            # the first repetition with a name: an animal's legal name is empty, its name is the next one
+            names = (self.v.name(found.field, r) for r in range(1, repetitions(found.field) + 1))
+            name_element(el, "Name", next((n for n in names if n), None))
         snils, snils_at = self.ctx.text(p.snils, scope)
         enp, enp_at = self.ctx.text(p.enp, scope)
         local, local_at = self.ctx.text(p.local_id, scope)
@@ -182,8 +188,15 @@ class _ResultBuilder:
         el = sub(root, "Order", source=order.obr.label)
         placer = self._number(f.order.placer, scopes)
         filler = self._number(f.order.filler, scopes)
-        order_id = filler[0] or placer[0] or f"{self.ctx.control_id}#{n}"
-        sub(el, "OrderId", f"{self.m.lab}:{order_id}"[:200])
+        order_id = f"{self.m.lab}:{filler[0] or placer[0] or f'{self.ctx.control_id}#{n}'}"[:195]
+        if order_id in self.order_ids:
+            # two orders of one message under one number: each must stay addressable on its own
+            self.ctx.gap("ORDER_ID_REPEATED", f"{order.obr.label} has the same order number as an earlier order of "
+                         f"this message; it is told apart as {order_id}#{n}", order.obr, 3 if filler[0] else 2,
+                         severity="W")
+            order_id = f"{order_id}#{n}"
+        self.order_ids.add(order_id)
+        sub(el, "OrderId", order_id)
         status_el = sub(el, "Status")
         if placer[0]:
             sub(el, "PlacerNumber", placer[0][:200], assigner=placer[1])

@@ -180,6 +180,12 @@ class ObservationBuilder:
         if kind == "auto":
             kind = ("quantity" if vtype in _NUMERIC_TYPES or (mapping.unit is not None and self._numeric(raw))
                     else "coded" if vtype in ("CE", "CWE") else "text")
+        if kind in ("coded", "text"):
+            unit = self.v.whole(field_of(obx, 6))
+            if unit:
+                self.ctx.gap("UNIT_IGNORED", f"OBX-6 gives unit «{unit}» for the {kind} value of «{key}»: a unit "
+                             "belongs to a number, so the result does not carry it", seg, 6, lab_code=key,
+                             severity="W")
         if kind == "coded":
             for r in range(1, reps + 1):
                 coded = self.v.coded(value_field, r)

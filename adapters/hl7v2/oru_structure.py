@@ -5,7 +5,7 @@ Segments are placed by HL7 v2.5.1's ORU_R01 structure (with the PRT of later ver
 
     MSH [SFT…] [UAC]
     [PID [PD1] [PRT…] [NTE…] [NK1…] [PV1 [PV2] [PRT…]]]           ← NTE here: about the patient
-    { [ORC] OBR [NTE…] [PRT…] [TQ1 [TQ2…]…] [CTD]                   ← NTE here: about the order
+    { [ORC [PRT…]] OBR [NTE…] [PRT…] [TQ1 [TQ2…]…] [CTD]            ← NTE here: about the order
       { OBX [PRT…] [NTE…] }                                          ← NTE here: about that OBX
       [FT1…] [CTI…] { SPM [OBX [NTE…]…] } }                          ← OBX here: about the specimen
     [DSC]
@@ -177,7 +177,7 @@ class _Placer:
     _pd1 = _nk1 = _arv = _pv1 = _pv2 = _patient_segment
 
     def _prt(self, seg: Seg) -> bool:
-        return self.state in ("patient", "order", "observation", "specimen")
+        return self.state in ("patient", "orc", "order", "observation", "specimen")
 
     def _nte(self, seg: Seg) -> bool:
         if self.state == "patient":
@@ -232,10 +232,14 @@ class _Placer:
     _ft1 = _cti = _financial
 
     def _spm(self, seg: Seg) -> bool:
+        """An SPM after the order's results opens the specimen group; one before any OBX of its
+        order (as Cerner and v2.3-style feeds send it) only describes the specimen, and the OBX
+        after it are the order's results, not observations about the specimen."""
         if self.state not in ("order", "observation", "tail", "specimen") or self.order is None:
             return False
         self.order.scope.setdefault("SPM", seg)
-        self.observation, self.state = None, "specimen"
+        self.observation = None
+        self.state = "specimen" if self.order.observations else "order"
         return True
 
     def _dsc(self, seg: Seg) -> bool:

@@ -234,15 +234,29 @@ class Hd(_Strict):
 
 
 class Identify(_Strict):
-    """How an HL7 message is known to come from this lab: MSH-4 (and MSH-3), and the peers it connects from."""
+    """How an HL7 message is known to come from this lab: MSH-4 and MSH-3, and the peers it connects from.
 
-    sending_facility: list[Hd] = Field(min_length=1)
+    A lab that leaves MSH-4 empty is known by MSH-3 alone (``sending_facility`` left out);
+    its messages must then come with an empty MSH-4, so a facility that does fill it in is
+    never taken for it.
+    """
+
+    sending_facility: list[Hd] = []
     sending_application: list[Hd] = []
     allowed_peers: list[str] = ["127.0.0.1"]
 
+    @model_validator(mode="after")
+    def _something(self) -> Identify:
+        if not self.sending_facility and not self.sending_application:
+            raise ValueError("give sending_facility (MSH-4), sending_application (MSH-3), or both")
+        return self
+
     def score(self, facility: tuple[str, str, str], application: tuple[str, str, str]) -> int:
         """How specifically this lab matches the message's MSH-4 and MSH-3; 0: not at all."""
-        fac = max(hd.matches(facility) for hd in self.sending_facility)
+        if self.sending_facility:
+            fac = max(hd.matches(facility) for hd in self.sending_facility)
+        else:
+            fac = 1 if not any(facility) else 0
         if not fac:
             return 0
         if not self.sending_application:

@@ -460,3 +460,17 @@ def test_only_a_lab_result_with_a_uuid_message_id_is_converted():
         to_bundle(lab_result(lab_test(QTY)), message_id="not-a-uuid")
     with pytest.raises(ValueError):
         to_bundle(etree.fromstring(f'<lr:Other xmlns:lr="{NS}"/>'), message_id=MESSAGE_ID)
+
+
+def test_the_lab_results_warnings_are_an_operation_outcome_in_the_bundle():
+    root = lab_result(lab_test(QTY))
+    warning = etree.SubElement(root, f"{{{NS}}}Warning")
+    for tag, text in (("Code", "STATUS_LOWERED"), ("Where", "OBR[1]-25"), ("Text", "lowered to P")):
+        etree.SubElement(warning, f"{{{NS}}}{tag}").text = text
+    validate_payload(NS, root)
+    outcome = only(convert(root), "OperationOutcome")
+    assert outcome["issue"] == [{"severity": "warning", "code": "business-rule",
+                                 "details": {"coding": [{"system": "urn://zdravlink/fhir/warning",
+                                                         "code": "STATUS_LOWERED"}], "text": "lowered to P"},
+                                 "location": ["OBR[1]-25"]}]
+    assert "OperationOutcome" not in [e["resource"]["resourceType"] for e in convert(lab_result(lab_test(QTY)))["entry"]]

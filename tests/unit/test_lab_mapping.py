@@ -463,3 +463,36 @@ def test_times_without_offset_get_the_labs_zone():
     assert payload.findtext("lr:Order/lr:ObservedAt", namespaces=NS) == "2002-02-15T07:30:00+03:00"
     with pytest.raises(ValueError, match="IANA"):
         LabMapping.model_validate({**m.model_dump(), "timezone": "Mars/Olympus"})
+
+
+def test_labs_are_told_apart_by_the_whole_hd_of_msh_4_and_msh_3():
+    from adapters.mapping.lab_mapping import Identify
+
+    clia = Identify.model_validate({"sending_facility": ["^1234^CLIA"]})
+    joes = Identify.model_validate({"sending_facility": [{"namespace_id": "Joe's Lab", "universal_id": "1234",
+                                                           "universal_id_type": "CLIA"}]})
+    by_name = Identify.model_validate({"sending_facility": ["Joe's Lab"]})
+    sent, app = ("Joe's Lab", "1234", "CLIA"), ("Lab1", "1234", "CLIA")
+    assert (clia.score(sent, app), joes.score(sent, app), by_name.score(sent, app)) == (2, 3, 1)
+    assert clia.score(("", "1234", "CLIA"), app) == 2 and by_name.score(("", "1234", "CLIA"), app) == 0
+    assert clia.score(("", "9999", "CLIA"), app) == 0
+    no_facility = Identify.model_validate({"sending_application": ["RADIS1"]})
+    assert no_facility.score(("", "", ""), ("RADIS1", "", "")) == 2
+    assert no_facility.score(("OTHER", "", ""), ("RADIS1", "", "")) == 0  # a lab that fills MSH-4 is someone else
+    with pytest.raises(ValueError, match="sending_facility"):
+        Identify.model_validate({})
+
+
+def test_a_unit_on_a_text_value_is_a_warning_the_result_carries_and_two_orders_one_number_too():
+    text = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01|U-1|P|2.5.1\r"
+            "PID|||123^^^^MR\r"
+            "OBR|1|P1|F1||||||||||||||||||||||F\rOBX|1|ST|HBE^HBeAg||Positive|Metric Ton|Negative||||F\r"
+            "OBR|2|P1|F1||||||||||||||||||||||F\rOBX|2|ST|HBE^HBeAg||Negative||||||F\r")
+    mapped = map_message(hl7.parse(text), gappy_mapping(tests={"HBE": {"fsli": "1", "display": "HBeAg",
+                                                                       "value": "text"}}))
+    assert [(w.code, w.where, w.severity) for w in mapped.warnings] == [
+        ("UNIT_IGNORED", "OBX[1]-6", "W"), ("ORDER_ID_REPEATED", "OBR[2]-3", "W")]
+    assert [o.findtext("lr:OrderId", namespaces=NS) for o in mapped.payload.iterfind("lr:Order", NS)] == [
+        "gap-lab:F1", "gap-lab:F1#2"]
+    assert [w.findtext("lr:Code", namespaces=NS) for w in mapped.payload.iterfind("lr:Warning", NS)] == [
+        "UNIT_IGNORED", "ORDER_ID_REPEATED"]

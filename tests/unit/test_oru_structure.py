@@ -74,3 +74,13 @@ def test_segments_out_of_order_orc_without_obr_and_a_comment_before_anything():
     assert [(p.kind, p.where.label) for p in s.problems] == [
         ("unplaced", "NTE[1]"), ("unplaced", "ORC[1]"), ("unplaced", "MSA[1]"), ("unplaced", "ORC[3]")]
     assert "not a segment of ORU^R01" in s.problems[2].detail
+
+
+def test_an_spm_before_the_orders_results_does_not_make_them_specimen_observations():
+    s = structure("PID|1||1\rORC|RE|A\rPRT|1\rOBR|1|A\rSPM|1|||BLD\rOBX|1|NM|X||1\rOBR|2|B\rOBX|2|NM|Y||2\rSPM|1\r"
+                  "OBX|3|NM|AGE||29\r")
+    assert s.problems == []
+    first, second = s.orders
+    assert [o.group for o in first.observations] == ["result"]
+    assert [o.group for o in second.observations] == ["result", "specimen"]
+    assert first.scope["SPM"].label == "SPM[1]"
