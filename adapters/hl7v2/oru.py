@@ -247,8 +247,8 @@ class _ResultBuilder:
             least = least_final(test_statuses)
             behind = next(label for s, label in built if s == least)
             self.ctx.gap("STATUS_LOWERED", f"OBR-25 says {sent_raw} ({_ORDER_STATUS_WORDS.get(sent_raw.upper(), '?')}) "
-                         f"while {behind} is {least}: the order goes out as {status}, never more final than its least "
-                         "final test", order.obr, 25, severity="W")
+                         f"while {behind} is {least}: the order goes out as {status}, never more final than its "
+                         "tests", order.obr, 25, severity="W")
         return status
 
     def _sent_status(self, obr: Seg) -> tuple[str, str | None]:

@@ -112,6 +112,7 @@ class _Placer:
         self.order: Order | None = None
         self.observation: Observation | None = None
         self.last: Seg = msh
+        self.unplaced: Seg | None = None  # a segment that fits nowhere takes the comments after it along
         self.done_because = ""
         self._check_glued(msh)
 
@@ -134,8 +135,14 @@ class _Placer:
         if self.state == "done":
             self.problem("unplaced", seg, f"{seg.label} {self.done_because}")
             return
+        if seg.name == "NTE" and self.unplaced is not None:
+            self.problem("unplaced", seg, f"{seg.label} follows {self.unplaced.label}, which has no place")
+            return
         handler = getattr(self, f"_{seg.name.lower()}", None)
-        if seg.name not in _ORU_SEGMENTS or handler is None or not handler(seg):
+        placed = seg.name in _ORU_SEGMENTS and handler is not None and handler(seg)
+        if seg.name != "PRT" or not placed:
+            self.unplaced = None if placed else seg
+        if not placed:
             where = {"header": "before any PID or OBR", "patient": "among the patient's segments",
                      "orc": "between ORC and its OBR", "order": "in an order before any OBX",
                      "observation": "after an OBX", "tail": "after the order's FT1/CTI",

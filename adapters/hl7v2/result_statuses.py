@@ -4,8 +4,9 @@ The one rule: a status is never raised. A preliminary result reported as final i
 clinician acting on a number the lab has not signed off, so
 
 * each test keeps the status its OBX-11 says;
-* an order is never more final than its least final test (OBR-25 = F over a test still
-  at I or P comes out S or P, with a warning that says so);
+* an order is never more final than its tests: OBR-25 = F over tests P and F comes out P,
+  over tests I, P and F (some results in, others still registered) S, partial — with a
+  warning that says so;
 * the message's status is the least final of its orders.
 
 Corrected (C) and amended (A) are final statuses too: a correction that resends unchanged

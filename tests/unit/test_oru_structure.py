@@ -84,3 +84,12 @@ def test_an_spm_before_the_orders_results_does_not_make_them_specimen_observatio
     assert [o.group for o in first.observations] == ["result"]
     assert [o.group for o in second.observations] == ["result", "specimen"]
     assert first.scope["SPM"].label == "SPM[1]"
+
+
+def test_a_comment_after_a_segment_that_has_no_place_goes_with_it():
+    s = structure("PID|1||1\rOBX|1|NM|X||1\rNTE|1||on the lost OBX\rOBR|1|A\rOBX|2|NM|Y||2\rPV1|1\rNTE|1||after PV1\r")
+    assert [(p.where.label, p.detail.split(",")[0]) for p in s.problems] == [
+        ("OBX[1]", "OBX[1] has no place among the patient's segments"),
+        ("NTE[1]", "NTE[1] follows OBX[1]"), ("PV1[1]", "PV1[1] has no place after an OBX"),
+        ("NTE[2]", "NTE[2] follows PV1[1]")]
+    assert s.orders[0].observations[0].notes == []
