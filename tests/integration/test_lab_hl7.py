@@ -73,7 +73,7 @@ def gw(gateway_factory, clinic, demo_keys, tmp_path):
     return gateway_factory(participants(clinic.url, demo_keys), routes(), settings=settings, mappings=mappings)
 
 
-def exchange(port: int, messages: list[bytes], chunk: int | None = None) -> list[hl7.Message]:
+def exchange(port: int, messages: list[bytes], chunk: int | None = None, charset: str = "utf-8") -> list[hl7.Message]:
     """Send framed messages on one connection (optionally in small pieces) and read one ACK each."""
     reader = FrameReader()
     acks: list[bytes] = []
@@ -88,7 +88,7 @@ def exchange(port: int, messages: list[bytes], chunk: int | None = None) -> list
             got = sock.recv(4096)
             assert got, "connection closed before every ACK came"
             acks += reader.feed(got)
-    return [hl7.parse(a.decode("utf-8", "replace")) for a in acks]
+    return [hl7.parse(a.decode(charset, "replace")) for a in acks]
 
 
 def reference(prefix: str) -> bytes:
@@ -309,3 +309,38 @@ def test_lab_report_inside_smev_is_mapped_by_the_same_file(gw, clinic):
     detail = fault.find("detail")[0]
     assert detail.tag == F + "InvalidContent" and detail.findtext(B + "Code") == "UNMAPPED_UNIT"
     assert "results[0].unit" in detail.findtext(F + "ValidationError")
+
+
+def test_an_empty_msh_10_is_refused_with_ar_kept_and_never_delivered(gw, clinic):
+    from adapters.hl7v2.lab_intake import KEPT_NS
+    from gateway.journal import Status
+
+    msg = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01||P|2.5.1\r"
+           "PID|||E-1^^^^MR||Петров^Пётр||19800101|M\r"
+           "OBR|1|P1|F1|CBC\r"
+           "OBX|1|NM|HGB^Гемоглобин||135|g/L|||||F\r").encode()
+    first, again = exchange(gw.mllp_port, [msg, msg])
+    for ack in (first, again):
+        assert (str(ack.segment("MSA")[1]), str(ack.segment("MSA")[2])) == ("AR", "")
+        (err,) = ack.segments("ERR")
+        assert (str(err[2]), str(err[3]).split("^")[0]) == ("MSH^1^10", "101")
+        assert "CONTROL_ID_MISSING" in str(err[8])
+    journal = Journal(gw.db_url)
+    kept = [r for r in journal.get_many(journal.with_status(Status.REJECTED)).values() if r.message_type == KEPT_NS]
+    audit = [a for a in journal.rejections(10) if a["code"] == "CONTROL_ID_MISSING"]
+    journal.engine.dispose()
+    assert len(kept) == 2 and all(r.sender == "gap-lab" for r in kept)  # each copy kept, as it arrived
+    assert len(audit) == 2
+    time.sleep(1.0)
+    assert clinic.requests == []
+
+
+def test_a_cyrillic_reason_reaches_a_windows_1250_lab_transliterated_not_as_question_marks(gw):
+    msg = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01|PL-1|P|2.5.1||||||WINDOWS-1250\r"
+           "PID|||||Wójcik^Zofia||19800101|F\r"
+           "OBR|1|P1|F1|CBC\r"
+           "OBX|1|NM|HGB^Hemoglobina||135|g/L|||||F\r").encode("cp1250")
+    (ack,) = exchange(gw.mllp_port, [msg], charset="cp1250")
+    assert str(ack.segment("MSA")[1]) == "AE"
+    reason = str(ack.segment("ERR")[8])
+    assert "SNILS, ENP" in reason and "?" not in reason, reason
