@@ -22,6 +22,7 @@ from zoneinfo import ZoneInfo
 import hl7
 
 NULL = '""'
+_HEX = re.compile(r"X(?:[0-9A-Fa-f]{2})+")
 _DTM = re.compile(r"^(\d{4})(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\d{2})?(\.\d+)?([+-]\d{4})?$")
 
 
@@ -151,10 +152,29 @@ class Values:
         self.message = message
 
     def unescape(self, value: str) -> str:
-        """HL7 escapes resolved; a line break (``\\.br\\``, ``\\X0D\\``) becomes a newline."""
-        if "\\" not in value:
+        """HL7 escapes resolved (v2.5 §2.7); a line break (``\\.br\\``, ``\\X0D\\``) becomes a newline.
+
+        Not python-hl7's ``unescape``: it drops a sequence it does not know and logs the whole
+        field, which may be a patient's name (``O\\Brien``). An unknown sequence is kept here
+        as the lab wrote it, and nothing is logged.
+        """
+        esc = self.message.esc
+        if esc not in value:
             return value
-        return self.message.unescape(value).replace("\r\n", "\n").replace("\r", "\n")
+        seps = self.message.separators  # segment, field, repetition, component, sub-component
+        known = {"F": seps[1], "R": seps[2], "S": seps[3], "T": seps[4], "E": esc, ".br": "\n", ".sp": "\n",
+                 "H": "", "N": ""}
+
+        def one(match: re.Match[str]) -> str:
+            code = match.group(1)
+            if code in known:
+                return known[code]
+            if _HEX.fullmatch(code):
+                return bytes.fromhex(code[1:]).decode("latin-1")
+            return match.group(0)
+
+        pattern = re.escape(esc) + "([^" + re.escape(esc) + "]*)" + re.escape(esc)
+        return re.sub(pattern, one, value).replace("\r\n", "\n").replace("\r", "\n")
 
     def text(self, fld: Any, rep: int = 1, comp: int = 1, sub: int = 1) -> str:
         """One part, unescaped and stripped; ``""`` reads as empty."""

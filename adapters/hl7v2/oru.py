@@ -57,9 +57,11 @@ class Mapped:
 
 
 def control_id(message: hl7.Message) -> str:
-    """MSH-10 as sent (stripped); HL7's null ``""`` is no control id."""
-    value = text_of(field_of(message.segment("MSH"), 10)).strip()
-    return "" if value == '""' else value
+    """MSH-10 as the lab knows it, unescaped and stripped; HL7's null ``""`` is no control id.
+
+    Unescaped, so that a JSON ``messageId`` with a ``|`` in it is the same id by either route.
+    """
+    return Values(message).text(field_of(message.segment("MSH"), 10))
 
 
 def map_message(message: hl7.Message, mapping: LabMapping) -> Mapped:

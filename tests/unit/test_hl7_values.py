@@ -34,3 +34,17 @@ def test_composites_whole():
 
 def test_escapes_and_line_breaks():
     assert V.text(OBX[12]) == "This\nis&ok"
+
+
+def test_escapes_resolved_unknown_ones_kept_and_nothing_logged(caplog):
+    assert V.unescape("a\\F\\b\\S\\c\\R\\d\\T\\e\\E\\f") == "a|b^c~d&e\\f"
+    assert V.unescape("line\\X0D0A\\next\\.br\\last\\H\\bold\\N\\") == "line\nnext\nlastbold"
+    # python-hl7 would drop these and log the field (a name, here) in clear
+    with caplog.at_level("DEBUG"):
+        assert V.unescape("O\\Brien \\Zx\\ \\C2842\\") == "O\\Brien \\Zx\\ \\C2842\\"
+    assert caplog.records == []
+
+
+def test_escapes_use_the_messages_own_delimiters():
+    other = Values(hl7.parse("MSH|*~/&|A|B|C|D|2020||ORU^R01|1|P|2.5"))
+    assert other.unescape("a/F/b/S/c/E/d\\e//") == "a|b*c/d\\e//"
