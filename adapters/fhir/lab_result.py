@@ -4,9 +4,10 @@ A recipient MIS that asks for FHIR gets a ``collection`` Bundle holding, for eac
 the lab result, a DiagnosticReport with one Observation per test (and the order's Specimen
 and ServiceRequest when it has them), plus the Patient, the laboratory as an Organization
 and a Practitioner for each person named (requester, performer), linked by ``urn:uuid:``
-fullUrls. ``validation.validate_bundle(..., mode=STRICT)`` is what it must pass. Where a choice had to be made, it follows the Russian FHIR
-material (Ru-SEMD «Протокол лабораторного исследования», ru.core) as recorded in
-``shared/research/formats.md`` §2.3 and §4.3:
+fullUrls. ``validation.validate_bundle(..., mode=STRICT)`` is what it must pass. Where a
+choice had to be made, it follows the Russian FHIR material (Ru-SEMD «Протокол
+лабораторного исследования», ru.core) as recorded in ``shared/research/formats.md`` §2.3
+and §4.3:
 
 * Test codes: ФСЛИ, ``urn:oid:1.2.643.5.1.13.13.11.1080`` (Ru-SEMD Observation.code). A test
   whose Code has no System is taken as ФСЛИ, because the payload schema says tests are coded
@@ -63,9 +64,10 @@ so the DiagnosticReport carries the same business identifier with its new status
 so the link uses the core extension made for this resource,
 ``http://hl7.org/fhir/StructureDefinition/diagnosticReport-replaces`` (valueReference to a
 DiagnosticReport; HL7 describes it for a final report superseding a preliminary one, and a
-correction is the same act: the new report takes the old one's place). Its reference is logical: an identifier ``urn://zdravlink/fhir/message-id``
-= the replaced message's id, which every DiagnosticReport we emit carries for its own message
-(with the order's OrderId beside it, so the MIS finds the order within that message).
+correction is the same act: the new report takes the old one's place). Its reference is
+logical: an identifier ``urn://zdravlink/fhir/message-id`` = the replaced message's id,
+which every DiagnosticReport we emit carries for its own message (with the order's OrderId
+beside it, so the MIS finds the order within that message).
 A literal reference would dangle (the earlier report is in another Bundle).
 
 Times: FHIR wants a time zone on any dateTime with a time, and ``issued`` is an instant,
