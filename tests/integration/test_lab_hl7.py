@@ -277,6 +277,41 @@ def test_json_gaps_are_listed_with_their_json_places(gw, clinic):
     assert clinic.requests == []
 
 
+def json_order(filler: str, status: str, value: str) -> dict:
+    return {"placer": f"P-{filler}", "filler": filler, "service": {"code": "CBC"}, "status": status,
+            "results": [{"code": "HGB", "type": "NM", "value": value, "unit": "g/L"}]}
+
+
+def test_json_orders_keep_their_statuses_and_a_final_replaces_only_its_own_order(gw, clinic):
+    auth = {"Authorization": f"Bearer {GAP_TOKEN}"}
+    patient = {"snils": "112-233-445 95"}
+    first = gw.http.post("/api/v1/labs/gap-lab/results", headers=auth, json={
+        "messageId": "J-ORD-1", "patient": patient,
+        "orders": [json_order("A-1", "F", "135"), json_order("B-1", "P", "120")]})
+    assert first.status_code == 202, first.text
+    wait_for(lambda: len(clinic.requests) >= 1)
+    second = gw.http.post("/api/v1/labs/gap-lab/results", headers=auth, json={
+        "messageId": "J-ORD-2", "patient": patient, "orders": [json_order("B-1", "F", "121")]})
+    assert second.status_code == 202, second.text
+    wait_for(lambda: len(clinic.requests) >= 2)
+    ns = {"lr": LAB_RESULT_NS}
+    by_id = {}
+    for request in clinic.requests:
+        assert_valid_envelope(request.body)
+        env = Envelope.from_element(parse_xml(request.body))
+        assert SCHEMA.validate(env.payload), SCHEMA.error_log
+        by_id[env.message_id] = env.payload
+    one, two = by_id[first.json()["messageId"]], by_id[second.json()["messageId"]]
+    assert one.findtext("lr:Status", namespaces=ns) == "P"
+    assert [(o.findtext("lr:OrderId", namespaces=ns), o.findtext("lr:Status", namespaces=ns))
+            for o in one.findall("lr:Order", ns)] == [("gap-lab:A-1", "F"), ("gap-lab:B-1", "P")]
+    assert one.find("lr:Order/lr:Replaces", ns) is None
+    (order,) = two.findall("lr:Order", ns)
+    assert order.findtext("lr:OrderId", namespaces=ns) == "gap-lab:B-1"
+    assert order.findtext("lr:Replaces", namespaces=ns) == first.json()["messageId"]
+    assert two.findtext("lr:Status", namespaces=ns) == "F"
+
+
 def lab_report_xml(message_id: str, unit: str = "g/L") -> str:
     return (f'<lab:LabReport xmlns:lab="urn://zdravlink/types/lab-report/1.0"><lab:messageId>{message_id}</lab:messageId>'
             "<lab:patient><lab:snils>11223344595</lab:snils><lab:sex>F</lab:sex></lab:patient>"
