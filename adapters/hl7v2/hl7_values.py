@@ -187,7 +187,8 @@ class Values:
         return "^".join(parts).rstrip("^")
 
     def coded(self, fld: Any, rep: int = 1) -> Coded:
-        c = [self.text(fld, rep, n) for n in range(1, 10)]
+        sent = components(fld, rep)
+        c = [self.text(fld, rep, n) if n <= sent else "" for n in range(1, 10)]
         return Coded(code=c[0], display=c[1], system=c[2], alt_code=c[3], alt_display=c[4], alt_system=c[5],
                      original_text=c[8])
 

@@ -256,10 +256,10 @@ class _Placer:
     def _check_glued(self, seg: Seg) -> None:
         """A field ``<space>OBX`` (any segment ID after white space): the next segment was run
         into this one when its separator was lost. Each run-in segment is a problem of its own."""
-        for number in range(1, len(seg.segment)):
-            fld = seg.segment[number]
-            text = fld if isinstance(fld, str) else str(fld)
-            m = _GLUED.match(text)
+        for number, fld in enumerate(seg.segment):
+            # only a plain field can be "<space>OBX": one with a separator in it is no segment ID
+            first = fld if isinstance(fld, str) or len(fld) != 1 else next(iter(fld))
+            m = _GLUED.match(first) if number and isinstance(first, str) else None
             if m and (m.group(1) in _ORU_SEGMENTS or m.group(1).startswith("Z")):
                 self.problem("glued", seg, f"«{m.group(1)}» at {seg.label}-{number} starts a segment run into "
                              f"{seg.label}: a segment separator is missing", subject=m.group(1), field_no=number)
