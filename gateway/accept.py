@@ -15,6 +15,7 @@ from lxml import etree
 
 from gateway import errors, jsonsafe, schemas
 from gateway.config import (
+    ORGANISATION_VERIFICATION_NS,
     WORKER_VERIFICATION_NS,
     ConfigError,
     ConfigProblem,
@@ -24,7 +25,7 @@ from gateway.config import (
     hash_token,
 )
 from gateway.envelope import Envelope
-from gateway.identifiers import snils_valid
+from gateway.identifiers import inn_valid, registration_number_valid, snils_valid
 from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.journal.correlation import RegistryRequests
@@ -123,6 +124,8 @@ class AcceptPipeline:
             self.service_records.check_protocol(env)
         if env.message_type == WORKER_VERIFICATION_NS:
             self._check_worker_request(env)
+        if env.message_type == ORGANISATION_VERIFICATION_NS:
+            warnings += self._check_organisation(env)
         if not self.config.routes_for(env.sender, env.message_type, env.recipient):
             raise Rejection(errors.ROUTE_FORBIDDEN,
                             f"{env.sender!r} may not send {env.message_type!r} to {env.recipient!r}",
@@ -141,6 +144,28 @@ class AcceptPipeline:
         snils = env.payload.findtext("{%s}SNILS" % WORKER_VERIFICATION_NS)
         if snils is not None and not snils_valid(snils):
             raise Rejection(errors.SNILS_INVALID, "the СНИЛС fails its check digits", "SNILS", status=422)
+
+    @staticmethod
+    def _check_organisation(env: Envelope) -> list[str]:
+        """A request's ОГРН/ОГРНИП that fails its check is refused now, not sent on to ФРМО as a "not found".
+
+        An answer carries what ФРМО holds; the register's own data is not refused (the MIS
+        would get no answer at all), but a number failing its check travels with a warning.
+        """
+        ns = "{%s}" % ORGANISATION_VERIFICATION_NS
+        ogrn = env.payload.findtext(ns + "OGRN")
+        if etree.QName(env.payload).localname == "OrganisationVerificationRequest":
+            if ogrn is not None and not registration_number_valid(ogrn):
+                raise Rejection(errors.OGRN_INVALID, "the ОГРН (13 digits, first 1 or 5) or ОГРНИП (15 digits, first 3) "
+                                "fails its check", "OGRN", status=422)
+            return []
+        warnings = []
+        org_ogrn, inn = env.payload.findtext(f"{ns}Organisation/{ns}OGRN"), env.payload.findtext(f"{ns}Organisation/{ns}INN")
+        if org_ogrn is not None and not registration_number_valid(org_ogrn):
+            warnings.append("Organisation/OGRN: the register's ОГРН/ОГРНИП fails its check")
+        if inn is not None and not inn_valid(inn):
+            warnings.append("Organisation/INN: the register's ИНН fails its check digits")
+        return warnings
 
     def check_signature(self, env: Envelope, route: Route) -> None:
         """Verify the sender's signature (required or not: a bad one is never let through)."""

@@ -154,8 +154,8 @@ def map_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
     try:
         mapped = map_message(parse_for_cli(file.read_bytes()), labs[lab])
     except MappingGaps as exc:
-        for g in exc.gaps:
-            err.print(f"{g.where}: {g.code}: {g.reason}", highlight=False)
+        for g in exc.gaps + exc.warnings:
+            err.print(f"{g.where}: {g.code}: {g.reason}" + (" (warning)" if g.severity == "W" else ""), highlight=False)
         raise typer.Exit(1) from None
     except Exception as exc:
         err.print(f"{file}: {exc}", highlight=False)
@@ -167,6 +167,8 @@ def map_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="
         raise typer.Exit(1) from None
     out.print(f"<!-- {lab} → {mapped.recipient}, MessageID {mapped.message_id} (from MSH-10 {mapped.control_id}) -->",
               highlight=False)
+    for w in mapped.warnings:
+        err.print(f"{w.where}: {w.code}: {w.reason} (warning: the result carries it)", highlight=False)
     sys.stdout.write(etree.tostring(mapped.payload, pretty_print=True, encoding="unicode"))
 
 

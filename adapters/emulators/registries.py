@@ -78,7 +78,7 @@ DEMO_DATASET = Path(__file__).with_name("registry_dataset.yaml")
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 WSU_ID = "{http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd}Id"
 BAD_SIGNATURE = "bad-signature"
-_OGRN = re.compile(r"^\d{13}$")
+_OGRN = re.compile(r"^\d{13}(\d{2})?$")  # ОГРН, or ОГРНИП of a private practitioner
 
 
 # ---------------------------------------------------------------- dataset
@@ -457,7 +457,7 @@ class FrmoEmulator(ServedInThread):
             raise Fault(faultcode="Client", faultstring="oid or ogrn required")
         if call.ogrn is not None and not _OGRN.match(call.ogrn):
             call.outcome = "client-fault"
-            raise Fault(faultcode="Client", faultstring="ogrn: 13 digits expected")
+            raise Fault(faultcode="Client", faultstring="ogrn: 13 digits expected (15 for an ОГРНИП)")
         org = self.dataset.organization(call.oid, call.ogrn)
         if org is None:
             call.outcome = "not found"

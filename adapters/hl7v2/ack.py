@@ -12,7 +12,8 @@ filled here rather than by ``hl7.Message.create_ack``, because that method:
 
 Its escaping (``hl7.util.escape``) is not used either: it rewrites every non-ASCII
 character as ``\\X<code point>\\``, which garbles a Cyrillic or Polish reason that the
-message's own character set carries as it is.
+message's own character set carries as it is. Our own words that the character set
+cannot carry are transliterated instead (``ack_text``), never turned into ``?``.
 
 An ACK always answers in the sender's character set and with the sender's delimiters,
 and copies the sender's fields (MSH-3..6, MSH-10, MSH-11/12, MSH-18) as raw text, escape
@@ -28,6 +29,8 @@ from typing import Literal
 
 import hl7
 from hl7.util import generate_message_control_id
+
+from adapters.hl7v2.ack_text import fit
 
 #: HL7 table 0357 (message error condition codes), v2.5 texts; 104 is from v2.7.
 ERROR_CODES = {
@@ -289,13 +292,14 @@ def _build(
     )
     while msh[-1] == [""]:  # MSH-18 is often empty: no run of trailing field separators
         msh.pop()
-    msa = _segment(original, "MSA", code, _raw(source, 10), *([_escape(text, original)] if text else []))
+    fitted = fit(text, charset) if text else ""
+    msa = _segment(original, "MSA", code, _raw(source, 10), *([_escape(fitted, original)] if fitted else []))
     # Before v2.5 the ERR segment had ERR-1 only; older receivers look nowhere else.
     legacy = _version(source, comp_sep) < (2, 5)
-    errs = [_err(error, original, legacy) for error in errors]
+    errs = [_err(error, original, legacy, charset) for error in errors]
     ack_message = original.create_message([msh, msa, *errs])
-    # The sender's fields came in this charset; only our own texts (reasons) may not fit,
-    # and a "?" in a reason is better than no ACK at all.
+    # The sender's fields came in this charset and our texts were fitted to it; "replace"
+    # is only a last guard, so that no encoding slip can cost the lab its ACK.
     return str(ack_message).encode(charset, errors="replace")
 
 
@@ -304,7 +308,7 @@ def _segment(original: hl7.Message, *fields: str) -> hl7.Segment:
     return original.create_segment([original.create_field([f]) for f in fields])
 
 
-def _err(error: AckError, original: hl7.Message, legacy: bool) -> hl7.Segment:
+def _err(error: AckError, original: hl7.Message, legacy: bool, charset: str) -> hl7.Segment:
     """ERR-2 (v2.5 ERL ``SEG^seq^field^rep^comp``), ERR-3, ERR-4, ERR-8; ERR-1 if ``legacy``."""
     _, _, _, comp_sep, sub_sep = original.separators
     place: list[str] = []
@@ -320,7 +324,7 @@ def _err(error: AckError, original: hl7.Message, legacy: bool) -> hl7.Segment:
         eld = comp_sep.join((place + ["", "", ""])[:3] + [sub_sep.join(cause)])
     return _segment(
         original, "ERR", eld, comp_sep.join(place), comp_sep.join(cause), error.severity,
-        "", "", "", _escape(error.reason, original),
+        "", "", "", _escape(fit(error.reason, charset), original),
     )
 
 

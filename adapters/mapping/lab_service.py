@@ -1,15 +1,16 @@
 """A laboratory's results as a document (JSON over REST, XML inside SMEV), mapped by its mapping file.
 
 The same mapping file as for its HL7 messages, and the same gaps: each is listed with
-its place in the document (``results[1].unit``), the refusal is audited and counted
-like an HL7 NAK, and a corrected result names the message it replaces.
+its place in the document (``orders[0].results[1].unit``), the refusal is audited and
+counted like an HL7 NAK, each order that was carried before names the message it
+replaces, and what the result carries a warning about is listed in the answer.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from adapters.hl7v2.lab_intake import link_correction
-from adapters.hl7v2.oru import LAB_RESULT_NS, MappingGaps, map_message, message_id_for
+from adapters.hl7v2.oru import LAB_RESULT_NS, Gap, MappingGaps, map_message, message_id_for
 from adapters.intake import Intake
 from adapters.mapping.lab_json import LabResultsDocument, for_json, json_place, to_oru
 from adapters.mapping.lab_mapping import LabMapping
@@ -40,14 +41,17 @@ class LabResults:
 
         A Rejection comes out audited.
         """
+        places: dict[tuple[str, int], str] = {}
         try:
             mapping = self.mapping_for(caller.mnemonic)
-            mapped = map_message(to_oru(doc, mapping), for_json(mapping))
+            message, places = to_oru(doc, mapping)
+            mapped = map_message(message, for_json(mapping))
+            for el in mapped.payload.iter():  # sources name segments of the ORU built here, not the lab's
+                el.attrib.pop("source", None)
         except MappingGaps as exc:
             for g in exc.gaps:
                 metrics.MAPPING_GAPS.labels(caller.mnemonic, g.code, (g.lab_code or "")[:64]).inc()
-            listed = [{"code": g.code, "field": json_place(g.segment, g.sequence, g.field), "detail": g.reason}
-                      for g in exc.gaps]
+            listed = [_listed(g, places) for g in exc.gaps]
             rej = Rejection(exc.gaps[0].code, "; ".join(f"{e['field']}: {e['detail']}" for e in listed),
                             listed[0]["field"], status=422, extra={"errors": listed})
             self.intake.refused(rej, source=source, remote=remote, caller=caller.mnemonic, env=None)
@@ -56,11 +60,19 @@ class LabResults:
             self.intake.refused(rej, source=source, remote=remote, caller=caller.mnemonic, env=None)
             raise
         message_id = message_id or message_id_for(caller.mnemonic, doc.messageId)
-        result_id, status = link_correction(self.versions, mapped.payload, message_id)
+        orders = link_correction(self.versions, mapped.payload, message_id)
         env = Envelope(message_id=message_id, sender=caller.mnemonic, recipient=mapped.recipient,
                        message_type=LAB_RESULT_NS, payload=mapped.payload)
         accepted = self.intake.receive_envelope(env, caller, source=source, remote=remote,
                                                 verified_signature=verified_signature)
-        self.versions.remember(result_id, message_id, status)
-        return {"messageId": message_id, "status": accepted.outcome.status, "duplicate": accepted.outcome.duplicate,
-                "recipient": mapped.recipient, "statusUrl": f"/api/v1/messages/{message_id}"}
+        for order_id, status in orders:
+            self.versions.remember(order_id, message_id, status)
+        answer = {"messageId": message_id, "status": accepted.outcome.status, "duplicate": accepted.outcome.duplicate,
+                  "recipient": mapped.recipient, "statusUrl": f"/api/v1/messages/{message_id}"}
+        if mapped.warnings:
+            answer["warnings"] = [_listed(w, places) for w in mapped.warnings]
+        return answer
+
+
+def _listed(g: Gap, places: dict[tuple[str, int], str]) -> dict[str, str]:
+    return {"code": g.code, "field": json_place(places, g.segment, g.sequence, g.field), "detail": g.reason}

@@ -40,7 +40,8 @@ def fhir_body(env_xml: bytes) -> bytes:
     A recipient that asks for FHIR gets the payload's FHIR form, not the envelope: the
     gateway's XML signature covers the envelope's XML and cannot travel inside it.
     """
-    from adapters.fhir.lab_result import FhirInvalid, to_bundle, to_json_bytes, validate_bundle
+    from adapters.fhir.lab_result import to_bundle, to_json_bytes
+    from adapters.fhir.validation import STRICT, FhirInvalid, validate_bundle
     from gateway.xmlsafe import parse_xml
 
     env = Envelope.from_element(parse_xml(env_xml))
@@ -48,7 +49,7 @@ def fhir_body(env_xml: bytes) -> bytes:
         raise ValueError(f"message type {env.message_type!r} has none (only lab results do)")
     bundle = to_bundle(env.payload, message_id=env.message_id)
     try:
-        validate_bundle(bundle)
+        validate_bundle(bundle, mode=STRICT)
     except FhirInvalid as exc:
         raise ValueError(f"the Bundle does not validate: {'; '.join(exc.errors[:3])}") from None
     return to_json_bytes(bundle)

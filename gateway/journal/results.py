@@ -1,8 +1,9 @@
-"""Versions of a lab result: which messages carried one ResultId, so a correction can name its predecessor.
+"""Versions of a lab result's orders: which messages carried one OrderId, so a new version can name its predecessor.
 
-The MIS replaces a result when a corrected one arrives; it can only do that safely if
-the correction says which message it replaces, rather than leaving the MIS to guess
-from order numbers that labs reuse.
+The MIS replaces an order's results when a corrected (or final) one arrives; it can only
+do that safely if the new version says which message it replaces, rather than leaving the
+MIS to guess from order numbers that labs reuse. One message may carry several orders,
+each with its own history (the ``result_id`` column holds the OrderId).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ class ResultVersions:
         self.journal = journal
 
     def latest(self, result_id: str, other_than: str) -> str | None:
-        """The MessageID of the newest earlier version of ``result_id``."""
+        """The MessageID of the newest earlier version of the order ``result_id``."""
         with self.journal.engine.connect() as conn:
             return conn.execute(
                 select(result_versions.c.message_id)

@@ -100,7 +100,7 @@ result_versions = Table(
     "result_versions",
     metadata,
     Column("message_id", String(36), ForeignKey("messages.message_id"), primary_key=True),
-    Column("result_id", String(255), nullable=False),
+    Column("result_id", String(255), primary_key=True),  # an order of the lab result (Order/OrderId)
     Column("status", String(1), nullable=False),
     Column("at", DateTime(timezone=True), nullable=False),
     Index("ix_result_versions_result", "result_id", "at"),

@@ -8,7 +8,7 @@ import hl7
 import httpx
 
 from adapters.emulators.rest_recipient import RecipientServer
-from adapters.fhir.lab_result import validate_bundle
+from adapters.fhir.validation import STRICT, validate_bundle
 from adapters.hl7v2.oru import LAB_RESULT_NS, map_message
 from adapters.mapping.lab_mapping import load_mapping
 from adapters.rest.push import push
@@ -39,7 +39,7 @@ def test_fhir_recipient_gets_a_valid_bundle():
     got = server.requests[0]
     assert got.content_type == "application/fhir+json"
     bundle = json.loads(got.body)
-    validate_bundle(bundle)
+    validate_bundle(bundle, mode=STRICT)
     kinds = sorted(e["resource"]["resourceType"] for e in bundle["entry"])
     assert kinds.count("Observation") == 21 and "DiagnosticReport" in kinds
     hb = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Observation"

@@ -22,6 +22,7 @@ from gateway.envelope import Envelope
 from gateway.journal import Journal
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, TrustStore
+from tests.support.envelopes import assert_valid_envelope
 
 pytestmark = pytest.mark.broker
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -72,7 +73,7 @@ def gw(gateway_factory, clinic, demo_keys, tmp_path):
     return gateway_factory(participants(clinic.url, demo_keys), routes(), settings=settings, mappings=mappings)
 
 
-def exchange(port: int, messages: list[bytes], chunk: int | None = None) -> list[hl7.Message]:
+def exchange(port: int, messages: list[bytes], chunk: int | None = None, charset: str = "utf-8") -> list[hl7.Message]:
     """Send framed messages on one connection (optionally in small pieces) and read one ACK each."""
     reader = FrameReader()
     acks: list[bytes] = []
@@ -87,7 +88,7 @@ def exchange(port: int, messages: list[bytes], chunk: int | None = None) -> list
             got = sock.recv(4096)
             assert got, "connection closed before every ACK came"
             acks += reader.feed(got)
-    return [hl7.parse(a.decode("utf-8", "replace")) for a in acks]
+    return [hl7.parse(a.decode(charset, "replace")) for a in acks]
 
 
 def reference(prefix: str) -> bytes:
@@ -105,20 +106,26 @@ def test_every_reference_message_becomes_a_result_at_the_mis_or_a_precise_nak(gw
     prefixes = ["01", "02", "03", "04", "05", "07", "08", "09", "11", "13"]
     acks = exchange(gw.mllp_port, [reference(p) for p in prefixes], chunk=700)
     codes = {p: str(a.segment("MSA")[1]) for p, a in zip(prefixes, acks)}
-    assert codes == {**{p: "AA" for p in prefixes}, "09": "AE"}, codes
+    assert codes == {**{p: "AA" for p in prefixes}, "09": "AE", "11": "AE"}, codes
     for p, a in zip(prefixes, acks):
         sent = hl7.parse(reference(p).decode().replace("\n", "\r").strip("\r"))
         assert str(a.segment("MSA")[2]) == str(sent.segment("MSH")[10])
     err = acks[prefixes.index("09")].segment("ERR")
     assert str(err[2]) == "PID^1^7" and "VALUE_INVALID" in str(err[8])
-    wait_for(lambda: len(clinic.requests) >= 9)
+    renal = [(str(e[2]), str(e[8]).split(":")[0]) for e in acks[prefixes.index("11")].segments("ERR")]
+    assert renal == [("OBX^1^5", "VALUE_MISSING"), ("OBX^4^5", "VALUE_MISSING")]
+    # realm's OBR-25 says F over a preliminary test: accepted, with a warning the result carries too
+    (warning,) = acks[prefixes.index("07")].segments("ERR")
+    assert (str(warning[2]), str(warning[4])) == ("OBR^1^25", "W") and "STATUS_LOWERED" in str(warning[8])
+    wait_for(lambda: len(clinic.requests) >= 8)
     for got in clinic.requests:
+        assert_valid_envelope(got.body)
         env = Envelope.from_element(parse_xml(got.body))
         assert env.message_type == LAB_RESULT_NS and env.recipient == "clinic"
         assert SCHEMA.validate(env.payload), SCHEMA.error_log
         assert got.signature == "OK gost2012-256"
     labs = sorted(Envelope.from_element(parse_xml(r.body)).sender for r in clinic.requests)
-    assert labs == sorted(["nist-lab"] * 5 + ["realm-lab", "cerner-lab", "renal-lab", "abl-lab"])
+    assert labs == sorted(["nist-lab"] * 5 + ["realm-lab", "cerner-lab", "abl-lab"])
 
 
 def test_resent_message_is_acknowledged_again_and_delivered_once(gw, clinic):
@@ -171,7 +178,7 @@ def test_windows_1251_message_round_trips(gw, clinic):
     env = Envelope.from_element(parse_xml(clinic.requests[0].body))
     ns = {"lr": LAB_RESULT_NS}
     assert env.payload.findtext("lr:Patient/lr:LocalId", namespaces=ns) == "П-123"
-    assert env.payload.findtext("lr:Test/lr:LocalCode/lr:Display", namespaces=ns) == "Гемоглобин"
+    assert env.payload.findtext("lr:Order/lr:Test/lr:LocalCode/lr:Display", namespaces=ns) == "Гемоглобин"
 
 
 def test_message_kept_after_a_gap_becomes_a_result_once_the_mapping_is_fixed(gw, clinic):
@@ -215,11 +222,13 @@ def test_corrected_result_names_the_message_it_replaces(gw, clinic):
     assert str(first.segment("MSA")[1]) == str(corrected.segment("MSA")[1]) == "AA"
     wait_for(lambda: len(clinic.requests) >= 2)
     ns = {"lr": LAB_RESULT_NS}
-    results = {Envelope.from_element(parse_xml(r.body)).payload.findtext("lr:Status", namespaces=ns):
+    results = {Envelope.from_element(parse_xml(r.body)).payload.findtext("lr:Order/lr:Status", namespaces=ns):
                Envelope.from_element(parse_xml(r.body)).payload for r in clinic.requests}
-    assert results["C"].findtext("lr:Replaces", namespaces=ns) == message_id_for("nist-lab", "NIST-100929110701660")
-    assert results["F"].find("lr:Replaces", ns) is None
-    assert results["C"].findtext("lr:ResultId", namespaces=ns) == results["F"].findtext("lr:ResultId", namespaces=ns)
+    assert results["C"].findtext("lr:Order/lr:Replaces", namespaces=ns) == message_id_for(
+        "nist-lab", "NIST-100929110701660")
+    assert results["F"].find("lr:Order/lr:Replaces", ns) is None
+    assert results["C"].findtext("lr:Order/lr:OrderId", namespaces=ns) == results["F"].findtext(
+        "lr:Order/lr:OrderId", namespaces=ns)
 
 
 
@@ -245,9 +254,10 @@ def test_json_results_over_rest_use_the_same_mapping(gw, clinic):
     env = Envelope.from_element(parse_xml(clinic.requests[0].body))
     ns = {"lr": LAB_RESULT_NS}
     assert SCHEMA.validate(env.payload), SCHEMA.error_log
+    assert_valid_envelope(clinic.requests[0].body)
     assert env.payload.findtext("lr:Patient/lr:SNILS", namespaces=ns) == "11223344595"
-    assert env.payload.findtext("lr:Test/lr:Code/lr:Code", namespaces=ns) == "1017128"
-    assert env.payload.findtext("lr:ReportedAt", namespaces=ns) == "2026-11-23T10:00:00+03:00"
+    assert env.payload.findtext("lr:Order/lr:Test/lr:Code/lr:Code", namespaces=ns) == "1017128"
+    assert env.payload.findtext("lr:Order/lr:ReportedAt", namespaces=ns) == "2026-11-23T10:00:00+03:00"
 
 
 def test_json_gaps_are_listed_with_their_json_places(gw, clinic):
@@ -265,6 +275,41 @@ def test_json_gaps_are_listed_with_their_json_places(gw, clinic):
                        headers=auth)
     assert bad.status_code == 422 and bad.json()["field"] == "results"
     assert clinic.requests == []
+
+
+def json_order(filler: str, status: str, value: str) -> dict:
+    return {"placer": f"P-{filler}", "filler": filler, "service": {"code": "CBC"}, "status": status,
+            "results": [{"code": "HGB", "type": "NM", "value": value, "unit": "g/L"}]}
+
+
+def test_json_orders_keep_their_statuses_and_a_final_replaces_only_its_own_order(gw, clinic):
+    auth = {"Authorization": f"Bearer {GAP_TOKEN}"}
+    patient = {"snils": "112-233-445 95"}
+    first = gw.http.post("/api/v1/labs/gap-lab/results", headers=auth, json={
+        "messageId": "J-ORD-1", "patient": patient,
+        "orders": [json_order("A-1", "F", "135"), json_order("B-1", "P", "120")]})
+    assert first.status_code == 202, first.text
+    wait_for(lambda: len(clinic.requests) >= 1)
+    second = gw.http.post("/api/v1/labs/gap-lab/results", headers=auth, json={
+        "messageId": "J-ORD-2", "patient": patient, "orders": [json_order("B-1", "F", "121")]})
+    assert second.status_code == 202, second.text
+    wait_for(lambda: len(clinic.requests) >= 2)
+    ns = {"lr": LAB_RESULT_NS}
+    by_id = {}
+    for request in clinic.requests:
+        assert_valid_envelope(request.body)
+        env = Envelope.from_element(parse_xml(request.body))
+        assert SCHEMA.validate(env.payload), SCHEMA.error_log
+        by_id[env.message_id] = env.payload
+    one, two = by_id[first.json()["messageId"]], by_id[second.json()["messageId"]]
+    assert one.findtext("lr:Status", namespaces=ns) == "P"
+    assert [(o.findtext("lr:OrderId", namespaces=ns), o.findtext("lr:Status", namespaces=ns))
+            for o in one.findall("lr:Order", ns)] == [("gap-lab:A-1", "F"), ("gap-lab:B-1", "P")]
+    assert one.find("lr:Order/lr:Replaces", ns) is None
+    (order,) = two.findall("lr:Order", ns)
+    assert order.findtext("lr:OrderId", namespaces=ns) == "gap-lab:B-1"
+    assert order.findtext("lr:Replaces", namespaces=ns) == first.json()["messageId"]
+    assert two.findtext("lr:Status", namespaces=ns) == "F"
 
 
 def lab_report_xml(message_id: str, unit: str = "g/L") -> str:
@@ -289,12 +334,48 @@ def test_lab_report_inside_smev_is_mapped_by_the_same_file(gw, clinic):
     assert status == 200 and answer.findtext(f"{T}MessageMetadata/{T}Recipient/{T}Mnemonic") == "clinic", \
         etree.tostring(answer)
     wait_for(lambda: len(clinic.requests) >= 1)
+    assert_valid_envelope(clinic.requests[0].body)
     env = Envelope.from_element(parse_xml(clinic.requests[0].body))
     assert env.message_id == mid and env.message_type == LAB_RESULT_NS
-    assert env.payload.findtext("lr:Test/lr:Code/lr:Code", namespaces={"lr": LAB_RESULT_NS}) == "1017128"
+    assert env.payload.findtext("lr:Order/lr:Test/lr:Code/lr:Code", namespaces={"lr": LAB_RESULT_NS}) == "1017128"
 
     status, fault = smev.call(url, smev.send_request(lab_report_xml("S-2", unit="g/dL")), token=GAP_TOKEN)
     assert fault.tag == f"{{{SOAP_ENV_NS}}}Fault"
     detail = fault.find("detail")[0]
     assert detail.tag == F + "InvalidContent" and detail.findtext(B + "Code") == "UNMAPPED_UNIT"
     assert "results[0].unit" in detail.findtext(F + "ValidationError")
+
+
+def test_an_empty_msh_10_is_refused_with_ar_kept_and_never_delivered(gw, clinic):
+    from adapters.hl7v2.lab_intake import KEPT_NS
+    from gateway.journal import Status
+
+    msg = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01||P|2.5.1\r"
+           "PID|||E-1^^^^MR||Петров^Пётр||19800101|M\r"
+           "OBR|1|P1|F1|CBC\r"
+           "OBX|1|NM|HGB^Гемоглобин||135|g/L|||||F\r").encode()
+    first, again = exchange(gw.mllp_port, [msg, msg])
+    for ack in (first, again):
+        assert (str(ack.segment("MSA")[1]), str(ack.segment("MSA")[2])) == ("AR", "")
+        (err,) = ack.segments("ERR")
+        assert (str(err[2]), str(err[3]).split("^")[0]) == ("MSH^1^10", "101")
+        assert "CONTROL_ID_MISSING" in str(err[8])
+    journal = Journal(gw.db_url)
+    kept = [r for r in journal.get_many(journal.with_status(Status.REJECTED)).values() if r.message_type == KEPT_NS]
+    audit = [a for a in journal.rejections(10) if a["code"] == "CONTROL_ID_MISSING"]
+    journal.engine.dispose()
+    assert len(kept) == 2 and all(r.sender == "gap-lab" for r in kept)  # each copy kept, as it arrived
+    assert len(audit) == 2
+    time.sleep(1.0)
+    assert clinic.requests == []
+
+
+def test_a_cyrillic_reason_reaches_a_windows_1250_lab_transliterated_not_as_question_marks(gw):
+    msg = ("MSH|^~\\&|APP|GAPLAB|GW|GW|20261123101500||ORU^R01|PL-1|P|2.5.1||||||WINDOWS-1250\r"
+           "PID|||||Wójcik^Zofia||19800101|F\r"
+           "OBR|1|P1|F1|CBC\r"
+           "OBX|1|NM|HGB^Hemoglobina||135|g/L|||||F\r").encode("cp1250")
+    (ack,) = exchange(gw.mllp_port, [msg], charset="cp1250")
+    assert str(ack.segment("MSA")[1]) == "AE"
+    reason = str(ack.segment("ERR")[8])
+    assert "SNILS, ENP" in reason and "?" not in reason, reason

@@ -18,10 +18,10 @@ from adapters.soap import smev_client as smev
 from adapters.soap.smev_schema import BASIC_NS, TYPES_NS
 from gateway.config import hash_token
 from gateway.envelope import Envelope
-from gateway.xmlsafe import parse_xml
 from signing import Certificate, Signer, TrustStore
 from signing.demo_ca import demo_signer
 from tests.support import configs
+from tests.support.envelopes import assert_valid_envelope
 
 pytestmark = pytest.mark.broker
 
@@ -103,13 +103,14 @@ class World:
         return mid
 
     def answers(self, clinic: str = "clinic-a") -> dict[str, list[Envelope]]:
-        """Answers the clinic received, by the request they refer to, in arrival order."""
+        """Answers the clinic received, by the request they refer to, in arrival order; each one
+        (registry answers and TIMEOUT answers alike) checked against the published envelope schema."""
         out: dict[str, list[Envelope]] = {}
         server = self.clinics[clinic]
         with server._lock:
             received = sorted(server.accepted.values(), key=lambda r: r.at)
         for item in received:
-            env = Envelope.from_element(parse_xml(item.body))
+            env = assert_valid_envelope(item.body)
             out.setdefault(env.reference_message_id or "", []).append(env)
         return out
 
@@ -178,6 +179,15 @@ def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world_factory)
     assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json")
     assert (r.json()["code"], r.json()["field"]) == ("SNILS_INVALID", "SNILS")
     assert len(w.frmr.requests) == asked
+
+    # so is an ОГРН that fails its check (a leading 0 with a fitting check digit is no ОГРН either)
+    asked = len(w.frmo.requests)
+    for ogrn in ("1027700001011", "0022500001325"):
+        r = w.gw.post({"messageId": str(uuid.uuid1()), "sender": "clinic-a", "recipient": "frmo", "messageType": ORG,
+                       "payload": f'<ov:OrganisationVerificationRequest xmlns:ov="{ORG}"><ov:OGRN>{ogrn}</ov:OGRN>'
+                                  "</ov:OrganisationVerificationRequest>"}, "clinic-a-token")
+        assert (r.status_code, r.json()["code"], r.json()["field"]) == (422, "OGRN_INVALID", "OGRN"), ogrn
+    assert len(w.frmo.requests) == asked
 
 
 def test_a_pull_mis_asks_over_smev_and_takes_the_answer_with_get_response(world_factory):

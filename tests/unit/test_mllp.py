@@ -321,6 +321,37 @@ def test_ack_copies_msh18_and_answers_in_that_charset():
         reply.decode("utf-8")
 
 
+
+@pytest.mark.parametrize("label,codec,expected", [
+    ("WINDOWS-1250", "cp1250", "SNILS fails its check digits; «ENP» — Shchelkovo"),  # cp1250 has « » and —
+    ("8859/1", "latin-1", "SNILS fails its check digits; «ENP» - Shchelkovo"),
+    ("ASCII", "ascii", 'SNILS fails its check digits; "ENP" - Shchelkovo'),
+])
+def test_our_cyrillic_reason_is_transliterated_for_a_sender_whose_charset_lacks_it(label, codec, expected):
+    raw = f"MSH|^~\\&|LIS|LAB|GW|G|2024||ORU^R01|PL2|P|2.5||||||{label}\rPID|1\r".encode(codec)
+    reason = "PATIENT_ID_INVALID: СНИЛС fails its check digits; «ЕНП» — Щёлково"
+    reply = ack(raw, "AE", [AckError("PID", 1, 3, None, "102", reason)], charset=charset_of(raw))
+    assert b"?" not in reply
+    text = str(_segments(reply, codec).segment("ERR")(8))
+    assert text == "PATIENT_ID_INVALID: " + expected
+
+
+def test_a_reason_that_cannot_be_transliterated_falls_back_to_its_code():
+    raw = b"MSH|^~\\&|LIS|LAB|GW|G|2024||ORU^R01|PL3|P|2.5||||||ASCII\rPID|1\r"
+    reply = ack(raw, "AE", [AckError("OBX", 1, 5, None, "102", "VALUE_INVALID: 血糖 is not a number")],
+                text="結果", charset="ascii")
+    message = _segments(reply, "ascii")
+    assert b"?" not in reply
+    assert str(message.segment("ERR")(8)) == "VALUE_INVALID" and len(message.segment("MSA")) == 3
+
+
+def test_what_fits_is_left_alone_letter_by_letter():
+    from adapters.hl7v2.ack_text import fit
+
+    assert fit("Łódź: СНИЛС", "cp1250") == "Łódź: SNILS"
+    assert fit("café «Ёж» ЖЭК", "latin-1") == "café «Ezh» ZHEK"
+    assert fit("Гемоглобин", "utf-8") == "Гемоглобин"
+
 def test_ack_rejects_codes_outside_the_tables():
     with pytest.raises(ValueError, match="0008"):
         ack(M1, "OK", charset="ascii")

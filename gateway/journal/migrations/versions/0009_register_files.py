@@ -6,13 +6,13 @@ without a reference (collected from a directory); the errors (JSON) tell the MIS
 to correct.
 
 Revision ID: 0009
-Revises: 0007
+Revises: 0008
 """
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0007"
+down_revision = "0008"
 branch_labels = None
 depends_on = None
 
