@@ -20,9 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adapters.acts.archive import RegisterArchive  # noqa: E402
 from adapters.acts.builder import build_register  # noqa: E402
-from adapters.emulators.insurer import check_archive  # noqa: E402
+from demo.emulators.insurer import check_archive  # noqa: E402
 from gateway.oms.archive import to_bytes, unpack_register  # noqa: E402
-from signing.demo_ca import create_demo_keys, demo_signer  # noqa: E402
+from demo.ca import create_demo_keys, demo_signer  # noqa: E402
 from tests.unit.test_service_act import EDITIONS, edition, month_of_records, profile  # noqa: E402
 
 

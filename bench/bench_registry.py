@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from adapters.registries.clients import FrmrClient  # noqa: E402
 from gateway.journal import Journal  # noqa: E402
 from signing import TrustStore  # noqa: E402
-from signing.demo_ca import create_demo_keys, demo_signer  # noqa: E402
+from demo.ca import create_demo_keys, demo_signer  # noqa: E402
 from tests.conftest import AMQP_URL, free_port  # noqa: E402
 from tests.integration.test_registry_flow import CLINICS, World  # noqa: E402
 from tests.support.gateway_proc import GatewayProcesses  # noqa: E402

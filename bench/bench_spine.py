@@ -26,7 +26,7 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.emulators.rest_recipient import RecipientServer  # noqa: E402
+from demo.emulators.rest_recipient import RecipientServer  # noqa: E402
 from gateway import schemas  # noqa: E402
 from gateway.envelope import Envelope  # noqa: E402
 from gateway.journal import Journal  # noqa: E402

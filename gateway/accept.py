@@ -4,7 +4,9 @@ Order matters. The caller is authenticated first, so anonymous traffic costs no
 parsing; then the envelope is parsed safely and checked against the XSD, the payload
 against the schema of its message type, and the route table decides whether this
 sender may send this type to this recipient. Only then is the message journalled,
-and only after that does the partner get its acknowledgement.
+and only after that does the partner get its acknowledgement. What a message type
+adds (its business checks, the rows written with it) comes from its flow
+(``gateway.flows``); the pipeline never branches on message types.
 """
 from __future__ import annotations
 
@@ -15,8 +17,6 @@ from lxml import etree
 
 from gateway import errors, jsonsafe, schemas
 from gateway.config import (
-    ORGANISATION_VERIFICATION_NS,
-    WORKER_VERIFICATION_NS,
     ConfigError,
     ConfigProblem,
     GatewayConfig,
@@ -25,14 +25,14 @@ from gateway.config import (
     hash_token,
 )
 from gateway.envelope import Envelope
-from gateway.identifiers import inn_valid, registration_number_valid, snils_valid
+from gateway.flows import MessageFlow, ProtocolFlow, RegistryVerificationFlow, ServiceRecordFlow
 from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.journal.correlation import RegistryRequests
 from gateway.journal.store import AcceptOutcome, SideWrite
 from gateway.keyring import KeyRing
 from gateway.message_ids import check_message_id
-from gateway.service_records import PROTOCOL_TYPES, SERVICE_RECORD_NS, ServiceRecordRules
+from gateway.service_records import ServiceRecordRules
 from gateway.tariffs import load_tariffs
 from gateway.xmlsafe import parse_xml
 from signing import errors as signature_errors
@@ -60,7 +60,8 @@ class AcceptPipeline:
         if problems:
             raise ConfigError(problems)
         self._routes = {r.name: r for r in config.routes}
-        self.registry_requests = RegistryRequests(journal)
+        self.flows: list[MessageFlow] = [ServiceRecordFlow(self.service_records), ProtocolFlow(self.service_records),
+                                         RegistryVerificationFlow(config, RegistryRequests(journal))]
         self._by_token = {
             digest: p for p in config.participants.values() for digest in p.api_token_sha256
         }
@@ -119,13 +120,7 @@ class AcceptPipeline:
                             f"MessageType is {env.message_type!r} but the payload root is in {root_ns!r}",
                             "MessageType", status=422)
         schemas.validate_payload(env.message_type, env.payload)
-        warnings = self.service_records.check(env) if env.message_type == SERVICE_RECORD_NS else []
-        if env.message_type in PROTOCOL_TYPES:
-            self.service_records.check_protocol(env)
-        if env.message_type == WORKER_VERIFICATION_NS:
-            self._check_worker_request(env)
-        if env.message_type == ORGANISATION_VERIFICATION_NS:
-            warnings += self._check_organisation(env)
+        warnings = [w for flow in self.flows if flow.handles(env.message_type) for w in flow.check(env)]
         if not self.config.routes_for(env.sender, env.message_type, env.recipient):
             raise Rejection(errors.ROUTE_FORBIDDEN,
                             f"{env.sender!r} may not send {env.message_type!r} to {env.recipient!r}",
@@ -137,35 +132,6 @@ class AcceptPipeline:
         if not signature_verified:
             self.check_signature(env, route)
         return route.name, warnings
-
-    @staticmethod
-    def _check_worker_request(env: Envelope) -> None:
-        """A СНИЛС that fails its check digits is the MIS's typo: say so now, not as a registry error later."""
-        snils = env.payload.findtext("{%s}SNILS" % WORKER_VERIFICATION_NS)
-        if snils is not None and not snils_valid(snils):
-            raise Rejection(errors.SNILS_INVALID, "the СНИЛС fails its check digits", "SNILS", status=422)
-
-    @staticmethod
-    def _check_organisation(env: Envelope) -> list[str]:
-        """A request's ОГРН/ОГРНИП that fails its check is refused now, not sent on to ФРМО as a "not found".
-
-        An answer carries what ФРМО holds; the register's own data is not refused (the MIS
-        would get no answer at all), but a number failing its check travels with a warning.
-        """
-        ns = "{%s}" % ORGANISATION_VERIFICATION_NS
-        ogrn = env.payload.findtext(ns + "OGRN")
-        if etree.QName(env.payload).localname == "OrganisationVerificationRequest":
-            if ogrn is not None and not registration_number_valid(ogrn):
-                raise Rejection(errors.OGRN_INVALID, "the ОГРН (13 digits, first 1 or 5) or ОГРНИП (15 digits, first 3) "
-                                "fails its check", "OGRN", status=422)
-            return []
-        warnings = []
-        org_ogrn, inn = env.payload.findtext(f"{ns}Organisation/{ns}OGRN"), env.payload.findtext(f"{ns}Organisation/{ns}INN")
-        if org_ogrn is not None and not registration_number_valid(org_ogrn):
-            warnings.append("Organisation/OGRN: the register's ОГРН/ОГРНИП fails its check")
-        if inn is not None and not inn_valid(inn):
-            warnings.append("Organisation/INN: the register's ИНН fails its check digits")
-        return warnings
 
     def check_signature(self, env: Envelope, route: Route) -> None:
         """Verify the sender's signature (required or not: a bad one is never let through)."""
@@ -187,13 +153,5 @@ class AcceptPipeline:
 
     def _side_writes(self, env: Envelope, route: str) -> list[SideWrite]:
         """What accepting this message must also record, in the same transaction as the message."""
-        if env.message_type == SERVICE_RECORD_NS:
-            return [self.service_records.record_write(env)]
-        if env.message_type in PROTOCOL_TYPES:
-            return [self.service_records.protocol_write(env)]
-        if self._routes[route].channels[0].mode == "registry":
-            # The answer deadline counts from acceptance, whatever happens to delivery.
-            deadline = self.config.settings.registries.for_type(env.message_type).deadline_seconds
-            return [self.registry_requests.open_write(env.message_id, env.sender, env.recipient, env.message_type,
-                                                      deadline)]
-        return []
+        return [w for flow in self.flows if flow.handles(env.message_type)
+                for w in flow.side_writes(env, self._routes[route])]

@@ -1,9 +1,9 @@
 """The delivery worker: push to the recipient with retries, failover and dead letters.
 
-A channel pushes over REST (httpx) or SOAP (zeep, ``adapters.soap.push``) under the
-same policy, parks the message in the recipient's pull inbox, where GetRequest,
-GetResponse or ``GET /api/v1/inbox`` take it and an Ack makes it DELIVERED, or asks a
-federal registry and sends its answer back to the requester (``adapters.registries``).
+Each channel of a route is delivered through the implementation registered for its
+mode (``routing.channels``: REST, SOAP, a federal registry), all under the same
+policy; a pull channel parks the message in the recipient's inbox instead, where
+GetRequest, GetResponse or ``GET /api/v1/inbox`` take it and an Ack makes it DELIVERED.
 
 For each message it walks the route's channels in order (failover), skipping those
 whose attempts are used up. On one channel, short waits between attempts run in
@@ -28,16 +28,10 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any
 
-import httpx
 import pika
 
-from adapters.intake import Intake
-from adapters.registries.channel import RegistryChannel
-from adapters.rest.push import PushResult, push
-from adapters.soap.push import SoapPusher
-from gateway.accept import AcceptPipeline
 from gateway.config import Channel, GatewayConfig, Route
 from gateway.journal import Journal, MessageRecord, Status
 from gateway.journal.inbox import Inbox
@@ -45,6 +39,7 @@ from gateway.keyring import KeyRing
 from monitoring import metrics
 from routing.breaker import BreakerBoard, State
 from routing.broker import ThreadPublisher, properties
+from routing.channels import Channels, DeliveryResult
 from routing.deadletter import DeadLetterChannel
 from routing.delivery_progress import DeliveryProgress
 from routing.journal_gate import JournalGate, WorkerStopping
@@ -56,14 +51,11 @@ DELIVERABLE = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING
 _DELIVERABLE_VALUES = frozenset(s.value for s in DELIVERABLE)
 CIRCUIT_OPEN = "circuit open"
 
-#: One call on a channel: (channel, the signed envelope, the message, attempt number) → outcome.
-ChannelCall = Callable[[Channel, bytes, MessageRecord, int], PushResult]
-
 
 class DeliveryWorker:
-    def __init__(self, config: GatewayConfig, journal: Journal, topology: Topology,
-                 publisher: ThreadPublisher, dead: DeadLetterChannel, keyring: KeyRing | None = None,
-                 call: ChannelCall | None = None, gate: JournalGate | None = None) -> None:
+    def __init__(self, config: GatewayConfig, journal: Journal, topology: Topology, publisher: ThreadPublisher,
+                 dead: DeadLetterChannel, channels: Channels, keyring: KeyRing | None = None,
+                 gate: JournalGate | None = None) -> None:
         s = config.settings
         self.keyring = keyring or KeyRing()
         self.config = config
@@ -71,6 +63,7 @@ class DeliveryWorker:
         self.topology = topology
         self.publisher = publisher
         self.dead = dead
+        self.channels = channels
         self.actor = f"delivery-worker:{os.getpid()}"
         self.in_process_max_delay = s.delivery.in_process_max_delay
         self.breakers = BreakerBoard(s.circuit_breaker.failure_threshold, s.circuit_breaker.reset_timeout_seconds,
@@ -78,35 +71,14 @@ class DeliveryWorker:
         self.inbox = Inbox(journal)
         self.gate = gate or JournalGate(journal, threading.Event(), "delivery")
         self._stopping = self.gate.stopping
-        self.client: httpx.Client | None = None
-        self.soap: SoapPusher | None = None
-        self.registries: RegistryChannel | None = None
-        self._call = call or self._open_channels(s.delivery.timeout_seconds)
         self._routes = {r.name: r for r in config.routes}
-
-    def _open_channels(self, timeout: float) -> ChannelCall:
-        self.client = httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=64))
-        self.soap = SoapPusher(timeout)
-        if any(c.mode == "registry" for r in self.config.routes for c in r.channels):
-            intake = Intake(AcceptPipeline(self.config, self.journal, self.keyring), self.journal)
-            self.registries = RegistryChannel(self.config, self.journal, intake, self.keyring, timeout)
-        return self._call_channel
-
-    def _call_channel(self, channel: Channel, signed: bytes, rec: MessageRecord, attempt: int) -> PushResult:
-        if channel.mode == "soap" and self.soap is not None:
-            return self.soap.push(channel, signed, rec.message_id, attempt)
-        if channel.mode == "registry" and self.registries is not None:
-            return self.registries.deliver(channel, rec)
-        assert self.client is not None and channel.url is not None
-        return push(self.client, channel.url, signed, rec.message_id, channel.format, attempt)
 
     def stop(self) -> None:
         self._stopping.set()
 
     def close(self) -> None:
-        for closable in (self.client, self.soap, self.registries):
-            if closable is not None:
-                closable.close()
+        for channel in self.channels.values():
+            channel.close()
 
     @staticmethod
     def _breaker_changed(key: str, state: State) -> None:
@@ -131,9 +103,9 @@ class DeliveryWorker:
             self._dead(body, rec, route, None, f"the route's time budget of {budget:g} s is used up; "
                        f"last: {rec.last_error or 'no attempt made'}", progress)
             return
-        # A registry channel sends the registry a query, not the envelope: nothing there to sign.
-        pushes = any(c.mode in ("rest", "soap") for c in route.channels)
-        signed = self.keyring.sign_envelope(body) if pushes else body
+        # Sign once, and only if a channel of the route sends the envelope (a registry channel sends a query).
+        sends = any(c.mode in self.channels and self.channels[c.mode].sends_envelope for c in route.channels)
+        signed = self.keyring.sign_envelope(body) if sends else body
         self._walk(body, signed, rec, route, progress)
 
     def _walk(self, body: bytes, signed: bytes, rec: MessageRecord, route: Route, progress: DeliveryProgress) -> None:
@@ -181,7 +153,9 @@ class DeliveryWorker:
         while True:
             progress.tries[index] += 1
             attempt = progress.tries[index]
-            res = self._call(channel, signed, rec, attempt)
+            kind = self.channels.get(channel.mode)
+            res = kind.deliver(channel, signed, rec, attempt) if kind is not None else DeliveryResult(
+                False, False, f"no {channel.mode!r} channel in this worker")
             if res.delivered or not res.retryable:
                 breaker.success()
             else:

@@ -33,7 +33,7 @@ def demo_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     Layout: ``<dir>/<name>-<type>.key|.pem`` for names gateway, lab, clinic, insurer and types
     gost2012-256, gost2012-512, rsa; ``<dir>/trust/`` (CA certificate and CRL); ``<dir>/ca/``.
     """
-    from signing.demo_ca import KEY_TYPES, create_demo_keys
+    from demo.ca import KEY_TYPES, create_demo_keys
 
     out = tmp_path_factory.mktemp("keys")
     create_demo_keys(out, ["gateway", "lab", "clinic", "insurer"], KEY_TYPES)
@@ -44,7 +44,7 @@ def demo_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def registry_keys(demo_keys: Path) -> Path:
     """demo_keys with GOST and RSA keys for the registries ``frmr`` and ``frmo``, and for ``other``,
     someone the gateway trusts (same CA) but who is not a registry."""
-    from signing.demo_ca import create_demo_keys
+    from demo.ca import create_demo_keys
 
     create_demo_keys(demo_keys, ["frmr", "frmo", "other"], ("gost2012-256", "rsa"))
     return demo_keys

@@ -1,7 +1,7 @@
 """The registry channel: delivering a verification request means asking the registry and answering the MIS.
 
 The delivery worker treats a registry like any endpoint: this channel's outcome is a
-PushResult, so retries with backoff, the circuit breaker, failover to the next registry
+DeliveryResult, so retries with backoff, the circuit breaker, failover to the next registry
 endpoint and the dead letter channel all apply unchanged. "Delivered" here means the
 registry answered (found or not found, its signature verified) and the answer was
 journalled as a message to the requester.
@@ -32,7 +32,6 @@ from adapters.registries.verdicts import (
     organisation_answer,
     worker_answer,
 )
-from adapters.rest.push import PushResult
 from gateway.config import Channel, GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
@@ -41,6 +40,7 @@ from gateway.keyring import KeyRing
 from gateway.masking import mask_text
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
+from routing.channels import DeliveryResult
 from signing import transform
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,10 @@ def cache_key(registry: str, request: etree._Element, today: dt.date) -> str:
 
 
 class RegistryChannel:
+    """The registry channel (``routing.channels.DeliveryChannel``): it sends the registry a query, not the envelope."""
+
+    sends_envelope = False
+
     def __init__(self, config: GatewayConfig, journal: Journal, intake: Intake, keyring: KeyRing,
                  timeout: float) -> None:
         self.config = config
@@ -77,7 +81,7 @@ class RegistryChannel:
         for client in self._frmo.values():
             client.close()
 
-    def deliver(self, channel: Channel, rec: MessageRecord) -> PushResult:
+    def deliver(self, channel: Channel, signed: bytes, rec: MessageRecord, attempt: int) -> DeliveryResult:
         request = Envelope.from_element(parse_xml(rec.envelope))
         settings = self.config.settings.registries.for_type(request.message_type)
         pending = self.requests.get(rec.message_id)
@@ -85,7 +89,7 @@ class RegistryChannel:
             self.requests.open(rec.message_id, request.sender, request.recipient, request.message_type,
                                rec.created_at, settings.deadline_seconds)
         elif pending.answer_id and self.journal.get(pending.answer_id) is not None:
-            return PushResult(True, False, f"answered before: {pending.answer_id}")
+            return DeliveryResult(True, False, f"answered before: {pending.answer_id}")
         today = dt.date.today()
         key = cache_key(request.recipient, request.payload, today) if settings.cache_ttl_seconds > 0 else None
         try:
@@ -97,26 +101,26 @@ class RegistryChannel:
             try:
                 reply = self._ask(channel, request)
             except RegistryCallFailed as exc:
-                return PushResult(False, exc.retryable, exc.detail, retry_after=exc.retry_after)
+                return DeliveryResult(False, exc.retryable, exc.detail, retry_after=exc.retry_after)
             answer = self._verdict(request.payload, reply, today)
             evidence = {"registry": channel.registry or "", "channel": channel.name, **reply.signed_by}
             answer_id, _ = self.replies.answer(request, answer, "registry", evidence)
         except Rejection as rej:
             # journalled and dead-lettered: validator messages quote values, so mask them
-            return PushResult(False, False, f"the answer was refused: {rej.code} [{rej.field}] {mask_text(rej.detail)}")
+            return DeliveryResult(False, False, f"the answer was refused: {rej.code} [{rej.field}] {mask_text(rej.detail)}")
         if key is not None:
             self.requests.store(key, request.message_type, etree.tostring(answer), answer_id,
                                 settings.cache_ttl_seconds)
-        return PushResult(True, False, f"answered by {channel.registry}")
+        return DeliveryResult(True, False, f"answered by {channel.registry}")
 
     def _answer_from_cache(self, request: Envelope, cached: bytes, answer_id: str,
-                           stored_at: dt.datetime) -> PushResult:
+                           stored_at: dt.datetime) -> DeliveryResult:
         self.journal.record(request.message_id, "CACHE_HIT", self.actor,
                             {"repeats": answer_id, "stored_at": stored_at.isoformat()})
         metrics.REGISTRY_CACHE.labels(request.recipient, "hit").inc()
         self.replies.answer(request, from_cache(parse_xml(cached)), "cache",
                             {"origin": "cache", "repeats": answer_id})
-        return PushResult(True, False, "answered from the cache")
+        return DeliveryResult(True, False, "answered from the cache")
 
     def _ask(self, channel: Channel, request: Envelope) -> RegistryReply:
         registry = self.config.participants[request.recipient]

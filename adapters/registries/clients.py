@@ -36,7 +36,7 @@ import zeep.exceptions
 from lxml import etree
 from zeep.helpers import serialize_object
 
-from adapters.rest.push import RETRYABLE_4XX
+from routing.channels import RETRYABLE_4XX
 from gateway.masking import mask_text
 from signing import SignatureError, TrustStore, Verified, verify, verify_octets
 from signing import errors as sigerrors

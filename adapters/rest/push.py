@@ -7,27 +7,14 @@ worker died between the recipient's 200 and the broker ack).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
-
 import httpx
 
+from gateway.config import Channel
 from gateway.envelope import Envelope
+from gateway.journal import MessageRecord
+from routing.channels import RETRYABLE_4XX, DeliveryResult
 
 LAB_RESULT_NS = "urn://zdravlink/types/lab-result/1.0"
-
-#: 4xx answers worth trying again (timeout, too early, rate limited); every 5xx is retried too,
-#: since a recipient's server error says nothing against the message itself.
-RETRYABLE_4XX = frozenset({408, 425, 429})
-
-
-@dataclass(frozen=True)
-class PushResult:
-    delivered: bool
-    retryable: bool
-    detail: str
-    status_code: int | None = None
-    retry_after: float | None = None
-
 
 def _retry_after(resp: httpx.Response) -> float | None:
     value = resp.headers.get("Retry-After", "")
@@ -56,12 +43,12 @@ def fhir_body(env_xml: bytes) -> bytes:
 
 
 def push(client: httpx.Client, url: str, env_xml: bytes, message_id: str, fmt: str, attempt: int,
-         headers: dict[str, str] | None = None) -> PushResult:
+         headers: dict[str, str] | None = None) -> DeliveryResult:
     if fmt == "fhir":
         try:
             body = fhir_body(env_xml)
         except ValueError as exc:
-            return PushResult(False, False, f"no FHIR form: {exc}")
+            return DeliveryResult(False, False, f"no FHIR form: {exc}")
         content_type = "application/fhir+json"
     elif fmt == "json":
         from gateway.xmlsafe import parse_xml
@@ -83,10 +70,26 @@ def push(client: httpx.Client, url: str, env_xml: bytes, message_id: str, fmt: s
             },
         )
     except httpx.TimeoutException as exc:
-        return PushResult(False, True, f"timeout: {type(exc).__name__}")
+        return DeliveryResult(False, True, f"timeout: {type(exc).__name__}")
     except httpx.TransportError as exc:
-        return PushResult(False, True, f"connection error: {type(exc).__name__}: {exc}")
+        return DeliveryResult(False, True, f"connection error: {type(exc).__name__}: {exc}")
     if 200 <= resp.status_code < 300:
-        return PushResult(True, False, f"HTTP {resp.status_code}", resp.status_code)
+        return DeliveryResult(True, False, f"HTTP {resp.status_code}", resp.status_code)
     retryable = resp.status_code >= 500 or resp.status_code in RETRYABLE_4XX
-    return PushResult(False, retryable, f"HTTP {resp.status_code}", resp.status_code, _retry_after(resp))
+    return DeliveryResult(False, retryable, f"HTTP {resp.status_code}", resp.status_code, _retry_after(resp))
+
+
+class RestChannel:
+    """The REST push channel (``routing.channels.DeliveryChannel``): one httpx client for every recipient."""
+
+    sends_envelope = True
+
+    def __init__(self, timeout: float) -> None:
+        self.client = httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=64))
+
+    def deliver(self, channel: Channel, signed: bytes, rec: MessageRecord, attempt: int) -> DeliveryResult:
+        assert channel.url is not None  # the configuration requires a url for rest channels
+        return push(self.client, channel.url, signed, rec.message_id, channel.format, attempt)
+
+    def close(self) -> None:
+        self.client.close()

@@ -25,9 +25,10 @@ from zeep.exceptions import Fault, TransportError
 from zeep.proxy import ServiceProxy
 from zeep.wsdl.bindings.soap import Soap11Binding, SoapOperation
 
-from adapters.rest.push import RETRYABLE_4XX, PushResult
 from gateway.config import Channel
+from gateway.journal import MessageRecord
 from gateway.xmlsafe import parse_xml
+from routing.channels import RETRYABLE_4XX, DeliveryResult
 
 #: SOAP 1.1 fault codes (local parts) that blame the request itself, so a retry cannot help.
 PERMANENT_FAULTS = ("Client", "VersionMismatch", "MustUnderstand")
@@ -45,11 +46,11 @@ class _Partner:
     address: str | None
 
 
-def _http_result(status: int, detail: str, retry_after: float | None = None) -> PushResult:
+def _http_result(status: int, detail: str, retry_after: float | None = None) -> DeliveryResult:
     if 200 <= status < 300:
-        return PushResult(True, False, detail, status)
+        return DeliveryResult(True, False, detail, status)
     retryable = status >= 500 or status in RETRYABLE_4XX
-    return PushResult(False, retryable, detail, status, retry_after)
+    return DeliveryResult(False, retryable, detail, status, retry_after)
 
 
 def _retry_after(resp: requests.Response) -> float | None:
@@ -57,16 +58,17 @@ def _retry_after(resp: requests.Response) -> float | None:
     return float(value) if value.isdigit() else None
 
 
-def _fault_result(fault: Fault, resp: requests.Response) -> PushResult:
+def _fault_result(fault: Fault, resp: requests.Response) -> DeliveryResult:
     code = fault.code or ""
     local = code.rpartition(":")[2]
     detail = f"SOAP fault {code}: {fault.message}"
     permanent = any(local.startswith(p) for p in PERMANENT_FAULTS)
-    return PushResult(False, not permanent, detail, resp.status_code, _retry_after(resp))
+    return DeliveryResult(False, not permanent, detail, resp.status_code, _retry_after(resp))
 
 
 class SoapPusher:
-    """zeep Clients per WSDL URL, shared by the delivery threads.
+    """The SOAP push channel (``routing.channels.DeliveryChannel``): zeep Clients per WSDL URL, shared by the
+    delivery threads.
 
     Loading and parsing a WSDL costs far more than a delivery, so a partner's client
     is built once and kept; a failed load is not kept, so the next delivery tries again
@@ -85,10 +87,15 @@ class SoapPusher:
         self._loading: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
 
+    sends_envelope = True
+
     def close(self) -> None:
         with self._lock:
             self._partners.clear()
         self._session.close()
+
+    def deliver(self, channel: Channel, signed: bytes, rec: MessageRecord, attempt: int) -> DeliveryResult:
+        return self.push(channel, signed, rec.message_id, attempt)
 
     def _partner(self, wsdl: str) -> _Partner:
         with self._lock:
@@ -115,24 +122,24 @@ class SoapPusher:
                     return _Partner(client, port.binding, client.create_service(port.binding.name, address), address)
         raise WsdlUnusable(f"no SOAP 1.1 port in the WSDL {wsdl}")
 
-    def push(self, channel: Channel, env_xml: bytes, message_id: str, attempt: int) -> PushResult:
+    def push(self, channel: Channel, env_xml: bytes, message_id: str, attempt: int) -> DeliveryResult:
         wsdl = channel.wsdl
         if wsdl is None:
-            return PushResult(False, False, "the channel has no wsdl")
+            return DeliveryResult(False, False, "the channel has no wsdl")
         try:
             partner = self._partner(wsdl)
         except WsdlUnusable as exc:
-            return PushResult(False, False, str(exc))
+            return DeliveryResult(False, False, str(exc))
         except Exception as exc:  # anything from a partner that is down to a half-written WSDL: try later
-            return PushResult(False, True, f"WSDL not loaded from {wsdl}: {type(exc).__name__}: {exc}")
+            return DeliveryResult(False, True, f"WSDL not loaded from {wsdl}: {type(exc).__name__}: {exc}")
         address = channel.url or partner.address
         if address is None:
-            return PushResult(False, False, f"no service address in the WSDL {wsdl} and no url in the channel")
+            return DeliveryResult(False, False, f"no service address in the WSDL {wsdl} and no url in the channel")
         try:
             operation = partner.binding.get(channel.operation)
             envelope = self._message(partner, operation, parse_xml(env_xml))
         except (ValueError, WsdlUnusable) as exc:  # zeep says ValueError for an unknown operation
-            return PushResult(False, False, str(exc))
+            return DeliveryResult(False, False, str(exc))
         headers = {
             "Content-Type": "text/xml; charset=utf-8",
             "SOAPAction": f'"{operation.soapaction or ""}"',
@@ -143,9 +150,9 @@ class SoapPusher:
         try:
             resp = partner.client.transport.post_xml(address, envelope, headers)
         except requests.Timeout as exc:
-            return PushResult(False, True, f"timeout: {type(exc).__name__}")
+            return DeliveryResult(False, True, f"timeout: {type(exc).__name__}")
         except requests.RequestException as exc:
-            return PushResult(False, True, f"connection error: {type(exc).__name__}: {exc}")
+            return DeliveryResult(False, True, f"connection error: {type(exc).__name__}: {exc}")
         return self._classify(partner, operation, resp)
 
     @staticmethod
@@ -163,7 +170,7 @@ class SoapPusher:
         slot.append(root)
         return message
 
-    def _classify(self, partner: _Partner, operation: SoapOperation, resp: requests.Response) -> PushResult:
+    def _classify(self, partner: _Partner, operation: SoapOperation, resp: requests.Response) -> DeliveryResult:
         try:
             partner.binding.process_reply(partner.client, operation, resp)
         except Fault as fault:
@@ -176,6 +183,6 @@ class SoapPusher:
             return _http_result(resp.status_code, f"HTTP {resp.status_code} without a SOAP reply",
                                 _retry_after(resp))
         except Exception as exc:  # a 200 whose reply does not match the WSDL: the partner took the message
-            return PushResult(True, False, f"HTTP {resp.status_code} (reply not as the WSDL says: {exc})",
+            return DeliveryResult(True, False, f"HTTP {resp.status_code} (reply not as the WSDL says: {exc})",
                               resp.status_code)
-        return PushResult(True, False, f"HTTP {resp.status_code}", resp.status_code)
+        return DeliveryResult(True, False, f"HTTP {resp.status_code}", resp.status_code)

@@ -63,6 +63,15 @@ class RegistryRequests:
 
         return write
 
+    def open(self, message_id: str, requester: str, registry: str, message_type: str, accepted_at: datetime,
+             deadline_seconds: float) -> None:
+        """Start the clock on a request accepted without one (before deadlines were tracked); again: nothing."""
+        try:
+            with self.journal.engine.begin() as conn:
+                self.open_write(message_id, requester, registry, message_type, deadline_seconds)(conn, accepted_at)
+        except IntegrityError:
+            pass
+
     def get(self, message_id: str) -> PendingRequest | None:
         with self.journal.engine.connect() as conn:
             row = conn.execute(select(registry_requests).where(registry_requests.c.message_id == message_id)).first()

@@ -8,7 +8,7 @@ from datetime import datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN
 from tests.support.gateway_proc import envelope_json, notice

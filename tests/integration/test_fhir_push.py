@@ -7,7 +7,7 @@ from pathlib import Path
 import hl7
 import httpx
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from adapters.fhir.validation import STRICT, validate_bundle
 from adapters.hl7v2.oru import LAB_RESULT_NS, map_message
 from adapters.mapping.lab_mapping import load_mapping

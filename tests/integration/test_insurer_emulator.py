@@ -20,8 +20,8 @@ import httpx
 import pytest
 from lxml import etree
 
-from adapters.emulators.insurer import ACT_PROTOCOL_NS, FLK_PROTOCOL_NS, INSURER_NS, REGISTER_NS, InsurerEmulator
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.insurer import ACT_PROTOCOL_NS, FLK_PROTOCOL_NS, INSURER_NS, REGISTER_NS, InsurerEmulator
+from demo.emulators.rest_recipient import RecipientServer
 from adapters.soap.push import SoapPusher
 from gateway.config import Channel
 from gateway.envelope import DSIG_NS, Envelope
@@ -30,7 +30,7 @@ from gateway.oms.archive import pack, to_bytes
 from gateway.oms.flk import read_protocol_file
 from signing import Certificate, PrivateKey, Signer, TrustStore, verify
 from signing.cms import sign_detached
-from signing.demo_ca import demo_signer
+from demo.ca import demo_signer
 
 R, P, Z, DS = "{%s}" % REGISTER_NS, "{%s}" % ACT_PROTOCOL_NS, "{%s}" % ENVELOPE_NS, "{%s}" % DSIG_NS
 F = "{%s}" % FLK_PROTOCOL_NS
@@ -146,7 +146,7 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 @pytest.fixture(scope="module")
 def insurer_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from signing.demo_ca import create_demo_keys
+    from demo.ca import create_demo_keys
 
     out = tmp_path_factory.mktemp("insurer-keys")
     create_demo_keys(out, ["insurer"], ("gost2012-256",))

@@ -17,7 +17,7 @@ import hl7
 import pytest
 from lxml import etree
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from adapters.hl7v2.ack import charset_of
 from adapters.hl7v2.message_ids import message_id_for
 from adapters.hl7v2.oru import LAB_RESULT_NS

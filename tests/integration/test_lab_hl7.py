@@ -15,7 +15,7 @@ import hl7
 import pytest
 from lxml import etree
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from adapters.hl7v2.mllp import FrameReader, frame
 from adapters.hl7v2.oru import LAB_RESULT_NS
 from gateway.envelope import Envelope

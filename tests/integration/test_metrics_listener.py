@@ -4,7 +4,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
 from tests.conftest import free_port
 from tests.support import configs

@@ -11,7 +11,7 @@ import signal
 import pytest
 import sqlalchemy as sa
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.journal import Journal
 from routing.broker import connect, properties
 from tests.support import configs

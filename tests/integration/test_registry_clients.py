@@ -14,11 +14,11 @@ from typing import Callable, Iterator
 import httpx
 import pytest
 
-from adapters.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
+from demo.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
 from adapters.registries.clients import FrmoClient, FrmrClient, RegistryCallFailed, RegistryReply
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, organisation_answer, worker_answer
 from signing import TrustStore
-from signing.demo_ca import demo_signer as signer
+from demo.ca import demo_signer as signer
 from tests.conftest import free_port
 
 DATASET = DEMO_DATASET

@@ -12,7 +12,7 @@ import requests
 import zeep
 import zeep.exceptions
 
-from adapters.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
+from demo.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
 from gateway.identifiers import snils_valid
 
 DATASET = DEMO_DATASET

@@ -10,7 +10,7 @@ import zeep
 from lxml import etree
 from zeep.helpers import serialize_object
 
-from adapters.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
+from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, organisation_answer, worker_answer
 
 XSD = Path(__file__).resolve().parents[2] / "schemas_xsd" / "payloads"

@@ -48,12 +48,10 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
     prefix = f"zlt-{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "ZL_DATABASE_URL": f"sqlite:///{tmp_path / 'journal.db'}", "ZL_AMQP_URL": AMQP_URL,
            "ZL_BROKER_PREFIX": prefix, "ZL_VAR_DIR": str(tmp_path / "var")}
-    keys = subprocess.run([sys.executable, "-m", "gateway.cli", "keys", "demo", "--config", str(config)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert keys.returncode == 0, keys.stdout + keys.stderr
     log = open(tmp_path / "run.log", "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(config)], env=env, cwd=REPO,
-                            stdout=log, stderr=subprocess.STDOUT)
+    # `zdravlink demo run` (what scripts/run runs) makes the demo keys first, then supervises the gateway and partners.
+    proc = subprocess.Popen([sys.executable, "-m", "application.cli", "demo", "run", "--config", str(config)], env=env,
+                            cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 60
@@ -65,13 +63,19 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
                 pass
             assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "run.log").read_text()
             time.sleep(0.2)
+        deadline = time.monotonic() + 30
+        while "zdravlink demo send --verify" not in (tmp_path / "run.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "run.log").read_text()
+            time.sleep(0.2)
         banner = (tmp_path / "run.log").read_text()
+        # what to try is said only once the gateway answers /readyz, never before
+        assert banner.index("the gateway is ready") < banner.index("try      zdravlink demo send")
         for line in (f"API      {base}/api/v1/messages", f"docs     {base}/docs", f"metrics  {base}/metrics",
                      f"SMEV 3   {base}/smev/1.1?wsdl", "HL7 v2   mllp://127.0.0.1:", "labs: lab-demo"):
             assert line in banner
         assert httpx.get(f"{base}/docs").status_code == 200
 
-        sent = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--config", str(config)],
+        sent = subprocess.run([sys.executable, "-m", "application.cli", "demo", "send", "--config", str(config)],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert sent.stdout.startswith("202 "), sent.stdout + sent.stderr
         message_id = re.search(r'"messageId":"([0-9a-f-]+)"', sent.stdout).group(1)
@@ -81,7 +85,7 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
         assert "gateway signature: OK gost2012-256" in (tmp_path / "run.log").read_text()
 
         # the same notice over SMEV 3 SOAP, signed as lab-demo
-        smev = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--soap", "--config", str(config)],
+        smev = subprocess.run([sys.executable, "-m", "application.cli", "demo", "send", "--soap", "--config", str(config)],
                               env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert smev.stdout.startswith("200 SendRequestResponse: MessageId "), smev.stdout + smev.stderr
         soap_id = re.search(r"MessageId ([0-9a-f-]+)", smev.stdout).group(1)
@@ -98,17 +102,17 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
         assert f"insurer-demo: message {act_id} (urn://zdravlink/types/notice/1.0) -> accepted" in \
             (tmp_path / "run.log").read_text()
         # lab results over HL7 v2 / MLLP, mapped by config/mappings/lab-demo.yaml, delivered to clinic-mis
-        hl7 = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--hl7", "--config", str(config)],
+        hl7 = subprocess.run([sys.executable, "-m", "application.cli", "demo", "send", "--hl7", "--config", str(config)],
                              env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert hl7.stdout.startswith("MSA|AA|DEMO-"), hl7.stdout + hl7.stderr
         wait_delivered(base, re.search(r"MessageID ([0-9a-f-]+)", hl7.stdout).group(1), "demo-lab-token")
         # service records for last month → an act to insurer-demo (an insurer emulator) → its protocol back
-        sent = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--records", "--count", "3",
+        sent = subprocess.run([sys.executable, "-m", "application.cli", "demo", "send", "--records", "--count", "3",
                                "--config", str(config)], env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         assert sent.stdout.count("202 record DEMO-") == 3, sent.stdout + sent.stderr
         record_id = re.search(r"record (DEMO-[0-9a-f]+)", sent.stdout).group(1)
         period = re.search(r"--period (\d{4}-\d{2})", sent.stdout).group(1)
-        built = subprocess.run([sys.executable, "-m", "gateway.cli", "acts", "build", "--period", period,
+        built = subprocess.run([sys.executable, "-m", "application.cli", "acts", "build", "--period", period,
                                 "--config", str(config)], env=env, cwd=REPO, capture_output=True, text=True,
                                timeout=120)
         assert built.returncode == 0 and "sent" in built.stdout, built.stdout + built.stderr
@@ -120,7 +124,7 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
                                 headers={"Authorization": "Bearer demo-mis-token"}).json()["outcome"]
         assert outcome == "accepted", (tmp_path / "run.log").read_text()[-3000:]
         # clinic-mis asks ФРМР and ФРМО (signed emulators); each verdict comes back to it
-        asked = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "send", "--verify", "--config", str(config)],
+        asked = subprocess.run([sys.executable, "-m", "application.cli", "demo", "send", "--verify", "--config", str(config)],
                                env=env, cwd=REPO, capture_output=True, text=True, timeout=60)
         requests = re.findall(r'"messageId":"([0-9a-f-]+)"', asked.stdout)
         assert len(requests) == 2, asked.stdout + asked.stderr

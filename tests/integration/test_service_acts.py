@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from adapters.acts.archive import read_archive_payload
-from adapters.emulators.insurer import InsurerEmulator
+from demo.emulators.insurer import InsurerEmulator
 from gateway.config import hash_token
 from gateway.envelope import Envelope
 from gateway.identifiers import enp_valid
@@ -67,7 +67,7 @@ def enp(rng: random.Random) -> str:
 @pytest.fixture
 def insurers(gateway_factory, demo_keys: Path):
     from gateway.oms.profiles import Edition
-    from signing.demo_ca import demo_signer
+    from demo.ca import demo_signer
 
     trust = TrustStore.from_directory(demo_keys / "trust")
     gateway = [Certificate.load(demo_keys / "gateway-gost2012-256.pem")]
@@ -281,7 +281,7 @@ def test_the_running_gateway_sends_the_previous_months_acts_on_schedule(gateway_
 def test_an_insurer_receiving_by_rest_gets_the_same_archive_in_json(gateway_factory, tmp_path, demo_keys):
     import json
 
-    from adapters.emulators.rest_recipient import RecipientServer
+    from demo.emulators.rest_recipient import RecipientServer
 
     insurer = RecipientServer(name="smo-rest").start()
     try:

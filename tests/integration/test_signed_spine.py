@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS
 from gateway.xmlsafe import parse_xml

@@ -34,7 +34,7 @@ from gateway.keyring import load_keyring
 from gateway.schemas import known_message_types
 from gateway.service_records import SERVICE_RECORD_NS
 from signing import sign
-from signing.demo_ca import demo_signer
+from demo.ca import demo_signer
 from tests.unit.test_service_records import TARIFFS, record
 from adapters.soap import smev_client as smev
 from tests.support.references import SMEV_REFERENCE

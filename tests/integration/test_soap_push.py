@@ -11,7 +11,7 @@ import pytest
 import zeep
 from lxml import etree
 
-from adapters.emulators.soap_partner import SoapPartner
+from demo.emulators.soap_partner import SoapPartner
 from adapters.soap.push import SoapPusher
 from gateway.config import Channel
 from gateway.envelope import DSIG_NS, Envelope
@@ -33,7 +33,7 @@ def exc_c14n(element: etree._Element) -> bytes:
 @pytest.fixture(scope="module")
 def lab_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Only the lab's GOST key: the full demo_keys set is not needed to put one real ds:Signature in."""
-    from signing.demo_ca import create_demo_keys
+    from demo.ca import create_demo_keys
 
     out = tmp_path_factory.mktemp("soap-keys")
     create_demo_keys(out, ["lab"], ("gost2012-256",))

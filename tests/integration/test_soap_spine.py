@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from adapters.emulators.soap_partner import SoapPartner
+from demo.emulators.soap_partner import SoapPartner
 from adapters.soap.smev_schema import T
 from gateway.config import hash_token
-from signing.demo_ca import demo_signer
+from demo.ca import demo_signer
 from adapters.soap import smev_client as smev
 from tests.support.gateway_proc import NOTICE_NS, notice
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from tests.conftest import free_port
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN

@@ -22,7 +22,7 @@ from typing import Callable
 import httpx
 import sqlalchemy as sa
 
-from adapters.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import GatewayProcesses, envelope_json

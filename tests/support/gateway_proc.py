@@ -71,7 +71,7 @@ class GatewayProcesses:
     # ---- processes ------------------------------------------------------
 
     def _cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "gateway.cli", *args, "--config", str(self.dir)]
+        return [sys.executable, "-m", "application.cli", *args, "--config", str(self.dir)]
 
     def spawn(self, name: str) -> subprocess.Popen[bytes]:
         args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp"),
@@ -98,7 +98,7 @@ class GatewayProcesses:
 
     def _asks_registries(self) -> bool:
         from gateway.config import load_config
-        from gateway.services import has_registry_routes
+        from application.runtime import has_registry_routes
 
         return has_registry_routes(load_config(self.dir))
 

@@ -7,7 +7,7 @@ import pytest
 
 from signing import Certificate, SignatureError, TrustStore, errors
 from signing.cms import sign_detached, verify_detached
-from signing.demo_ca import create_demo_keys, demo_signer
+from demo.ca import create_demo_keys, demo_signer
 
 DATA = "Реестр счетов".encode("cp1251") * 50
 

@@ -11,7 +11,7 @@ import pytest
 from lxml import etree
 
 from gateway.config import ConfigError, RetryPolicy, hash_token, load_config
-from gateway.services import known_message_types
+from gateway.schemas import known_message_types
 from tests.support import configs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -199,7 +199,7 @@ def test_hash_token_is_what_the_files_hold():
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "application.cli", *args], capture_output=True, text=True,
                           cwd=ROOT, timeout=60)
 
 
@@ -211,12 +211,12 @@ def test_check_config_cli_prints_file_key_rule_and_fails(tmp_path):
 
 
 def test_check_config_on_the_bundled_configuration(tmp_path):
-    """A fresh clone has no keys: check-config names the missing file until `keys demo` makes them."""
+    """A fresh clone has no keys: check-config names the missing file until `demo keys` makes them."""
     bundled = tmp_path / "config"
     shutil.copytree(ROOT / "config", bundled, ignore=shutil.ignore_patterns("keys"))
     missing = run_cli("check-config", str(bundled))
     assert missing.returncode == 2 and "gateway-gost2012-256" in missing.stderr and "cannot read" in missing.stderr
-    assert run_cli("keys", "demo", "--config", str(bundled)).returncode == 0
+    assert run_cli("demo", "keys", "--config", str(bundled)).returncode == 0
     ok = run_cli("check-config", str(bundled))
     assert ok.returncode == 0 and "5 participants, 10 routes, 1 lab mappings, 4 tariffs" in ok.stdout, ok.stderr
 

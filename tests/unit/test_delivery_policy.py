@@ -13,19 +13,19 @@ from typing import Any
 import pika
 import pytest
 
-from adapters.rest.push import PushResult
 from gateway.config import load_config
 from gateway.journal import Journal, Status
 from routing.deadletter import DeadLetterChannel
 from routing.delivery import DeliveryWorker
+from routing.channels import DeliveryResult
 from routing.delivery_progress import DeliveryProgress, routed_headers
 from routing.topology import Topology
 from tests.support import configs
 from tests.unit.test_journal import make_env
 
-OK = PushResult(True, False, "HTTP 200", 200)
-DOWN = PushResult(False, True, "HTTP 503", 503)
-REFUSED = PushResult(False, False, "HTTP 400", 400)
+OK = DeliveryResult(True, False, "HTTP 200", 200)
+DOWN = DeliveryResult(False, True, "HTTP 503", 503)
+REFUSED = DeliveryResult(False, False, "HTTP 400", 400)
 
 
 class FakePublisher:
@@ -37,13 +37,18 @@ class FakePublisher:
 
 
 class Script:
-    """Answers per channel name, in order; the last answer repeats."""
+    """A REST channel that answers per channel name, in order; the last answer repeats."""
 
-    def __init__(self, **answers: list[PushResult]) -> None:
+    sends_envelope = True
+
+    def __init__(self, **answers: list[DeliveryResult]) -> None:
         self.answers = answers
         self.calls: list[tuple[str, int]] = []
 
-    def __call__(self, channel, signed, rec, attempt) -> PushResult:  # noqa: ANN001
+    def close(self) -> None:
+        pass
+
+    def deliver(self, channel, signed, rec, attempt) -> DeliveryResult:  # noqa: ANN001
         self.calls.append((channel.name, attempt))
         seq = self.answers[channel.name]
         return seq.pop(0) if len(seq) > 1 else seq[0]
@@ -68,7 +73,8 @@ def world(tmp_path: Path):
         journal.migrate()
         pub = FakePublisher()
         topo = Topology("t")
-        worker = DeliveryWorker(cfg, journal, topo, pub, DeadLetterChannel(journal, topo, pub, "t"), call=script)
+        worker = DeliveryWorker(cfg, journal, topo, pub, DeadLetterChannel(journal, topo, pub, "t"),
+                                channels={"rest": script})
         return worker, journal, pub
 
     return make
@@ -102,7 +108,7 @@ def test_a_failed_attempt_parks_the_message_with_what_it_has_spent(world) -> Non
     assert journal.get(mid).status == "RETRYING"
     # The copy comes back from the retry queue: the second attempt is attempt 2 of the primary.
     handle(worker, mid, body, h)
-    assert worker._call.calls == [("primary", 1), ("primary", 2)]  # type: ignore[attr-defined]
+    assert worker.channels["rest"].calls == [("primary", 1), ("primary", 2)]  # type: ignore[attr-defined]
 
 
 def test_open_breakers_make_a_message_wait_without_spending_attempts(world) -> None:

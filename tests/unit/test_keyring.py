@@ -84,7 +84,7 @@ def test_pkcs12_gateway_key_with_password_from_the_environment(tmp_path, demo_ke
 
 
 def cli(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "application.cli", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=120)
 
 
@@ -123,7 +123,7 @@ def test_keys_demo_makes_what_the_bundled_configuration_names(tmp_path):
     import shutil
 
     shutil.copytree(ROOT / "config", tmp_path / "config", ignore=shutil.ignore_patterns("keys"))
-    made = cli("keys", "demo", "--config", str(tmp_path / "config"))
+    made = cli("demo", "keys", "--config", str(tmp_path / "config"))
     assert made.returncode == 0, made.stderr
     check = cli("check-config", str(tmp_path / "config"))
     assert check.returncode == 0, check.stdout + check.stderr

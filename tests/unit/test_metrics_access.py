@@ -7,7 +7,7 @@ from starlette.requests import Request
 from adapters.rest.app import _check_scrape
 from gateway.config import MetricsSettings, hash_token
 from gateway.errors import Rejection
-from gateway.services import certificate_labels
+from monitoring.exposition import certificate_labels
 
 
 def request(client: str, server_port: int = 8700, token: str | None = None) -> Request:

@@ -5,7 +5,7 @@ import pytest
 from lxml import etree
 
 from gateway import schemas
-from gateway.accept import AcceptPipeline
+from gateway.flows import RegistryVerificationFlow
 from gateway.config import ORGANISATION_VERIFICATION_NS as NS
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
@@ -33,18 +33,18 @@ def answer(ogrn: str, inn: str) -> Envelope:
 
 @pytest.mark.parametrize("number", ["1027700132195", "304500116000157"])
 def test_a_request_by_ogrn_or_ogrnip_passes(number):
-    assert AcceptPipeline._check_organisation(request(number)) == []
+    assert RegistryVerificationFlow._check_organisation(request(number)) == []
 
 
 @pytest.mark.parametrize("number", ["1027700132194", "0022500001325", "304500116000158"])
 def test_a_request_whose_number_fails_its_check_is_refused_naming_the_field(number):
     with pytest.raises(Rejection) as info:
-        AcceptPipeline._check_organisation(request(number))
+        RegistryVerificationFlow._check_organisation(request(number))
     assert (info.value.code, info.value.field, info.value.status) == ("OGRN_INVALID", "OGRN", 422)
 
 
 def test_the_registers_own_numbers_are_never_refused_only_warned_about():
-    assert AcceptPipeline._check_organisation(answer("1027700132195", "7707083893")) == []
-    warnings = AcceptPipeline._check_organisation(answer("1027700132194", "7707083894"))
+    assert RegistryVerificationFlow._check_organisation(answer("1027700132195", "7707083893")) == []
+    warnings = RegistryVerificationFlow._check_organisation(answer("1027700132194", "7707083894"))
     assert warnings == ["Organisation/OGRN: the register's ОГРН/ОГРНИП fails its check",
                         "Organisation/INN: the register's ИНН fails its check digits"]

@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ConfigError, load_config
-from gateway.services import has_registry_routes, known_message_types
+from application.runtime import has_registry_routes
+from gateway.schemas import known_message_types
 
 WORKER = "urn://zdravlink/types/worker-verification/1.0"
 ORG = "urn://zdravlink/types/organisation-verification/1.0"

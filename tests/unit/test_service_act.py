@@ -31,7 +31,7 @@ from gateway.oms.profiles import EditionError, InsurerBinding, ResolvedEdition, 
 from gateway.service_records import SERVICE_RECORD_NS
 from signing import TrustStore
 from signing.cms import verify_detached
-from signing.demo_ca import demo_signer
+from demo.ca import demo_signer
 
 ROOT = Path(__file__).resolve().parents[2]
 OMS = ROOT / "schemas_xsd" / "oms"

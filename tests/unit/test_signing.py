@@ -26,7 +26,7 @@ import signing
 from signing import Certificate, KeyFileError, PrivateKey, SignatureError, Signer, TrustStore, errors, libcrypto
 from signing import sign, smev_transform, transform, verify
 from signing.backends import DIGESTS
-from signing.demo_ca import DemoCA
+from demo.ca import DemoCA
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 # A copy of /work/shared/reference/gost-vectors.json, so that a clone elsewhere (no ../shared) tests too.

@@ -82,7 +82,7 @@ def test_cli_writes_the_transform_to_stdout():
     import sys
 
     vector = CASES[3]
-    result = subprocess.run([sys.executable, "-m", "gateway.cli", "transform", str(VECTORS / vector["input_file"])],
+    result = subprocess.run([sys.executable, "-m", "application.cli", "transform", str(VECTORS / vector["input_file"])],
                             capture_output=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
     assert result.returncode == 0, result.stderr
     assert result.stdout == (VECTORS / vector["expected_file"]).read_bytes()

@@ -60,7 +60,7 @@ from spyne.model.primitive import Boolean, Date, Unicode
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
-from adapters.emulators.serving import (
+from demo.emulators.serving import (
     ServedInThread,
     StartResponse,
     ThreadingHttpServer,

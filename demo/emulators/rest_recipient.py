@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from typing import Iterable
 
-from adapters.emulators.serving import ServedInThread, ThreadingHttpServer
+from demo.emulators.serving import ServedInThread, ThreadingHttpServer
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS
 from gateway.xmlsafe import parse_xml

@@ -54,7 +54,7 @@ from spyne.model.primitive import AnyXml, Unicode
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
-from adapters.emulators.serving import ServedInThread, wsgi_server
+from demo.emulators.serving import ServedInThread, wsgi_server
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.oms import OmsFileError

@@ -1,0 +1,3 @@
+from application.cli import main
+
+main()

@@ -1,0 +1,142 @@
+"""Running the gateway: the whole of it under the supervisor, or one process role at a time."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gateway.config import GatewayConfig
+
+from application.cli.common import (
+    ConfigOpt,
+    app,
+    db_app,
+    keyring_or_exit,
+    load_or_exit,
+    mappings_or_exit,
+    out,
+    tariffs_or_exit,
+    worker_app,
+)
+from application.runtime import config_dir, setup_logging
+
+
+@app.command()
+def run(config: Optional[Path] = ConfigOpt) -> None:
+    """Run the whole gateway under a supervisor: API with outbox relay, router, reconciler, delivery workers,
+    and the MLLP listener, deadline watcher and acts schedule where the configuration needs them."""
+    from application.supervisor import Supervisor
+
+    setup_logging("supervisor")
+    cfg = load_or_exit(config)
+    keyring_or_exit(cfg)
+    print_endpoints(cfg, config_dir(config))
+    raise typer.Exit(Supervisor(cfg, config_dir(config),
+                                on_ready=lambda: out.print("[bold green]ready[/bold green]")).run())
+
+
+def print_endpoints(cfg: GatewayConfig, directory: Path) -> None:
+    """Where everything is, before it starts (``ready`` follows once the API answers /readyz)."""
+    s = cfg.settings
+    base = f"http://{s.api.host}:{s.api.port}"
+    out.print(f"[bold green]Zdravlink[/bold green] on {directory} — journal {s.database.url.split('@')[-1]}")
+    out.print(f"  API      {base}/api/v1/messages")
+    out.print(f"  docs     {base}/docs")
+    out.print(f"  SMEV 3   {base}/smev/1.1?wsdl   pull inbox {base}/api/v1/inbox")
+    labs = mappings_or_exit(cfg)
+    if s.hl7.enabled and labs:
+        out.print(f"  HL7 v2   mllp://{s.hl7.host}:{s.hl7.port}   labs: {', '.join(sorted(labs))}")
+    metrics = f"http://{s.metrics.host}:{s.metrics.port}/metrics" if s.metrics.port else f"{base}/metrics"
+    out.print(f"  metrics  {metrics}   health {base}/healthz   ready {base}/readyz")
+
+
+@app.command()
+def serve(config: Optional[Path] = ConfigOpt,
+          migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="Upgrade the journal schema first")) -> None:
+    """Run the HTTP API with the outbox relay (one process)."""
+    from application.roles import serve_api
+
+    setup_logging("api")
+    cfg = load_or_exit(config)
+    tariffs_or_exit(cfg)
+    serve_api(cfg, keyring_or_exit(cfg), migrate=migrate)
+
+
+@worker_app.command("router")
+def worker_router(config: Optional[Path] = ConfigOpt) -> None:
+    """Consume published messages and route them to their recipient's delivery queue."""
+    from application.roles import run_worker
+
+    setup_logging("router")
+    cfg = load_or_exit(config)
+    run_worker(cfg, keyring_or_exit(cfg), "router")
+
+
+@worker_app.command("delivery")
+def worker_delivery(config: Optional[Path] = ConfigOpt) -> None:
+    """Deliver routed messages with retries, failover and dead letters."""
+    from application.roles import run_worker
+
+    setup_logging("delivery")
+    cfg = load_or_exit(config)
+    run_worker(cfg, keyring_or_exit(cfg), "delivery")
+
+
+@worker_app.command("reconciler")
+def worker_reconciler(config: Optional[Path] = ConfigOpt) -> None:
+    """Record in the journal what RabbitMQ dead-lettered by itself, and send stuck messages round again."""
+    from application.roles import run_worker
+
+    setup_logging("reconciler")
+    cfg = load_or_exit(config)
+    run_worker(cfg, keyring_or_exit(cfg), "reconciler")
+
+
+@worker_app.command("mllp")
+def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
+    """Listen for HL7 v2 over MLLP and turn lab messages into lab results by their mapping files."""
+    from application.roles import run_mllp
+
+    setup_logging("mllp")
+    cfg = load_or_exit(config)
+    run_mllp(cfg, keyring_or_exit(cfg), mappings_or_exit(cfg))
+
+
+@worker_app.command("deadlines")
+def worker_deadlines(config: Optional[Path] = ConfigOpt) -> None:
+    """Answer TIMEOUT to registry requests past their deadline (registries in gateway.yaml)."""
+    from application.roles import run_deadlines
+
+    setup_logging("deadlines")
+    cfg = load_or_exit(config)
+    run_deadlines(cfg, keyring_or_exit(cfg))
+
+
+@worker_app.command("acts")
+def worker_acts(config: Optional[Path] = ConfigOpt) -> None:
+    """Build and send the previous month's service acts on the schedule in gateway.yaml (acts)."""
+    from application.roles import run_acts
+
+    setup_logging("acts")
+    cfg = load_or_exit(config)
+    tariffs_or_exit(cfg)
+    run_acts(cfg, keyring_or_exit(cfg))
+
+
+@app.command("declare-topology")
+def declare_topology_cmd(config: Optional[Path] = ConfigOpt) -> None:
+    """Declare the durable RabbitMQ exchanges and quorum queues."""
+    from application.wiring import declare_topology
+
+    declare_topology(load_or_exit(config))
+    out.print("topology declared")
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: Optional[Path] = ConfigOpt) -> None:
+    """Apply journal schema migrations (Alembic)."""
+    from gateway.journal import Journal
+
+    Journal(load_or_exit(config).settings.database.url).migrate()
+    out.print("journal schema is current")

@@ -1,0 +1,213 @@
+"""Tools for integrators: check a configuration, map a lab message, sign, verify and transform XML, hash a token."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from gateway.config import hash_token
+
+from application.cli.common import (
+    ConfigOpt,
+    app,
+    err,
+    keyring_or_exit,
+    load_or_exit,
+    mappings_or_exit,
+    out,
+    tariffs_or_exit,
+)
+from application.runtime import config_dir
+
+
+@app.command("check-config")
+def check_config(directory: Optional[Path] = typer.Argument(None, help="Configuration directory")) -> None:
+    """Validate participants, routes, settings, lab mappings, keys and certificates without starting anything."""
+    cfg = load_or_exit(directory)
+    ring = keyring_or_exit(cfg)
+    labs = mappings_or_exit(cfg)
+    tariffs = tariffs_or_exit(cfg)
+    out.print(f"[green]OK[/green] {config_dir(directory)}: {len(cfg.participants)} participants, "
+              f"{len(cfg.routes)} routes, {len(labs)} lab mappings, {len(tariffs)} tariffs")
+    for owner, cert in ring.owned_certificates():
+        days = cert.days_left()
+        colour = "red" if days < 0 else "yellow" if days < 30 else "green"
+        out.print(f"  {owner:<14} [{colour}]{days:7.0f} days[/{colour}]  {cert.describe()}", highlight=False)
+
+
+@app.command("map")
+def map_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="An HL7 v2 message (CR or LF segments)"),
+            lab: str = typer.Option(..., "--lab", help="The lab whose mapping file to use"),
+            config: Optional[Path] = ConfigOpt) -> None:
+    """Print the lab result a message becomes under its lab's mapping, or its gaps; sends nothing."""
+    from lxml import etree
+
+    from adapters.hl7v2.lab_intake import parse_for_cli
+    from adapters.hl7v2.oru import MappingGaps, map_message
+    from gateway import schemas
+
+    cfg = load_or_exit(config)
+    labs = mappings_or_exit(cfg)
+    if lab not in labs:
+        err.print(f"no mapping file for {lab!r} in {cfg.directory / 'mappings'} (have: {', '.join(sorted(labs))})")
+        raise typer.Exit(2)
+    try:
+        mapped = map_message(parse_for_cli(file.read_bytes()), labs[lab])
+    except MappingGaps as exc:
+        for g in exc.gaps + exc.warnings:
+            err.print(f"{g.where}: {g.code}: {g.reason}" + (" (warning)" if g.severity == "W" else ""), highlight=False)
+        raise typer.Exit(1) from None
+    except Exception as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    try:
+        schemas.validate_payload("urn://zdravlink/types/lab-result/1.0", mapped.payload)
+    except Exception as exc:
+        err.print(f"the result does not pass its schema: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    out.print(f"<!-- {lab} → {mapped.recipient}, MessageID {mapped.message_id} (from MSH-10 {mapped.control_id}) -->",
+              highlight=False)
+    for w in mapped.warnings:
+        err.print(f"{w.where}: {w.code}: {w.reason} (warning: the result carries it)", highlight=False)
+    sys.stdout.write(etree.tostring(mapped.payload, pretty_print=True, encoding="unicode"))
+
+
+@app.command()
+def transform(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file")) -> None:
+    """Write the SMEV transform (urn://smev-gov-ru/xmldsig/transform) of FILE's root element to stdout."""
+    from gateway.errors import Rejection
+    from gateway.xmlsafe import parse_xml
+    from signing.smev_transform import TransformError, transform as smev_transform
+
+    try:
+        sys.stdout.buffer.write(smev_transform(parse_xml(file.read_bytes())))
+    except (Rejection, TransformError) as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+
+
+def _signer(key: Optional[Path], cert: Optional[Path], password_env: Optional[str], alg: Optional[str],
+            config: Optional[Path]):  # noqa: ANN202
+    import os
+
+    from signing import Certificate, KeyFileError, PrivateKey, Signer
+
+    if key is None:
+        ring = keyring_or_exit(load_or_exit(config))
+        if ring.signer is None:
+            err.print("no --key given and the configuration has no signing key")
+            raise typer.Exit(2)
+        if alg is None or alg == ring.signer.algorithm.name:
+            return ring.signer
+        return Signer.create(ring.signer.key, ring.signer.certificate, alg)
+    password = os.environ.get(password_env) if password_env else None
+    try:
+        return Signer.create(PrivateKey.load(key, password), Certificate.load(cert or key, password), alg)
+    except (KeyFileError, ValueError) as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.command("sign")
+def sign_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
+             ref_id: str = typer.Option(..., "--id", help="Id of the element to sign"),
+             alg: Optional[str] = typer.Option(None, "--alg", help="gost2012-256 | gost2012-512 | rsa-sha256 "
+                                                                   "(default: from the key)"),
+             key: Optional[Path] = typer.Option(None, help="Private key (PEM, DER or .p12); default: the gateway's"),
+             cert: Optional[Path] = typer.Option(None, help="Certificate (PEM or DER; not needed with a .p12 key)"),
+             password_env: Optional[str] = typer.Option(None, help="Environment variable holding the key's password"),
+             smev: bool = typer.Option(True, "--smev/--no-smev", help="Apply the SMEV transform to the reference"),
+             output: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout"),
+             config: Optional[Path] = ConfigOpt) -> None:
+    """Add a detached XML-DSig over the element with Id ID and write the signed document.
+
+    In a zl:Envelope the signature goes into SenderSignature; elsewhere it is placed right
+    after the signed element, as SMEV places CallerInformationSystemSignature.
+    """
+    from lxml import etree
+
+    from gateway.errors import Rejection
+    from gateway.keyring import place_signature
+    from gateway.xmlsafe import parse_xml
+    from signing import ALGORITHMS, sign
+
+    if alg is not None and alg not in ALGORITHMS:
+        err.print(f"--alg must be one of {', '.join(ALGORITHMS)}")
+        raise typer.Exit(2)
+    try:
+        root = parse_xml(file.read_bytes())
+    except Rejection as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    targets = root.xpath("//*[@Id=$v or @ID=$v or @id=$v]", v=ref_id)
+    if len(targets) != 1:
+        err.print(f"{file}: {len(targets)} elements carry Id {ref_id!r}; exactly one is needed")
+        raise typer.Exit(1)
+    signer = _signer(key, cert, password_env, alg, config)
+    try:
+        place_signature(targets[0], sign(targets[0], signer, smev=smev))
+    except ValueError as exc:
+        err.print(f"{file}: {exc}", highlight=False)
+        raise typer.Exit(1) from None
+    data = etree.tostring(root, encoding="UTF-8", xml_declaration=True)
+    if output:
+        output.write_bytes(data)
+    else:
+        sys.stdout.buffer.write(data)
+
+
+@app.command("verify")
+def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
+               trust: Optional[Path] = typer.Option(None, help="Trust store directory (default: the configuration's)"),
+               cert: Optional[list[Path]] = typer.Option(None, help="Accept only these signer certificates"),
+               config: Optional[Path] = ConfigOpt) -> None:
+    """Verify every ds:Signature in FILE; exit 1 if any is refused, printing its code.
+
+    With the configuration, a zl:Envelope's SenderSignature must be by the Sender's
+    certificate and its GatewaySignature by the gateway's.
+    """
+    from gateway.errors import Rejection
+    from gateway.keyring import expected_signers
+    from gateway.xmlsafe import parse_xml
+    from signing import Certificate, KeyFileError, SignatureError, TrustStore, verify
+    from signing.xmldsig import DS_NS
+
+    ring = None
+    try:
+        root = parse_xml(file.read_bytes())
+        if trust is None:
+            ring = keyring_or_exit(load_or_exit(config))
+            if ring.trust is None:
+                err.print("the configuration has no signing.trust_store; give --trust DIR")
+                raise typer.Exit(2)
+            store = ring.trust
+        else:
+            store = TrustStore.from_directory(trust)
+        pinned = [Certificate.load(c) for c in cert or []]
+    except (Rejection, KeyFileError) as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(2) from None
+    signatures = root.iter(f"{{{DS_NS}}}Signature")
+    failed = found = 0
+    for sig in signatures:
+        found += 1
+        expected, signers = expected_signers(sig, ring)
+        try:
+            v = verify(sig, document=root, trust=store, expected=expected, signers=pinned or signers)
+            out.print(f"[green]OK[/green] {', '.join(v.references)} {v.algorithm.name} by {v.certificate.describe()}",
+                      highlight=False)
+        except SignatureError as exc:
+            failed += 1
+            out.print(f"[red]{exc.code}[/red] {exc.detail}", highlight=False)
+    if not found:
+        out.print("[red]no ds:Signature found[/red]")
+    if failed or not found:
+        raise typer.Exit(1)
+
+
+@app.command("hash-token")
+def hash_token_cmd(token: str) -> None:
+    """Print the sha256 of an API token, for credentials.api_token_sha256 in participants.yaml."""
+    out.print(hash_token(token))

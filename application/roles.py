@@ -1,0 +1,223 @@
+"""The process roles: the API with its outbox relay, the router, delivery workers, the reconciler,
+the MLLP listener, the acts schedule and the registry deadline watcher; each runs until SIGTERM.
+
+Each role builds what it needs from the configuration (``application.wiring``) and
+nothing more, so a host can run any of them alone. The web stack (uvicorn, spyne) is
+imported by the API role only, so a worker starts without it.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import socket
+import threading
+from types import FrameType
+from typing import Any, Callable
+
+from adapters.hl7v2.ack import ack_for_error
+from adapters.hl7v2.lab_intake import LabIntake
+from adapters.hl7v2.mllp import MllpServer
+from adapters.intake import Intake
+from gateway.accept import AcceptPipeline
+from gateway.config import GatewayConfig
+from gateway.journal import Journal
+from gateway.keyring import KeyRing
+from monitoring import metrics
+from routing.broker import ThreadPublisher
+from routing.consumer import Consumer, Handler, failure_in_trail
+from routing.deadletter import DeadLetterChannel
+from routing.inspect import BrokerInspector
+from routing.journal_gate import JournalGate
+from routing.sweeper import Sweeper
+
+from application.runtime import load_lab_mappings
+from application.wiring import delivery_channels, intake, topology
+
+log = logging.getLogger("zdravlink")
+
+#: What ``zdravlink worker KIND`` can run besides the API and the MLLP listener.
+WORKER_KINDS = ("router", "delivery", "reconciler")
+
+
+def on_term(stop: Callable[[], None]) -> None:
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) -> None:
+    """The REST API, the SMEV 3 endpoint and /metrics in one uvicorn server, with the outbox relay beside it."""
+    import uvicorn
+    from a2wsgi import WSGIMiddleware
+
+    from adapters.mapping.lab_service import LabResults
+    from adapters.rest.app import create_app
+    from adapters.soap.smev_exchange import SmevExchange
+    from adapters.soap.smev_service import SmevWsgi
+    from gateway.journal.inbox import Inbox
+    from monitoring.exposition import GatewayStateCollector, certificate_labels
+    from routing.relay import OutboxRelay
+
+    s = config.settings
+    journal = Journal(s.database.url)
+    if migrate:
+        journal.migrate()
+    topo = topology(config)
+    relay = OutboxRelay(journal, s.broker.url, topo, s.relay)
+    inspector = BrokerInspector(s.broker.url, topo.all_queues(config.participants))
+
+    def readiness() -> dict[str, bool]:
+        try:
+            journal.ping()
+            journal_ok = True
+        except Exception:  # noqa: BLE001 - any failure means not ready
+            journal_ok = False
+        return {"journal": journal_ok, "broker": inspector.reachable()}
+
+    api_intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake)
+    inbox = Inbox(journal)
+    labs = LabResults(api_intake, load_lab_mappings(config))
+    smev = SmevWsgi(SmevExchange(config, api_intake, inbox, keyring, labs), s.api.max_body_bytes)
+    certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
+                    for owner, c in keyring.owned_certificates()]
+    app = create_app(intake=api_intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
+                     state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
+                     keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
+                     soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
+                     lab_results=labs, metrics=s.metrics)
+    relay.start()
+    server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
+                                           access_log=False, timeout_graceful_shutdown=5))
+    sockets = [_listen(s.api.host, s.api.port)]
+    if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
+        sockets.append(_listen(s.metrics.host, s.metrics.port))
+    try:
+        server.run(sockets=sockets)
+    finally:
+        relay.stop()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
+    """Run the router, a delivery worker or the reconciler (poison queue and sweeper) until SIGTERM."""
+    s = config.settings
+    journal = Journal(s.database.url)
+    topo = topology(config)
+    publisher = ThreadPublisher(s.broker.url, f"zl-{kind}")
+    actor = f"{kind}:{os.getpid()}"
+    dead = DeadLetterChannel(journal, topo, publisher, actor=actor)
+    stopping = threading.Event()
+    gate = JournalGate(journal, stopping, kind)
+
+    def consumer(queues: list[str], handler: Handler, prefetch: int = s.broker.prefetch) -> Consumer:
+        return Consumer(s.broker.url, f"zl-{kind}", queues, handler, prefetch=prefetch, concurrency=prefetch,
+                        on_connect=lambda ch: topo.declare(ch, config.participants), gate=gate,
+                        on_failure=failure_in_trail(journal, actor))
+
+    closers: list[Callable[[], None]] = []
+    if kind == "router":
+        from routing.router import Router
+
+        router = Router(config, journal, topo, s.broker.url, dead, max_batch=s.broker.prefetch)
+        closers.append(router.close)
+        run = consumer([topo.route_queue], router.handle)
+    elif kind == "delivery":
+        from routing.delivery import DeliveryWorker
+
+        worker = DeliveryWorker(config, journal, topo, publisher, dead, delivery_channels(config, journal, keyring),
+                                keyring, gate=gate)
+        closers.append(worker.close)
+        run = consumer([topo.deliver_queue(p) for p in sorted(config.participants)], worker.handle)
+    elif kind == "reconciler":
+        from routing.reconciler import Reconciler
+
+        run = consumer([topo.poison_queue], Reconciler(config, journal, dead).handle, prefetch=4)
+        inspector = BrokerInspector(s.broker.url, topo.all_queues(config.participants))
+        sweeper = Sweeper(journal, topo, inspector.depths, s.reconciler.stuck_after_seconds)
+        threading.Thread(target=_sweep_until, args=(sweeper, stopping, s.reconciler.sweep_interval_seconds),
+                         name="sweeper", daemon=True).start()
+    else:
+        raise ValueError(f"unknown worker kind {kind!r} (one of {', '.join(WORKER_KINDS)})")
+    on_term(stopping.set)
+    run.run()
+    for close in closers:
+        close()
+    publisher.close()
+
+
+def _sweep_until(sweeper: Sweeper, stopping: threading.Event, interval: float) -> None:
+    while not stopping.wait(interval):
+        try:
+            sweeper.sweep_once()
+        except Exception:  # noqa: BLE001 - one failed pass must not end the sweeper
+            log.exception("sweep failed")
+
+
+def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) -> None:
+    """Run the MLLP listener until SIGTERM; each message is mapped and journalled off the event loop."""
+    s = config.settings
+    journal = Journal(s.database.url)
+    labs = LabIntake(intake(config, journal, keyring), mappings)
+
+    async def handle(message: bytes, peer: str) -> bytes:
+        return (await asyncio.to_thread(labs.handle, message, peer)).ack
+
+    async def main() -> None:
+        h = s.hl7
+        server = MllpServer(handle, ack_for_error, h.host, h.port, idle_timeout=h.idle_timeout_seconds,
+                            max_frame_bytes=h.max_frame_bytes or s.api.max_body_bytes,
+                            max_connections=h.max_connections, frame_timeout=h.frame_timeout_seconds,
+                            max_buffered_bytes=h.max_buffered_bytes,
+                            on_refused=lambda reason: metrics.MLLP_REFUSED.labels(reason).inc())
+        await server.start()
+        log.info("MLLP listener on %s:%s for %s", h.host, server.port, ", ".join(sorted(mappings)) or "no lab")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(main())
+    journal.engine.dispose()
+
+
+def run_acts(config: GatewayConfig, keyring: KeyRing) -> None:
+    """Build and send the previous month's acts on schedule (``acts`` in gateway.yaml) until SIGTERM."""
+    from adapters.acts.runner import ActRunner
+    from adapters.acts.schedule import run_schedule
+
+    journal = Journal(config.settings.database.url)
+    runner = ActRunner(config, journal, intake(config, journal, keyring))
+    stop = threading.Event()
+    on_term(stop.set)
+    log.info("acts schedule: day %s from %02d:00", config.settings.acts.schedule_day, config.settings.acts.schedule_hour)
+    run_schedule(runner, config.settings.acts, stop, interval=float(os.environ.get("ZL_ACTS_INTERVAL", "60")))
+    journal.engine.dispose()
+
+
+def run_deadlines(config: GatewayConfig, keyring: KeyRing) -> None:
+    """Send TIMEOUT answers for registry requests past their deadline until SIGTERM."""
+    from adapters.registries.deadlines import DeadlineWatcher
+    from adapters.registries.replies import ReplySender
+
+    journal = Journal(config.settings.database.url)
+    watcher = DeadlineWatcher(config, journal, ReplySender(journal, intake(config, journal, keyring)))
+    stop = threading.Event()
+    on_term(stop.set)
+    log.info("registry deadline watcher every %ss", config.settings.registries.deadline_poll_seconds)
+    watcher.run(stop)
+    journal.engine.dispose()

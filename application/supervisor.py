@@ -1,0 +1,112 @@
+"""The supervisor behind ``zdravlink run``: starts the gateway's processes, restarts any that dies,
+stops them all on SIGTERM, and says when the gateway is ready.
+
+Every role runs as its own ``python -m application.cli`` process, as it would under
+systemd (deploy/), so one process dying never takes another with it. A plugin (the demo)
+adds processes of its own through ``extra``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import httpx
+from prometheus_client import multiprocess
+
+from gateway.config import GatewayConfig
+from gateway.journal import Journal
+
+from application.roles import on_term
+from application.runtime import has_registry_routes, load_lab_mappings
+from application.wiring import declare_topology
+
+log = logging.getLogger("zdravlink")
+
+
+def commands(config: GatewayConfig, directory: Path) -> dict[str, list[str]]:
+    """The processes of a whole gateway on this host, by name."""
+    exe = [sys.executable, "-m", "application.cli"]
+    cfg = ["--config", str(directory)]
+    cmds = {"api": [*exe, "serve", *cfg, "--no-migrate"], "router": [*exe, "worker", "router", *cfg],
+            "reconciler": [*exe, "worker", "reconciler", *cfg]}
+    for i in range(config.settings.workers.delivery):
+        cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
+    if config.settings.acts.schedule_day is not None:
+        cmds["acts"] = [*exe, "worker", "acts", *cfg]
+    if has_registry_routes(config):
+        cmds["deadlines"] = [*exe, "worker", "deadlines", *cfg]
+    if config.settings.hl7.enabled and load_lab_mappings(config):
+        cmds["mllp"] = [*exe, "worker", "mllp", *cfg]
+    return cmds
+
+
+class Supervisor:
+    def __init__(self, config: GatewayConfig, directory: Path, extra: dict[str, list[str]] | None = None,
+                 on_ready: Callable[[], None] | None = None) -> None:
+        self.config = config
+        self.directory = directory
+        self.commands = {**commands(config, directory), **(extra or {})}
+        self.on_ready = on_ready
+        self.stopping = False
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.metrics_dir = Path(os.environ.get("ZL_VAR_DIR", "var")) / "metrics"
+
+    def _spawn(self, name: str) -> None:
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir.resolve())}
+        self.procs[name] = subprocess.Popen(self.commands[name], env=env)
+
+    def run(self) -> int:
+        shutil.rmtree(self.metrics_dir, ignore_errors=True)
+        self.metrics_dir.mkdir(parents=True)
+        Journal(self.config.settings.database.url).migrate()
+        declare_topology(self.config)
+        for name in self.commands:
+            self._spawn(name)
+        on_term(self.stop)
+        ready = False
+        while not self.stopping:
+            time.sleep(0.5)
+            if not ready and self._ready():
+                ready = True
+                log.info("the gateway is ready")
+                if self.on_ready:
+                    self.on_ready()
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is not None and not self.stopping:
+                    log.warning("%s exited with %s; restarting", name, proc.returncode)
+                    multiprocess.mark_process_dead(proc.pid, str(self.metrics_dir))
+                    time.sleep(1.0)
+                    self._spawn(name)
+        return self._shutdown()
+
+    def _ready(self) -> bool:
+        """The API answers /readyz with 200: the journal and the broker are there."""
+        s = self.config.settings.api
+        host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+        try:
+            return httpx.get(f"http://{host}:{s.port}/readyz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    def _shutdown(self) -> int:
+        log.info("stopping %s", ", ".join(self.procs))
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.terminate()
+        deadline = time.monotonic() + 10
+        for proc in self.procs.values():
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        log.info("stopped")
+        return 0

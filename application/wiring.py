@@ -1,0 +1,48 @@
+"""The composition root: the lower layers' parts built from the configuration and plugged together.
+
+Routing delivers through ``routing.channels.DeliveryChannel`` implementations it never
+imports; here each channel mode gets its adapter. The intake (accept pipeline, journal,
+audit) is built the same way for every inbound adapter.
+"""
+from __future__ import annotations
+
+from adapters.intake import Intake
+from gateway.accept import AcceptPipeline
+from gateway.config import GatewayConfig
+from gateway.journal import Journal
+from gateway.keyring import KeyRing
+from routing.broker import connect
+from routing.channels import DeliveryChannel
+from routing.topology import Topology
+
+from application.runtime import has_registry_routes
+
+
+def topology(config: GatewayConfig) -> Topology:
+    return Topology.of(config.settings.broker)
+
+
+def declare_topology(config: GatewayConfig) -> None:
+    conn = connect(config.settings.broker.url, "zl-declare")
+    try:
+        topology(config).declare(conn.channel(), config.participants)
+    finally:
+        conn.close()
+
+
+def intake(config: GatewayConfig, journal: Journal, keyring: KeyRing) -> Intake:
+    return Intake(AcceptPipeline(config, journal, keyring), journal)
+
+
+def delivery_channels(config: GatewayConfig, journal: Journal, keyring: KeyRing) -> dict[str, DeliveryChannel]:
+    """One implementation per channel mode the routes use: REST and SOAP push, and the registries."""
+    from adapters.rest.push import RestChannel
+    from adapters.soap.push import SoapPusher
+
+    timeout = config.settings.delivery.timeout_seconds
+    channels: dict[str, DeliveryChannel] = {"rest": RestChannel(timeout), "soap": SoapPusher(timeout)}
+    if has_registry_routes(config):
+        from adapters.registries.channel import RegistryChannel
+
+        channels["registry"] = RegistryChannel(config, journal, intake(config, journal, keyring), keyring, timeout)
+    return channels
