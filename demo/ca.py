@@ -14,6 +14,7 @@ from pathlib import Path
 
 from signing.keys import Certificate, PrivateKey
 from signing.xmldsig import Signer
+from zdravlink.errors import ConfigurationError
 
 CA_SUBJECT = "/O=Zdravlink demo/CN=Zdravlink Demo CA"
 KEY_TYPES = ("gost2012-256", "gost2012-512", "rsa")
@@ -55,7 +56,7 @@ string_mask = utf8only
 """
 
 
-class DemoCAError(RuntimeError):
+class DemoCAError(ConfigurationError):
     pass
 
 

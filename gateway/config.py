@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from zdravlink.errors import ConfigurationError
 
 MNEMONIC = r"^[a-z0-9][a-z0-9_-]{1,49}$"
 Kind = Literal["mis", "lis", "insurer", "registry"]
@@ -39,7 +40,7 @@ class ConfigProblem(NamedTuple):
     rule: str
 
 
-class ConfigError(Exception):
+class ConfigError(ConfigurationError):
     def __init__(self, problems: list[ConfigProblem]) -> None:
         super().__init__("\n".join(f"{p.file}: {p.key}: {p.rule}" for p in problems))
         self.problems = problems

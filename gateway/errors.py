@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from zdravlink.errors import RefusedError
 
 
 @dataclass
-class Rejection(Exception):
+class Rejection(RefusedError):
     """Input the gateway refuses; never a crash, always a code and a field."""
 
     code: str

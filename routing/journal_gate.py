@@ -19,12 +19,13 @@ from typing import Callable, TypeVar
 from gateway.journal import Journal
 from gateway.journal.store import unavailable
 from monitoring import metrics
+from zdravlink.errors import Interrupt
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-class WorkerStopping(Exception):
+class WorkerStopping(Interrupt):
     """The worker is shutting down while a message is held: leave it unacked for redelivery."""
 
 

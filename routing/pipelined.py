@@ -21,6 +21,7 @@ from pika.channel import Channel
 from pika.frame import Method
 
 from routing.broker import properties
+from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,7 @@ class Outgoing(NamedTuple):
     headers: dict[str, Any] = {}
 
 
-class BrokerUnavailable(ConnectionError):
+class BrokerUnavailable(ExchangeError, ConnectionError):
     """The connection could not be opened or was lost before anything was confirmed."""
 
 

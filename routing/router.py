@@ -27,6 +27,7 @@ from routing.deadletter import DeadLetterChannel
 from routing.delivery_progress import routed_headers
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology
+from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)
 ACTOR = "router"
@@ -34,7 +35,7 @@ ROUTABLE = (Status.ACCEPTED, Status.PUBLISHED)
 _ROUTABLE_VALUES = frozenset(s.value for s in ROUTABLE)
 
 
-class NotConfirmed(RuntimeError):
+class NotConfirmed(ExchangeError):
     """The broker did not confirm a routed copy; the original is requeued and routed again."""
 
 

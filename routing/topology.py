@@ -27,6 +27,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel
 
 from gateway.config import BrokerSettings
+from zdravlink.errors import ConfigurationError
 
 #: Delayed-retry buckets in seconds. A delay is rounded up to the next bucket.
 RETRY_BUCKETS: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 3600)
@@ -34,7 +35,7 @@ RETRY_BUCKETS: tuple[int, ...] = (1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800, 
 POISON_DELIVERY_LIMIT = 20
 
 
-class TopologyMismatch(RuntimeError):
+class TopologyMismatch(ConfigurationError):
     """A queue exists with other arguments than this version declares (an older gateway made it)."""
 
 

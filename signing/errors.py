@@ -4,6 +4,7 @@
 SignatureError onto their own error form (problem+json, SOAP Fault) by its code.
 """
 from __future__ import annotations
+from zdravlink.errors import SigningError
 
 SIGNATURE_REQUIRED = "SIGNATURE_REQUIRED"
 SIGNATURE_MALFORMED = "SIGNATURE_MALFORMED"
@@ -23,7 +24,7 @@ CERTIFICATE_CODES = frozenset({CERTIFICATE_UNTRUSTED, CERTIFICATE_EXPIRED, CERTI
                                CERTIFICATE_REVOKED, CERTIFICATE_SENDER_MISMATCH})
 
 
-class SignatureError(Exception):
+class SignatureError(SigningError):
     """A signature that cannot be accepted; ``code`` is one of the constants above."""
 
     def __init__(self, code: str, detail: str) -> None:

@@ -13,12 +13,13 @@ from typing import Any, Callable
 
 from signing import libcrypto
 from signing.libcrypto import CryptoError
+from zdravlink.errors import SigningError
 
 KEY_TYPES = {libcrypto.NID_GOST2012_256: "gost2012-256", libcrypto.NID_GOST2012_512: "gost2012-512",
              libcrypto.NID_RSA: "rsa"}
 
 
-class KeyFileError(ValueError):
+class KeyFileError(SigningError, ValueError):
     """A key or certificate file that cannot be used; the message names the file."""
 
 

@@ -15,6 +15,7 @@ import ctypes.util
 import datetime as dt
 import threading
 from typing import Any
+from zdravlink.errors import SigningError
 
 _c_p = ctypes.c_void_p
 _size_t = ctypes.c_size_t
@@ -28,7 +29,7 @@ _XN_FLAGS = 0x317 & ~0x4 | (1 << 16) | (1 << 20) | (1 << 24)  # RFC 2253, comma,
 _BIO_CTRL_INFO = 3
 
 
-class CryptoError(Exception):
+class CryptoError(SigningError):
     """libcrypto refused an operation; the message carries OpenSSL's own reason."""
 
 

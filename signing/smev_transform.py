@@ -19,6 +19,7 @@ unless a special character is present, and the output is joined and encoded once
 from __future__ import annotations
 
 from lxml import etree
+from zdravlink.errors import SigningError
 
 ALGORITHM = "urn://smev-gov-ru/xmldsig/transform"
 XML_NS = "http://www.w3.org/XML/1998/namespace"
@@ -32,7 +33,7 @@ _TAGS: dict[str, tuple[str, str]] = {}  # "{uri}local" -> (uri, local)
 _PLANS: dict[tuple[str, ...], _Plan] = {}  # attribute names in document order -> plan
 
 
-class TransformError(ValueError):
+class TransformError(SigningError, ValueError):
     """The input cannot be transformed (the reference refuses elements without a namespace)."""
 
 

@@ -49,6 +49,7 @@ from gateway.oms.layout import Values, render
 from gateway.oms.names import RegisterName
 from gateway.oms.profiles import ResolvedEdition
 from gateway.service_records import SERVICE_RECORD_NS
+from zdravlink.errors import ConfigurationError
 
 _S = "{%s}" % SERVICE_RECORD_NS
 _CENT = Decimal("0.01")
@@ -57,7 +58,7 @@ _EXACT = Context(prec=60, traps=[Inexact])
 _PERIOD = re.compile(r"[0-9]{4}-(0[1-9]|1[0-2])")
 
 
-class RegisterError(ValueError):
+class RegisterError(ConfigurationError, ValueError):
     """The records cannot make a register; the message names the record and never a patient's data."""
 
 

@@ -21,6 +21,7 @@ from typing import Any, Iterator, Literal, Mapping
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
+from zdravlink.errors import RefusedError
 
 Mode = Literal["strict", "lenient"]
 STRICT: Mode = "strict"
@@ -29,7 +30,7 @@ LENIENT: Mode = "lenient"
 _ABSOLUTE_URI = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*:\S+")
 
 
-class FhirInvalid(ValueError):
+class FhirInvalid(RefusedError, ValueError):
     """FHIR content a recipient should not get; ``errors`` says what is wrong, one line each."""
 
     def __init__(self, errors: list[str]) -> None:

@@ -31,6 +31,7 @@ import hl7
 from hl7.util import generate_message_control_id
 
 from adapters.hl7v2.ack_text import fit
+from zdravlink.errors import RefusedError
 
 #: HL7 table 0357 (message error condition codes), v2.5 texts; 104 is from v2.7.
 ERROR_CODES = {
@@ -98,7 +99,7 @@ class AckError:
             raise ValueError(f"{self.segment!r} is not a segment ID")
 
 
-class Hl7Rejected(ValueError):
+class Hl7Rejected(RefusedError, ValueError):
     """The message cannot be read as HL7 at all; ``error`` is what the AR's ERR says."""
 
     def __init__(self, error: AckError) -> None:

@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
+from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +47,7 @@ def frame(message: bytes) -> bytes:
     return START + message + _TERMINATOR
 
 
-class FrameTooLarge(Exception):
+class FrameTooLarge(ExchangeError):
     """A frame outgrew ``max_frame_bytes``; the stream cannot be resynchronised safely."""
 
 

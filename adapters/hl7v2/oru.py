@@ -26,6 +26,7 @@ from adapters.hl7v2.oru_structure import Order, Seg, Structure, place
 from adapters.hl7v2.result_statuses import OBSERVATION_STATUSES, ORDER_STATUSES, is_final, least_final, order_status
 from adapters.mapping.lab_mapping import Hl7Path, LabMapping, Location
 from gateway.identifiers import enp_valid, snils_valid
+from zdravlink.errors import RefusedError
 
 __all__ = ["LAB_RESULT_NS", "Gap", "MappingGaps", "Mapped", "control_id", "map_message", "message_id_for"]
 
@@ -35,7 +36,7 @@ _ORDER_STATUS_WORDS = {"O": "order received", "I": "in progress", "S": "schedule
                        "P": "preliminary", "R": "not verified", "C": "corrected", "F": "final", "X": "cancelled"}
 
 
-class MappingGaps(Exception):
+class MappingGaps(RefusedError):
     """What stands in the way of a lab result; ``warnings`` are the things that would have been let
     through, and ``payload`` the result as far as it could be built (never sent: for inspection)."""
 

@@ -43,6 +43,7 @@ from signing import errors as sigerrors
 from signing.detached import SIGNATURE_HEADER
 from signing.keys import Certificate
 from signing.xmldsig import DS_NS
+from zdravlink.errors import ExchangeError
 
 SOAP11_NS = "http://schemas.xmlsoap.org/soap/envelope/"
 NOT_FOUND_FAULT = "not found"  # ФРМО's faultstring for an organisation it does not have
@@ -61,7 +62,7 @@ class RegistryReply:
     signed_by: dict[str, str]
 
 
-class RegistryCallFailed(Exception):
+class RegistryCallFailed(ExchangeError):
     """No answer to act on; ``retryable`` says whether asking again later may give one."""
 
     def __init__(self, detail: str, *, retryable: bool, retry_after: float | None = None) -> None:

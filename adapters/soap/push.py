@@ -29,12 +29,13 @@ from gateway.config import Channel
 from gateway.journal import MessageRecord
 from gateway.xmlsafe import parse_xml
 from routing.channels import RETRYABLE_4XX, DeliveryResult
+from zdravlink.errors import ExchangeError
 
 #: SOAP 1.1 fault codes (local parts) that blame the request itself, so a retry cannot help.
 PERMANENT_FAULTS = ("Client", "VersionMismatch", "MustUnderstand")
 
 
-class WsdlUnusable(Exception):
+class WsdlUnusable(ExchangeError):
     """The WSDL loaded but offers no way to deliver: no SOAP 1.1 port, or no such operation."""
 
 

@@ -37,6 +37,7 @@ from gateway.schemas import known_message_types
 from gateway.xmlsafe import parse_xml
 from signing import SignatureError, sign, verify
 from signing import errors as sig
+from zdravlink.errors import Interrupt
 
 OPERATIONS = ("SendRequest", "SendResponse", "GetRequest", "GetResponse", "Ack", "GetStatus",
               "GetIncomingQueueStatistics")
@@ -44,7 +45,7 @@ SMEV_SIGNATURE_ID = "SIGNED_BY_SMEV"
 _CALLER_SIGNATURE = f"{T}CallerInformationSystemSignature/{{{DSIG_NS}}}Signature"
 
 
-class Audited(Exception):
+class Audited(Interrupt):
     """A Rejection the intake has already written to the audit journal."""
 
     def __init__(self, rejection: Rejection) -> None:

@@ -17,6 +17,7 @@ from adapters.soap.smev_schema import B, F, SOAP_ENV_NS
 from gateway import errors
 from gateway.errors import Rejection
 from signing import errors as sig
+from zdravlink.errors import RefusedError
 
 #: Fault elements whose type extends basic:SmevFault (Code, Description, then their own children).
 _WITH_CODE = {"BusinessDataTypeIsNotSupported", "InvalidContent", "TransactionCodeInvalid",
@@ -76,7 +77,7 @@ _NARROW_ALLOWED = {"InvalidContent", "SMEVFailure", "SignatureVerificationFault"
 
 
 @dataclass
-class SmevFault(Exception):
+class SmevFault(RefusedError):
     """A fault ready to send: the fault element's name, our code, the field and the rule."""
 
     name: str

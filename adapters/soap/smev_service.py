@@ -26,6 +26,7 @@ from adapters.soap.smev_faults import SmevFault
 from adapters.soap.smev_schema import FILES, SERVICE_NS, SOAP_ENV_NS, TYPES_NS, WSDL_FILE, smev_dir
 from gateway import errors
 from gateway.errors import Rejection
+from zdravlink.errors import Interrupt
 from gateway.masking import mask_text
 from gateway.xmlsafe import parse_xml
 
@@ -35,7 +36,7 @@ StartResponse = Callable[..., Any]
 _XML = "text/xml; charset=utf-8"
 
 
-class SmevSoapFault(Fault):
+class SmevSoapFault(Fault, Interrupt):
     """A spyne Fault that carries the SMEV fault to send."""
 
     def __init__(self, smev: SmevFault) -> None:

@@ -66,6 +66,7 @@ from gateway.schemas import validate_envelope
 from signing import Certificate, Signer, TrustStore, sign
 from signing.cms import verify_detached
 from signing.errors import SignatureError
+from zdravlink.errors import RefusedError
 
 log = logging.getLogger("zdravlink.emulator")
 
@@ -81,7 +82,7 @@ StartResponse = Callable[..., Any]
 WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
 
 
-class ActUnreadable(ValueError):
+class ActUnreadable(RefusedError, ValueError):
     """The archive lacks what an answer needs; the insurer refuses the file as a whole."""
 
 
@@ -117,7 +118,7 @@ class Reply:
     at: float = field(default_factory=time.time)
 
 
-class _Refused(Exception):
+class _Refused(RefusedError):
     def __init__(self, code: str, text: str) -> None:
         super().__init__(text)
         self.reason = Reason(code, text)

@@ -12,6 +12,8 @@ names); and ``OmsFileError`` for any file that cannot be read or written as the 
 """
 from __future__ import annotations
 
+from zdravlink.errors import RefusedError
 
-class OmsFileError(ValueError):
+
+class OmsFileError(RefusedError, ValueError):
     """A register or protocol file that is not what the format says; the message names the file and the rule."""

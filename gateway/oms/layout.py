@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Union
 
 from lxml import etree
+from zdravlink.errors import ConfigurationError
 
 _XS = "{http://www.w3.org/2001/XMLSchema}"
 
@@ -31,7 +32,7 @@ Value = Union[str, "Values", Sequence[Union[str, "Values"]], None]
 Values = Mapping[str, Value]
 
 
-class LayoutError(ValueError):
+class LayoutError(ConfigurationError, ValueError):
     """The values do not fit the schema's layout; the message names the element path."""
 
 

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gateway.config import ConfigProblem, GatewayConfig, _key, _rule
 from gateway.oms.layout import Layout, LayoutError, load_layout
 from gateway.schemas import schemas_dir
+from zdravlink.errors import ConfigurationError
 
 #: The file versions the writer knows how to fill: 3.1, and 3.2 (PACIENT/ENP, USL/MR_USL_N;
 #: L-file DOCDATE, DOCORG). No public schema of 4.x or 5.x was found.
@@ -52,7 +53,7 @@ _SOURCE_FIELDS = {"department": "Service/Department", "residence_okato": "Patien
                   "stay_okato": "Patient/Person/StayOKATO"}
 
 
-class EditionError(ValueError):
+class EditionError(ConfigurationError, ValueError):
     """No register can be written for this insurer and period; the message says what is missing."""
 
 
