@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import httpx
 
-from gateway.journal.store import unavailable
+from gateway.journal import unavailable
 from routing.broker import BROKER_ERRORS
 
 

@@ -29,7 +29,7 @@ from gateway.flows import MessageFlow, ProtocolFlow, RegistryVerificationFlow, S
 from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.journal.correlation import RegistryRequests
-from gateway.journal.store import AcceptOutcome, SideWrite
+from gateway.journal import AcceptOutcome, SideWrite
 from gateway.keyring import KeyRing
 from gateway.message_ids import check_message_id
 from gateway.service_records import ServiceRecordRules

@@ -19,7 +19,7 @@ from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.identifiers import inn_valid, registration_number_valid, snils_valid
 from gateway.journal.correlation import RegistryRequests
-from gateway.journal.store import SideWrite
+from gateway.journal import SideWrite
 from gateway.service_records import PROTOCOL_TYPES, SERVICE_RECORD_NS, ServiceRecordRules
 
 

@@ -29,7 +29,7 @@ from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.identifiers import enp_valid, snils_valid
 from gateway.journal import Journal
-from gateway.journal.store import SideWrite
+from gateway.journal import SideWrite
 from gateway.journal.tables import service_records
 from gateway.oms.profiles import EditionError, OmsConfig, load_oms_config
 from gateway.patient_data import TextOf, check_person

@@ -19,7 +19,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from gateway.journal import Journal, Status
-from gateway.journal.store import IN_FLIGHT
+from gateway.journal import IN_FLIGHT
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
 from gateway.journal import Journal
-from gateway.journal.store import unavailable
+from gateway.journal import unavailable
 from gateway.masking import mask_text
 from monitoring import metrics
 from routing.broker import BROKER_ERRORS, connect

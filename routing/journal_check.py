@@ -14,7 +14,7 @@ from datetime import timedelta
 
 from gateway.config import GatewayConfig
 from gateway.journal import Journal, Status
-from gateway.journal.store import utcnow
+from gateway.journal import utcnow
 from routing.broker import BROKER_ERRORS, ThreadPublisher, connect
 from routing.deadletter import DeadLetterChannel
 from routing.inspect import BrokerInspector

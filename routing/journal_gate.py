@@ -17,7 +17,7 @@ import time
 from typing import Callable, TypeVar
 
 from gateway.journal import Journal
-from gateway.journal.store import unavailable
+from gateway.journal import unavailable
 from monitoring import metrics
 from zdravlink.errors import Interrupt
 

@@ -13,7 +13,7 @@ import threading
 
 from gateway.config import RelaySettings
 from gateway.journal import Journal
-from gateway.journal.store import unavailable
+from gateway.journal import unavailable
 from routing.broker import BROKER_ERRORS
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology

@@ -22,7 +22,7 @@ from datetime import timedelta
 from typing import Callable
 
 from gateway.journal import Journal, MessageRecord, Status
-from gateway.journal.store import unavailable, utcnow
+from gateway.journal import unavailable, utcnow
 from monitoring import metrics
 from routing.topology import Topology
 

@@ -28,7 +28,7 @@ from gateway.config import GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal
-from gateway.journal.store import utcnow
+from gateway.journal import utcnow
 from gateway.journal.tables import acts, service_records
 from gateway.masking import mask_text
 from gateway.oms import OmsFileError

@@ -22,7 +22,7 @@ from adapters.rest.problems import problem
 from adapters.soap.smev_faults import SmevFault
 from gateway import errors
 from gateway.errors import Rejection
-from gateway.journal.store import unavailable
+from gateway.journal import unavailable
 
 log = logging.getLogger("zdravlink.api")
 

@@ -20,7 +20,7 @@ from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
-from gateway.journal.store import Journal, SideWrite, Status, utcnow
+from gateway.journal import Journal, SideWrite, Status, utcnow
 from gateway.journal.tables import messages, registry_cache, registry_requests
 
 
@@ -43,7 +43,7 @@ class CachedAnswer:
     stored_at: datetime
 
 
-def _aware(value: datetime) -> datetime:
+def as_utc(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=utcnow().tzinfo)
 
 
@@ -129,7 +129,7 @@ class RegistryRequests:
             row = conn.execute(select(registry_cache).where(and_(registry_cache.c.cache_key == key,
                                                                  registry_cache.c.expires_at > (now or utcnow())))
                                ).first()
-        return CachedAnswer(bytes(row.answer), row.answer_id, _aware(row.stored_at)) if row is not None else None
+        return CachedAnswer(bytes(row.answer), row.answer_id, as_utc(row.stored_at)) if row is not None else None
 
     def store(self, key: str, message_type: str, answer: bytes, answer_id: str, ttl_seconds: float) -> None:
         now = utcnow()
@@ -145,5 +145,5 @@ class RegistryRequests:
 
 
 def _pending(row) -> PendingRequest:  # noqa: ANN001 (a SQLAlchemy Row)
-    return PendingRequest(row.message_id, row.requester, row.registry, row.message_type, _aware(row.accepted_at),
-                          _aware(row.deadline_at), row.answer_id, row.timeout_id)
+    return PendingRequest(row.message_id, row.requester, row.registry, row.message_type, as_utc(row.accepted_at),
+                          as_utc(row.deadline_at), row.answer_id, row.timeout_id)

@@ -16,7 +16,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.envelope import Envelope
-from gateway.journal.store import Journal, MessageRecord, Status, utcnow
+from gateway.journal import Journal, MessageRecord, Status, utcnow
 from gateway.journal.tables import inbox, messages, status_reports
 from gateway.xmlsafe import parse_xml
 

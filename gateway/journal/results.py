@@ -10,7 +10,7 @@ from __future__ import annotations
 from sqlalchemy import and_, insert, select
 from sqlalchemy.exc import IntegrityError
 
-from gateway.journal.store import Journal, utcnow
+from gateway.journal import Journal, utcnow
 from gateway.journal.tables import result_versions
 
 

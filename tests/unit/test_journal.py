@@ -195,7 +195,7 @@ def test_messages_by_status_are_streamed_past_any_page_and_counted(journal: Jour
 
 
 def test_unreachable_database_is_told_apart_from_a_bug(tmp_path) -> None:
-    from gateway.journal.store import unavailable
+    from gateway.journal import unavailable
 
     gone = Journal("postgresql+psycopg://nobody:x@127.0.0.1:1/none")
     with pytest.raises(Exception) as exc:
