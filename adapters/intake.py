@@ -6,7 +6,7 @@ between, including the audit record and the metrics of every refusal, is here on
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from collections.abc import Callable
 
 from gateway.accept import Accepted, AcceptPipeline
 from gateway.config import Participant
@@ -20,7 +20,8 @@ log = logging.getLogger("zdravlink.intake")
 
 
 class Intake:
-    def __init__(self, pipeline: AcceptPipeline, journal: Journal, on_accepted: Callable[[], None] | None = None) -> None:
+    def __init__(self, pipeline: AcceptPipeline, journal: Journal,
+                 on_accepted: Callable[[], None] | None = None) -> None:
         self.pipeline = pipeline
         self.journal = journal
         self.on_accepted = on_accepted

@@ -13,13 +13,16 @@ import os
 import signal
 import socket
 import threading
+from collections.abc import Callable
 from types import FrameType
-from typing import Any, Callable
+from typing import Any
 
 from adapters.hl7v2.ack import ack_for_error
 from adapters.hl7v2.lab_intake import LabIntake
 from adapters.hl7v2.mllp import MllpServer
 from adapters.intake import Intake
+from application.runtime import load_lab_mappings
+from application.wiring import delivery_channels, intake, topology
 from gateway.accept import AcceptPipeline
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
@@ -31,9 +34,6 @@ from routing.deadletter import DeadLetterChannel
 from routing.inspect import BrokerInspector
 from routing.journal_gate import JournalGate
 from routing.sweeper import Sweeper
-
-from application.runtime import load_lab_mappings
-from application.wiring import delivery_channels, intake, topology
 
 log = logging.getLogger("zdravlink")
 
@@ -74,7 +74,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
         try:
             journal.ping()
             journal_ok = True
-        except Exception:  # noqa: BLE001 - any failure means not ready
+        except Exception:
             journal_ok = False
         return {"journal": journal_ok, "broker": inspector.reachable()}
 
@@ -162,7 +162,7 @@ def _sweep_until(sweeper: Sweeper, stopping: threading.Event, interval: float) -
     while not stopping.wait(interval):
         try:
             sweeper.sweep_once()
-        except Exception:  # noqa: BLE001 - one failed pass must not end the sweeper
+        except Exception:
             log.exception("sweep failed")
 
 
@@ -204,7 +204,8 @@ def run_acts(config: GatewayConfig, keyring: KeyRing) -> None:
     runner = ActRunner(config, journal, intake(config, journal, keyring))
     stop = threading.Event()
     on_term(stop.set)
-    log.info("acts schedule: day %s from %02d:00", config.settings.acts.schedule_day, config.settings.acts.schedule_hour)
+    acts = config.settings.acts
+    log.info("acts schedule: day %s from %02d:00", acts.schedule_day, acts.schedule_hour)
     run_schedule(runner, config.settings.acts, stop, interval=float(os.environ.get("ZL_ACTS_INTERVAL", "60")))
     journal.engine.dispose()
 

@@ -13,18 +13,17 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import httpx
 from prometheus_client import multiprocess
 
-from gateway.config import GatewayConfig
-from gateway.journal import Journal
-
 from application.roles import on_term
 from application.runtime import has_registry_routes, load_lab_mappings
 from application.wiring import declare_topology
+from gateway.config import GatewayConfig
+from gateway.journal import Journal
 
 log = logging.getLogger("zdravlink")
 

@@ -7,6 +7,7 @@ audit) is built the same way for every inbound adapter.
 from __future__ import annotations
 
 from adapters.intake import Intake
+from application.runtime import has_registry_routes
 from gateway.accept import AcceptPipeline
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
@@ -14,8 +15,6 @@ from gateway.keyring import KeyRing
 from routing.broker import connect
 from routing.channels import DeliveryChannel
 from routing.topology import Topology
-
-from application.runtime import has_registry_routes
 
 
 def topology(config: GatewayConfig) -> Topology:

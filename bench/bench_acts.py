@@ -18,12 +18,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.acts.archive import RegisterArchive  # noqa: E402
-from adapters.acts.builder import build_register  # noqa: E402
-from demo.emulators.insurer import check_archive  # noqa: E402
-from gateway.oms.archive import to_bytes, unpack_register  # noqa: E402
-from demo.ca import create_demo_keys, demo_signer  # noqa: E402
-from tests.unit.test_service_act import EDITIONS, edition, month_of_records, profile  # noqa: E402
+from adapters.acts.archive import RegisterArchive
+from adapters.acts.builder import build_register
+from demo.ca import create_demo_keys, demo_signer
+from demo.emulators.insurer import check_archive
+from gateway.oms.archive import to_bytes, unpack_register
+from tests.unit.test_service_act import EDITIONS, edition, month_of_records, profile
 
 
 def records(key: str, n: int) -> list:

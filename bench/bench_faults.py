@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tests.support.faults import HEADER, SCENARIOS, Bench, run  # noqa: E402
+from tests.support.faults import HEADER, SCENARIOS, Bench, run
 
 PG_URL = os.environ.get("ZL_TEST_PG_URL", "postgresql+psycopg://zdravlink:zdravlink@127.0.0.1:5432/zdravlink")
 

@@ -24,12 +24,12 @@ import hl7
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.hl7v2.mllp import FrameReader, frame  # noqa: E402
-from adapters.hl7v2.oru import LAB_RESULT_NS, map_message  # noqa: E402
-from adapters.mapping.lab_mapping import load_mapping  # noqa: E402
-from gateway import schemas  # noqa: E402
-from tests.conftest import AMQP_URL, free_port  # noqa: E402
-from tests.support.gateway_proc import GatewayProcesses  # noqa: E402
+from adapters.hl7v2.mllp import FrameReader, frame
+from adapters.hl7v2.oru import LAB_RESULT_NS, map_message
+from adapters.mapping.lab_mapping import load_mapping
+from gateway import schemas
+from tests.conftest import AMQP_URL, free_port
+from tests.support.gateway_proc import GatewayProcesses
 
 DATA = Path(__file__).resolve().parents[1] / "tests" / "data"
 

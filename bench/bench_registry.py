@@ -27,13 +27,13 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from adapters.registries.clients import FrmrClient  # noqa: E402
-from gateway.journal import Journal  # noqa: E402
-from signing import TrustStore  # noqa: E402
-from demo.ca import create_demo_keys, demo_signer  # noqa: E402
-from tests.conftest import AMQP_URL, free_port  # noqa: E402
-from tests.integration.test_registry_flow import CLINICS, World  # noqa: E402
-from tests.support.gateway_proc import GatewayProcesses  # noqa: E402
+from adapters.registries.clients import FrmrClient
+from demo.ca import create_demo_keys, demo_signer
+from gateway.journal import Journal
+from signing import TrustStore
+from tests.conftest import AMQP_URL, free_port
+from tests.integration.test_registry_flow import CLINICS, World
+from tests.support.gateway_proc import GatewayProcesses
 
 PEOPLE = ["11223344595", "12345678964", "34567891226", "45678912344", "56789123453", "10987654303"]
 

@@ -17,16 +17,16 @@ import hashlib
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.bench_transform import document  # noqa: E402
-from signing import ALGORITHMS, Certificate, PrivateKey, Signer, TrustStore, libcrypto, sign, transform, verify  # noqa: E402
-from demo.ca import create_demo_keys  # noqa: E402
+from bench.bench_transform import document
+from demo.ca import create_demo_keys
+from signing import ALGORITHMS, Certificate, PrivateKey, Signer, TrustStore, libcrypto, sign, transform, verify
 
 KEY_TYPE = {"gost2012-256": "gost2012-256", "gost2012-512": "gost2012-512", "rsa-sha256": "rsa"}
 RAW_DIGEST = {"gost2012-256": (b"md_gost12_256", None), "gost2012-512": (b"md_gost12_512", None),

@@ -27,14 +27,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.envelope import Envelope  # noqa: E402
-from gateway.xmlsafe import parse_xml  # noqa: E402
-from signing import sign  # noqa: E402
-from demo.ca import create_demo_keys, demo_signer  # noqa: E402
-from tests.conftest import AMQP_URL, free_port  # noqa: E402
-from tests.integration.test_smev_soap import LAB_TOKEN, write_config  # noqa: E402
-from adapters.soap import smev_client as smev  # noqa: E402
-from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, notice  # noqa: E402
+from adapters.soap import smev_client as smev
+from demo.ca import create_demo_keys, demo_signer
+from gateway.envelope import Envelope
+from gateway.xmlsafe import parse_xml
+from signing import sign
+from tests.conftest import AMQP_URL, free_port
+from tests.integration.test_smev_soap import LAB_TOKEN, write_config
+from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, notice
 
 
 def rate(posts: list[tuple[str, bytes, dict[str, str]]], base: str, concurrency: int) -> tuple[float, int]:

@@ -26,17 +26,17 @@ import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo.emulators.rest_recipient import RecipientServer  # noqa: E402
-from gateway import schemas  # noqa: E402
-from gateway.envelope import Envelope  # noqa: E402
-from gateway.journal import Journal  # noqa: E402
-from gateway.xmlsafe import parse_xml  # noqa: E402
-from routing.broker import ThreadPublisher, connect, properties  # noqa: E402
-from routing.topology import Topology  # noqa: E402
-from tests.conftest import AMQP_URL, free_port  # noqa: E402
-from tests.support import configs  # noqa: E402
-from tests.support.configs import LAB_TOKEN  # noqa: E402
-from tests.support.gateway_proc import GatewayProcesses, envelope_json, notice  # noqa: E402
+from demo.emulators.rest_recipient import RecipientServer
+from gateway import schemas
+from gateway.envelope import Envelope
+from gateway.journal import Journal
+from gateway.xmlsafe import parse_xml
+from routing.broker import ThreadPublisher, connect, properties
+from routing.topology import Topology
+from tests.conftest import AMQP_URL, free_port
+from tests.support import configs
+from tests.support.configs import LAB_TOKEN
+from tests.support.gateway_proc import GatewayProcesses, envelope_json, notice
 
 
 def payload_of(size: int) -> str:

@@ -13,7 +13,7 @@ from lxml import etree
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from signing.smev_transform import transform  # noqa: E402
+from signing.smev_transform import transform
 
 VECTOR = Path(__file__).resolve().parents[1] / "tests/data/smev-transform-vectors/05-mr-breach-request-1.1.input.xml"
 

@@ -70,7 +70,7 @@ def _openssl(*args: str, cwd: Path | None = None) -> None:
 
 
 def _asn1(when: dt.datetime) -> str:
-    return when.astimezone(dt.timezone.utc).strftime("%Y%m%d%H%M%SZ")
+    return when.astimezone(dt.UTC).strftime("%Y%m%d%H%M%SZ")
 
 
 class DemoCA:
@@ -110,7 +110,7 @@ class DemoCA:
         _openssl("genpkey", *_GENPKEY[key_type], "-out", str(key))
         _openssl("req", "-config", str(self.config), "-engine", "gost", "-new", "-key", str(key), "-utf8",
                  "-subj", f"/O=Zdravlink demo/CN={name}", "-out", str(csr))
-        start = not_before or dt.datetime.now(dt.timezone.utc) - dt.timedelta(minutes=5)
+        start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         end = not_after or start + dt.timedelta(days=days)
         _openssl("ca", "-config", str(self.config), "-engine", "gost", "-batch", "-utf8", "-notext",
                  "-startdate", _asn1(start), "-enddate", _asn1(end), "-in", str(csr), "-out", str(cert))

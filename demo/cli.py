@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,7 +16,7 @@ DEMO_FRMR_TOKEN = "demo-frmr-token"  # the demo ФРМР emulator's bearer token
 
 
 @app.command("run")
-def demo_run(config: Optional[Path] = ConfigOpt) -> None:
+def demo_run(config: Path | None = ConfigOpt) -> None:
     """The gateway on a configuration with demo partners: demo keys made where missing, every partner emulator
     started beside the gateway's processes, and what to try printed once the gateway is ready."""
     import os
@@ -58,8 +57,9 @@ def demo_run(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @app.command("keys")
-def keys_demo(config: Optional[Path] = ConfigOpt,
-              out_dir: Optional[Path] = typer.Option(None, "--out", help="Where to write (default: <config>/keys)")) -> None:
+def keys_demo(config: Path | None = ConfigOpt,
+              out_dir: Path | None = typer.Option(None, "--out",
+                                                  help="Where to write (default: <config>/keys)")) -> None:
     """Create a demo CA and GOST 2012 (256, 512) and RSA keys for the gateway and every participant.
 
     Existing files are kept; never use these keys outside a demo.
@@ -78,7 +78,7 @@ def keys_demo(config: Optional[Path] = ConfigOpt,
 
 
 @app.command("partners")
-def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
+def demo_partners(config: Path | None = ConfigOpt) -> None:
     """Run a demo server for every participant that receives by REST or SOAP push on 127.0.0.1 (insurers as
     insurer emulators) and for every registry channel there (ФРМР and ФРМО emulators)."""
     import signal
@@ -102,7 +102,7 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
         elif ch.mode == "registry" and where.hostname == "127.0.0.1":
             ports.setdefault(where.port or 80, (name, ch.registry or ""))
 
-    def server(port: int, name: str, mode: str):  # noqa: ANN202 - one of the emulators
+    def server(port: int, name: str, mode: str):
         owner = cfg.participants.get(name.split("/")[0])
         if mode in ("frmr", "frmo"):
             return _demo_registry(cfg, owner.mnemonic if owner else mode, mode, port)
@@ -121,12 +121,12 @@ def demo_partners(config: Optional[Path] = ConfigOpt) -> None:
         s.stop()
 
 
-def _demo_registry(cfg, mnemonic: str, registry: str, port: int):  # noqa: ANN001, ANN202
+def _demo_registry(cfg, mnemonic: str, registry: str, port: int):
     """ФРМР or ФРМО on the bundled fictitious dataset, signing its answers with the registry's demo key."""
     import os
 
-    from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
     from demo.ca import demo_signer
+    from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
 
     signer = demo_signer(cfg.directory / "keys", mnemonic)
     dataset = load_dataset(DEMO_DATASET)
@@ -136,16 +136,15 @@ def _demo_registry(cfg, mnemonic: str, registry: str, port: int):  # noqa: ANN00
     return FrmoEmulator(dataset, port=port, signer=signer, name=f"{mnemonic}:{port}")
 
 
-def _demo_insurer(cfg, mnemonic: str, port: int):  # noqa: ANN001, ANN202
+def _demo_insurer(cfg, mnemonic: str, port: int):
     """An insurer that runs the ФЛК of its region profile (oms/insurers.yaml) on each register and answers
     with a signed ФЛК protocol through the API; without a profile it answers act-protocols on the tariffs."""
     import os
 
+    from adapters.acts.schedule import previous_period
+    from demo.ca import demo_signer
     from demo.emulators.insurer import InsurerEmulator
     from gateway.oms.profiles import load_oms_config
-    from demo.ca import demo_signer
-
-    from adapters.acts.schedule import previous_period
 
     last_month = dt.date.fromisoformat(previous_period(dt.date.today()) + "-01")
     prices = tariffs_or_exit(cfg).prices_on(last_month)  # exits on any problem of oms/ too
@@ -159,7 +158,7 @@ def _demo_insurer(cfg, mnemonic: str, port: int):  # noqa: ANN001, ANN202
 
 
 @app.command("send")
-def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, help="How many notices"),
+def demo_send(config: Path | None = ConfigOpt, count: int = typer.Option(1, help="How many notices"),
               token: str = typer.Option("demo-lab-token", help="Sender's API token"),
               signed: bool = typer.Option(True, "--sign/--no-sign", help="Sign as lab-demo with its demo key"),
               soap: bool = typer.Option(False, "--soap", help="Send as SMEV 3 SendRequest to /smev/1.1"),
@@ -182,10 +181,10 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
     import httpx
 
     from adapters.soap import smev_client
+    from demo.ca import demo_signer
     from gateway.envelope import Envelope
     from gateway.xmlsafe import parse_xml
     from signing import sign
-    from demo.ca import demo_signer
 
     cfg = load_or_exit(config)
     base = f"http://{cfg.settings.api.host}:{cfg.settings.api.port}"
@@ -193,7 +192,7 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
     signer = demo_signer(keys, "lab-demo") if signed else None
     for _ in range(count):
         payload = ('<n:Notice xmlns:n="urn://zdravlink/types/notice/1.0"><n:Code>SAMPLE_RECEIVED</n:Code>'
-                   f'<n:IssuedAt>{datetime.now(timezone.utc).isoformat(timespec="seconds")}</n:IssuedAt>'
+                   f'<n:IssuedAt>{datetime.now(dt.UTC).isoformat(timespec="seconds")}</n:IssuedAt>'
                    '<n:Text>Образец получен лабораторией</n:Text></n:Notice>')
         if soap:
             status, answer = smev_client.call(f"{base}/smev/1.1", smev_client.send_request(payload, by=signer),
@@ -208,7 +207,7 @@ def demo_send(config: Optional[Path] = ConfigOpt, count: int = typer.Option(1, h
         out.print(f"{r.status_code} {r.text}", highlight=False)
 
 
-def _demo_verify(cfg) -> None:  # noqa: ANN001
+def _demo_verify(cfg) -> None:
     """A doctor (valid) and an organisation (licence revoked) from the demo dataset; answers go to clinic-mis."""
     import httpx
 
@@ -228,7 +227,7 @@ def _demo_verify(cfg) -> None:  # noqa: ANN001
               "(zdravlink trail MESSAGE_ID shows the exchange)", highlight=False)
 
 
-def _demo_records(cfg, count: int) -> None:  # noqa: ANN001
+def _demo_records(cfg, count: int) -> None:
     """Post clinic-mis's service records for last month; then `zdravlink acts build` sends the act."""
     import httpx
 
@@ -260,14 +259,14 @@ def _demo_records(cfg, count: int) -> None:  # noqa: ANN001
     out.print(f"  then: zdravlink acts build --period {period}", highlight=False)
 
 
-def _demo_hl7(cfg, count: int) -> None:  # noqa: ANN001
+def _demo_hl7(cfg, count: int) -> None:
     """Send lab-demo's ORU^R01 results to the MLLP listener and print each ACK's MSA (and ERR) segments."""
     import socket
 
     from adapters.hl7v2.mllp import FrameReader, frame
     from adapters.hl7v2.oru import message_id_for
 
-    now = datetime.now(timezone.utc).strftime("%Y%m%d%H%M%S")
+    now = datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S")
     for i in range(count):
         control = f"DEMO-{uuid.uuid4().hex[:12]}"
         text = (f"MSH|^~\\&|LIS|LAB-DEMO|MIS|CLINIC|{now}||ORU^R01^ORU_R01|{control}|P|2.5.1||||||UNICODE UTF-8\r"
@@ -276,7 +275,7 @@ def _demo_hl7(cfg, count: int) -> None:  # noqa: ANN001
                 f"OBR|1|ORD-{i + 1}|LAB-{control}|CBC^Общий анализ крови|||{now}|||||||||||||||{now}||HM|F\r"
                 "OBX|1|NM|HGB^Гемоглобин||13,5|g/dL|12,0-16,0|N|||F\r"
                 "OBX|2|NM|GLU^Глюкоза||99|mg/dL|70-100|N|||F\r"
-                "OBX|3|SN|CRP^СРБ||<^5|mg/L|0-5|N|||F\r").encode("utf-8")
+                "OBX|3|SN|CRP^СРБ||<^5|mg/L|0-5|N|||F\r").encode()
         with socket.create_connection((cfg.settings.hl7.host, cfg.settings.hl7.port), timeout=15) as sock:
             sock.sendall(frame(text))
             reader, acks = FrameReader(), []

@@ -11,7 +11,7 @@ adds (its business checks, the rows written with it) comes from its flow
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from lxml import etree
 
@@ -25,11 +25,10 @@ from gateway.config import (
     hash_token,
 )
 from gateway.envelope import Envelope
-from gateway.flows import MessageFlow, ProtocolFlow, RegistryVerificationFlow, ServiceRecordFlow
 from gateway.errors import Rejection
-from gateway.journal import Journal
+from gateway.flows import MessageFlow, ProtocolFlow, RegistryVerificationFlow, ServiceRecordFlow
+from gateway.journal import AcceptOutcome, Journal, SideWrite
 from gateway.journal.correlation import RegistryRequests
-from gateway.journal import AcceptOutcome, SideWrite
 from gateway.keyring import KeyRing
 from gateway.message_ids import check_message_id
 from gateway.service_records import ServiceRecordRules
@@ -97,7 +96,7 @@ class AcceptPipeline:
         take their ids from the source, whose age is not the sender's clock.
         """
         s = self.config.settings.smev
-        check_message_id(env.message_id, datetime.now(timezone.utc), s.message_id_max_age_hours,
+        check_message_id(env.message_id, datetime.now(UTC), s.message_id_max_age_hours,
                          s.clock_skew_seconds)
 
     def check(self, env: Envelope, caller: Participant, *, signature_verified: bool = False) -> tuple[str, list[str]]:
@@ -138,7 +137,8 @@ class AcceptPipeline:
         try:
             self.keyring.verify_sender(env, route.requires_signature(self.config.participants[env.sender]))
         except SignatureError as exc:
-            forbidden = exc.code in signature_errors.CERTIFICATE_CODES or exc.code == signature_errors.SIGNATURE_REQUIRED
+            forbidden = (exc.code in signature_errors.CERTIFICATE_CODES
+                         or exc.code == signature_errors.SIGNATURE_REQUIRED)
             raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422) from None
 
     def accept(self, env: Envelope, caller: Participant, *, source: str,

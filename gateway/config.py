@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
 from zdravlink.errors import ConfigurationError
 
 MNEMONIC = r"^[a-z0-9][a-z0-9_-]{1,49}$"
@@ -631,8 +632,8 @@ def _check_registry_routes(routes: list[Route], participants: dict[str, Particip
         if route.sender == "*":
             problems.append(ConfigProblem(file, f"{where}.sender",
                                           "a registry route names its sender: answers go back by a route to it"))
-        elif not any(r.sender == route.recipient and r.recipient == route.sender and r.message_type == route.message_type
-                     for r in routes):
+        elif not any(r.sender == route.recipient and r.recipient == route.sender
+                     and r.message_type == route.message_type for r in routes):
             problems.append(ConfigProblem(file, where,
                                           f"no route for the answers: add sender {route.recipient!r}, "
                                           f"message_type {route.message_type!r}, recipient {route.sender!r}"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+
 from zdravlink.errors import RefusedError
 
 

@@ -18,8 +18,8 @@ from gateway.config import ORGANISATION_VERIFICATION_NS, WORKER_VERIFICATION_NS,
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.identifiers import inn_valid, registration_number_valid, snils_valid
-from gateway.journal.correlation import RegistryRequests
 from gateway.journal import SideWrite
+from gateway.journal.correlation import RegistryRequests
 from gateway.service_records import PROTOCOL_TYPES, SERVICE_RECORD_NS, ServiceRecordRules
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from gateway import errors
 from gateway.errors import Rejection
@@ -22,7 +22,7 @@ _UUID_EPOCH_OFFSET = 0x01B21DD213814000
 def message_id_time(message_id: str) -> datetime:
     """The creation time a UUID v1 carries."""
     ticks = uuid.UUID(message_id).time
-    return datetime.fromtimestamp((ticks - _UUID_EPOCH_OFFSET) / 1e7, tz=timezone.utc)
+    return datetime.fromtimestamp((ticks - _UUID_EPOCH_OFFSET) / 1e7, tz=UTC)
 
 
 def check_message_id(text: str, now: datetime, max_age_hours: float, clock_skew_seconds: float) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 from lxml import etree
@@ -31,7 +31,7 @@ def schemas_dir() -> Path:
     return Path(override) if override else Path(__file__).resolve().parents[1] / "schemas_xsd"
 
 
-@lru_cache(maxsize=None)
+@cache
 def payload_schema_files(directory: Path | None = None) -> dict[str, Path]:
     """Map each payload schema's target namespace to its file (``payloads/``, and ``oms/`` for service acts)."""
     base = directory or schemas_dir()

@@ -22,14 +22,19 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 
 from gateway import errors
-from gateway.act_protocols import ACT_PROTOCOL_NS, FLK_PROTOCOL_NS, PROTOCOL_TYPES, REGISTER_NS, ActProtocols, \
-    errors_json
+from gateway.act_protocols import (
+    ACT_PROTOCOL_NS,
+    FLK_PROTOCOL_NS,
+    PROTOCOL_TYPES,
+    REGISTER_NS,
+    ActProtocols,
+    errors_json,
+)
 from gateway.config import ConfigError, ConfigProblem, GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.identifiers import enp_valid, snils_valid
-from gateway.journal import Journal
-from gateway.journal import SideWrite
+from gateway.journal import Journal, SideWrite
 from gateway.journal.tables import service_records
 from gateway.oms.profiles import EditionError, OmsConfig, load_oms_config
 from gateway.patient_data import TextOf, check_person
@@ -71,7 +76,8 @@ class ServiceRecordRules:
         if insurer is None or insurer.kind != "insurer":
             raise Rejection(errors.UNKNOWN_INSURER, f"{text('Patient/Insurer')!r} is not an insurer known to the "
                             "gateway", "Patient/Insurer", status=422)
-        date_in, date_out = dt.date.fromisoformat(text("Service/DateIn")), dt.date.fromisoformat(text("Service/DateOut"))
+        date_in = dt.date.fromisoformat(text("Service/DateIn"))
+        date_out = dt.date.fromisoformat(text("Service/DateOut"))
         if date_out < date_in:
             raise Rejection(errors.DATE_INVALID, "DateOut is before DateIn", "Service/DateOut", status=422)
         if date_out > self.today():

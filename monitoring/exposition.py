@@ -10,16 +10,15 @@ import datetime as dt
 import hashlib
 import logging
 import os
-from typing import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client import REGISTRY as DEFAULT_REGISTRY
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from gateway.journal import Journal, Status
-from gateway.journal import IN_FLIGHT
+from gateway.journal import IN_FLIGHT, Journal, Status
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,8 @@ class GatewayStateCollector(Collector):
         self.certificates = certificates
 
     def collect(self) -> Iterable[Metric]:
-        count = GaugeMetricFamily("zl_messages_in_flight", "Journalled messages not yet delivered or dead", labels=["status"])
+        count = GaugeMetricFamily("zl_messages_in_flight", "Journalled messages not yet delivered or dead",
+                                  labels=["status"])
         age = GaugeMetricFamily("zl_oldest_in_flight_age_seconds", "Age of the oldest message in each in-flight status",
                                 labels=["status"])
         try:
@@ -63,7 +63,7 @@ class GatewayStateCollector(Collector):
         expiry = GaugeMetricFamily("zl_certificate_expiry_days",
                                    "Days until a certificate expires (negative: expired)",
                                    labels=["owner", "subject", "serial"])
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         for owner, subject, serial, not_after in self.certificates:
             expiry.add_metric([owner, subject, serial], round((not_after - now).total_seconds() / 86400, 2))
         yield expiry

@@ -1,1 +1,2 @@
-"""Carrying accepted messages: RabbitMQ topology, outbox relay, router, delivery with retry, failover and dead letters."""
+"""Carrying accepted messages: RabbitMQ topology, outbox relay, router, and delivery with retry, failover
+and dead letters."""

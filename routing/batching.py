@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Callable, Generic, Sequence, TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -64,7 +65,7 @@ class GroupExecutor(Generic[T, R]):
                 batch.append(nxt)
             try:
                 results = self._run_batch([item for item, _ in batch])
-            except BaseException as exc:  # noqa: BLE001 - every waiting caller must learn of the failure
+            except BaseException as exc:
                 for _, fut in batch:
                     fut.set_exception(exc)
                 continue

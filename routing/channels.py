@@ -12,8 +12,9 @@ inbox, which routing parks it in itself.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping, Protocol
+from typing import Protocol
 
 from gateway.config import Channel
 from gateway.journal import MessageRecord

@@ -20,14 +20,13 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Callable
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from gateway.journal import Journal
-from gateway.journal import unavailable
+from gateway.journal import Journal, unavailable
 from gateway.masking import mask_text
 from monitoring import metrics
 from routing.broker import BROKER_ERRORS, connect
@@ -91,7 +90,8 @@ class Consumer:
                 self._consume()
                 backoff = 0.5
             except BROKER_ERRORS as exc:
-                log.warning("%s: broker connection lost (%s); reconnecting in %.1fs", self.name, type(exc).__name__, backoff)
+                log.warning("%s: broker connection lost (%s); reconnecting in %.1fs", self.name, type(exc).__name__,
+                            backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
         self._pool.shutdown(wait=True)
@@ -132,7 +132,7 @@ class Consumer:
                 return True
             except WorkerStopping:
                 return None
-            except Exception as exc:  # noqa: BLE001 - every failure is settled one way or another
+            except Exception as exc:
                 if self.gate is not None and unavailable(exc):
                     try:
                         self.gate.wait(exc)
@@ -149,7 +149,7 @@ class Consumer:
         if self.on_failure is not None:
             try:
                 self.on_failure(str(props.message_id), exc, count)
-            except Exception:  # noqa: BLE001 - a note that cannot be written must not change the outcome
+            except Exception:
                 log.warning("%s: could not note the failure of %s in its trail", self.name, props.message_id)
         # A pause before the requeue, so a message that fails every time does not spin.
         if self._stop.wait(min(0.1 * 2 ** count, 2.0)):

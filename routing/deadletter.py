@@ -6,14 +6,13 @@ DEAD with the same reason, and ``zdravlink replay`` works from there.
 """
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from gateway.config import Route
 from gateway.journal import Journal, MessageRecord, Status
 from monitoring import metrics
 from routing.broker import ThreadPublisher, properties
 from routing.topology import Topology
-
 
 #: Where a message can be when it is given up on; a message that moved on (delivered meanwhile) stays so.
 IN_TRANSIT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
@@ -33,7 +32,7 @@ class DeadLetterChannel:
             "x-zl-route": route.name if route else "",
             "x-zl-channel": channel or "",
             "x-zl-attempts": attempts,
-            "x-zl-failed-at": datetime.now(timezone.utc).isoformat(),
+            "x-zl-failed-at": datetime.now(UTC).isoformat(),
             "x-zl-generation": rec.generation,
         }
         self.publisher.publish(self.topology.dead_exchange, "dead", body, properties(rec.message_id, headers))

@@ -13,8 +13,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 
 from gateway.config import GatewayConfig
-from gateway.journal import Journal, Status
-from gateway.journal import utcnow
+from gateway.journal import Journal, Status, utcnow
 from routing.broker import BROKER_ERRORS, ThreadPublisher, connect
 from routing.deadletter import DeadLetterChannel
 from routing.inspect import BrokerInspector

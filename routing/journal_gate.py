@@ -14,10 +14,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
-from gateway.journal import Journal
-from gateway.journal import unavailable
+from gateway.journal import Journal, unavailable
 from monitoring import metrics
 from zdravlink.errors import Interrupt
 
@@ -56,7 +56,7 @@ class JournalGate:
                 try:
                     self.journal.ping()
                     break
-                except Exception as exc:  # noqa: BLE001 - anything but an outage is not ours to wait out
+                except Exception as exc:
                     if not unavailable(exc):
                         raise
                 backoff = min(backoff * 2, self.max_backoff)

@@ -13,7 +13,8 @@ Not thread-safe: one instance belongs to one thread (the relay's).
 from __future__ import annotations
 
 import logging
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import pika
 from pika.adapters.select_connection import SelectConnection
@@ -165,5 +166,5 @@ class PipelinedPublisher:
             try:
                 conn.close()
                 conn.ioloop.start()  # until on_close stops it
-            except Exception:  # noqa: BLE001 - a dying connection may fail in many ways; it is discarded
+            except Exception:
                 pass

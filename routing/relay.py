@@ -12,8 +12,7 @@ import logging
 import threading
 
 from gateway.config import RelaySettings
-from gateway.journal import Journal
-from gateway.journal import unavailable
+from gateway.journal import Journal, unavailable
 from routing.broker import BROKER_ERRORS
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology

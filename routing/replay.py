@@ -7,8 +7,8 @@ removed so that the queue keeps showing only what is still dead.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from gateway.journal import Journal, Status
 from routing.broker import BROKER_ERRORS, connect

@@ -13,7 +13,7 @@ per message and made the router the slowest stage of the spine.
 from __future__ import annotations
 
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 import pika
 
@@ -57,12 +57,12 @@ class Router:
         self._group.close()
         self.publisher.close()
 
-    def _route_batch(self, items: Sequence[tuple[bytes, pika.BasicProperties]]) -> list[None | ItemFailed]:
+    def _route_batch(self, items: Sequence[tuple[bytes, pika.BasicProperties]]) -> list[ItemFailed | None]:
         records = self.journal.get_many([props.message_id for _, props in items])
         outgoing: list[Outgoing] = []
         changes: list[Change] = []
         routes: dict[str, str] = {}
-        results: list[None | ItemFailed] = []
+        results: list[ItemFailed | None] = []
         late: list[Change] = []
         for body, props in items:
             results.append(None)
@@ -84,7 +84,7 @@ class Router:
                     self.dead.send(body, rec, route=None, reason="no route matches under the current configuration",
                                    channel=None, attempts=0)
                     continue
-            except Exception as exc:  # noqa: BLE001 - requeue this one only; its delivery limit ends a poison loop
+            except Exception as exc:
                 log.exception("cannot route %s", props.message_id)
                 results[-1] = ItemFailed(exc)
                 continue

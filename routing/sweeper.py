@@ -18,11 +18,10 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
-from typing import Callable
 
-from gateway.journal import Journal, MessageRecord, Status
-from gateway.journal import unavailable, utcnow
+from gateway.journal import Journal, MessageRecord, Status, unavailable, utcnow
 from monitoring import metrics
 from routing.topology import Topology
 

@@ -20,8 +20,8 @@ only then moves it into {p}.dead, so the queue and the journal never disagree fo
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel

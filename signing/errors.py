@@ -4,6 +4,7 @@
 SignatureError onto their own error form (problem+json, SOAP Fault) by its code.
 """
 from __future__ import annotations
+
 from zdravlink.errors import SigningError
 
 SIGNATURE_REQUIRED = "SIGNATURE_REQUIRED"

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from signing import libcrypto
 from signing.libcrypto import CryptoError
@@ -80,10 +81,11 @@ class Certificate:
         return hashlib.sha256(self.der).hexdigest()
 
     def days_left(self, at: dt.datetime | None = None) -> float:
-        return (self.not_after - (at or dt.datetime.now(dt.timezone.utc))).total_seconds() / 86400
+        return (self.not_after - (at or dt.datetime.now(dt.UTC))).total_seconds() / 86400
 
     def describe(self) -> str:
-        return f"{self.subject} (serial {self.serial}, {self.key_type}, valid {self.not_before:%Y-%m-%d}–{self.not_after:%Y-%m-%d})"
+        valid = f"{self.not_before:%Y-%m-%d}–{self.not_after:%Y-%m-%d}"
+        return f"{self.subject} (serial {self.serial}, {self.key_type}, valid {valid})"
 
 
 @dataclass(eq=False)

@@ -15,6 +15,7 @@ import ctypes.util
 import datetime as dt
 import threading
 from typing import Any
+
 from zdravlink.errors import SigningError
 
 _c_p = ctypes.c_void_p
@@ -339,7 +340,7 @@ def _asn1_time(ptr: int) -> dt.datetime:
     if not ptr or lib().ASN1_TIME_to_tm(ptr, ctypes.byref(tm)) != 1:
         raise _fail("ASN1_TIME_to_tm")
     return dt.datetime(tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
-                       tzinfo=dt.timezone.utc)
+                       tzinfo=dt.UTC)
 
 
 def _name(ptr: int) -> str:

@@ -19,6 +19,7 @@ unless a special character is present, and the output is joined and encoded once
 from __future__ import annotations
 
 from lxml import etree
+
 from zdravlink.errors import SigningError
 
 ALGORITHM = "urn://smev-gov-ru/xmldsig/transform"

@@ -76,7 +76,7 @@ class TrustStore:
 
     def check(self, cert: Certificate, at: dt.datetime | None = None) -> Trusted:
         """Return the anchor that vouches for ``cert`` at ``at`` (now), or raise with the reason."""
-        now = at or dt.datetime.now(dt.timezone.utc)
+        now = at or dt.datetime.now(dt.UTC)
         anchor = self._anchor(cert)
         if anchor is None:
             raise SignatureError(errors.CERTIFICATE_UNTRUSTED,

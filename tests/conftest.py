@@ -8,8 +8,8 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -56,7 +56,7 @@ def amqp_url() -> str:
 
 
 @pytest.fixture
-def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator["RabbitNode"]:
+def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitNode]:
     """A RabbitMQ node of this test's own, for tests that stop or cut the broker."""
     from tests.support.rabbit_node import RabbitNode
 

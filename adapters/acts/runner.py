@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from sqlalchemy import func, insert, select, update
 
@@ -27,8 +27,7 @@ from adapters.intake import Intake
 from gateway.config import GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
-from gateway.journal import Journal
-from gateway.journal import utcnow
+from gateway.journal import Journal, utcnow
 from gateway.journal.tables import acts, service_records
 from gateway.masking import mask_text
 from gateway.oms import OmsFileError

@@ -81,10 +81,11 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone, tzinfo
+from datetime import UTC, datetime, timedelta, tzinfo
 from decimal import Decimal
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import quote
 
 from lxml import etree
@@ -632,7 +633,7 @@ def to_bundle(result: etree._Element, *, message_id: str, replaces: str | None =
         "id": str(message),
         "identifier": {"system": URI_SYSTEM, "value": f"urn:uuid:{message}"},
         "type": "collection",
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
         "entry": b.entries,
     }
 

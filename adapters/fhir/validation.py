@@ -16,11 +16,13 @@ evaluated.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Literal, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any, Literal
 
 from fhir.resources.R4B import get_fhir_model_class
 from fhir.resources.R4B.resource import Resource
 from pydantic import ValidationError
+
 from zdravlink.errors import RefusedError
 
 Mode = Literal["strict", "lenient"]

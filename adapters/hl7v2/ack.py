@@ -322,7 +322,7 @@ def _err(error: AckError, original: hl7.Message, legacy: bool, charset: str) -> 
     cause = [error.code, _escape(ERROR_CODES[error.code], original), "HL70357"]
     eld = ""
     if legacy:  # ELD: SEG^seq^field^code&text&table, the code a CE inside one component
-        eld = comp_sep.join((place + ["", "", ""])[:3] + [sub_sep.join(cause)])
+        eld = comp_sep.join([*[*place, "", "", ""][:3], sub_sep.join(cause)])
     return _segment(
         original, "ERR", eld, comp_sep.join(place), comp_sep.join(cause), error.severity,
         "", "", "", _escape(fit(error.reason, charset), original),

@@ -17,7 +17,7 @@ from __future__ import annotations
 import codecs
 import re
 import unicodedata
-from typing import Callable
+from collections.abc import Callable
 
 _RUSSIAN = {
     "А": "A", "Б": "B", "В": "V", "Г": "G", "Д": "D", "Е": "E", "Ё": "E", "Ж": "ZH", "З": "Z", "И": "I",

@@ -182,7 +182,7 @@ class Values:
         return "" if value == NULL else self.unescape(value).strip()
 
     def whole(self, fld: Any, rep: int = 1) -> str:
-        """A repetition as the lab wrote it, components joined by ``^`` (a range like ``^^10.0``, a unit ``10^3/ul``)."""
+        """A repetition as the lab wrote it, components joined by ``^`` (a range ``^^10.0``, a unit ``10^3/ul``)."""
         parts = [self.text(fld, rep, c) for c in range(1, components(fld, rep) + 1)]
         return "^".join(parts).rstrip("^")
 

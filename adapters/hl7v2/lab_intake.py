@@ -104,7 +104,8 @@ class LabIntake:
             self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
             return Outcome("AR", acks.ack_for_unparseable(raw, exc.error))
         except UnicodeDecodeError as exc:
-            error = AckError("MSH", 1, 18, None, "103", f"the message is not in its declared character set: {exc.reason}")
+            error = AckError("MSH", 1, 18, None, "103",
+                             f"the message is not in its declared character set: {exc.reason}")
             rej = Rejection(errors.HL7_UNREADABLE, error.reason, "MSH-18")
             self.intake.refused(rej, source="hl7", remote=peer, caller=None, env=None)
             return Outcome("AR", acks.ack_for_unparseable(raw, error))
@@ -141,9 +142,8 @@ class LabIntake:
                                           charset=charset))
         except Exception:
             log.exception("hl7 message from %s could not be journalled", mapping.lab)
-            return Outcome("AR", acks.ack_to(message, "AR", [AckError("MSH", 1, 0, None, "207",
-                                                               "the gateway could not store the message; resend later")],
-                                          charset=charset))
+            store_failed = AckError("MSH", 1, 0, None, "207", "the gateway could not store the message; resend later")
+            return Outcome("AR", acks.ack_to(message, "AR", [store_failed], charset=charset))
         for order_id, status in orders:
             self.versions.remember(order_id, accepted.outcome.message_id, status)
         log.info("hl7 result %s from %s accepted for %s%s", accepted.outcome.message_id, mapping.lab,

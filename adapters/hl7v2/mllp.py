@@ -25,6 +25,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass
+
 from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from adapters.mapping.lab_mapping import Hl7Path, LabMapping, Location
 from gateway.identifiers import enp_valid, snils_valid
 from zdravlink.errors import RefusedError
 
-__all__ = ["LAB_RESULT_NS", "Gap", "MappingGaps", "Mapped", "control_id", "map_message", "message_id_for"]
+__all__ = ["LAB_RESULT_NS", "Gap", "Mapped", "MappingGaps", "control_id", "map_message", "message_id_for"]
 
 _PROBLEM_CODES = {"unplaced": "SEGMENT_UNPLACED", "not-a-segment": "SEGMENT_UNREADABLE", "glued": "SEGMENT_RUN_IN",
                   "second-patient": "SECOND_PATIENT"}
@@ -150,7 +150,7 @@ class _ResultBuilder:
             name_element(el, "Name", next((n for n in names if n), None))
         snils, snils_at = self.ctx.text(p.snils, scope)
         enp, enp_at = self.ctx.text(p.enp, scope)
-        local, local_at = self.ctx.text(p.local_id, scope)
+        local, _ = self.ctx.text(p.local_id, scope)
         snils = snils.replace("-", "").replace(" ", "")
         if snils and not snils_valid(snils):
             self.ctx.gap_at("PATIENT_ID_INVALID", "СНИЛС fails its check digits (or is not 11 digits)", snils_at)

@@ -302,6 +302,6 @@ class ObservationBuilder:
             if flag in ABNORMAL_FLAGS:
                 sub(test, "Flag", flag)
             else:
-                self.ctx.gap("VALUE_INVALID", f"abnormal flag «{sent}» is not an HL7 table 0078 code; if it is the lab's "
-                             "own spelling of one (e.g. «+» for A), name that code in the mapping's flags — never a "
-                             "code of another meaning", seg, 8, lab_code=key)
+                self.ctx.gap("VALUE_INVALID", f"abnormal flag «{sent}» is not an HL7 table 0078 code; if it is the "
+                             "lab's own spelling of one (e.g. «+» for A), name that code in the mapping's flags — "
+                             "never a code of another meaning", seg, 8, lab_code=key)

@@ -64,8 +64,8 @@ class JsonPatient(_Strict):
     name: JsonName | None = None
     snils: str | None = None
     enp: str | None = None
-    localId: str | None = None  # noqa: N815 (JSON's name)
-    birthDate: str | None = None  # noqa: N815
+    localId: str | None = None
+    birthDate: str | None = None
     sex: Literal["M", "F", "U"] | None = None
 
 
@@ -85,7 +85,7 @@ class JsonResult(_Strict):
     range: str | None = None
     flags: list[str] = []
     status: str | None = None
-    observedAt: str | None = None  # noqa: N815
+    observedAt: str | None = None
     notes: list[str] = []
 
     def is_null(self, name: str) -> bool:
@@ -98,20 +98,20 @@ class JsonOrder(_Strict):
     filler: str | None = None
     service: JsonCoded | None = None
     status: str | None = None
-    observedAt: str | None = None  # noqa: N815
-    reportedAt: str | None = None  # noqa: N815
+    observedAt: str | None = None
+    reportedAt: str | None = None
     notes: list[str] = []
     results: list[JsonResult] = []
 
 
 class LabResultsDocument(_Strict):
-    messageId: str = Field(min_length=1, max_length=199)  # noqa: N815
+    messageId: str = Field(min_length=1, max_length=199)
     patient: JsonPatient
     orders: list[JsonOrder] = []
     # the single-order form
     order: JsonOrder | None = None
-    observedAt: str | None = None  # noqa: N815
-    reportedAt: str | None = None  # noqa: N815
+    observedAt: str | None = None
+    reportedAt: str | None = None
     status: str | None = None
     results: list[JsonResult] = Field(default_factory=list, validate_default=True)
 

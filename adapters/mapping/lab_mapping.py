@@ -72,7 +72,7 @@ def _paths(value: Any) -> list[Any]:
 class Location(_Strict):
     """Alternatives, first with a value wins."""
 
-    anyOf: list[Hl7Path] = Field(min_length=1)  # noqa: N815 (reads like the YAML it comes from)
+    anyOf: list[Hl7Path] = Field(min_length=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -159,7 +159,7 @@ class Conversion(_Strict):
     def apply(self, value: Decimal) -> Decimal:
         if self.factor is not None:
             return value * self.factor
-        result = eval(compile(_formula(self.formula or "x"), "<formula>", "eval"),  # noqa: S307 (checked AST)
+        result = eval(compile(_formula(self.formula or "x"), "<formula>", "eval"),
                       {"__builtins__": {}}, {"x": float(value)})
         return Decimal(str(round(result, 6)))
 
@@ -211,7 +211,7 @@ class Hd(_Strict):
     @classmethod
     def _shorthand(cls, value: Any) -> Any:
         if isinstance(value, str):
-            parts = (value.split("^") + ["", "", ""])[:3]
+            parts = [*value.split("^"), "", "", ""][:3]
             return {k: v or None for k, v in zip(("namespace_id", "universal_id", "universal_id_type"), parts)}
         return value
 

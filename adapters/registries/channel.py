@@ -107,7 +107,8 @@ class RegistryChannel:
             answer_id, _ = self.replies.answer(request, answer, "registry", evidence)
         except Rejection as rej:
             # journalled and dead-lettered: validator messages quote values, so mask them
-            return DeliveryResult(False, False, f"the answer was refused: {rej.code} [{rej.field}] {mask_text(rej.detail)}")
+            return DeliveryResult(False, False,
+                                  f"the answer was refused: {rej.code} [{rej.field}] {mask_text(rej.detail)}")
         if key is not None:
             self.requests.store(key, request.message_type, etree.tostring(answer), answer_id,
                                 settings.cache_ttl_seconds)
@@ -144,7 +145,7 @@ class RegistryChannel:
 
     @staticmethod
     def _verdict(request: etree._Element, reply: RegistryReply, today: dt.date) -> etree._Element:
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         if etree.QName(request).namespace == WORKER_NS:
             on = request.findtext(_W + "OnDate")
             return worker_answer(request.findtext(_W + "SNILS") or "", reply.record,

@@ -36,8 +36,8 @@ import zeep.exceptions
 from lxml import etree
 from zeep.helpers import serialize_object
 
-from routing.channels import RETRYABLE_4XX
 from gateway.masking import mask_text
+from routing.channels import RETRYABLE_4XX
 from signing import SignatureError, TrustStore, Verified, verify, verify_octets
 from signing import errors as sigerrors
 from signing.detached import SIGNATURE_HEADER
@@ -84,8 +84,8 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     except (TypeError, ValueError):
         return None
     if when.tzinfo is None:  # "-0000": UTC, without saying where it was written (RFC 5322 §3.3)
-        when = when.replace(tzinfo=dt.timezone.utc)
-    return max(0.0, (when - dt.datetime.now(dt.timezone.utc)).total_seconds())
+        when = when.replace(tzinfo=dt.UTC)
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
 
 
 def _status_failure(registry: str, status: int, headers: Mapping[str, str], message: str) -> RegistryCallFailed:

@@ -38,7 +38,7 @@ class DeadlineWatcher:
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Send every TIMEOUT that is due; returns how many were sent."""
-        now = now or dt.datetime.now(dt.timezone.utc)
+        now = now or dt.datetime.now(dt.UTC)
         sent = 0
         for pending in self.requests.due(now):
             timeout_id = self.requests.claim_timeout(pending.message_id, str(uuid.uuid1()))
@@ -66,6 +66,6 @@ class DeadlineWatcher:
         while not stop.is_set():
             try:
                 self.run_once()
-            except Exception:  # noqa: BLE001 - a database hiccup must not end the watcher
+            except Exception:
                 log.exception("deadline watcher pass failed")
             stop.wait(interval)

@@ -14,7 +14,8 @@ asked) is in force on it; ``revoked`` when the only accreditation in force was e
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from lxml import etree
 

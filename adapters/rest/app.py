@@ -6,15 +6,16 @@ it, so an oversized or hostile body costs at most ``max_body_bytes`` of memory.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 from fastapi import FastAPI, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
-from starlette.routing import Route
 from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from adapters.intake import Intake
 from adapters.mapping.lab_json import LabResultsDocument
@@ -95,7 +96,8 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                 "required": True,
                 "content": {
                     "application/json": {"schema": envelope_schema},
-                    "application/xml": {"schema": {"type": "string", "description": "zl:Envelope, see schemas_xsd/envelope-1.0.xsd"}},
+                    "application/xml": {"schema": {"type": "string",
+                                                   "description": "zl:Envelope, see schemas_xsd/envelope-1.0.xsd"}},
                 },
             },
             "responses": {"4XX": {"description": "Refused", "content": {"application/problem+json": {}}}},
@@ -158,7 +160,7 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
 
     @app.get(f"{API}/service-records/{{record_id}}", summary="State of a service record: accepted, in an act, "
              "and what the insurer said")
-    def service_record(record_id: str, codeMO: str, request: Request) -> dict[str, Any]:  # noqa: N803 (query name)
+    def service_record(record_id: str, codeMO: str, request: Request) -> dict[str, Any]:
         caller = intake.pipeline.authenticate(_bearer(request))
         state = intake.pipeline.service_records.state(record_id, codeMO)
         if state is None or caller.mnemonic not in (state["sender"], state["insurer"]):
@@ -248,7 +250,7 @@ def _inbox_routes(app: FastAPI, intake: Intake, inbox: Inbox, keyring: KeyRing, 
     @app.get(f"{API}/inbox", summary="Take the next message waiting for the caller (204 when none)",
              responses={204: {"description": "Nothing waiting"}})
     def take(request: Request, kind: Literal["request", "response"] = "request",
-             messageType: str | None = None) -> Response:  # noqa: N803 (the query parameter's public name)
+             messageType: str | None = None) -> Response:
         caller = intake.pipeline.authenticate(_bearer(request))
         taken = inbox.take(caller.mnemonic, kind, lock_seconds, messageType)
         if taken is None:

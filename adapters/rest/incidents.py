@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import logging
 import uuid
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from lxml import etree
 from starlette.concurrency import run_in_threadpool
@@ -76,7 +77,7 @@ class IncidentMiddleware:
                         extra={"incident": incident})
         try:
             await run_in_threadpool(self.audit, rej, source, remote)
-        except Exception:  # noqa: BLE001 - the answer must go out even if the audit cannot be written
+        except Exception:
             log.exception("incident %s: could not write it to the audit table", incident)
         return self._render(rej, source, {})
 

@@ -7,6 +7,7 @@ worker died between the recipient's 200 and the broker ack).
 from __future__ import annotations
 
 import json
+
 import httpx
 
 from gateway.config import Channel

@@ -8,13 +8,14 @@ envelope and ``call`` posts it with the SOAPAction the WSDL names.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import httpx
 from lxml import etree
 
-from adapters.soap.smev_schema import B, BASIC_NS, SOAP_ENV_NS, T, TYPES_NS
+from adapters.soap.smev_schema import BASIC_NS, SOAP_ENV_NS, TYPES_NS, B, T
 from signing import Signer, sign
+
 
 def soap(request: etree._Element) -> bytes:
     env = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={"soapenv": SOAP_ENV_NS})
@@ -56,7 +57,7 @@ def _selector(tag: str, namespace: str | None, local: str | None, by: Signer | N
     if namespace:
         etree.SubElement(sel, B + "NamespaceURI").text = namespace
         etree.SubElement(sel, B + "RootElementLocalName").text = local or "Notice"
-    etree.SubElement(sel, B + "Timestamp").text = datetime.now(timezone.utc).isoformat()
+    etree.SubElement(sel, B + "Timestamp").text = datetime.now(UTC).isoformat()
     return _signed(req, sel, by)
 
 
@@ -78,7 +79,7 @@ def ack(message_id: str, accepted: bool = True, by: Signer | None = None) -> etr
 def _timestamped(tag: str, by: Signer | None) -> etree._Element:
     req = etree.Element(T + tag, nsmap={"ns": TYPES_NS, "b": BASIC_NS})
     ts = etree.SubElement(req, B + "Timestamp", Id="SIGNED_BY_CALLER")
-    ts.text = datetime.now(timezone.utc).isoformat()
+    ts.text = datetime.now(UTC).isoformat()
     return _signed(req, ts, by)
 
 

@@ -14,9 +14,9 @@ SMEV fault of the same meaning by the service.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
 
 from lxml import etree
 
@@ -73,7 +73,7 @@ class SmevExchange:
         self.inbox = inbox
         self.keyring = keyring
         self.settings = config.settings.smev
-        self.clock = clock or (lambda: datetime.now(timezone.utc))
+        self.clock = clock or (lambda: datetime.now(UTC))
         self._types = known_message_types()
 
     # ---- entry ------------------------------------------------------------
@@ -137,7 +137,8 @@ class SmevExchange:
         except SignatureError as exc:
             raise Rejection(exc.code, exc.detail, "CallerInformationSystemSignature", status=403) from None
         seen = {"subject": verified.certificate.subject, "serial": str(verified.certificate.serial),
-                "algorithm": verified.algorithm.name, "element": etree.QName(self._signed_target(request, operation)).localname}
+                "algorithm": verified.algorithm.name,
+                "element": etree.QName(self._signed_target(request, operation)).localname}
         if by_token is not None:
             return Caller(by_token, seen)
         owner = next((self.config.participants[m] for m, certs in self.keyring.certificates.items()
@@ -161,7 +162,7 @@ class SmevExchange:
         if eol:
             when = datetime.fromisoformat(eol.strip().replace("Z", "+00:00"))
             if when.tzinfo is None:
-                when = when.replace(tzinfo=timezone.utc)
+                when = when.replace(tzinfo=UTC)
             if when < self.clock():
                 raise Rejection(errors.END_OF_LIFE_REACHED, f"the message's end of life {eol} has passed", "EOL")
 
@@ -196,7 +197,8 @@ class SmevExchange:
         qname = etree.QName(payload)
         if qname.namespace not in self._types:
             raise Rejection(errors.UNKNOWN_MESSAGE_TYPE, f"no message type {qname.namespace!r} is registered",
-                            "MessagePrimaryContent", status=422, extra={"root": (qname.localname, qname.namespace or "")})
+                            "MessagePrimaryContent", status=422,
+                            extra={"root": (qname.localname, qname.namespace or "")})
         if qname.namespace == LAB_REPORT_NS:
             return self._lab_report(data, payload, caller, remote)
         recipient = self._recipient(caller.participant.mnemonic, qname.namespace, payload)
@@ -318,9 +320,10 @@ class SmevExchange:
         target = request.find(B + "AckTargetMessage")
         message_id = (target.text or "").strip()
         accepted = target.get("accepted") in ("true", "1")
-        outcome = self.inbox.ack(caller.participant.mnemonic, message_id, accepted, f"soap:{caller.participant.mnemonic}")
+        who = caller.participant.mnemonic
+        outcome = self.inbox.ack(who, message_id, accepted, f"soap:{who}")
         if outcome != "acked":
-            why = "was already acknowledged" if outcome == "already" else f"was never handed to {caller.participant.mnemonic!r}"
+            why = "was already acknowledged" if outcome == "already" else f"was never handed to {who!r}"
             raise Rejection(errors.TARGET_MESSAGE_NOT_FOUND, f"{message_id} {why}", "AckTargetMessage", status=404)
         return etree.Element(T + "AckResponse", nsmap={"t": T[1:-1]})
 
@@ -334,9 +337,11 @@ class SmevExchange:
         status = etree.SubElement(data, T + "AsyncProcessingStatus")
         etree.SubElement(status, T + "OriginalMessageId").text = rec.message_id
         delivered = rec.status == Status.DELIVERED.value
-        etree.SubElement(status, T + "StatusCategory").text = "underProcessing" if delivered else "requestIsRejectedBySmev"
+        category = "underProcessing" if delivered else "requestIsRejectedBySmev"
+        etree.SubElement(status, T + "StatusCategory").text = category
         etree.SubElement(status, T + "StatusDetails").text = (
-            f"delivered to {rec.recipient}" if delivered else f"{rec.status}: {rec.last_error or 'not delivered'}")[:500]
+            f"delivered to {rec.recipient}" if delivered
+            else f"{rec.status}: {rec.last_error or 'not delivered'}")[:500]
         if not delivered:
             fault = etree.SubElement(status, T + "SmevFault")
             etree.SubElement(fault, B + "Code").text = rec.status

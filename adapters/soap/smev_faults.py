@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from adapters.soap.smev_schema import B, F, SOAP_ENV_NS
+from adapters.soap.smev_schema import SOAP_ENV_NS, B, F
 from gateway import errors
 from gateway.errors import Rejection
 from signing import errors as sig

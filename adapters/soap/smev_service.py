@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from lxml import etree
 from spyne import AnyXml, Application, ServiceBase, rpc
@@ -26,9 +27,9 @@ from adapters.soap.smev_faults import SmevFault
 from adapters.soap.smev_schema import FILES, SERVICE_NS, SOAP_ENV_NS, TYPES_NS, WSDL_FILE, smev_dir
 from gateway import errors
 from gateway.errors import Rejection
-from zdravlink.errors import Interrupt
 from gateway.masking import mask_text
 from gateway.xmlsafe import parse_xml
+from zdravlink.errors import Interrupt
 
 log = logging.getLogger("zdravlink.soap")
 
@@ -178,7 +179,8 @@ class SmevWsgi:
 def _operation_of(root: etree._Element) -> str:
     """The operation a SOAP 1.1 request asks for: its Body must hold exactly one element, ``<Op>Request``."""
     if root.tag != f"{{{SOAP_ENV_NS}}}Envelope":
-        raise Rejection(errors.SOAP_REQUEST_INVALID, f"the root is {root.tag}, not a SOAP 1.1 Envelope", "soap:Envelope")
+        raise Rejection(errors.SOAP_REQUEST_INVALID, f"the root is {root.tag}, not a SOAP 1.1 Envelope",
+                        "soap:Envelope")
     body = root.find(f"{{{SOAP_ENV_NS}}}Body")
     if body is None:
         raise Rejection(errors.SOAP_REQUEST_INVALID, "the Envelope has no soap:Body", "soap:Body")

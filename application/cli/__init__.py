@@ -42,7 +42,7 @@ def main() -> None:
     except click.ClickException as exc:
         exc.show()
         code = exc.exit_code
-    except Exception as exc:  # noqa: BLE001 - one line for what the operator must fix, a traceback otherwise
+    except Exception as exc:
         what = unreachable(exc)
         if what is None:
             raise

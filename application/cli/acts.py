@@ -2,21 +2,29 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from application.cli.common import ConfigOpt, acts_app, err, keyring_or_exit, load_or_exit, or_exit, out, tariffs_or_exit
+from application.cli.common import (
+    ConfigOpt,
+    acts_app,
+    err,
+    keyring_or_exit,
+    load_or_exit,
+    or_exit,
+    out,
+    tariffs_or_exit,
+)
 
 
 @acts_app.command("build")
 def acts_build(period: str = typer.Option(..., "--period", help="The reporting month, YYYY-MM"),
-               insurer: Optional[str] = typer.Option(None, "--insurer", help="Only this insurer's acts"),
+               insurer: str | None = typer.Option(None, "--insurer", help="Only this insurer's acts"),
                correction: bool = typer.Option(False, "--correction", help="Send a new version of acts already "
                                                "sent, naming the version it replaces"),
-               out_dir: Optional[Path] = typer.Option(None, "--out", file_okay=False, help="Write each act's archive "
+               out_dir: Path | None = typer.Option(None, "--out", file_okay=False, help="Write each act's archive "
                                                       "and .sig into this directory and send nothing"),
-               config: Optional[Path] = ConfigOpt) -> None:
+               config: Path | None = ConfigOpt) -> None:
     """Build each organisation's register per insurer for the period and send it; a period already sent is not
     resent. With --out the archives are written for an operator to check or hand over, and nothing is sent."""
     import re as _re
@@ -45,9 +53,9 @@ def acts_build(period: str = typer.Option(..., "--period", help="The reporting m
 @acts_app.command("protocol")
 def acts_protocol(file: Path = typer.Argument(..., exists=True, dir_okay=False,
                                               help="The insurer's ФЛК protocol: FLK_P XML, or a ZIP of them"),
-                  signature: Optional[Path] = typer.Option(None, "--signature", exists=True, dir_okay=False,
+                  signature: Path | None = typer.Option(None, "--signature", exists=True, dir_okay=False,
                                                            help="Its detached CMS signature (.sig), by the insurer"),
-                  config: Optional[Path] = ConfigOpt) -> None:
+                  config: Path | None = ConfigOpt) -> None:
     """Take a ФЛК protocol an insurer left as a file: mark the act's records and deliver it to the MIS, as if the
     insurer had sent it (its .sig stands for the envelope signature the route may require)."""
     from adapters.acts.protocol_file import import_protocol
@@ -63,7 +71,7 @@ def acts_protocol(file: Path = typer.Argument(..., exists=True, dir_okay=False,
               f"{accepted.envelope.reference_message_id}: MessageID {accepted.outcome.message_id}", highlight=False)
 
 
-def _act_runner(config: Optional[Path]):  # noqa: ANN202 (ActRunner, imported lazily)
+def _act_runner(config: Path | None):
     from adapters.acts.runner import ActRunner
     from adapters.intake import Intake
     from gateway.accept import AcceptPipeline

@@ -3,18 +3,18 @@ load the configuration or exit with its problems, one per line."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, NoReturn, Optional, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
 
+from application.runtime import load, load_lab_mappings
 from gateway.config import ConfigError, ConfigProblem, GatewayConfig
 from gateway.keyring import KeyRing
 from gateway.oms.profiles import load_oms_config
 from gateway.tariffs import TariffTable, load_tariffs
-
-from application.runtime import load, load_lab_mappings
 
 app = typer.Typer(help="Zdravlink: a signing, validating, routing integration gateway.", no_args_is_help=True,
                   add_completion=False)
@@ -49,7 +49,7 @@ def or_exit(step: Callable[..., T], *args: Any) -> T:
         exit_with(exc.problems)
 
 
-def load_or_exit(directory: Optional[Path]) -> GatewayConfig:
+def load_or_exit(directory: Path | None) -> GatewayConfig:
     return or_exit(load, directory)
 
 

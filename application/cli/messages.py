@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.table import Table
@@ -21,7 +20,7 @@ from application.cli.common import (
 
 
 @app.command()
-def trail(message_id: str, config: Optional[Path] = ConfigOpt,
+def trail(message_id: str, config: Path | None = ConfigOpt,
           as_json: bool = typer.Option(False, "--json", help="Print the record and trail as JSON")) -> None:
     """Show a message's status and its whole event trail, and check the trail's hash chain."""
     from gateway.journal import Journal
@@ -55,11 +54,11 @@ def trail(message_id: str, config: Optional[Path] = ConfigOpt,
 
 
 @app.command()
-def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a DEAD, FAILED or kept message"),
+def replay(message_id: str | None = typer.Argument(None, help="MessageID of a DEAD, FAILED or kept message"),
            all_dead: bool = typer.Option(False, "--all-dead", help="Replay every DEAD message"),
-           kept: Optional[str] = typer.Option(None, "--kept", help="Map again every message LAB sent that was "
+           kept: str | None = typer.Option(None, "--kept", help="Map again every message LAB sent that was "
                                               "refused for a mapping gap", metavar="LAB"),
-           config: Optional[Path] = ConfigOpt) -> None:
+           config: Path | None = ConfigOpt) -> None:
     """Send dead letters again, or map kept lab messages again after their mapping was fixed."""
     from adapters.hl7v2.lab_intake import KEPT_NS
     from gateway.journal import Journal, Status
@@ -91,7 +90,7 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
         raise typer.Exit(1)
 
 
-def _replay_kept(cfg, journal, records) -> int:  # noqa: ANN001
+def _replay_kept(cfg, journal, records) -> int:
     from adapters.hl7v2.lab_intake import LabIntake, replay_kept
     from adapters.intake import Intake
     from gateway.accept import AcceptPipeline
@@ -111,8 +110,8 @@ def _replay_kept(cfg, journal, records) -> int:  # noqa: ANN001
 
 
 @journal_app.command("check")
-def journal_check(config: Optional[Path] = ConfigOpt,
-                  older_than: Optional[float] = typer.Option(None, "--older-than", metavar="SECONDS",
+def journal_check(config: Path | None = ConfigOpt,
+                  older_than: float | None = typer.Option(None, "--older-than", metavar="SECONDS",
                                                              help="Stuck means unchanged this long "
                                                                   "(default: reconciler.stuck_after_seconds)"),
                   repair: bool = typer.Option(False, "--repair", help="Run the reconciler and the sweeper once, "

@@ -2,11 +2,8 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
-
-from gateway.config import GatewayConfig
 
 from application.cli.common import (
     ConfigOpt,
@@ -20,10 +17,11 @@ from application.cli.common import (
     worker_app,
 )
 from application.runtime import config_dir, setup_logging
+from gateway.config import GatewayConfig
 
 
 @app.command()
-def run(config: Optional[Path] = ConfigOpt) -> None:
+def run(config: Path | None = ConfigOpt) -> None:
     """Run the whole gateway under a supervisor: API with outbox relay, router, reconciler, delivery workers,
     and the MLLP listener, deadline watcher and acts schedule where the configuration needs them."""
     from application.supervisor import Supervisor
@@ -52,8 +50,9 @@ def print_endpoints(cfg: GatewayConfig, directory: Path) -> None:
 
 
 @app.command()
-def serve(config: Optional[Path] = ConfigOpt,
-          migrate: bool = typer.Option(True, "--migrate/--no-migrate", help="Upgrade the journal schema first")) -> None:
+def serve(config: Path | None = ConfigOpt,
+          migrate: bool = typer.Option(True, "--migrate/--no-migrate",
+                                       help="Upgrade the journal schema first")) -> None:
     """Run the HTTP API with the outbox relay (one process)."""
     from application.roles import serve_api
 
@@ -64,7 +63,7 @@ def serve(config: Optional[Path] = ConfigOpt,
 
 
 @worker_app.command("router")
-def worker_router(config: Optional[Path] = ConfigOpt) -> None:
+def worker_router(config: Path | None = ConfigOpt) -> None:
     """Consume published messages and route them to their recipient's delivery queue."""
     from application.roles import run_worker
 
@@ -74,7 +73,7 @@ def worker_router(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @worker_app.command("delivery")
-def worker_delivery(config: Optional[Path] = ConfigOpt) -> None:
+def worker_delivery(config: Path | None = ConfigOpt) -> None:
     """Deliver routed messages with retries, failover and dead letters."""
     from application.roles import run_worker
 
@@ -84,7 +83,7 @@ def worker_delivery(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @worker_app.command("reconciler")
-def worker_reconciler(config: Optional[Path] = ConfigOpt) -> None:
+def worker_reconciler(config: Path | None = ConfigOpt) -> None:
     """Record in the journal what RabbitMQ dead-lettered by itself, and send stuck messages round again."""
     from application.roles import run_worker
 
@@ -94,7 +93,7 @@ def worker_reconciler(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @worker_app.command("mllp")
-def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
+def worker_mllp(config: Path | None = ConfigOpt) -> None:
     """Listen for HL7 v2 over MLLP and turn lab messages into lab results by their mapping files."""
     from application.roles import run_mllp
 
@@ -104,7 +103,7 @@ def worker_mllp(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @worker_app.command("deadlines")
-def worker_deadlines(config: Optional[Path] = ConfigOpt) -> None:
+def worker_deadlines(config: Path | None = ConfigOpt) -> None:
     """Answer TIMEOUT to registry requests past their deadline (registries in gateway.yaml)."""
     from application.roles import run_deadlines
 
@@ -114,7 +113,7 @@ def worker_deadlines(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @worker_app.command("acts")
-def worker_acts(config: Optional[Path] = ConfigOpt) -> None:
+def worker_acts(config: Path | None = ConfigOpt) -> None:
     """Build and send the previous month's service acts on the schedule in gateway.yaml (acts)."""
     from application.roles import run_acts
 
@@ -125,7 +124,7 @@ def worker_acts(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @app.command("declare-topology")
-def declare_topology_cmd(config: Optional[Path] = ConfigOpt) -> None:
+def declare_topology_cmd(config: Path | None = ConfigOpt) -> None:
     """Declare the durable RabbitMQ exchanges and quorum queues."""
     from application.wiring import declare_topology
 
@@ -134,7 +133,7 @@ def declare_topology_cmd(config: Optional[Path] = ConfigOpt) -> None:
 
 
 @db_app.command("upgrade")
-def db_upgrade(config: Optional[Path] = ConfigOpt) -> None:
+def db_upgrade(config: Path | None = ConfigOpt) -> None:
     """Apply journal schema migrations (Alembic)."""
     from gateway.journal import Journal
 

@@ -3,11 +3,8 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
-
-from gateway.config import hash_token
 
 from application.cli.common import (
     ConfigOpt,
@@ -20,10 +17,11 @@ from application.cli.common import (
     tariffs_or_exit,
 )
 from application.runtime import config_dir
+from gateway.config import hash_token
 
 
 @app.command("check-config")
-def check_config(directory: Optional[Path] = typer.Argument(None, help="Configuration directory")) -> None:
+def check_config(directory: Path | None = typer.Argument(None, help="Configuration directory")) -> None:
     """Validate participants, routes, settings, lab mappings, keys and certificates without starting anything."""
     cfg = load_or_exit(directory)
     ring = keyring_or_exit(cfg)
@@ -40,7 +38,7 @@ def check_config(directory: Optional[Path] = typer.Argument(None, help="Configur
 @app.command("map")
 def map_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="An HL7 v2 message (CR or LF segments)"),
             lab: str = typer.Option(..., "--lab", help="The lab whose mapping file to use"),
-            config: Optional[Path] = ConfigOpt) -> None:
+            config: Path | None = ConfigOpt) -> None:
     """Print the lab result a message becomes under its lab's mapping, or its gaps; sends nothing."""
     from lxml import etree
 
@@ -79,7 +77,8 @@ def transform(file: Path = typer.Argument(..., exists=True, dir_okay=False, help
     """Write the SMEV transform (urn://smev-gov-ru/xmldsig/transform) of FILE's root element to stdout."""
     from gateway.errors import Rejection
     from gateway.xmlsafe import parse_xml
-    from signing.smev_transform import TransformError, transform as smev_transform
+    from signing.smev_transform import TransformError
+    from signing.smev_transform import transform as smev_transform
 
     try:
         sys.stdout.buffer.write(smev_transform(parse_xml(file.read_bytes())))
@@ -88,8 +87,8 @@ def transform(file: Path = typer.Argument(..., exists=True, dir_okay=False, help
         raise typer.Exit(1) from None
 
 
-def _signer(key: Optional[Path], cert: Optional[Path], password_env: Optional[str], alg: Optional[str],
-            config: Optional[Path]):  # noqa: ANN202
+def _signer(key: Path | None, cert: Path | None, password_env: str | None, alg: str | None,
+            config: Path | None):
     import os
 
     from signing import Certificate, KeyFileError, PrivateKey, Signer
@@ -113,14 +112,14 @@ def _signer(key: Optional[Path], cert: Optional[Path], password_env: Optional[st
 @app.command("sign")
 def sign_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
              ref_id: str = typer.Option(..., "--id", help="Id of the element to sign"),
-             alg: Optional[str] = typer.Option(None, "--alg", help="gost2012-256 | gost2012-512 | rsa-sha256 "
+             alg: str | None = typer.Option(None, "--alg", help="gost2012-256 | gost2012-512 | rsa-sha256 "
                                                                    "(default: from the key)"),
-             key: Optional[Path] = typer.Option(None, help="Private key (PEM, DER or .p12); default: the gateway's"),
-             cert: Optional[Path] = typer.Option(None, help="Certificate (PEM or DER; not needed with a .p12 key)"),
-             password_env: Optional[str] = typer.Option(None, help="Environment variable holding the key's password"),
+             key: Path | None = typer.Option(None, help="Private key (PEM, DER or .p12); default: the gateway's"),
+             cert: Path | None = typer.Option(None, help="Certificate (PEM or DER; not needed with a .p12 key)"),
+             password_env: str | None = typer.Option(None, help="Environment variable holding the key's password"),
              smev: bool = typer.Option(True, "--smev/--no-smev", help="Apply the SMEV transform to the reference"),
-             output: Optional[Path] = typer.Option(None, "--out", "-o", help="Write here instead of stdout"),
-             config: Optional[Path] = ConfigOpt) -> None:
+             output: Path | None = typer.Option(None, "--out", "-o", help="Write here instead of stdout"),
+             config: Path | None = ConfigOpt) -> None:
     """Add a detached XML-DSig over the element with Id ID and write the signed document.
 
     In a zl:Envelope the signature goes into SenderSignature; elsewhere it is placed right
@@ -160,9 +159,9 @@ def sign_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
 
 @app.command("verify")
 def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
-               trust: Optional[Path] = typer.Option(None, help="Trust store directory (default: the configuration's)"),
-               cert: Optional[list[Path]] = typer.Option(None, help="Accept only these signer certificates"),
-               config: Optional[Path] = ConfigOpt) -> None:
+               trust: Path | None = typer.Option(None, help="Trust store directory (default: the configuration's)"),
+               cert: list[Path] | None = typer.Option(None, help="Accept only these signer certificates"),
+               config: Path | None = ConfigOpt) -> None:
     """Verify every ds:Signature in FILE; exit 1 if any is refused, printing its code.
 
     With the configuration, a zl:Envelope's SenderSignature must be by the Sender's

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import date, datetime, timezone
+from datetime import UTC, date, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any, Literal
 
@@ -277,7 +277,7 @@ def check_act(act: etree._Element, *, act_message_id: str, insurer: str, tariffs
     protocol = etree.Element(_P + "ActProtocol", nsmap={None: ACT_PROTOCOL_NS})
     rejected = sum(1 for _, reason in outcomes if reason is not None)
     for tag, value in (("ActMessageId", act_message_id), ("ActNumber", number), ("Insurer", insurer),
-                       ("CheckedAt", datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                       ("CheckedAt", datetime.now(UTC).isoformat(timespec="seconds")),
                        ("Accepted", str(len(outcomes) - rejected)), ("Rejected", str(rejected)),
                        ("SumAccepted", str(accepted_sum.quantize(_CENT, ROUND_HALF_UP)))):
         etree.SubElement(protocol, _P + tag).text = value
@@ -431,7 +431,7 @@ class InsurerEmulator(ServedInThread):
 
         class InsurerService(ServiceBase):
             @rpc(AnyXml, _returns=Unicode)
-            def Deliver(ctx: Any, envelope: etree._Element | None) -> str:  # noqa: N802,N805 (the WSDL's name)
+            def Deliver(ctx: Any, envelope: etree._Element | None) -> str:
                 return insurer._deliver(envelope, ctx.transport.req_env)
 
         return InsurerService

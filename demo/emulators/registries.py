@@ -42,16 +42,17 @@ import re
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict
 from lxml import etree
+from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 from spyne import Application, ServiceBase, rpc
 from spyne.model.complex import ComplexModel
@@ -268,7 +269,7 @@ class FrmrEmulator(ServedInThread):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_GET(self) -> None:
                 parts = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
                 answer = frmr._next_answer()
@@ -472,7 +473,7 @@ class FrmoEmulator(ServedInThread):
         class FrmoService(ServiceBase):
             @rpc(Unicode(min_occurs=0), Unicode(min_occurs=0), _returns=MedicalOrganization,
                  _out_variable_name="mo")
-            def GetMos(ctx: Any, oid: str | None, ogrn: str | None) -> MedicalOrganization:  # noqa: N802,N805
+            def GetMos(ctx: Any, oid: str | None, ogrn: str | None) -> MedicalOrganization:
                 return frmo._lookup(ctx.transport.req_env[_CALL], oid, ogrn)
 
         return FrmoService

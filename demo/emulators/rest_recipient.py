@@ -12,9 +12,9 @@ import json
 import logging
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
-from typing import Iterable
 
 from demo.emulators.serving import ServedInThread, ThreadingHttpServer
 from gateway.envelope import DSIG_NS, Envelope
@@ -93,7 +93,7 @@ class RecipientServer(ServedInThread):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            def do_POST(self) -> None:
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 if server.delay:
@@ -112,7 +112,7 @@ class RecipientServer(ServedInThread):
                          item.message_id, item.attempt, code, len(body), item.signature)
                 self._reply(code, {"received": item.message_id, "status": code})
 
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 with server._lock:
                     data = {"accepted": sorted(server.accepted), "requests": len(server.requests)}
                 self._reply(200, data)

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable, Iterable
 from http.server import ThreadingHTTPServer
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Iterable, Self
+from typing import Any, Self
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 BACKLOG = 64

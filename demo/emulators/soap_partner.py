@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from lxml import etree
 from spyne import Application, ServiceBase, rpc
@@ -134,7 +135,7 @@ class SoapPartner(ServedInThread):
 
         class PartnerService(ServiceBase):
             @rpc(AnyXml, _returns=Unicode)
-            def Deliver(ctx: Any, envelope: etree._Element | None) -> str:  # noqa: N802,N805 (the WSDL's name)
+            def Deliver(ctx: Any, envelope: etree._Element | None) -> str:
                 env = ctx.transport.req_env
                 answer = env[_ANSWER]
                 if answer == "server-fault":

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -46,7 +47,8 @@ class TrailStore:
     # ---- events ---------------------------------------------------------
 
     def _append_event(
-        self, conn: Connection, message_id: str, status: str, kind: str, actor: str, detail: dict[str, Any], at: datetime
+        self, conn: Connection, message_id: str, status: str, kind: str, actor: str, detail: dict[str, Any],
+        at: datetime,
     ) -> None:
         prev = self._chain_heads(conn, [message_id]).get(message_id, GENESIS)
         row = event_row(prev, message_id, at, status, kind, actor, detail_text(detail))
@@ -167,7 +169,8 @@ class TrailStore:
         prev = GENESIS
         for ev in self.trail(message_id):
             text = detail_text(ev.detail)
-            if ev.prev_hash != prev or ev.hash != event_hash(prev, message_id, ev.at, ev.status, ev.kind, ev.actor, text):
+            expected = event_hash(prev, message_id, ev.at, ev.status, ev.kind, ev.actor, text)
+            if ev.prev_hash != prev or ev.hash != expected:
                 return False
             prev = ev.hash
         return True

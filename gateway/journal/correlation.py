@@ -144,6 +144,6 @@ class RegistryRequests:
             pass  # another worker stored the same question's answer at the same moment
 
 
-def _pending(row) -> PendingRequest:  # noqa: ANN001 (a SQLAlchemy Row)
+def _pending(row) -> PendingRequest:
     return PendingRequest(row.message_id, row.requester, row.registry, row.message_type, as_utc(row.accepted_at),
                           as_utc(row.deadline_at), row.answer_id, row.timeout_id)

@@ -1,8 +1,9 @@
 """Messages: accepting one (an idempotent receiver), reading them, finding them by status, sending them round again."""
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any
 
 from sqlalchemy import func, insert, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
@@ -11,7 +12,16 @@ from gateway import errors
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal.chain import TrailStore
-from gateway.journal.model import IN_FLIGHT, AcceptOutcome, MessageRecord, SideWrite, Status, as_utc, message_record, utcnow
+from gateway.journal.model import (
+    IN_FLIGHT,
+    AcceptOutcome,
+    MessageRecord,
+    SideWrite,
+    Status,
+    as_utc,
+    message_record,
+    utcnow,
+)
 from gateway.journal.tables import messages
 
 
@@ -87,7 +97,8 @@ class MessageStore(TrailStore):
                     "MessageID",
                     status=409,
                 )
-            self._append_event(conn, env.message_id, existing.status, "DUPLICATE_RECEIVED", actor, {"source": source}, now)
+            self._append_event(conn, env.message_id, existing.status, "DUPLICATE_RECEIVED", actor,
+                               {"source": source}, now)
             return AcceptOutcome(env.message_id, existing.status, duplicate=True)
 
     def get(self, message_id: str) -> MessageRecord | None:

@@ -1,7 +1,7 @@
 """The outbox: accepted messages the relay has not yet handed to the broker, and the broker's confirm."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 from sqlalchemy import insert, select, update
 

@@ -70,15 +70,15 @@ def check_register(h_file: etree._Element, l_file: etree._Element | None, *, h_s
     or an archive whose L-file is missing, which the caller reports as such.
     """
     h = schema_errors(h_file, h_schema) + list(_header(h_file, l_file)) + list(_sums(h_file)) + list(_entries(h_file))
-    l: list[FlkError] = []  # noqa: E741
+    persons: list[FlkError] = []
     if l_file is not None:
         if l_schema is not None:
-            l += schema_errors(l_file, l_schema)
+            persons += schema_errors(l_file, l_schema)
         for where, finding in _persons(h_file, l_file):
-            (h if where == "H" else l).append(finding)
+            (h if where == "H" else persons).append(finding)
     if specialties is not None:
         h += list(_specialties(h_file, set(specialties)))
-    return Findings(h, l)
+    return Findings(h, persons)
 
 
 def _text(el: etree._Element, path: str) -> str:
@@ -186,8 +186,8 @@ def _persons(h_file: etree._Element, l_file: etree._Element) -> Iterator[tuple[s
                                         **at)
             for code, tag, mark in (("1540", "FAM", "2"), ("1580", "IM", "3"), ("1610", "OT", "1")):
                 if mark in dost and pers.find(tag) is not None:
-                    yield "L", FlkError(f"003F.00.{code}", tag, "PERS", comment=f"{tag} must be absent with DOST {mark}",
-                                        **at)
+                    yield "L", FlkError(f"003F.00.{code}", tag, "PERS",
+                                        comment=f"{tag} must be absent with DOST {mark}", **at)
         if _text(zap, "PACIENT/VPOLIS") != "3":
             wanted = [("1720", "DOCTYPE"), ("1730", "DOCSER"), ("1740", "DOCNUM")]
             if with_docdate:

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Union
 
 from lxml import etree
+
 from zdravlink.errors import ConfigurationError
 
 _XS = "{http://www.w3.org/2001/XMLSchema}"
@@ -85,7 +86,7 @@ class Layout:
         return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_layout(xsd: Path) -> Layout:
     """The layout of the first global element of ``xsd`` (the file's root)."""
     doc = etree.parse(str(xsd)).getroot()

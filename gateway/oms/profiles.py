@@ -214,7 +214,7 @@ def load_oms_config(config: GatewayConfig, problems: list[ConfigProblem]) -> Oms
     return OmsConfig(profiles, insurers, config.directory)
 
 
-def _read(path: Path, model: type[_Strict], problems: list[ConfigProblem]):  # noqa: ANN202 - the model given
+def _read(path: Path, model: type[_Strict], problems: list[ConfigProblem]):
     try:
         return model.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as exc:

@@ -8,8 +8,8 @@ prints the table in docs/RELIABILITY.md.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 

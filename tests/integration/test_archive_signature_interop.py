@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from demo.ca import demo_signer
 from gateway.oms.archive import pack
 from signing import Certificate, PrivateKey, SignatureError, Signer, TrustStore, errors
 from signing.cms import sign_detached, verify_detached
-from demo.ca import demo_signer
 from tests.integration.test_signing_interop import run
 
 KEY_TYPES = ("gost2012-256", "gost2012-512", "rsa")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import sqlalchemy as sa
@@ -95,13 +95,13 @@ CASES = [
     ("duplicate key", json.dumps(envelope_json("lab", "clinic"))[:-1].encode() + b', "recipient": "lab"}',
      "application/json", LAB_TOKEN, 400, "JSON_DUPLICATE_KEY", "recipient"),
     ("MessageID three days old", json.dumps(envelope_json(
-        "lab", "clinic", message_id=uuid1_at(datetime.now(timezone.utc) - timedelta(days=3)))).encode(),
+        "lab", "clinic", message_id=uuid1_at(datetime.now(UTC) - timedelta(days=3)))).encode(),
      "application/json", LAB_TOKEN, 400, "STALE_MESSAGE_ID", "MessageID"),
     ("MessageID an hour ahead", json.dumps(envelope_json(
-        "lab", "clinic", message_id=uuid1_at(datetime.now(timezone.utc) + timedelta(hours=1)))).encode(),
+        "lab", "clinic", message_id=uuid1_at(datetime.now(UTC) + timedelta(hours=1)))).encode(),
      "application/json", LAB_TOKEN, 400, "STALE_MESSAGE_ID", "MessageID"),
     ("MessageID dated in the year 4000", json.dumps(envelope_json(
-        "lab", "clinic", message_id=uuid1_at(datetime(4000, 1, 1, tzinfo=timezone.utc)))).encode(),
+        "lab", "clinic", message_id=uuid1_at(datetime(4000, 1, 1, tzinfo=UTC)))).encode(),
      "application/json", LAB_TOKEN, 400, "STALE_MESSAGE_ID", "MessageID"),
 ]
 

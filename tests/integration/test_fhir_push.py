@@ -7,11 +7,11 @@ from pathlib import Path
 import hl7
 import httpx
 
-from demo.emulators.rest_recipient import RecipientServer
 from adapters.fhir.validation import STRICT, validate_bundle
 from adapters.hl7v2.oru import LAB_RESULT_NS, map_message
 from adapters.mapping.lab_mapping import load_mapping
 from adapters.rest.push import push
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.envelope import Envelope
 from gateway.xmlsafe import parse_xml
 from tests.support.gateway_proc import notice

@@ -20,17 +20,17 @@ import httpx
 import pytest
 from lxml import etree
 
+from adapters.soap.push import SoapPusher
+from demo.ca import demo_signer
 from demo.emulators.insurer import ACT_PROTOCOL_NS, FLK_PROTOCOL_NS, INSURER_NS, REGISTER_NS, InsurerEmulator
 from demo.emulators.rest_recipient import RecipientServer
-from adapters.soap.push import SoapPusher
 from gateway.config import Channel
 from gateway.envelope import DSIG_NS, Envelope
-from gateway.schemas import ENVELOPE_NS, schemas_dir, validate_envelope, validate_payload
 from gateway.oms.archive import pack, to_bytes
 from gateway.oms.flk import read_protocol_file
+from gateway.schemas import ENVELOPE_NS, schemas_dir, validate_envelope, validate_payload
 from signing import Certificate, PrivateKey, Signer, TrustStore, verify
 from signing.cms import sign_detached
-from demo.ca import demo_signer
 
 R, P, Z, DS = "{%s}" % REGISTER_NS, "{%s}" % ACT_PROTOCOL_NS, "{%s}" % ENVELOPE_NS, "{%s}" % DSIG_NS
 F = "{%s}" % FLK_PROTOCOL_NS
@@ -329,13 +329,13 @@ def test_stop_is_quick_even_while_a_reply_hangs():
 
 # ---- a ФЛК insurer ------------------------------------------------------------------------
 
-def _region75():  # noqa: ANN202 - RegionProfile
+def _region75():
     from tests.unit.test_service_act import profile
 
     return profile("zabaykalsky")
 
 
-def flk_answer(act) -> dict[str, list[tuple[str, str | None, str | None]]]:  # noqa: ANN001 - ReceivedAct
+def flk_answer(act) -> dict[str, list[tuple[str, str | None, str | None]]]:
     """The protocols of a ФЛК answer: per file answered, (OSHIB, element, IDSERV) of each error."""
     name = act.answer.findtext(F + "FileName")
     content = base64.b64decode(act.answer.findtext(F + "Content"))

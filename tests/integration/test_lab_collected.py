@@ -17,10 +17,10 @@ import hl7
 import pytest
 from lxml import etree
 
-from demo.emulators.rest_recipient import RecipientServer
 from adapters.hl7v2.ack import charset_of
 from adapters.hl7v2.message_ids import message_id_for
 from adapters.hl7v2.oru import LAB_RESULT_NS
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
 from signing import Certificate, TrustStore
 from tests.integration.test_lab_hl7 import exchange, wait_for

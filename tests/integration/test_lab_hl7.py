@@ -15,9 +15,9 @@ import hl7
 import pytest
 from lxml import etree
 
-from demo.emulators.rest_recipient import RecipientServer
 from adapters.hl7v2.mllp import FrameReader, frame
 from adapters.hl7v2.oru import LAB_RESULT_NS
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.envelope import Envelope
 from gateway.journal import Journal
 from gateway.xmlsafe import parse_xml
@@ -326,7 +326,7 @@ def test_lab_report_inside_smev_is_mapped_by_the_same_file(gw, clinic):
     import uuid
 
     from adapters.soap import smev_client as smev
-    from adapters.soap.smev_schema import B, F, SOAP_ENV_NS, T
+    from adapters.soap.smev_schema import SOAP_ENV_NS, B, F, T
 
     url = gw.base + "/smev/1.1"
     mid = str(uuid.uuid1())

@@ -8,23 +8,23 @@ import datetime as dt
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import httpx
 import pytest
 
-from demo.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
 from adapters.registries.clients import FrmoClient, FrmrClient, RegistryCallFailed, RegistryReply
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, organisation_answer, worker_answer
-from signing import TrustStore
 from demo.ca import demo_signer as signer
+from demo.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
+from signing import TrustStore
 from tests.conftest import free_port
 
 DATASET = DEMO_DATASET
 TOKEN = "frmr-token-not-a-secret"
 TODAY = dt.date(2026, 11, 23)
-NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 KNOWN_SNILS, UNKNOWN_SNILS = "11223344595", "23456789100"
 MO_VALID, MO_CLOSED = "1.2.643.5.1.13.13.12.2.77.1001", "1.2.643.5.1.13.13.12.2.77.1002"
 MO_UNKNOWN = "1.2.643.5.1.13.13.12.2.77.9999"
@@ -203,7 +203,7 @@ def test_frmr_retry_after_over_the_wire(frmr, http, keys, trust, script, retry_a
 
 
 def test_frmr_retry_after_as_seconds_or_date(keys, trust):
-    later = (dt.datetime.now(dt.timezone.utc) + dt.timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
+    later = (dt.datetime.now(dt.UTC) + dt.timedelta(seconds=90)).strftime("%a, %d %b %Y %H:%M:%S GMT")
     answers = iter([httpx.Response(429, headers={"Retry-After": "7"}, json={"message": "slow down"}),
                     httpx.Response(503, headers={"Retry-After": later}),
                     httpx.Response(503)])

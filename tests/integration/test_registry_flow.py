@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
-from demo.emulators.rest_recipient import RecipientServer
 from adapters.soap import smev_client as smev
 from adapters.soap.smev_schema import BASIC_NS, TYPES_NS
+from demo.ca import demo_signer
+from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
 from gateway.envelope import Envelope
 from signing import Certificate, Signer, TrustStore
-from demo.ca import demo_signer
 from tests.support import configs
 from tests.support.envelopes import assert_valid_envelope
 

@@ -10,12 +10,12 @@ import zeep
 from lxml import etree
 from zeep.helpers import serialize_object
 
-from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, organisation_answer, worker_answer
+from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
 
 XSD = Path(__file__).resolve().parents[2] / "schemas_xsd" / "payloads"
 TODAY = dt.date(2026, 11, 23)
-NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 WORKERS = etree.XMLSchema(etree.parse(str(XSD / "worker-verification-1.0.xsd")))
 ORGS = etree.XMLSchema(etree.parse(str(XSD / "organisation-verification-1.0.xsd")))
 

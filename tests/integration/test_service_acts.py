@@ -45,11 +45,11 @@ TARIFFS = "tariffs:\n" + "".join(f'  - {{code: "{c}", name: "{c}", price: {p}, f
 V021 = {"76", "27"}          # smo-1's directory of specialties
 UNKNOWN_SPECIALTY = "49"     # a V021 code smo-1's directory lacks
 BAD = {"clinic-a-R-6", "clinic-a-R-9"}  # smo-1's records with that specialty, each its patient's only one
-BINDINGS = f"""insurers:
-  smo-1: {{profile: zabaykalsky}}
-  smo-2: {{profile: bashkortostan, values: {{ZL_LIST/SCHET/PODR: "7", PERS_LIST/PERS/STATUS: "1"}},
-          editions: [{{from: 2019-01, h: "3.1", l: "3.2"}}]}}   # Bashkortostan's 3.1, by agreement
-  smo-3: {{profile: zabaykalsky}}
+BINDINGS = """insurers:
+  smo-1: {profile: zabaykalsky}
+  smo-2: {profile: bashkortostan, values: {ZL_LIST/SCHET/PODR: "7", PERS_LIST/PERS/STATUS: "1"},
+          editions: [{from: 2019-01, h: "3.1", l: "3.2"}]}   # Bashkortostan's 3.1, by agreement
+  smo-3: {profile: zabaykalsky}
 """
 SCHEMAS = {"smo-1": ("region75/tfoms75-actual-MP-3.2.xsd", "region75/tfoms75-actual-PERS-3.2.xsd", None, None),
            "smo-3": ("region75/tfoms75-actual-MP-3.2.xsd", "region75/tfoms75-actual-PERS-3.2.xsd", None, None),
@@ -66,8 +66,8 @@ def enp(rng: random.Random) -> str:
 
 @pytest.fixture
 def insurers(gateway_factory, demo_keys: Path):
-    from gateway.oms.profiles import Edition
     from demo.ca import demo_signer
+    from gateway.oms.profiles import Edition
 
     trust = TrustStore.from_directory(demo_keys / "trust")
     gateway = [Certificate.load(demo_keys / "gateway-gost2012-256.pem")]

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import threading
 import uuid
-from datetime import datetime, timedelta, timezone
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from socketserver import ThreadingMixIn
-from typing import Iterator
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import httpx
@@ -20,25 +20,25 @@ import pytest
 from lxml import etree
 
 from adapters.intake import Intake
+from adapters.soap import smev_client as smev
 from adapters.soap.smev_exchange import SmevExchange
-from gateway.message_ids import message_id_time
-from tests.support.ids import uuid1_at
 from adapters.soap.smev_mapping import ANSWER_NS
-from adapters.soap.smev_schema import B, F, SOAP_ENV_NS, T, compile_schema, smev_dir
+from adapters.soap.smev_schema import SOAP_ENV_NS, B, F, T, compile_schema, smev_dir
 from adapters.soap.smev_service import SmevWsgi
+from demo.ca import demo_signer
 from gateway.accept import AcceptPipeline
 from gateway.config import hash_token, load_config
 from gateway.journal import Journal, Status
 from gateway.journal.inbox import Inbox
 from gateway.keyring import load_keyring
+from gateway.message_ids import message_id_time
 from gateway.schemas import known_message_types
 from gateway.service_records import SERVICE_RECORD_NS
 from signing import sign
-from demo.ca import demo_signer
-from tests.unit.test_service_records import TARIFFS, record
-from adapters.soap import smev_client as smev
-from tests.support.references import SMEV_REFERENCE
 from tests.support.gateway_proc import NOTICE_NS, notice
+from tests.support.ids import uuid1_at
+from tests.support.references import SMEV_REFERENCE
+from tests.unit.test_service_records import TARIFFS, record
 
 LAB_TOKEN, CLINIC_TOKEN = "lab-soap-token", "clinic-soap-token"
 OFFICIAL = SMEV_REFERENCE if SMEV_REFERENCE.exists() else smev_dir()
@@ -156,7 +156,7 @@ def test_zeep_builds_a_client_from_our_wsdl_and_calls_it(service):
     service.deliver_all()
     client = zeep.Client(service.url + "?wsdl")
     client.transport.session.headers["Authorization"] = f"Bearer {CLINIC_TOKEN}"
-    answer = client.service.GetIncomingQueueStatistics(Timestamp={"_value_1": datetime.now(timezone.utc)})
+    answer = client.service.GetIncomingQueueStatistics(Timestamp={"_value_1": datetime.now(UTC)})
     assert [(q.queueName, q.pendingMessageNumber) for q in answer] == [(f"request:{NOTICE_NS}", 1)]
 
 
@@ -214,13 +214,13 @@ def test_message_id_must_be_a_lower_case_uuid_v1(service, message_id):
 
 
 def test_message_id_time_is_read_back():
-    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
+    when = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
     assert abs((message_id_time(uuid1_at(when)) - when).total_seconds()) < 1e-3
 
 
 @pytest.mark.parametrize("age", [timedelta(days=3), timedelta(hours=-1)])
 def test_stale_or_future_message_id(service, age):
-    mid = uuid1_at(datetime.now(timezone.utc) - age)
+    mid = uuid1_at(datetime.now(UTC) - age)
     status, body = service.call(smev.send_request(notice(), message_id=mid, by=service.lab))
     assert fault_detail(body).tag == F + "StaleMessageId"
 
@@ -293,7 +293,7 @@ def test_envelope_against_the_official_xsd_is_invalid_content_with_positions(ser
 
 
 def test_end_of_life_passed(service):
-    eol = (datetime.now(timezone.utc) - timedelta(minutes=1)).isoformat()
+    eol = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
     assert fault_detail(service.call(smev.send_request(notice(), eol=eol, by=service.lab))[1]).tag == \
         F + "EndOfLifeReached"
 

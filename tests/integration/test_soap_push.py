@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import zeep
 from lxml import etree
 
-from demo.emulators.soap_partner import SoapPartner
 from adapters.soap.push import SoapPusher
+from demo.emulators.soap_partner import SoapPartner
 from gateway.config import Channel
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS

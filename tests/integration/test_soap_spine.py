@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 from lxml import etree
 
-from demo.emulators.soap_partner import SoapPartner
-from adapters.soap.smev_schema import T
-from gateway.config import hash_token
-from demo.ca import demo_signer
 from adapters.soap import smev_client as smev
+from adapters.soap.smev_schema import T
+from demo.ca import demo_signer
+from demo.emulators.soap_partner import SoapPartner
+from gateway.config import hash_token
 from tests.support.gateway_proc import NOTICE_NS, notice
 
 pytestmark = pytest.mark.broker

@@ -97,8 +97,8 @@ class GatewayProcesses:
             self.wait_port(self.mllp_port, "mllp")
 
     def _asks_registries(self) -> bool:
-        from gateway.config import load_config
         from application.runtime import has_registry_routes
+        from gateway.config import load_config
 
         return has_registry_routes(load_config(self.dir))
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20.0, what: str = "condition",

@@ -21,8 +21,9 @@ from sqlalchemy import select
 from adapters.acts.archive import read_archive_payload
 from adapters.acts.protocol_file import import_protocol
 from adapters.acts.runner import ActRunner
-from demo.emulators.insurer import check_archive, protocol_file
 from adapters.intake import Intake
+from demo.ca import demo_signer
+from demo.emulators.insurer import check_archive, protocol_file
 from gateway.accept import AcceptPipeline
 from gateway.config import load_config
 from gateway.envelope import Envelope
@@ -38,7 +39,6 @@ from gateway.service_records import ACT_PROTOCOL_NS, FLK_PROTOCOL_NS, REGISTER_N
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, Signer, TrustStore, sign
 from signing.cms import sign_detached, verify_detached
-from demo.ca import demo_signer
 from tests.unit.test_service_act import profile
 from tests.unit.test_service_records import TARIFFS, record
 

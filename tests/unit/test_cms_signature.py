@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from demo.ca import create_demo_keys, demo_signer
 from signing import Certificate, SignatureError, TrustStore, errors
 from signing.cms import sign_detached, verify_detached
-from demo.ca import create_demo_keys, demo_signer
 
 DATA = "Реестр счетов".encode("cp1251") * 50
 

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 
 import hl7
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from lxml import etree
@@ -24,8 +25,6 @@ from adapters.fhir.validation import STRICT, validate_bundle
 from adapters.hl7v2.ack import charset_of, decode, parse
 from adapters.hl7v2.oru import MappingGaps, map_message
 from adapters.mapping.lab_mapping import LabMapping, load_mapping
-
-import pytest
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 NS = {"lr": "urn://zdravlink/types/lab-result/1.0"}
@@ -71,7 +70,7 @@ def counted_segments(text: str) -> tuple[set[str], dict[str, int], dict[str, str
     return seen, run_in, comment_on
 
 
-def accounted(payload: etree._Element, gaps: list) -> tuple[set[str], dict[str, int]]:  # noqa: ANN001
+def accounted(payload: etree._Element, gaps: list) -> tuple[set[str], dict[str, int]]:
     sources = {el.get("source") for el in payload.iter() if el.get("source")}
     named = {f"{g.segment}[{g.sequence}]" for g in gaps}
     run_in: dict[str, int] = {}

@@ -15,9 +15,9 @@ import pytest
 
 from gateway.config import load_config
 from gateway.journal import Journal, Status
+from routing.channels import DeliveryResult
 from routing.deadletter import DeadLetterChannel
 from routing.delivery import DeliveryWorker
-from routing.channels import DeliveryResult
 from routing.delivery_progress import DeliveryProgress, routed_headers
 from routing.topology import Topology
 from tests.support import configs
@@ -48,7 +48,7 @@ class Script:
     def close(self) -> None:
         pass
 
-    def deliver(self, channel, signed, rec, attempt) -> DeliveryResult:  # noqa: ANN001
+    def deliver(self, channel, signed, rec, attempt) -> DeliveryResult:
         self.calls.append((channel.name, attempt))
         seq = self.answers[channel.name]
         return seq.pop(0) if len(seq) > 1 else seq[0]

@@ -8,11 +8,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from signing import Certificate, SignatureError, TrustStore, sign_octets, verify_octets
-from signing import errors
-from signing.backends import GOST256_SIGNATURE, RSA_SHA256_SIGNATURE
 from demo.ca import create_demo_keys
 from demo.ca import demo_signer as signer
+from signing import Certificate, SignatureError, TrustStore, errors, sign_octets, verify_octets
+from signing.backends import GOST256_SIGNATURE, RSA_SHA256_SIGNATURE
 from signing.detached import ALGORITHM_HEADER, CERTIFICATE_HEADER, SIGNATURE_HEADER
 
 BODY = '{"content": {"snils": "11223344595", "lastName": "Иванова"}}'.encode()

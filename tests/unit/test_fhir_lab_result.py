@@ -184,7 +184,7 @@ def test_json_is_utf8_with_cyrillic_as_is_and_decimals_as_written():
                               "<lr:System>1.2.643.5.1.13.13.11.1358</lr:System><lr:Display>г/л</lr:Display></lr:Unit>"
                               "</lr:Quantity>", after="<lr:Note>Гемолиз ++</lr:Note>"))
     data = to_json_bytes(convert(root))
-    assert "Гемолиз ++".encode("utf-8") in data and b"\\u" not in data
+    assert "Гемолиз ++".encode() in data and b"\\u" not in data
     assert b'"value":5.50,' in data
     assert only(json.loads(data), "Observation")["note"] == [{"text": "Гемолиз ++"}]
 

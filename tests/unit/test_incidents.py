@@ -13,9 +13,9 @@ from starlette.routing import Route
 from adapters.rest.incidents import IncidentMiddleware
 
 
-def post(exc: Exception, path: str, audit, soap_paths: tuple[str, ...] = ()) -> httpx.Response:  # noqa: ANN001
+def post(exc: Exception, path: str, audit, soap_paths: tuple[str, ...] = ()) -> httpx.Response:
     """POST to an app whose every route raises ``exc``, with the middleware placed as create_app places it."""
-    def boom(_request):  # noqa: ANN001, ANN202
+    def boom(_request):
         raise exc
 
     app = Starlette(routes=[Route(path, boom, methods=["POST"])],
@@ -50,7 +50,7 @@ def test_a_bug_is_a_500_problem_whose_incident_id_is_in_the_log_and_the_audit(ca
 
 
 def test_a_soap_caller_gets_a_soap_fault_and_an_audit_failure_does_not_change_the_answer() -> None:
-    def audit(*_a) -> None:  # noqa: ANN002
+    def audit(*_a) -> None:
         raise RuntimeError("audit table gone")
 
     r = post(ValueError("x"), "/smev/1.1", audit, soap_paths=("/smev/1.1",))

@@ -132,7 +132,7 @@ def test_accept_and_its_side_writes_are_one_transaction(journal: Journal) -> Non
 
     env = make_env()
 
-    def side(conn, now) -> None:  # noqa: ANN001
+    def side(conn, now) -> None:
         conn.execute(sa.insert(rejections).values(at=now, source="side", code="SIDE", detail="written"))
         raise ConnectionError("the process died here")
 

@@ -5,10 +5,10 @@ import pytest
 from lxml import etree
 
 from gateway import schemas
-from gateway.flows import RegistryVerificationFlow
 from gateway.config import ORGANISATION_VERIFICATION_NS as NS
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
+from gateway.flows import RegistryVerificationFlow
 
 
 def envelope(payload: str) -> Envelope:

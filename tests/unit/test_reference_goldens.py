@@ -32,7 +32,7 @@ def message_path(prefix: str) -> Path:
     return next(COLLECTED.glob(f"{prefix}_*.hl7"))
 
 
-def mapped(prefix: str):  # noqa: ANN201
+def mapped(prefix: str):
     mapping = load_mapping(DATA / "mappings" / f"{MANIFEST[prefix]['lab']}.yaml", problems := [])
     assert problems == [] and mapping is not None
     return map_message(parse_for_cli(message_path(prefix).read_bytes()), mapping)

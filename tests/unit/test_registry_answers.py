@@ -11,7 +11,7 @@ from adapters.registries.channel import cache_key
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, from_cache, timeout_answer, worker_answer
 
 XSD = Path(__file__).resolve().parents[2] / "schemas_xsd" / "payloads"
-NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 11, 23, 12, 0, tzinfo=dt.UTC)
 WORKER_REQUEST = f'<wv:WorkerVerificationRequest xmlns:wv="{WORKER_NS}"><wv:SNILS>11223344595</wv:SNILS></wv:WorkerVerificationRequest>'
 ORG_REQUEST = f'<ov:OrganisationVerificationRequest xmlns:ov="{ORGANISATION_NS}"><ov:OGRN>1027700000001</ov:OGRN></ov:OrganisationVerificationRequest>'
 

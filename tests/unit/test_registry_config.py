@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config
 from application.runtime import has_registry_routes
+from gateway.config import ConfigError, load_config
 from gateway.schemas import known_message_types
 
 WORKER = "urn://zdravlink/types/worker-verification/1.0"

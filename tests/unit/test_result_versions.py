@@ -32,7 +32,7 @@ def test_one_message_remembers_each_of_its_orders(db_url: str) -> None:
 def test_migration_0008_keeps_the_rows_and_goes_back(db_url: str) -> None:
     engine = sa.create_engine(db_url)
     upgrade(engine, "0006")
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
         conn.execute(sa.text(
             "INSERT INTO messages (message_id, sender, recipient, message_type, route, status, fingerprint, source, "

@@ -23,15 +23,14 @@ import yaml
 from lxml import etree
 
 from adapters.acts.archive import RegisterArchive
-from adapters.acts.builder import CaseDefaults, Person, Record, Register, RegisterError, build_register, \
-    register_digest
+from adapters.acts.builder import CaseDefaults, Person, Record, Register, RegisterError, build_register, register_digest
+from demo.ca import demo_signer
 from gateway.identifiers import enp_valid, snils_valid
 from gateway.oms.archive import members, to_bytes, unpack_register
 from gateway.oms.profiles import EditionError, InsurerBinding, ResolvedEdition, _ProfileFile, resolve
 from gateway.service_records import SERVICE_RECORD_NS
 from signing import TrustStore
 from signing.cms import verify_detached
-from demo.ca import demo_signer
 
 ROOT = Path(__file__).resolve().parents[2]
 OMS = ROOT / "schemas_xsd" / "oms"
@@ -60,7 +59,7 @@ EDITIONS = {
 }
 
 
-def profile(name: str):  # noqa: ANN201 - RegionProfile
+def profile(name: str):
     data = yaml.safe_load((ROOT / "config" / "oms" / "profiles" / f"{name}.yaml").read_text(encoding="utf-8"))
     return _ProfileFile.model_validate(data).profile
 
@@ -184,7 +183,7 @@ def test_the_synthetic_month_covers_what_the_registers_must_handle() -> None:
     assert all(r.person.family_name for r in month_of_records("ufa-3.1"))  # FAM is required in Bashkortostan
 
 
-def test_every_register_is_valid_for_its_regions_schemas(month) -> None:  # noqa: ANN001
+def test_every_register_is_valid_for_its_regions_schemas(month) -> None:
     key, by_group, registers = month
     h_xsd, l_xsd, namespaces = EDITIONS[key][4:]
     assert len(registers) == 6
@@ -195,13 +194,13 @@ def test_every_register_is_valid_for_its_regions_schemas(month) -> None:  # noqa
         assert reference_valid(etree.fromstring(to_bytes(reg.h_file)), h_xsd, namespaces and namespaces[0]) == []
 
 
-def test_the_versions_are_the_periods(month) -> None:  # noqa: ANN001
+def test_the_versions_are_the_periods(month) -> None:
     key, _, registers = month
     for reg in registers.values():
         assert (reg.h_file.findtext("ZGLV/VERSION"), reg.l_file.findtext("ZGLV/VERSION")) == EDITIONS[key][2:4]
 
 
-def test_sums_are_exact_and_recomputed_from_the_services(month) -> None:  # noqa: ANN001
+def test_sums_are_exact_and_recomputed_from_the_services(month) -> None:
     _, by_group, registers = month
     for g, reg in registers.items():
         h = reg.h_file
@@ -224,7 +223,7 @@ def test_rounding_is_per_service_and_half_up() -> None:
     assert reg.h_file.findtext("SCHET/SUMMAV") == "0.05"  # rounding the exact total (0.035) would bill 0.04
 
 
-def test_file_names_follow_the_federal_rule(month) -> None:  # noqa: ANN001
+def test_file_names_follow_the_federal_rule(month) -> None:
     key, _, registers = month
     year_month = EDITIONS[key][1].replace("-", "")[2:]
     for (code_mo, insurer), reg in registers.items():
@@ -235,7 +234,7 @@ def test_file_names_follow_the_federal_rule(month) -> None:  # noqa: ANN001
         assert reg.h_file.findtext("SCHET/PLAT") == INSURERS[insurer]  # a file to an insurer names its payer
 
 
-def test_every_patient_is_linked_once_by_id_pac(month) -> None:  # noqa: ANN001
+def test_every_patient_is_linked_once_by_id_pac(month) -> None:
     _, by_group, registers = month
     for g, reg in registers.items():
         pac_ids = [z.findtext("PACIENT/ID_PAC") for z in reg.h_file.findall("ZAP")]
@@ -253,7 +252,7 @@ def test_every_patient_is_linked_once_by_id_pac(month) -> None:  # noqa: ANN001
                                                     ("3", person.given_name)) if not part)
 
 
-def test_one_zap_per_patient_and_diagnosis_each_service_once(month) -> None:  # noqa: ANN001
+def test_one_zap_per_patient_and_diagnosis_each_service_once(month) -> None:
     key, by_group, registers = month
     v32 = EDITIONS[key][2] == "3.2"
     for g, reg in registers.items():
@@ -276,7 +275,7 @@ def test_one_zap_per_patient_and_diagnosis_each_service_once(month) -> None:  # 
                 assert _f(usl, "SUMV_USL") == _rounded(r)
 
 
-def test_what_3_2_writes_differently(month) -> None:  # noqa: ANN001
+def test_what_3_2_writes_differently(month) -> None:
     key, by_group, registers = month
     h_version, l_version = EDITIONS[key][2:4]
     for g, reg in registers.items():
@@ -295,7 +294,7 @@ def test_what_3_2_writes_differently(month) -> None:  # noqa: ANN001
         assert (reg.l_file.find("PERS/DOCDATE") is not None) == (l_version == "3.2")
 
 
-def test_the_regions_own_elements_are_filled_from_records_and_binding(month) -> None:  # noqa: ANN001
+def test_the_regions_own_elements_are_filled_from_records_and_binding(month) -> None:
     key, by_group, registers = month
     for g, reg in registers.items():
         by_id = {r.record_id: r for r in by_group[g]}
@@ -460,7 +459,7 @@ def test_records_read_from_service_record_payloads_build_the_same_register() -> 
         Record.from_element(etree.Element("ZL_LIST"))
 
 
-def test_dates_are_taken_as_dates(month) -> None:  # noqa: ANN001
+def test_dates_are_taken_as_dates(month) -> None:
     _, _, registers = month
     for reg in registers.values():
         for path in ("ZGLV/DATA", "SCHET/DSCHET"):

@@ -224,9 +224,10 @@ def test_what_the_insurers_region_requires_is_refused_at_intake(tmp_path, db_url
 def test_a_refusal_audits_no_personal_data(tmp_path, db_url, caplog):
     import logging
 
+    from sqlalchemy import select
+
     from adapters.intake import Intake
     from gateway.journal.tables import rejections
-    from sqlalchemy import select
 
     p = make_pipeline(tmp_path, db_url)
     intake = Intake(p, p.journal)

@@ -23,10 +23,22 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import signing
-from signing import Certificate, KeyFileError, PrivateKey, SignatureError, Signer, TrustStore, errors, libcrypto
-from signing import sign, smev_transform, transform, verify
-from signing.backends import DIGESTS
 from demo.ca import DemoCA
+from signing import (
+    Certificate,
+    KeyFileError,
+    PrivateKey,
+    SignatureError,
+    Signer,
+    TrustStore,
+    errors,
+    libcrypto,
+    sign,
+    smev_transform,
+    transform,
+    verify,
+)
+from signing.backends import DIGESTS
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 # A copy of /work/shared/reference/gost-vectors.json, so that a clone elsewhere (no ../shared) tests too.
@@ -360,7 +372,7 @@ def _issued_signer(demo_keys: Path, out: Path, name: str, **dates: dt.datetime) 
 
 def test_expired_certificate(tmp_path, demo_keys, trust):
     """A certificate of the trusted CA whose validity ended yesterday is refused as expired."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     signer = _issued_signer(demo_keys, tmp_path, "expired", not_before=now - dt.timedelta(days=30),
                             not_after=now - dt.timedelta(days=1))
     assert refused(signed_envelope(signer), trust) == errors.CERTIFICATE_EXPIRED
@@ -368,7 +380,7 @@ def test_expired_certificate(tmp_path, demo_keys, trust):
 
 def test_not_yet_valid_certificate(tmp_path, demo_keys, trust):
     """A certificate of the trusted CA valid only from tomorrow is refused as not yet valid."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     signer = _issued_signer(demo_keys, tmp_path, "future", not_before=now + dt.timedelta(days=1),
                             not_after=now + dt.timedelta(days=30))
     assert refused(signed_envelope(signer), trust) == errors.CERTIFICATE_NOT_YET_VALID
