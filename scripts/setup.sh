@@ -36,15 +36,16 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
-stamp="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+stamp="$(cat pyproject.toml requirements.lock | sha256sum | cut -d' ' -f1)"
 if [ ! -x .venv/bin/python ]; then
   say "creating .venv with $("$PY" --version)"
   "$PY" -m venv .venv
 fi
 if [ "$(cat .venv/.zl-installed 2>/dev/null)" != "$stamp" ]; then
-  say "installing pinned dependencies into .venv"
+  say "installing the locked dependencies into .venv (requirements.lock, hashes checked)"
   .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -e '.[test]'
+  .venv/bin/python -m pip install -q --require-hashes -r requirements.lock
+  .venv/bin/python -m pip install -q --no-deps -e .
   # lxml and xmlsec must bundle the same libxml2, or `import xmlsec` fails (pyproject.toml pins).
   .venv/bin/python -c 'import lxml, xmlsec, spyne, pika' 2>/dev/null || { say "import check failed (lxml/xmlsec pin?)"; exit 1; }
   echo "$stamp" > .venv/.zl-installed
