@@ -21,6 +21,10 @@ def setup_logging(name: str) -> None:
     # spyne logs every soap:Client fault it sends at ERROR with a traceback: a caller's mistake, which
     # the SMEV service already audits, and the emulators' "not found". Server faults stay logged.
     logging.getLogger("spyne.application.client").setLevel(logging.CRITICAL)
+    # spyne keeps one global registry of applications by namespace and name, and warns "Overwriting
+    # application" when a second one registers: the SMEV service and the demo's SOAP partners share the
+    # official SMEV namespace on purpose, and nothing is overwritten that anyone looks up.
+    logging.getLogger("spyne.util.appreg").setLevel(logging.ERROR)
 
 
 def config_dir(given: str | Path | None = None) -> Path:

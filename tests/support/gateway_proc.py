@@ -156,25 +156,7 @@ class GatewayProcesses:
         self.delete_topology()
 
     def delete_topology(self) -> None:
-        try:
-            conn = connect(self.amqp_url, "zl-test-cleanup", heartbeat=0)
-        except Exception:
-            return
-        topo = Topology(self.prefix)
-        participants = [p for p in self._participants()]
-        try:
-            ch = conn.channel()
-            for q in topo.all_queues(participants):
-                ch.queue_delete(q)
-            for x in topo.all_exchanges():
-                ch.exchange_delete(x)
-        except Exception:
-            pass
-        finally:
-            try:
-                conn.close()
-            except Exception:
-                pass
+        delete_topology(self.amqp_url, self.prefix, self._participants())
 
     def _participants(self) -> list[str]:
         import yaml
@@ -212,3 +194,25 @@ class GatewayProcesses:
 
     def metrics(self) -> str:
         return self.http.get("/metrics").text
+
+
+def delete_topology(amqp_url: str, prefix: str, participants: list[str]) -> None:
+    """Remove a test gateway's queues and exchanges from the shared broker."""
+    try:
+        conn = connect(amqp_url, "zl-test-cleanup", heartbeat=0)
+    except Exception:
+        return
+    topo = Topology(prefix)
+    try:
+        ch = conn.channel()
+        for q in topo.all_queues(participants):
+            ch.queue_delete(q)
+        for x in topo.all_exchanges():
+            ch.exchange_delete(x)
+    except Exception:
+        pass
+    finally:
+        try:
+            conn.close()
+        except Exception:
+            pass
