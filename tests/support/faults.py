@@ -321,14 +321,23 @@ def _recipient_503_then_down(r: Run) -> None:
 
 def _poison(r: Run) -> None:
     """One message whose copy on the broker cannot be read, among the load (see test_reconciliation)."""
+    from sqlalchemy import update
+    from sqlalchemy.engine import Connection
+
     from gateway.envelope import Envelope
-    from gateway.journal import Journal
+    from gateway.journal import Journal, Stage, Status
+    from gateway.journal.tables import messages
     from routing.broker import connect, properties
 
     env = Envelope.from_json(envelope_json("lab", "clinic"))
     journal = Journal(r.direct_db)
-    journal.accept(env, source="rest", actor="fault-suite", route="lab-to-clinic")
-    journal.mark_published([env.message_id], "fault-suite")
+
+    def already_published(conn: Connection, _now: object) -> None:
+        # In the accept transaction: the running relay must never see it ACCEPTED and publish a good copy.
+        conn.execute(update(messages).where(messages.c.message_id == env.message_id)
+                     .values(status=Status.PUBLISHED.value, stages=int(Stage.PUBLISHED)))
+
+    journal.accept(env, source="rest", actor="fault-suite", route="lab-to-clinic", side_writes=[already_published])
     journal.engine.dispose()
     conn = connect(f"amqp://guest:guest@127.0.0.1:{r.bench.amqp_port}/%2F", "fault-poison", heartbeat=0)
     try:
