@@ -181,7 +181,8 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     def metrics_endpoint(request: Request) -> Response:
         _check_scrape(request, scrape)
-        return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
+        body, content_type = render(state, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     return app
 

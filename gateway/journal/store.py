@@ -107,6 +107,7 @@ class MessageRecord:
     last_error: str | None
     generation: int = 0
     stages: int = 0
+    reference_id: str | None = None  # the envelope's ReferenceMessageID (migration 0010)
 
 
 class Change(NamedTuple):
@@ -349,6 +350,7 @@ class Journal:
             updated_at=now,
             attempts=0,
             replays=0,
+            reference_id=env.reference_message_id,
         )
         detail: dict[str, Any] = {"source": source, "route": route, "sender": env.sender, "recipient": env.recipient}
         if evidence:
@@ -430,6 +432,7 @@ class Journal:
             message_id=env.message_id, sender=env.sender, recipient=env.recipient, message_type=env.message_type,
             status=Status.REJECTED.value, fingerprint=env.fingerprint(), source=source, envelope=env.to_xml(),
             created_at=now, updated_at=now, attempts=0, replays=0, last_error=f"{rejection.code}: {detail}",
+            reference_id=env.reference_message_id,
         )
         try:
             with self.engine.begin() as conn:
