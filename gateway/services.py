@@ -87,6 +87,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
 
     from a2wsgi import WSGIMiddleware
 
+    from adapters.console import build_console
     from adapters.intake import Intake
     from adapters.rest.app import create_app
     from adapters.mapping.lab_service import LabResults
@@ -116,7 +117,8 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
 
     intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake)
     inbox = Inbox(journal)
-    labs = LabResults(intake, load_lab_mappings(config))
+    mappings = load_lab_mappings(config)
+    labs = LabResults(intake, mappings)
     smev = SmevWsgi(SmevExchange(config, intake, inbox, keyring, labs), s.api.max_body_bytes)
     certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
                     for owner, c in keyring.owned_certificates()]
@@ -124,7 +126,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
                      state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
-                     lab_results=labs, metrics=s.metrics)
+                     lab_results=labs, metrics=s.metrics, console=build_console(config, journal, intake, mappings))
     relay.start()
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))

@@ -6,7 +6,7 @@ it, so an oversized or hostile body costs at most ``max_body_bytes`` of memory.
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from fastapi import FastAPI, Request
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -30,6 +30,9 @@ from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
 from gateway.xmlsafe import parse_xml
 from monitoring.exposition import GatewayStateCollector, render
+
+if TYPE_CHECKING:
+    from adapters.console.web import Console
 
 API = "/api/v1"
 
@@ -59,7 +62,7 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector,
                inbox: Inbox | None = None, keyring: KeyRing | None = None, lock_seconds: float = 300.0,
                soap: dict[str, Any] | None = None, lab_results: LabResults | None = None,
-               metrics: MetricsSettings | None = None) -> FastAPI:
+               metrics: MetricsSettings | None = None, console: Console | None = None) -> FastAPI:
     """The ASGI app; ``soap`` maps paths (``/smev/1.1``) to ASGI apps mounted beside the REST API."""
     app = FastAPI(
         title="Zdravlink gateway",
@@ -153,6 +156,8 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         _inbox_routes(app, intake, inbox, keyring or KeyRing(), lock_seconds)
     if lab_results is not None:
         _lab_routes(app, intake, lab_results, max_body_bytes)
+    if console is not None:
+        console.mount(app)
     for path, asgi in (soap or {}).items():
         app.router.routes.append(Route(path, endpoint=asgi, methods=["GET", "POST"], include_in_schema=False))
 
