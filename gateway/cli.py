@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from adapters.console import commands as console_commands
 from gateway.config import ConfigError, hash_token
 from gateway.services import config_dir, load, setup_logging
 
@@ -30,6 +31,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(demo_app, name="demo")
 app.add_typer(db_app, name="db")
 app.add_typer(journal_app, name="journal")
+app.add_typer(console_commands.app)  # zdravlink operator …, zdravlink messages … (adapters/console/commands.py)
 # Piped output (logs, CI, `| less`) gets a wide fixed width instead of rich's 80 columns.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 200)
@@ -91,6 +93,9 @@ def check_config(directory: Optional[Path] = typer.Argument(None, help="Configur
     ring = _keyring_or_exit(cfg)
     labs = _mappings_or_exit(cfg)
     tariffs = _tariffs_or_exit(cfg)
+    from adapters.console.operators import load_operators
+
+    _or_exit(load_operators, cfg.directory)
     out.print(f"[green]OK[/green] {config_dir(directory)}: {len(cfg.participants)} participants, "
               f"{len(cfg.routes)} routes, {len(labs)} lab mappings, {len(tariffs)} tariffs")
     for owner, cert in ring.owned_certificates():
@@ -248,6 +253,13 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
            all_dead: bool = typer.Option(False, "--all-dead", help="Replay every DEAD message"),
            kept: Optional[str] = typer.Option(None, "--kept", help="Map again every message LAB sent that was "
                                               "refused for a mapping gap", metavar="LAB"),
+           route: Optional[str] = typer.Option(None, "--route", help="With --all-dead: only this route's"),
+           recipient: Optional[str] = typer.Option(None, "--recipient", help="With --all-dead: only to this recipient"),
+           since: Optional[datetime] = typer.Option(None, "--since", formats=console_commands.TIME_FORMATS,
+                                                    help="With --all-dead: only those dead since (UTC)"),
+           reason: Optional[str] = typer.Option(None, "--reason", help="With --all-dead: only those whose reason "
+                                                "contains this text"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="With --all-dead: say how many would go to whom"),
            config: Optional[Path] = ConfigOpt) -> None:
     """Send dead letters again, or map kept lab messages again after their mapping was fixed."""
     from adapters.hl7v2.lab_intake import KEPT_NS
@@ -266,7 +278,14 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
             r for r in journal.get_many(journal.with_status(Status.REJECTED)).values()
             if r.sender == kept and r.message_type == KEPT_NS]
         raise typer.Exit(_replay_kept(cfg, journal, records))
-    ids = replaying.dead_ids(journal) if all_dead else [message_id]
+    if not all_dead and (route or recipient or since or reason or dry_run):
+        err.print("--route, --recipient, --since, --reason and --dry-run go with --all-dead")
+        raise typer.Exit(2)
+    selection = replaying.dead_selection(route, recipient, console_commands.utc(since), reason)
+    if dry_run:
+        console_commands.replay_preview(journal, selection)
+        return
+    ids = replaying.selected_ids(journal, selection) if all_dead else [message_id]
     counts = {True: 0, False: 0}
     for r in replaying.replay(journal, ids):
         counts[r.replayed] += 1
@@ -274,6 +293,9 @@ def replay(message_id: Optional[str] = typer.Argument(None, help="MessageID of a
                   highlight=False)
     if counts[True]:
         replaying.prune_dead_queue(cfg.settings.broker.url, Topology.of(cfg.settings.broker), journal)
+    console_commands.audit_cli(journal, "replay", {"all_dead": all_dead, "route": route, "recipient": recipient,
+                                                   "since": since, "reason": reason, "replayed": counts[True],
+                                                   "skipped": counts[False]}, target=message_id)
     if all_dead:
         out.print(f"{counts[True]} replayed, {counts[False]} skipped")
     if counts[False]:

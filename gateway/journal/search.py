@@ -48,6 +48,7 @@ class MessageFilter:
     since: datetime | None = None
     until: datetime | None = None
     updated_before: datetime | None = None  # stuck: unchanged since
+    updated_since: datetime | None = None  # dead letters: died since (their last change)
     reason: str | None = None  # a part of the last error (dead letters)
     result_id: str | None = None  # a lab result's ResultId (every version of it)
 
@@ -70,6 +71,8 @@ class MessageFilter:
             terms.append(c.created_at < self.until)
         if self.updated_before is not None:
             terms.append(c.updated_at < self.updated_before)
+        if self.updated_since is not None:
+            terms.append(c.updated_at >= self.updated_since)
         if self.reason:
             terms.append(c.last_error.contains(self.reason, autoescape=True))
         if self.result_id:
