@@ -58,7 +58,7 @@ ATTEMPT_EVENTS = ("DELIVERY_FAILED", "DELIVERED", "RETRY_SCHEDULED", "FAILOVER",
 _SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make the browser send "Origin: null" on our own forms
     "Cache-Control": "no-store",
 }
 
