@@ -50,6 +50,11 @@ def _database(count: int) -> str:
         if not exists:
             conn.execute(sa.text(f'CREATE DATABASE "{DATABASE}"'))
     admin.dispose()
+    return _loaded(url, count)
+
+
+def _loaded(url: str, count: int) -> str:
+    """``url`` holding at least ``count`` messages, loading what is missing."""
     journal = Journal(url)
     journal.migrate()
     have = s.journal_size(journal)["messages"]
@@ -110,12 +115,14 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=1_000_000)
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--keep", action="store_true", help="keep the loaded database for the next run")
+    parser.add_argument("--url", help="a journal of your own instead (e.g. sqlite:///var/bench.db), loaded up to "
+                                      "--count if it holds fewer")
     args = parser.parse_args()
-    url = _database(args.count)
+    url = _database(args.count) if args.url is None else _loaded(args.url, args.count)
     journal = Journal(url)
     size = s.journal_size(journal)
     print(f"journal: {size['messages']:,} messages, {size['events']:,} events, {size['bytes'] / 2 ** 30:.1f} GiB "
-          f"(PostgreSQL)\n")
+          f"({journal.engine.dialect.name})\n")
     now = utcnow()
     a_dead = s.search(journal, s.MessageFilter(statuses=("DEAD",)), limit=1).rows[0]
     a_result = journal.engine.connect().execute(sa.text("SELECT result_id FROM result_versions LIMIT 1 OFFSET 5000")
@@ -155,8 +162,12 @@ def main() -> None:
             assert r.status_code == 200, (path, r.text[:300])
             p_med, p_p95 = _time(lambda: client.get(path), args.runs)
             print(f"{name:<44} {q_med:>11.1f} / {q_p95:>8.1f} {p_med:>13.1f} / {p_p95:>8.1f}")
+        for name, f in (("replay preview: every dead letter", s.dead_letters()),
+                        ("replay preview: dead, a route, 'HTTP 400'", s.dead_letters("HTTP 400", route="lab-results"))):
+            q_med, q_p95 = _time(lambda: s.preview(journal, f), args.runs)
+            print(f"{name:<44} {q_med:>11.1f} / {q_p95:>8.1f}")
     journal.engine.dispose()
-    if not args.keep:
+    if not args.keep and args.url is None:
         _drop()
 
 

@@ -23,7 +23,6 @@ participants and routes it used, so a gateway (or the console) can be started on
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import random
 import sys

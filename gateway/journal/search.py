@@ -12,11 +12,11 @@ beside the reads because the console and the CLI record each action where they r
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator
 
-from sqlalchemy import Select, and_, case, delete, func, insert, or_, select, tuple_
+from sqlalchemy import Select, and_, case, delete, func, insert, literal, or_, select, tuple_
 from sqlalchemy.engine import Connection
 
 from gateway.journal.store import Journal, Status, _aware, utcnow
@@ -52,7 +52,8 @@ class MessageFilter:
     reason: str | None = None  # a part of the last error (dead letters)
     result_id: str | None = None  # a lab result's ResultId (every version of it)
 
-    def where(self) -> list[Any]:
+    def where(self, status_first: bool = False) -> list[Any]:
+        """The WHERE terms; ``status_first`` keeps SQLite off the other indexes (``_status_first``)."""
         c = messages.c
         terms: list[Any] = []
         if self.message_id:
@@ -62,7 +63,8 @@ class MessageFilter:
         for column, value in ((c.sender, self.sender), (c.recipient, self.recipient),
                               (c.message_type, self.message_type), (c.route, self.route)):
             if value:
-                terms.append(column == value)
+                # ``column || ''`` is the column's value, but no index can serve it (SQLite's documented way).
+                terms.append((column.op("||")(literal("")) if status_first else column) == value)
         if self.statuses:
             terms.append(c.status.in_(list(self.statuses)))
         if self.since is not None:
@@ -122,6 +124,19 @@ def parse_cursor(cursor: str) -> tuple[datetime, str]:
     return _aware(datetime.fromisoformat(at)), mid  # type: ignore[return-value]
 
 
+#: Statuses that hold a small part of a journal (everything but DELIVERED): an index led by the status finds them
+#: first. PostgreSQL knows this from its statistics; SQLite's keep one average per index and would walk a
+#: sender's whole history looking for its few DEAD messages (310 ms a page on a million, measured).
+_FEW = frozenset(s.value for s in Status) - {Status.DELIVERED.value}
+
+
+def _where(journal: Journal, f: MessageFilter) -> list[Any]:
+    """``f``'s terms, leading with the status index on SQLite when the statuses asked for are few."""
+    status_first = (journal.engine.dialect.name == "sqlite" and bool(f.statuses) and _FEW.issuperset(f.statuses)
+                    and not (f.message_id or f.message_ids or f.result_id))
+    return f.where(status_first)
+
+
 def _keyset(query: Select[Any], newest_first: bool, cursor: str | None) -> Select[Any]:
     key = tuple_(messages.c.created_at, messages.c.message_id)
     if cursor:
@@ -135,7 +150,7 @@ def _keyset(query: Select[Any], newest_first: bool, cursor: str | None) -> Selec
 def search(journal: Journal, f: MessageFilter, *, newest_first: bool = True, cursor: str | None = None,
            limit: int = 50) -> Page:
     """One page of the messages ``f`` selects, in time order, after ``cursor``."""
-    query = _keyset(select(*_ROW).where(*f.where()), newest_first, cursor).limit(limit + 1)
+    query = _keyset(select(*_ROW).where(*_where(journal, f)), newest_first, cursor).limit(limit + 1)
     with journal.engine.connect() as conn:
         rows = [_row(r) for r in conn.execute(query)]
     more = len(rows) > limit
@@ -156,7 +171,7 @@ def iterate(journal: Journal, f: MessageFilter, *, newest_first: bool = True, pa
 
 def count_upto(journal: Journal, f: MessageFilter, cap: int = 10_000) -> tuple[int, bool]:
     """How many messages ``f`` selects, counting no further than ``cap``; True when there are more."""
-    inner = select(messages.c.message_id).where(*f.where()).limit(cap + 1).subquery()
+    inner = select(messages.c.message_id).where(*_where(journal, f)).limit(cap + 1).subquery()
     with journal.engine.connect() as conn:
         n = int(conn.execute(select(func.count()).select_from(inner)).scalar_one())
     return min(n, cap), n > cap
@@ -165,8 +180,11 @@ def count_upto(journal: Journal, f: MessageFilter, cap: int = 10_000) -> tuple[i
 def preview(journal: Journal, f: MessageFilter) -> dict[str, int]:
     """What a replay of ``f`` would send: messages per recipient."""
     with journal.engine.connect() as conn:
-        rows = conn.execute(select(messages.c.recipient, func.count()).where(*f.where())
-                            .group_by(messages.c.recipient).order_by(messages.c.recipient)).all()
+        # Grouped by an expression, not the column: SQLite would walk the recipient index for the grouping,
+        # a whole-journal scan (2 s on a million), instead of the few rows the filter's index finds.
+        recipient = messages.c.recipient.op("||")(literal("")).label("recipient")
+        rows = conn.execute(select(recipient, func.count()).where(*_where(journal, f))
+                            .group_by(recipient).order_by(recipient)).all()
     return {r[0]: int(r[1]) for r in rows}
 
 
@@ -180,12 +198,6 @@ def stuck(older_than: timedelta, **narrow: Any) -> MessageFilter:
     """The filter of messages that stopped moving: in flight and unchanged for ``older_than``."""
     return MessageFilter(statuses=tuple(s.value for s in STUCK_STATUSES), updated_before=utcnow() - older_than,
                          **narrow)
-
-
-def with_statuses(f: MessageFilter, allowed: Sequence[Status]) -> MessageFilter:
-    """``f`` narrowed to ``allowed`` (a replay never selects what it cannot replay)."""
-    values = tuple(s.value for s in allowed)
-    return replace(f, statuses=tuple(s for s in f.statuses if s in values) if f.statuses else values)
 
 
 # ---- one message's neighbours -------------------------------------------------
@@ -272,12 +284,6 @@ def _database_bytes(conn: Connection) -> int:
         pages = conn.exec_driver_sql("PRAGMA page_count").scalar() or 0
         return int(pages) * int(conn.exec_driver_sql("PRAGMA page_size").scalar() or 0)
     return int(conn.exec_driver_sql("SELECT pg_database_size(current_database())").scalar() or 0)
-
-
-def status_counts(journal: Journal) -> dict[str, int]:
-    with journal.engine.connect() as conn:
-        rows = conn.execute(select(messages.c.status, func.count()).group_by(messages.c.status)).all()
-    return {r[0]: int(r[1]) for r in rows}
 
 
 def lab_activity(journal: Journal, lab: str, result_type: str, since: datetime) -> list[dict[str, Any]]:
