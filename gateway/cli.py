@@ -127,6 +127,7 @@ def run(config: Optional[Path] = ConfigOpt,
     if s.hl7.enabled and labs:
         out.print(f"  HL7 v2   mllp://{s.hl7.host}:{s.hl7.port}   labs: {', '.join(sorted(labs))}")
     out.print(f"  metrics  {base}/metrics   health {base}/healthz   ready {base}/readyz")
+    out.print(f"  console  {base}/console   (operators: zdravlink operator add NAME --role admin)")
     if demo:
         for p in cfg.participants.values():
             if p.delivery.mode == "soap":
