@@ -54,6 +54,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
     import uvicorn
     from a2wsgi import WSGIMiddleware
 
+    from adapters.console import build_console
     from adapters.mapping.lab_service import LabResults
     from adapters.rest.app import create_app
     from adapters.soap.smev_exchange import SmevExchange
@@ -80,7 +81,8 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
 
     api_intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake)
     inbox = Inbox(journal)
-    labs = LabResults(api_intake, load_lab_mappings(config))
+    mappings = load_lab_mappings(config)
+    labs = LabResults(api_intake, mappings)
     smev = SmevWsgi(SmevExchange(config, api_intake, inbox, keyring, labs), s.api.max_body_bytes)
     certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
                     for owner, c in keyring.owned_certificates()]
@@ -88,7 +90,8 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
                      state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
-                     lab_results=labs, metrics=s.metrics)
+                     lab_results=labs, metrics=s.metrics,
+                     console=build_console(config, journal, api_intake, mappings))
     relay.start()
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5))

@@ -11,10 +11,9 @@ from gateway.schemas import known_message_types
 
 
 def setup_logging(name: str) -> None:
-    logging.basicConfig(
-        level=os.environ.get("ZL_LOG_LEVEL", "INFO"),
-        format=f"%(asctime)s {name}[%(process)d] %(levelname)s %(name)s: %(message)s",
-    )
+    from monitoring.logs import configure  # ZL_LOG_FORMAT=json: one JSON object per line
+
+    configure(name, os.environ.get("ZL_LOG_LEVEL", "INFO"))
     logging.getLogger("pika").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)

@@ -2,7 +2,13 @@
 
 Queue depth and the age of the oldest in-flight message are read when Prometheus
 asks, from the broker and the journal, so they are true even if a worker has died,
-which is exactly when an operator needs them.
+which is exactly when an operator needs them. ``zl_journal_up`` says whether the
+journal answered this scrape: the gauges read from it are empty when it did not, and
+an alert on an absent series would not tell an outage from a quiet gateway.
+
+Served as OpenMetrics when the scraper asks for it (Prometheus does), else in the
+classic text format; both parse, which needs every family name to be unique (the
+DEAD gauge is ``zl_dead_messages``, apart from the counter ``zl_messages_dead_total``).
 """
 from __future__ import annotations
 
@@ -16,9 +22,11 @@ from prometheus_client import REGISTRY as DEFAULT_REGISTRY
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.openmetrics import exposition as openmetrics
 from prometheus_client.registry import Collector
 
 from gateway.journal import IN_FLIGHT, Journal, Status
+from gateway.journal.search import relay_lag_seconds
 
 log = logging.getLogger(__name__)
 
@@ -39,11 +47,17 @@ class GatewayStateCollector(Collector):
                                   labels=["status"])
         age = GaugeMetricFamily("zl_oldest_in_flight_age_seconds", "Age of the oldest message in each in-flight status",
                                 labels=["status"])
+        up = GaugeMetricFamily("zl_journal_up", "1 when the journal answered this scrape, 0 when it was out of reach")
         try:
             summary = self.journal.in_flight_summary()
+            lag = relay_lag_seconds(self.journal)
+            dead_count: int | None = self.journal.count(Status.DEAD)
+            up.add_metric([], 1)
         except Exception:  # a scrape must still answer when the journal does not
             log.exception("journal unavailable for metrics")
-            summary = {}
+            summary, lag, dead_count = {}, None, None
+            up.add_metric([], 0)
+        yield up
         for status in IN_FLIGHT:
             n, oldest = summary.get(status.value, (0, 0.0))
             count.add_metric([status.value], n)
@@ -54,12 +68,15 @@ class GatewayStateCollector(Collector):
         for queue, n in self.queue_depths().items():
             depth.add_metric([queue], n)
         yield depth
-        dead = GaugeMetricFamily("zl_messages_dead", "Messages in DEAD status awaiting replay")
-        try:
-            dead.add_metric([], self.journal.count(Status.DEAD))
-        except Exception:
-            log.exception("journal unavailable for metrics")
+        dead = GaugeMetricFamily("zl_dead_messages", "Messages in DEAD status awaiting replay")
+        relay = GaugeMetricFamily("zl_relay_lag_seconds", "How long the oldest message waiting in the outbox "
+                                  "(ACCEPTED, not yet published) has waited; 0 when none waits")
+        if dead_count is not None:
+            dead.add_metric([], dead_count)
+        if lag is not None:
+            relay.add_metric([], lag)
         yield dead
+        yield relay
         expiry = GaugeMetricFamily("zl_certificate_expiry_days",
                                    "Days until a certificate expires (negative: expired)",
                                    labels=["owner", "subject", "serial"])
@@ -76,7 +93,8 @@ def certificate_labels(subject: str, serial: str, details: bool) -> tuple[str, s
     return "hidden", hashlib.sha256(f"{subject}|{serial}".encode()).hexdigest()[:12]
 
 
-def render(state: GatewayStateCollector) -> bytes:
+def render(state: GatewayStateCollector, accept: str = "") -> tuple[bytes, str]:
+    """The exposition and its content type: OpenMetrics if ``accept`` asks for it, else the text format."""
     registry = CollectorRegistry()
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         MultiProcessCollector(registry)
@@ -84,4 +102,6 @@ def render(state: GatewayStateCollector) -> bytes:
         for collector in list(DEFAULT_REGISTRY._collector_to_names):  # the process's own metrics
             registry.register(collector)
     registry.register(state)
-    return generate_latest(registry)
+    if "application/openmetrics-text" in accept:
+        return openmetrics.generate_latest(registry), openmetrics.CONTENT_TYPE_LATEST
+    return generate_latest(registry), "text/plain; version=0.0.4; charset=utf-8"

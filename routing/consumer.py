@@ -29,6 +29,7 @@ from pika.adapters.blocking_connection import BlockingChannel, BlockingConnectio
 from gateway.journal import Journal, unavailable
 from gateway.masking import mask_text
 from monitoring import metrics
+from monitoring.logs import message_context
 from routing.broker import BROKER_ERRORS, connect
 from routing.journal_gate import JournalGate, WorkerStopping
 
@@ -126,6 +127,10 @@ class Consumer:
 
     def _work(self, body: bytes, props: pika.BasicProperties) -> bool | None:
         """Run the handler; True: ack, False: requeue, None: leave unacked (the worker is stopping)."""
+        with message_context(props.message_id, (props.headers or {}).get("x-zl-route")):
+            return self._work_on(body, props)
+
+    def _work_on(self, body: bytes, props: pika.BasicProperties) -> bool | None:
         while True:
             try:
                 self.handler(body, props)

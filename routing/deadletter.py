@@ -6,13 +6,18 @@ DEAD with the same reason, and ``zdravlink replay`` works from there.
 """
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
 
 from gateway.config import Route
 from gateway.journal import Journal, MessageRecord, Status
+from gateway.masking import mask_text
 from monitoring import metrics
+from monitoring.logs import about
 from routing.broker import ThreadPublisher, properties
 from routing.topology import Topology
+
+log = logging.getLogger(__name__)
 
 #: Where a message can be when it is given up on; a message that moved on (delivered meanwhile) stays so.
 IN_TRANSIT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
@@ -42,3 +47,5 @@ class DeadLetterChannel:
             status=Status.DEAD, only_from=IN_TRANSIT, last_error=reason[:2000],
         )
         metrics.DEAD.labels(route.name if route else "", rec.recipient).inc()
+        log.warning("%s is DEAD after %d attempt(s): %s", rec.message_id, attempts, mask_text(reason)[:500],
+                    extra=about(rec.message_id, route.name if route else rec.route, rec.recipient))

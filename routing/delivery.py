@@ -36,7 +36,9 @@ from gateway.config import Channel, GatewayConfig, Route
 from gateway.journal import Journal, MessageRecord, Status
 from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
+from gateway.masking import mask_text
 from monitoring import metrics
+from monitoring.logs import annotate
 from routing.breaker import BreakerBoard, State
 from routing.broker import ThreadPublisher, properties
 from routing.channels import Channels, DeliveryResult
@@ -95,6 +97,7 @@ class DeliveryWorker:
         progress = DeliveryProgress.from_headers(h, route)
         if rec is None or rec.status not in _DELIVERABLE_VALUES or progress.generation != rec.generation:
             return
+        annotate(participant=rec.recipient, route=route.name if route else None)
         if route is None:
             self._dead(body, rec, None, None, f"route {progress.route!r} no longer configured", progress)
             return
@@ -116,6 +119,8 @@ class DeliveryWorker:
             if progress.tries[index] >= route.retry.attempts:
                 continue
             if previous is not None:
+                log.warning("failover of %s from channel %s to %s: %s", rec.message_id, previous.name, channel.name,
+                            mask_text(progress.last_error)[:500])
                 self.journal.record(rec.message_id, "FAILOVER", self.actor,
                                     {"from": previous.name, "to": channel.name, "reason": progress.last_error})
                 metrics.FAILOVERS.labels(route.name, "circuit_open" if progress.last_error == CIRCUIT_OPEN
@@ -165,6 +170,9 @@ class DeliveryWorker:
                 return True
             outcome = "retryable" if res.retryable else "permanent"
             metrics.DELIVERY_FAILURES.labels(route.recipient, channel.name, outcome).inc()
+            log.warning("delivery of %s to %s over %s failed, attempt %d of %d (%s): %s", rec.message_id,
+                        route.recipient, channel.name, attempt, route.retry.attempts, outcome,
+                        mask_text(res.detail)[:500])
             self.journal.record(rec.message_id, "DELIVERY_FAILED", self.actor,
                                 {"channel": channel.name, "attempt": attempt, "error": res.detail, "outcome": outcome},
                                 attempts=progress.attempts, last_error=res.detail[:2000])

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
-from gateway.journal import Journal, Status
+from gateway.journal import Journal, Status, search
 from routing.broker import BROKER_ERRORS, connect
 from routing.topology import Topology
 
@@ -34,9 +35,20 @@ def replay(journal: Journal, message_ids: Iterable[str], actor: str = "operator"
             yield ReplayResult(mid, False, f"status is {rec.status}; only DEAD or FAILED can be replayed")
 
 
-def dead_ids(journal: Journal) -> Iterator[str]:
-    """Every DEAD message, however many: read from the journal a page at a time."""
-    return journal.with_status(Status.DEAD)
+def dead_selection(route: str | None = None, recipient: str | None = None, since: datetime | None = None,
+                   reason: str | None = None) -> search.MessageFilter:
+    """The DEAD messages an operator narrowed by route, recipient, time of death and a part of the reason.
+
+    The same selection the console's dead letter list makes, so ``replay --all-dead
+    --route R`` and the console's "replay all matching" send the same messages.
+    """
+    return search.MessageFilter(statuses=(Status.DEAD.value,), route=route, recipient=recipient,
+                                updated_since=since, reason=reason)
+
+
+def selected_ids(journal: Journal, selection: search.MessageFilter) -> Iterator[str]:
+    """The messages of ``selection``, oldest first, read a page at a time."""
+    return (row.message_id for row in search.iterate(journal, selection, newest_first=False))
 
 
 def prune_dead_queue(amqp_url: str, topology: Topology, journal: Journal, page: int = 500) -> int:

@@ -23,6 +23,7 @@ from datetime import timedelta
 
 from gateway.journal import Journal, MessageRecord, Status, unavailable, utcnow
 from monitoring import metrics
+from monitoring.logs import about
 from routing.topology import Topology
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,8 @@ class Sweeper:
                 if self.journal.send_round_again(rec, ACTOR, {"reason": why}):
                     swept.append(rec.message_id)
                     metrics.SWEPT.labels(rec.status).inc()
-                    log.warning("swept %s: %s; sent round again", rec.message_id, why)
+                    log.warning("swept %s: %s; sent round again", rec.message_id, why,
+                                extra=about(rec.message_id, rec.route, rec.recipient))
             return swept
         except Exception as exc:
             if not unavailable(exc):

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +31,9 @@ from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
 from gateway.xmlsafe import parse_xml
 from monitoring.exposition import GatewayStateCollector, render
+
+if TYPE_CHECKING:
+    from adapters.console.web import Console
 
 API = "/api/v1"
 
@@ -60,7 +63,7 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector,
                inbox: Inbox | None = None, keyring: KeyRing | None = None, lock_seconds: float = 300.0,
                soap: dict[str, Any] | None = None, lab_results: LabResults | None = None,
-               metrics: MetricsSettings | None = None) -> FastAPI:
+               metrics: MetricsSettings | None = None, console: Console | None = None) -> FastAPI:
     """The ASGI app; ``soap`` maps paths (``/smev/1.1``) to ASGI apps mounted beside the REST API."""
     app = FastAPI(
         title="Zdravlink gateway",
@@ -155,6 +158,8 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         _inbox_routes(app, intake, inbox, keyring or KeyRing(), lock_seconds)
     if lab_results is not None:
         _lab_routes(app, intake, lab_results, max_body_bytes)
+    if console is not None:
+        console.mount(app)
     for path, asgi in (soap or {}).items():
         app.router.routes.append(Route(path, endpoint=asgi, methods=["GET", "POST"], include_in_schema=False))
 
@@ -183,7 +188,8 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     def metrics_endpoint(request: Request) -> Response:
         _check_scrape(request, scrape)
-        return Response(render(state), media_type="text/plain; version=0.0.4; charset=utf-8")
+        body, content_type = render(state, request.headers.get("accept", ""))
+        return Response(body, media_type=content_type)
 
     return app
 

@@ -15,10 +15,12 @@ import click
 import typer
 
 from application.cli import acts, messages, running, tools  # noqa: F401 - each registers its commands
+from application.cli import console as console_commands
 from application.cli.common import app, err
 from application.reachability import unreachable
 
 PLUGIN_GROUP = "zdravlink.cli"
+app.add_typer(console_commands.app)  # zdravlink operator …, zdravlink messages … (the console's CLI face)
 
 
 def _load_plugins() -> None:

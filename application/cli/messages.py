@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import json
+from datetime import datetime
 from pathlib import Path
 
 import typer
 from rich.table import Table
 
+from application.cli import console as console_commands
 from application.cli.common import (
     ConfigOpt,
     app,
@@ -58,6 +60,13 @@ def replay(message_id: str | None = typer.Argument(None, help="MessageID of a DE
            all_dead: bool = typer.Option(False, "--all-dead", help="Replay every DEAD message"),
            kept: str | None = typer.Option(None, "--kept", help="Map again every message LAB sent that was "
                                               "refused for a mapping gap", metavar="LAB"),
+           route: str | None = typer.Option(None, "--route", help="With --all-dead: only this route's"),
+           recipient: str | None = typer.Option(None, "--recipient", help="With --all-dead: only to this recipient"),
+           since: datetime | None = typer.Option(None, "--since", formats=console_commands.TIME_FORMATS,
+                                                 help="With --all-dead: only those dead since (UTC)"),
+           reason: str | None = typer.Option(None, "--reason", help="With --all-dead: only those whose reason "
+                                             "contains this text"),
+           dry_run: bool = typer.Option(False, "--dry-run", help="With --all-dead: say how many would go to whom"),
            config: Path | None = ConfigOpt) -> None:
     """Send dead letters again, or map kept lab messages again after their mapping was fixed."""
     from adapters.hl7v2.lab_intake import KEPT_NS
@@ -76,7 +85,14 @@ def replay(message_id: str | None = typer.Argument(None, help="MessageID of a DE
             r for r in journal.get_many(journal.with_status(Status.REJECTED)).values()
             if r.sender == kept and r.message_type == KEPT_NS]
         raise typer.Exit(_replay_kept(cfg, journal, records))
-    ids = replaying.dead_ids(journal) if all_dead else [message_id]
+    if not all_dead and (route or recipient or since or reason or dry_run):
+        err.print("--route, --recipient, --since, --reason and --dry-run go with --all-dead")
+        raise typer.Exit(2)
+    selection = replaying.dead_selection(route, recipient, console_commands.utc(since), reason)
+    if dry_run:
+        console_commands.replay_preview(journal, selection)
+        return
+    ids = replaying.selected_ids(journal, selection) if all_dead else [message_id]
     counts = {True: 0, False: 0}
     for r in replaying.replay(journal, ids):
         counts[r.replayed] += 1
@@ -84,6 +100,9 @@ def replay(message_id: str | None = typer.Argument(None, help="MessageID of a DE
                   highlight=False)
     if counts[True]:
         replaying.prune_dead_queue(cfg.settings.broker.url, Topology.of(cfg.settings.broker), journal)
+    console_commands.audit_cli(journal, "replay", {"all_dead": all_dead, "route": route, "recipient": recipient,
+                                                   "since": since, "reason": reason, "replayed": counts[True],
+                                                   "skipped": counts[False]}, target=message_id)
     if all_dead:
         out.print(f"{counts[True]} replayed, {counts[False]} skipped")
     if counts[False]:

@@ -47,6 +47,7 @@ def print_endpoints(cfg: GatewayConfig, directory: Path) -> None:
         out.print(f"  HL7 v2   mllp://{s.hl7.host}:{s.hl7.port}   labs: {', '.join(sorted(labs))}")
     metrics = f"http://{s.metrics.host}:{s.metrics.port}/metrics" if s.metrics.port else f"{base}/metrics"
     out.print(f"  metrics  {metrics}   health {base}/healthz   ready {base}/readyz")
+    out.print(f"  console  {base}/console   (operators: zdravlink operator add NAME --role admin)")
 
 
 @app.command()

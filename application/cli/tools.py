@@ -13,6 +13,7 @@ from application.cli.common import (
     keyring_or_exit,
     load_or_exit,
     mappings_or_exit,
+    or_exit,
     out,
     tariffs_or_exit,
 )
@@ -27,6 +28,9 @@ def check_config(directory: Path | None = typer.Argument(None, help="Configurati
     ring = keyring_or_exit(cfg)
     labs = mappings_or_exit(cfg)
     tariffs = tariffs_or_exit(cfg)
+    from adapters.console.operators import load_operators
+
+    or_exit(load_operators, cfg.directory)
     out.print(f"[green]OK[/green] {config_dir(directory)}: {len(cfg.participants)} participants, "
               f"{len(cfg.routes)} routes, {len(labs)} lab mappings, {len(tariffs)} tariffs")
     for owner, cert in ring.owned_certificates():

@@ -49,6 +49,7 @@ class AuditStore(TrailStore):
             message_id=env.message_id, sender=env.sender, recipient=env.recipient, message_type=env.message_type,
             status=Status.REJECTED.value, fingerprint=env.fingerprint(), source=source, envelope=env.to_xml(),
             created_at=now, updated_at=now, attempts=0, replays=0, last_error=f"{rejection.code}: {detail}",
+            reference_id=env.reference_message_id,
         )
         try:
             with self.engine.begin() as conn:

@@ -53,6 +53,7 @@ class MessageStore(TrailStore):
             updated_at=now,
             attempts=0,
             replays=0,
+            reference_id=env.reference_message_id,
         )
         detail: dict[str, Any] = {"source": source, "route": route, "sender": env.sender, "recipient": env.recipient}
         if evidence:

@@ -73,6 +73,7 @@ class MessageRecord:
     last_error: str | None
     generation: int = 0
     stages: int = 0
+    reference_id: str | None = None  # the envelope's ReferenceMessageID (migration 0010)
 
 
 class Change(NamedTuple):

@@ -41,8 +41,17 @@ messages = Table(
     Column("generation", Integer, nullable=False, default=0),
     #: Stage events of this round already in the trail (store.Stage bits): each is written once.
     Column("stages", Integer, nullable=False, default=0),
+    #: The envelope's ReferenceMessageID (migration 0010): replies are found by it.
+    Column("reference_id", String(36)),
     Index("ix_messages_status_created", "status", "created_at"),
     Index("ix_messages_status_updated", "status", "updated_at"),
+    # The console's search (migration 0010): each filter with the time order, keyset-paged.
+    Index("ix_messages_created", "created_at", "message_id"),
+    Index("ix_messages_sender_created", "sender", "created_at", "message_id"),
+    Index("ix_messages_recipient_created", "recipient", "created_at", "message_id"),
+    Index("ix_messages_route_created", "route", "created_at", "message_id"),
+    Index("ix_messages_type_created", "message_type", "created_at", "message_id"),
+    Index("ix_messages_reference", "reference_id"),
 )
 
 events = Table(
@@ -71,6 +80,7 @@ rejections = Table(
     Column("sender", String(50)),
     Column("message_id", String(64)),
     Column("remote", String(64)),
+    Index("ix_rejections_sender_at", "sender", "at"),
 )
 
 inbox = Table(
@@ -169,4 +179,34 @@ registry_cache = Table(
     Column("answer_id", String(36), nullable=False),
     Column("stored_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+#: Who did what in the operator's console or CLI (migration 0010): logins, payload views, replays, re-maps.
+operator_audit = Table(
+    "operator_audit",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("operator", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("action", String(32), nullable=False),
+    Column("target", String(255)),
+    Column("outcome", String(16), nullable=False),
+    Column("detail", Text, nullable=False),
+    Column("remote", String(64)),
+    Index("ix_operator_audit_at", "at"),
+    Index("ix_operator_audit_remote", "action", "remote", "at"),
+)
+
+#: Console sessions (migration 0010): the cookie carries a random token, the journal its hash.
+operator_sessions = Table(
+    "operator_sessions",
+    metadata,
+    Column("token_sha256", String(64), primary_key=True),
+    Column("operator", String(64), nullable=False),
+    Column("role", String(16), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("remote", String(64)),
 )

@@ -33,7 +33,8 @@ def envelope_json(sender: str, recipient: str, payload: str | None = None, messa
 class GatewayProcesses:
     def __init__(self, directory: Path, participants: str, routes: str, *, settings: str, amqp_url: str,
                  db_url: str | None, api_port: int, delivery_workers: int, mappings: Path | None = None,
-                 mllp_port: int | None = None, tariffs: Path | None = None, oms: Path | None = None) -> None:
+                 mllp_port: int | None = None, tariffs: Path | None = None, oms: Path | None = None,
+                 files: dict[str, str] | None = None) -> None:
         import shutil
 
         self.dir = directory
@@ -48,6 +49,8 @@ class GatewayProcesses:
         (self.dir / "participants.yaml").write_text(participants)
         (self.dir / "routes.yaml").write_text(routes)
         (self.dir / "gateway.yaml").write_text(settings)
+        for name, text in (files or {}).items():  # more configuration files (operators.yaml …)
+            (self.dir / name).write_text(text)
         self.prefix = f"zlt-{uuid.uuid4().hex[:8]}"
         self.amqp_url = amqp_url
         self.db_url = db_url or f"sqlite:///{self.dir / 'journal.db'}"
