@@ -139,6 +139,13 @@ class SigningSettings(_Strict):
     def has_key(self) -> bool:
         return bool(self.pkcs12 or self.key)
 
+    @property
+    def key_files(self) -> tuple[str, str]:
+        """The key and certificate files, for a key not given as PKCS#12 (``_one_source`` keeps the two together)."""
+        if not (self.key and self.certificate):
+            raise ValueError("signing: give key and certificate, or pkcs12")
+        return self.key, self.certificate
+
 
 class SmevSettings(_Strict):
     """SMEV 3 protocol rules of the inbound SOAP service and the pull inbox."""
