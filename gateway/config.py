@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import yaml
 from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from zdravlink.errors import ConfigurationError
 
@@ -58,6 +59,14 @@ def _http_url(value: str | None) -> str | None:
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"must be an http(s) URL with a host (got {value!r})")
     return value
+
+
+def _token_digests(values: list[str]) -> list[str]:
+    """API and scrape tokens are kept as SHA-256 digests only, so the files never hold a usable token."""
+    for v in values:
+        if not re.fullmatch(r"[0-9a-f]{64}", v):
+            raise ValueError("each entry must be 64 lower-case hex digits (zdravlink hash-token TOKEN)")
+    return values
 
 
 # ---- settings (gateway.yaml) ------------------------------------------------
@@ -130,6 +139,13 @@ class SigningSettings(_Strict):
     def has_key(self) -> bool:
         return bool(self.pkcs12 or self.key)
 
+    @property
+    def key_files(self) -> tuple[str, str]:
+        """The key and certificate files, for a key not given as PKCS#12 (``_one_source`` keeps the two together)."""
+        if not (self.key and self.certificate):
+            raise ValueError("signing: give key and certificate, or pkcs12")
+        return self.key, self.certificate
+
 
 class SmevSettings(_Strict):
     """SMEV 3 protocol rules of the inbound SOAP service and the pull inbox."""
@@ -158,7 +174,10 @@ class MetricsSettings(_Strict):
     #: Show certificate subjects and serials in zl_certificate_expiry_days (else a pseudonymous id).
     certificate_details: bool = False
 
-    _hex = field_validator("token_sha256")(classmethod(lambda cls, v: Credentials._hex(v)))
+    @field_validator("token_sha256")
+    @classmethod
+    def _hex(cls, values: list[str]) -> list[str]:
+        return _token_digests(values)
 
 
 class ReconcilerSettings(_Strict):
@@ -310,10 +329,7 @@ class Credentials(_Strict):
     @field_validator("api_token_sha256")
     @classmethod
     def _hex(cls, values: list[str]) -> list[str]:
-        for v in values:
-            if not re.fullmatch(r"[0-9a-f]{64}", v):
-                raise ValueError("each entry must be 64 lower-case hex digits (zdravlink hash-token TOKEN)")
-        return values
+        return _token_digests(values)
 
 
 class CertificateFile(_Strict):
@@ -461,7 +477,7 @@ def _key(loc: tuple[Any, ...]) -> str:
     return out or "(document)"
 
 
-def _rule(err: dict[str, Any]) -> str:
+def _rule(err: ErrorDetails) -> str:
     kind, ctx, got = err["type"], err.get("ctx", {}), err.get("input")
     if kind == "extra_forbidden":
         return "unknown key"

@@ -64,6 +64,27 @@ def _detached(element: etree._Element) -> etree._Element:
     return dup
 
 
+def _child(parent: etree._Element, tag: str) -> etree._Element:
+    """A child the envelope XSD requires; its absence means the XSD was not applied, so say which one."""
+    el = parent.find(_Z + tag)
+    if el is None:
+        raise Rejection(errors.ENVELOPE_INVALID, f"zl:{tag} is missing in zl:{etree.QName(parent).localname}", tag)
+    return el
+
+
+def _text(parent: etree._Element, tag: str) -> str:
+    """The text of a required child; an empty element reads as "" (what ``findtext`` gives)."""
+    return _child(parent, tag).text or ""
+
+
+def _attribute(el: etree._Element, name: str) -> str:
+    """An attribute the envelope XSD requires (``use="required"``)."""
+    value = el.get(name)
+    if value is None:
+        raise Rejection(errors.ENVELOPE_INVALID, f"@{name} is missing on zl:{etree.QName(el).localname}", name)
+    return value
+
+
 @dataclass(eq=False)
 class Envelope:
     message_id: str
@@ -127,41 +148,41 @@ class Envelope:
     @classmethod
     def from_element(cls, root: etree._Element) -> Envelope:
         """Read an envelope that has already passed the envelope XSD."""
-        data = root.find(_Z + "SenderProvidedData")
+        data = _child(root, "SenderProvidedData")
 
-        def text(tag: str) -> str | None:
+        def optional_text(tag: str) -> str | None:
             el = data.find(_Z + tag)
             return None if el is None else (el.text or "")
 
         attachments = tuple(
             AttachmentHeader(
-                content_id=h.findtext(_Z + "ContentId"),
-                mime_type=h.findtext(_Z + "MimeType"),
-                size=int(h.findtext(_Z + "Size")),
-                digest_algorithm=h.find(_Z + "Digest").get("Algorithm"),
-                digest_value=h.findtext(_Z + "Digest"),
+                content_id=_text(h, "ContentId"),
+                mime_type=_text(h, "MimeType"),
+                size=int(_text(h, "Size")),
+                digest_algorithm=_attribute(_child(h, "Digest"), "Algorithm"),
+                digest_value=_text(h, "Digest"),
             )
             for h in data.iterfind(f"{_Z}AttachmentHeaderList/{_Z}AttachmentHeader")
         )
-        payload = next(iter(data.find(_Z + "MessagePrimaryContent").iterchildren(etree.Element)))
+        payload = next(iter(_child(data, "MessagePrimaryContent").iterchildren(etree.Element)))
 
         def signature(tag: str) -> etree._Element | None:
             holder = root.find(_Z + tag)
             return None if holder is None else _detached(holder[0])
 
         return cls(
-            message_id=text("MessageID"),
-            reference_message_id=text("ReferenceMessageID"),
-            transaction_code=text("TransactionCode"),
-            sender=text("Sender"),
-            recipient=text("Recipient"),
-            message_type=text("MessageType"),
+            message_id=_text(data, "MessageID"),
+            reference_message_id=optional_text("ReferenceMessageID"),
+            transaction_code=optional_text("TransactionCode"),
+            sender=_text(data, "Sender"),
+            recipient=_text(data, "Recipient"),
+            message_type=_text(data, "MessageType"),
             test_message=data.find(_Z + "TestMessage") is not None,
             payload=_detached(payload),
             attachments=attachments,
             sender_signature=signature("SenderSignature"),
             gateway_signature=signature("GatewaySignature"),
-            data_id=data.get("Id"),
+            data_id=_attribute(data, "Id"),
             wire=root,
         )
 
@@ -215,7 +236,7 @@ class Envelope:
             recipient=doc.recipient,
             message_type=doc.messageType,
             test_message=doc.testMessage,
-            payload=xml_field(doc.payload, "payload"),
+            payload=parse_xml(doc.payload.encode("utf-8"), field="payload"),
             attachments=tuple(
                 AttachmentHeader(a.contentId, a.mimeType, a.size, a.digest.algorithm, a.digest.value)
                 for a in doc.attachments

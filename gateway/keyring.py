@@ -64,6 +64,8 @@ class KeyRing:
             return env_xml
         root = parse_xml(env_xml)
         data = root.find(_Z + "SenderProvidedData")
+        if data is None:
+            raise ValueError("not a zl:Envelope: zl:SenderProvidedData, which the envelope XSD requires, is missing")
         old = root.find(_Z + "GatewaySignature")
         if old is not None:
             root.remove(old)
@@ -101,7 +103,8 @@ def load_keyring(config: GatewayConfig) -> KeyRing:
             if s.pkcs12:
                 key, cert = PrivateKey.load(path(s.pkcs12), pw), Certificate.load(path(s.pkcs12), pw)
             else:
-                key, cert = PrivateKey.load(path(s.key), pw), Certificate.load(path(s.certificate))
+                key_file, cert_file = s.key_files
+                key, cert = PrivateKey.load(path(key_file), pw), Certificate.load(path(cert_file))
             ring.signer = Signer.create(key, cert, s.algorithm)
         except (KeyFileError, CryptoError, ValueError) as exc:
             problems.append(ConfigProblem(gw_file, "signing.pkcs12" if s.pkcs12 else "signing.key", str(exc)))
@@ -153,7 +156,7 @@ def expected_signers(signature: etree._Element, ring: KeyRing | None
     """For a signature inside a zl:Envelope: the element it must cover and who may have made it."""
     holder = signature.getparent()
     envelope = holder.getparent() if holder is not None else None
-    if envelope is None or envelope.tag != _Z + "Envelope":
+    if holder is None or envelope is None or envelope.tag != _Z + "Envelope":
         return None, None
     data = envelope.find(_Z + "SenderProvidedData")
     if ring is None:

@@ -66,20 +66,20 @@ def prepare() -> None:
     compiled(schemas_dir() / "envelope-1.0.xsd")
 
 
-def _first_error(schema: etree.XMLSchema) -> str:
-    err = schema.error_log.last_error
-    return f"line {err.line}: {err.message}" if err else "invalid"
-
-
-def _element_path(schema: etree.XMLSchema) -> str | None:
-    err = schema.error_log.last_error
-    return err.path if err and err.path else None
+def _complaint(schema: etree.XMLSchema) -> tuple[str, str | None]:
+    """The detail and element path of the complaint a refusal names: the last one libxml2 logged."""
+    # lxml-stubs declare _ErrorLog as an empty class; lxml's has last_error (a _LogEntry, or None).
+    err = schema.error_log.last_error  # type: ignore[attr-defined]
+    if not err:
+        return "invalid", None
+    return f"line {err.line}: {err.message}", err.path or None
 
 
 def validate_envelope(root: etree._Element) -> None:
     schema = compiled(schemas_dir() / "envelope-1.0.xsd")
     if not schema.validate(root):
-        raise Rejection(errors.ENVELOPE_INVALID, _first_error(schema), _element_path(schema) or "Envelope")
+        detail, path = _complaint(schema)
+        raise Rejection(errors.ENVELOPE_INVALID, detail, path or "Envelope")
 
 
 def validate_payload(message_type: str, payload: etree._Element) -> None:
@@ -90,9 +90,5 @@ def validate_payload(message_type: str, payload: etree._Element) -> None:
                         status=422)
     schema = compiled(path)
     if not schema.validate(payload):
-        raise Rejection(
-            errors.PAYLOAD_INVALID,
-            _first_error(schema),
-            _element_path(schema) or "MessagePrimaryContent",
-            status=422,
-        )
+        detail, where = _complaint(schema)
+        raise Rejection(errors.PAYLOAD_INVALID, detail, where or "MessagePrimaryContent", status=422)

@@ -107,6 +107,7 @@ class BreakerBoard:
         with self._lock:
             br = self._breakers.get(key)
             if br is None:
-                notify = (lambda s, k=key: self._on_change(k, s)) if self._on_change else None
+                on_change = self._on_change
+                notify = (lambda s: on_change(key, s)) if on_change else None
                 br = self._breakers[key] = CircuitBreaker(*self._args, on_change=notify)
             return br

@@ -64,13 +64,34 @@ class Certificate:
     def __hash__(self) -> int:
         return hash(self.der)
 
-    der = property(lambda self: self.x509.der)
-    subject = property(lambda self: self.x509.subject)
-    issuer = property(lambda self: self.x509.issuer)
-    serial = property(lambda self: self.x509.serial)
-    not_before = property(lambda self: self.x509.not_before)
-    not_after = property(lambda self: self.x509.not_after)
-    public_key = property(lambda self: self.x509.public_key)
+    # The parsed certificate's fields, typed (properties built from lambdas are untyped).
+    @property
+    def der(self) -> bytes:
+        return self.x509.der
+
+    @property
+    def subject(self) -> str:
+        return self.x509.subject
+
+    @property
+    def issuer(self) -> str:
+        return self.x509.issuer
+
+    @property
+    def serial(self) -> str:
+        return self.x509.serial
+
+    @property
+    def not_before(self) -> dt.datetime:
+        return self.x509.not_before
+
+    @property
+    def not_after(self) -> dt.datetime:
+        return self.x509.not_after
+
+    @property
+    def public_key(self) -> libcrypto.Pkey:
+        return self.x509.public_key
 
     @property
     def key_type(self) -> str:

@@ -164,9 +164,10 @@ class _MemBio:
 
     def __init__(self, data: bytes) -> None:
         self.data = data
-        self.ptr = gost_engine().BIO_new_mem_buf(data, len(data))
-        if not self.ptr:
+        ptr: int | None = gost_engine().BIO_new_mem_buf(data, len(data))
+        if not ptr:
             raise _fail("BIO_new_mem_buf")
+        self.ptr = ptr
 
     def __enter__(self) -> int:
         return self.ptr
@@ -189,9 +190,11 @@ def _write_bio(write: Any) -> bytes:
         c.BIO_free(bio)
 
 
-def _d2i(fn: Any, der: bytes) -> int:
+def _d2i(fn: Any, der: bytes) -> int | None:
+    """Call a ``d2i_*`` parser; a c_void_p result is an int, or None for NULL (nothing parsed)."""
     buf = ctypes.c_char_p(der)
-    return fn(None, ctypes.byref(buf), len(der))
+    ptr: int | None = fn(None, ctypes.byref(buf), len(der))
+    return ptr
 
 
 # ---- keys -------------------------------------------------------------------
@@ -199,7 +202,7 @@ def _d2i(fn: Any, der: bytes) -> int:
 class Pkey:
     """An EVP_PKEY (private or public) owned by this object."""
 
-    def __init__(self, ptr: int) -> None:
+    def __init__(self, ptr: int | None) -> None:
         if not ptr:
             raise _fail("no key")
         self.ptr = ptr
@@ -237,7 +240,7 @@ class Pkey:
         return _write_bio(lambda bio: c.PEM_write_bio_PrivateKey(bio, self.ptr, None, None, 0, None, None))
 
     def same_key(self, other: Pkey) -> bool:
-        return lib().EVP_PKEY_eq(self.ptr, other.ptr) == 1
+        return int(lib().EVP_PKEY_eq(self.ptr, other.ptr)) == 1
 
 
 def digest(name: bytes, data: bytes) -> bytes:
@@ -279,7 +282,7 @@ def verify_message(key: Pkey, md_name: bytes, data: bytes, signature: bytes) -> 
     try:
         if not md or c.EVP_DigestVerifyInit(ctx, None, md, None, key.ptr) != 1:
             raise _fail("EVP_DigestVerifyInit")
-        ok = c.EVP_DigestVerify(ctx, signature, len(signature), data, len(data)) == 1
+        ok = int(c.EVP_DigestVerify(ctx, signature, len(signature), data, len(data))) == 1
         c.ERR_clear_error()
         return ok
     finally:
@@ -288,7 +291,7 @@ def verify_message(key: Pkey, md_name: bytes, data: bytes, signature: bytes) -> 
 
 def _pkey_ctx(key: Pkey) -> int:
     c = gost_engine()
-    ctx = c.EVP_PKEY_CTX_new(key.ptr, None)
+    ctx: int | None = c.EVP_PKEY_CTX_new(key.ptr, None)
     if not ctx:
         raise _fail("EVP_PKEY_CTX_new")
     return ctx
@@ -326,7 +329,7 @@ def verify_digest(key: Pkey, digest_value: bytes, signature: bytes, md_name: byt
             raise _fail("EVP_PKEY_verify_init")
         if md_name and c.EVP_PKEY_CTX_set_signature_md(ctx, c.EVP_get_digestbyname(md_name)) != 1:
             raise _fail("EVP_PKEY_CTX_set_signature_md")
-        ok = c.EVP_PKEY_verify(ctx, signature, len(signature), digest_value, len(digest_value)) == 1
+        ok = int(c.EVP_PKEY_verify(ctx, signature, len(signature), digest_value, len(digest_value))) == 1
         c.ERR_clear_error()
         return ok
     finally:
@@ -351,7 +354,7 @@ def _name(ptr: int) -> str:
 class X509:
     """A parsed X.509 certificate owned by this object, with the fields trust decisions need."""
 
-    def __init__(self, ptr: int) -> None:
+    def __init__(self, ptr: int | None) -> None:
         if not ptr:
             raise _fail("cannot read the certificate")
         c = lib()
@@ -385,13 +388,14 @@ class X509:
     def issued_by(self, issuer: X509) -> bool:
         """Names (and key ids) match and the issuer's key verifies this certificate's signature."""
         c = lib()
-        ok = c.X509_check_issued(issuer.ptr, self.ptr) == 0 and c.X509_verify(self.ptr, issuer.public_key.ptr) == 1
+        ok = (int(c.X509_check_issued(issuer.ptr, self.ptr)) == 0
+              and int(c.X509_verify(self.ptr, issuer.public_key.ptr)) == 1)
         c.ERR_clear_error()
         return ok
 
 
 class CRL:
-    def __init__(self, ptr: int) -> None:
+    def __init__(self, ptr: int | None) -> None:
         if not ptr:
             raise _fail("cannot read the CRL")
         self.ptr = ptr
@@ -416,15 +420,15 @@ class CRL:
 
     def issued_by(self, ca: X509) -> bool:
         c = lib()
-        ok = (c.X509_NAME_cmp(self.issuer_name_ptr, c.X509_get_subject_name(ca.ptr)) == 0
-              and c.X509_CRL_verify(self.ptr, ca.public_key.ptr) == 1)
+        ok = (int(c.X509_NAME_cmp(self.issuer_name_ptr, c.X509_get_subject_name(ca.ptr))) == 0
+              and int(c.X509_CRL_verify(self.ptr, ca.public_key.ptr)) == 1)
         c.ERR_clear_error()
         return ok
 
     def revokes(self, cert: X509) -> bool:
         c = lib()
         entry = _c_p()
-        return c.X509_CRL_get0_by_serial(self.ptr, ctypes.byref(entry), c.X509_get_serialNumber(cert.ptr)) == 1
+        return int(c.X509_CRL_get0_by_serial(self.ptr, ctypes.byref(entry), c.X509_get_serialNumber(cert.ptr))) == 1
 
 
 def read_pkcs12(data: bytes, password: str) -> tuple[Pkey | None, X509 | None]:

@@ -18,6 +18,8 @@ unless a special character is present, and the output is joined and encoded once
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from lxml import etree
 
 from zdravlink.errors import SigningError
@@ -56,7 +58,7 @@ def _java_order(text: str) -> bytes:
 
 def _attribute_plan(names: tuple[str, ...]) -> _Plan:
     """The output order of attributes named ``names``, cached: elements of one kind share their names."""
-    keyed = []
+    keyed: list[tuple[tuple[int, bytes, bytes], int, str | None, str]] = []
     for index, name in enumerate(names):
         if name[0] == "{":
             uri, local = name[1:].split("}", 1)
@@ -142,13 +144,14 @@ def transform(root: etree._Element) -> bytes:
             start = f'<{prefix}:{local} xmlns:{prefix}="{_escape_attr(uri)}"'
         else:
             start = f"<{prefix}:{local}"
-        names = el.keys()
+        # lxml-stubs type keys() and values() as str | bytes, a Python 2 leftover: lxml returns str on Python 3.
+        names: Sequence[str] = el.keys()  # type: ignore[assignment]
         if names:
             try:
                 plan = plans[tuple(names)]
             except KeyError:
                 plan = _attribute_plan(tuple(names))
-            values = el.values()  # same order as keys()
+            values: Sequence[str] = el.values()  # type: ignore[assignment]  # same order as keys(); see above
             joined = "".join(values)
             escape = "&" in joined or "<" in joined or ">" in joined or '"' in joined
             declarations = ""

@@ -103,7 +103,9 @@ def sign(target: etree._Element, signer: Signer, *, smev: bool = True) -> etree.
     if not ref_id:
         raise ValueError(f"element {target.tag} has no Id attribute to reference")
     alg = signer.algorithm
-    transforms: list[tuple[str, list[str] | None]] = [(EXC_C14N, None)] + ([(SMEV_TRANSFORM, None)] if smev else [])
+    transforms: list[tuple[str, list[str] | None]] = [(EXC_C14N, None)]
+    if smev:
+        transforms.append((SMEV_TRANSFORM, None))
     digest_value = DIGESTS[alg.digest_uri](_reference_octets(target, transforms))
 
     sig = etree.Element(_DS + "Signature", nsmap={"ds": DS_NS})
@@ -142,6 +144,12 @@ def _prefixes(method: etree._Element) -> list[str] | None:
     return (inc.get("PrefixList") or "").split() if inc is not None else None
 
 
+def _with_id(document: etree._Element, value: str) -> list[etree._Element]:
+    """Every element carrying ``value`` as an Id (``//*`` selects elements only; the checks tell the type)."""
+    hits = _ID_XPATH(document, v=value)
+    return [h for h in hits if isinstance(h, etree._Element)] if isinstance(hits, list) else []
+
+
 def _covers(target: etree._Element, expected: etree._Element) -> bool:
     return target is expected or any(a is target for a in expected.iterancestors())
 
@@ -177,7 +185,7 @@ def verify(signature: etree._Element, *, document: etree._Element, trust: TrustS
         if not uri.startswith("#") or len(uri) < 2:
             raise SignatureError(errors.SIGNATURE_MALFORMED,
                                  f"Reference URI {uri!r}: only same-document references by Id (#id) are accepted")
-        hits = _ID_XPATH(document, v=uri[1:])
+        hits = _with_id(document, uri[1:])
         if not hits:
             raise SignatureError(errors.SIGNATURE_REFERENCE_MISSING, f"no element with Id {uri[1:]!r} in the document")
         if len(hits) > 1:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import and_, delete, insert, or_, select, update
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from gateway.journal import Journal, SideWrite, Status, utcnow
+from gateway.journal.model import as_utc
 from gateway.journal.tables import messages, registry_cache, registry_requests
 
 
@@ -41,10 +43,6 @@ class CachedAnswer:
     answer: bytes
     answer_id: str
     stored_at: datetime
-
-
-def as_utc(value: datetime) -> datetime:
-    return value if value.tzinfo is not None else value.replace(tzinfo=utcnow().tzinfo)
 
 
 class RegistryRequests:
@@ -144,6 +142,6 @@ class RegistryRequests:
             pass  # another worker stored the same question's answer at the same moment
 
 
-def _pending(row) -> PendingRequest:
+def _pending(row: Row[Any]) -> PendingRequest:
     return PendingRequest(row.message_id, row.requester, row.registry, row.message_type, as_utc(row.accepted_at),
                           as_utc(row.deadline_at), row.answer_id, row.timeout_id)

@@ -93,6 +93,8 @@ class Inbox:
                 ).rowcount
             if won == 1:
                 rec = self.journal.get(row.message_id)
+                if rec is None:  # inbox.message_id references messages, and no message is ever deleted
+                    raise LookupError(f"inbox entry {row.message_id} has no message in the journal")
                 self.journal.record(row.message_id, "TAKEN", f"pull:{recipient}",
                                     {"queue": kind, "delivery": row.deliveries + 1, "lock_s": lock_seconds})
                 return Taken(rec, row.kind, row.root_name, row.deliveries + 1)

@@ -5,7 +5,7 @@ import enum
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, overload
 
 from sqlalchemy.engine import Connection
 
@@ -108,8 +108,12 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@overload
+def as_utc(value: datetime) -> datetime: ...
+@overload
+def as_utc(value: None) -> None: ...
 def as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything we store is UTC."""
+    """SQLite hands back naive datetimes; everything we store is UTC. A column that may be NULL stays None."""
     if value is not None and value.tzinfo is None:
         return value.replace(tzinfo=UTC)
     return value

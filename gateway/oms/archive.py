@@ -28,7 +28,9 @@ MAX_INFLATED = 256 * 1024 * 1024  # a month of one organisation's registers is a
 def to_bytes(root: etree._Element) -> bytes:
     """The file as registers are written: windows-1251, declared the way real files declare it, no namespace."""
     declaration = f'<?xml version="1.0" encoding="{ENCODING}"?>\n'.encode("ascii")
-    return declaration + etree.tostring(root, encoding=ENCODING, xml_declaration=False, pretty_print=True)
+    body = etree.tostring(root, encoding=ENCODING, xml_declaration=False, pretty_print=True)
+    # lxml-stubs type tostring() as str | bytes for an encoding outside their short list; any but "unicode" is bytes.
+    return declaration + body  # type: ignore[operator]
 
 
 def from_bytes(data: bytes, name: str) -> etree._Element:

@@ -133,13 +133,15 @@ def _sums(h_file: etree._Element) -> Iterator[FlkError]:
     for zap in zaps:
         z_sl = zap.find("Z_SL")
         sumv = _amount(zap, "Z_SL/SUMV")
-        parts = [_amount(sl, "SUM_M") for sl in zap.iterfind("Z_SL/SL")]
-        if z_sl is None or sumv is None or None in parts:
+        amounts = [_amount(sl, "SUM_M") for sl in zap.iterfind("Z_SL/SL")]
+        parts = [a for a in amounts if a is not None]
+        if z_sl is None or sumv is None or len(parts) != len(amounts):
             continue  # the schema check reports a missing or unreadable amount
         total += sumv
-        if sumv != sum(parts, Decimal(0)):
+        parts_sum = sum(parts, Decimal(0))
+        if sumv != parts_sum:
             yield FlkError("H_0600/05500", "SUMV", "Z_SL", comment=f"SUMV {sumv} is not the sum of SL/SUM_M "
-                           f"{sum(parts, Decimal(0))}", **_at(zap))
+                           f"{parts_sum}", **_at(zap))
     summav = _amount(h_file, "SCHET/SUMMAV")
     if summav is not None and summav != total:
         yield FlkError("ZL.SUMMAV", "SUMMAV", "SCHET", comment=f"SUMMAV {summav} is not the sum of Z_SL/SUMV {total}")

@@ -151,4 +151,6 @@ def _fill(parent: etree._Element, slot: Slot, values: Values, path: str, schema:
             else:
                 if child.leaf:
                     raise LayoutError(f"{where}: children given for an element that holds text")
+                if not isinstance(item, Mapping):
+                    raise LayoutError(f"{where}: a list inside a list; give each repetition a text or a mapping")
                 _fill(el, child, item, where, schema)

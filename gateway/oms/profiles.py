@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -198,23 +198,26 @@ def load_oms_config(config: GatewayConfig, problems: list[ConfigProblem]) -> Oms
         elif participant.oms_code is None:
             problems.append(ConfigProblem(str(path), where, f"{mnemonic!r} has no oms_code in participants.yaml "
                                           "(its code in the file name and SCHET/PLAT)"))
-        profile = profiles.get(binding.profile)
-        if profile is None:
+        region = profiles.get(binding.profile)
+        if region is None:
             problems.append(ConfigProblem(str(path), f"{where}.profile", f"no profile {binding.profile!r} in "
                                           f"{base / 'profiles'}"))
             continue
-        wanted = {p for p, src in profile.regional.items() if src == "binding"}
+        wanted = {p for p, src in region.regional.items() if src == "binding"}
         for missing in sorted(wanted - set(binding.values)):
-            problems.append(ConfigProblem(str(path), f"{where}.values", f"profile {profile.name} fills {missing} "
+            problems.append(ConfigProblem(str(path), f"{where}.values", f"profile {region.name} fills {missing} "
                                           "from the binding: give its value"))
         for extra in sorted(set(binding.values) - wanted):
-            problems.append(ConfigProblem(str(path), f"{where}.values.{extra}", f"profile {profile.name} does not "
+            problems.append(ConfigProblem(str(path), f"{where}.values.{extra}", f"profile {region.name} does not "
                                           "take this element from the binding"))
         insurers[mnemonic] = binding
     return OmsConfig(profiles, insurers, config.directory)
 
 
-def _read(path: Path, model: type[_Strict], problems: list[ConfigProblem]):
+_File = TypeVar("_File", bound=_Strict)
+
+
+def _read(path: Path, model: type[_File], problems: list[ConfigProblem]) -> _File | None:
     try:
         return model.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
     except (OSError, yaml.YAMLError) as exc:

@@ -32,7 +32,8 @@ def schema_errors(root: etree._Element, xsd: Path) -> list[FlkError]:
     if schema.validate(instance):
         return []
     found = []
-    for entry in schema.error_log:
+    # lxml-stubs declare _ErrorLog as an empty class; lxml's iterates its _LogEntry records.
+    for entry in schema.error_log:  # type: ignore[attr-defined]
         node = _node(instance, entry.path)
         message = entry.message.replace("{%s}" % namespace, "") if namespace else entry.message
         found.append(_located(node if node is not None else instance, message))

@@ -28,7 +28,7 @@ class ServiceRow:
 
 def service_rows(h_file: etree._Element) -> list[ServiceRow]:
     """One row per USL, in file order (an SL without USL, allowed by some regions, gives none)."""
-    rows = []
+    rows: list[ServiceRow] = []
     for zap in h_file.iterfind("ZAP"):
         n_zap, id_pac = zap.findtext("N_ZAP", "").strip(), zap.findtext("PACIENT/ID_PAC", "").strip()
         for z_sl in zap.iterfind("Z_SL"):
