@@ -132,7 +132,7 @@ def parse_cursor(cursor: str) -> tuple[datetime, str]:
     at, _, mid = cursor.partition("|")
     if not mid:
         raise ValueError("a page cursor is created_at|message_id")
-    return as_utc(datetime.fromisoformat(at)), mid  # type: ignore[return-value]
+    return as_utc(datetime.fromisoformat(at)), mid
 
 
 #: Statuses that hold a small part of a journal (everything but DELIVERED): an index led by the status finds them
@@ -275,7 +275,7 @@ def relay_lag_seconds(journal: Journal) -> float:
     with journal.engine.connect() as conn:
         oldest = conn.execute(select(func.min(messages.c.updated_at))
                               .where(messages.c.status == Status.ACCEPTED.value)).scalar()
-    return 0.0 if oldest is None else max(0.0, (utcnow() - as_utc(oldest)).total_seconds())  # type: ignore[operator]
+    return 0.0 if oldest is None else max(0.0, (utcnow() - as_utc(oldest)).total_seconds())
 
 
 def journal_size(journal: Journal) -> dict[str, int]:
@@ -348,7 +348,7 @@ def registry_summary(journal: Journal, limit: int = 200) -> dict[str, Any]:
     rr = registry_requests.c
     state = case((rr.answer_id.is_not(None), "answered"), (rr.timeout_id.is_not(None), "timeout"), else_="pending")
     with journal.engine.connect() as conn:
-        totals = dict(conn.execute(select(state, func.count()).group_by(state)).all())
+        totals: dict[str, int] = {str(k): int(v) for k, v in conn.execute(select(state, func.count()).group_by(state))}
         pending = conn.execute(select(registry_requests).where(rr.answer_id.is_(None), rr.timeout_id.is_(None))
                                .order_by(rr.deadline_at).limit(limit)).all()
         timeouts = conn.execute(select(registry_requests).where(rr.timeout_id.is_not(None))
@@ -395,7 +395,7 @@ def audit_rows(journal: Journal, *, operator: str | None = None, action: str | N
         query = query.where(a.id < before_id)
     with journal.engine.connect() as conn:
         rows = conn.execute(query).all()
-    out = [(r.id, AuditEntry(as_utc(r.at), r.operator, r.role, r.action, r.target, r.outcome,  # type: ignore[arg-type]
+    out = [(r.id, AuditEntry(as_utc(r.at), r.operator, r.role, r.action, r.target, r.outcome,
                              json.loads(r.detail), r.remote)) for r in rows[:limit]]
     return out, (out[-1][0] if len(rows) > limit else None)
 
@@ -431,9 +431,9 @@ def session_get(journal: Journal, token_sha256: str) -> Session | None:
     with journal.engine.connect() as conn:
         row = conn.execute(select(s.operator, s.role, s.csrf, s.expires_at)
                            .where(and_(s.token_sha256 == token_sha256))).first()
-    if row is None or as_utc(row.expires_at) <= utcnow():  # type: ignore[operator]
+    if row is None or as_utc(row.expires_at) <= utcnow():
         return None
-    return Session(row.operator, row.role, row.csrf, as_utc(row.expires_at))  # type: ignore[arg-type]
+    return Session(row.operator, row.role, row.csrf, as_utc(row.expires_at))
 
 
 def session_close(journal: Journal, token_sha256: str) -> None:
