@@ -68,13 +68,30 @@ def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitN
         node.remove()
 
 
+def create_database(admin, name: str) -> None:  # noqa: ANN001 - a SQLAlchemy engine
+    """CREATE DATABASE copies template1 and fails while another session is creating one from it at the
+    same moment ("source database template1 is being accessed by other users"): wait and try again."""
+    import time
+
+    import sqlalchemy as sa
+
+    for attempt in range(10):
+        try:
+            with admin.connect() as conn:
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+            return
+        except sa.exc.OperationalError as exc:
+            if "being accessed by other users" not in str(exc) or attempt == 9:
+                raise
+            time.sleep(0.3 * (attempt + 1))
+
+
 def _pg_database(base_url: str) -> Iterator[str]:
     import sqlalchemy as sa
 
     name = f"zl_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(base_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    create_database(admin, name)
     try:
         yield base_url.rsplit("/", 1)[0] + "/" + name
     finally:

@@ -26,6 +26,7 @@ from demo.emulators.rest_recipient import RecipientServer
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import GatewayProcesses, envelope_json
+from tests.conftest import create_database
 from tests.support.rabbit_node import RabbitNode
 from tests.support.tcp_proxy import TcpProxy
 
@@ -127,8 +128,7 @@ class Bench:
         """A fresh database on the PostgreSQL server; returns its name and a function that drops it."""
         name = f"zl_fault_{uuid.uuid4().hex[:10]}"
         admin = sa.create_engine(self.pg_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+        create_database(admin, name)
 
         def drop() -> None:
             with admin.connect() as conn:
