@@ -68,7 +68,7 @@ def private_rabbit(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RabbitN
         node.remove()
 
 
-def create_database(admin, name: str) -> None:  # noqa: ANN001 - a SQLAlchemy engine
+def create_database(admin, name: str) -> None:
     """CREATE DATABASE copies template1 and fails while another session is creating one from it at the
     same moment ("source database template1 is being accessed by other users"): wait and try again."""
     import time

@@ -23,10 +23,10 @@ import httpx
 import sqlalchemy as sa
 
 from demo.emulators.rest_recipient import RecipientServer
+from tests.conftest import create_database
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import GatewayProcesses, envelope_json
-from tests.conftest import create_database
 from tests.support.rabbit_node import RabbitNode
 from tests.support.tcp_proxy import TcpProxy
 
