@@ -93,6 +93,8 @@ def sign_in(driver: webdriver.Chrome, base: str, name: str) -> None:
     driver.find_element(By.ID, "name").send_keys(name)
     driver.find_element(By.ID, "password").send_keys(PASSWORDS[name])
     driver.find_element(By.ID, "sign-in").click()
+    # argon2 takes its time on purpose, more so on a loaded machine: wait for the signed-in page.
+    WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.ID, "operator"))
     assert driver.find_element(By.ID, "operator").text == f"{name} · {ROLES[name]}"
 
 
