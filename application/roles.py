@@ -2,8 +2,9 @@
 the MLLP listener, the acts schedule and the registry deadline watcher; each runs until SIGTERM.
 
 Each role builds what it needs from the configuration (``application.wiring``) and
-nothing more, so a host can run any of them alone. The web stack (uvicorn, spyne) is
-imported by the API role only, so a worker starts without it.
+nothing more, so a host can run any of them alone. Each also imports only what it runs
+(the web stack for the API, the HL7 engine for MLLP, the accept pipeline where messages
+are accepted), so a worker does not pay for the others' start-up.
 """
 from __future__ import annotations
 
@@ -17,17 +18,10 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from adapters.hl7v2.ack import ack_for_error
-from adapters.hl7v2.lab_intake import LabIntake
-from adapters.hl7v2.mllp import MllpServer
-from adapters.intake import Intake
-from application.runtime import load_lab_mappings
-from application.wiring import delivery_channels, intake, topology
-from gateway.accept import AcceptPipeline
+from application.wiring import topology
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
 from gateway.keyring import KeyRing
-from monitoring import metrics
 from routing.broker import ThreadPublisher
 from routing.consumer import Consumer, Handler, failure_in_trail
 from routing.deadletter import DeadLetterChannel
@@ -55,10 +49,13 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
     from a2wsgi import WSGIMiddleware
 
     from adapters.console import build_console
+    from adapters.intake import Intake
     from adapters.mapping.lab_service import LabResults
     from adapters.rest.app import create_app
     from adapters.soap.smev_exchange import SmevExchange
     from adapters.soap.smev_service import SmevWsgi
+    from application.runtime import load_lab_mappings
+    from gateway.accept import AcceptPipeline
     from gateway.journal.inbox import Inbox
     from monitoring.exposition import GatewayStateCollector, certificate_labels
     from routing.relay import OutboxRelay
@@ -138,6 +135,7 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
         closers.append(router.close)
         run = consumer([topo.route_queue], router.handle)
     elif kind == "delivery":
+        from application.wiring import delivery_channels
         from routing.delivery import DeliveryWorker
 
         worker = DeliveryWorker(config, journal, topo, publisher, dead, delivery_channels(config, journal, keyring),
@@ -171,6 +169,12 @@ def _sweep_until(sweeper: Sweeper, stopping: threading.Event, interval: float) -
 
 def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) -> None:
     """Run the MLLP listener until SIGTERM; each message is mapped and journalled off the event loop."""
+    from adapters.hl7v2.ack import ack_for_error
+    from adapters.hl7v2.lab_intake import LabIntake
+    from adapters.hl7v2.mllp import MllpServer
+    from application.wiring import intake
+    from monitoring import metrics
+
     s = config.settings
     journal = Journal(s.database.url)
     labs = LabIntake(intake(config, journal, keyring), mappings)
@@ -202,6 +206,7 @@ def run_acts(config: GatewayConfig, keyring: KeyRing) -> None:
     """Build and send the previous month's acts on schedule (``acts`` in gateway.yaml) until SIGTERM."""
     from adapters.acts.runner import ActRunner
     from adapters.acts.schedule import run_schedule
+    from application.wiring import intake
 
     journal = Journal(config.settings.database.url)
     runner = ActRunner(config, journal, intake(config, journal, keyring))
@@ -217,6 +222,7 @@ def run_deadlines(config: GatewayConfig, keyring: KeyRing) -> None:
     """Send TIMEOUT answers for registry requests past their deadline until SIGTERM."""
     from adapters.registries.deadlines import DeadlineWatcher
     from adapters.registries.replies import ReplySender
+    from application.wiring import intake
 
     journal = Journal(config.settings.database.url)
     watcher = DeadlineWatcher(config, journal, ReplySender(journal, intake(config, journal, keyring)))

@@ -6,15 +6,18 @@ audit) is built the same way for every inbound adapter.
 """
 from __future__ import annotations
 
-from adapters.intake import Intake
+from typing import TYPE_CHECKING
+
 from application.runtime import has_registry_routes
-from gateway.accept import AcceptPipeline
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
 from gateway.keyring import KeyRing
 from routing.broker import connect
 from routing.channels import DeliveryChannel
 from routing.topology import Topology
+
+if TYPE_CHECKING:
+    from adapters.intake import Intake
 
 
 def topology(config: GatewayConfig) -> Topology:
@@ -30,6 +33,10 @@ def declare_topology(config: GatewayConfig) -> None:
 
 
 def intake(config: GatewayConfig, journal: Journal, keyring: KeyRing) -> Intake:
+    """The intake of a process that accepts messages (its accept pipeline is imported only then)."""
+    from adapters.intake import Intake
+    from gateway.accept import AcceptPipeline
+
     return Intake(AcceptPipeline(config, journal, keyring), journal)
 
 

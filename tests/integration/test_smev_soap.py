@@ -122,7 +122,7 @@ def service(tmp_path: Path, demo_keys: Path, db_url: str) -> Iterator[Smev]:
     inbox = Inbox(journal)
     app = SmevWsgi(SmevExchange(config, intake, inbox, keyring), max_body_bytes=200_000)
     server = make_server("127.0.0.1", 0, app, server_class=_Server, handler_class=_Quiet)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     try:
         yield Smev(f"http://127.0.0.1:{server.server_port}/smev/1.1", journal, inbox, demo_keys)
@@ -204,7 +204,7 @@ def test_resend_of_the_same_message_id_is_message_is_already_sent(service):
     str(uuid.uuid4()),                       # random, not time-based
     str(uuid.uuid1()).upper(),               # upper case
     "not-a-uuid",
-])
+], ids=["uuid4", "upper-case-uuid1", "not-a-uuid"])
 def test_message_id_must_be_a_lower_case_uuid_v1(service, message_id):
     status, body = service.call(smev.send_request(notice(), message_id=message_id, by=service.lab))
     assert status == 500 and body.findtext("faultcode") == "soap:Client"
