@@ -118,12 +118,14 @@ def gateway_factory(tmp_path: Path, amqp_url: str) -> Iterator:
     def make(participants: str, routes: str, *, db_url: str | None = None, settings: str = "",
              delivery_workers: int = 1, mappings: Path | None = None,
              tariffs: Path | None = None, oms: Path | None = None,
-             broker_url: str | None = None, files: dict[str, str] | None = None) -> GatewayProcesses:
+             broker_url: str | None = None, files: dict[str, str] | None = None,
+             reconciler: bool = False) -> GatewayProcesses:
         gw = GatewayProcesses(
             tmp_path / f"gw{len(started)}", participants, routes, settings=settings,
             amqp_url=broker_url or amqp_url,
             db_url=db_url, api_port=free_port(), delivery_workers=delivery_workers, mappings=mappings,
             mllp_port=free_port() if mappings is not None else None, tariffs=tariffs, oms=oms, files=files,
+            reconciler=reconciler,
         )
         started.append(gw)
         gw.start()

@@ -36,7 +36,7 @@ def clinic():
 @pytest.fixture
 def gw(gateway_factory, clinic):
     return gateway_factory(configs.participants(clinic.url), configs.routes(),
-                           settings=configs.settings() + FAST)
+                           settings=configs.settings() + FAST, reconciler=True)
 
 
 def test_a_poison_message_becomes_dead_in_the_journal_with_its_reason_and_replay_finds_it(gw, clinic):
@@ -74,7 +74,7 @@ def test_a_poison_message_becomes_dead_in_the_journal_with_its_reason_and_replay
 
 
 def test_a_message_whose_copy_was_lost_is_swept_round_again_and_delivered_once(gateway_factory, clinic):
-    gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings() + SWEEPING)
+    gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings() + SWEEPING, reconciler=True)
     gw.kill("router", signal.SIGTERM)
     body = envelope_json("lab", "clinic")
     gw.post(body, LAB_TOKEN).raise_for_status()
@@ -95,7 +95,7 @@ def test_a_message_whose_copy_was_lost_is_swept_round_again_and_delivered_once(g
 
 def test_journal_check_finds_stuck_messages_and_broken_trails_and_repair_mends_what_it_can(gateway_factory, clinic):
     gw = gateway_factory(configs.participants(clinic.url), configs.routes(),
-                         settings=configs.settings() + "reconciler: {sweep_interval_seconds: 3600}\n")
+                         settings=configs.settings())  # no reconciler: the check and its --repair do the work
     gw.kill("router", signal.SIGTERM)
     lost, tampered = envelope_json("lab", "clinic"), envelope_json("lab", "clinic")
     for b in (lost, tampered):

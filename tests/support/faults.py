@@ -181,7 +181,7 @@ class Run:
                   f"  - {{name: lab-to-clinic, sender: lab, message_type: '{configs.NOTICE_NS}', recipient: clinic}}\n")
         self.gw = GatewayProcesses(directory, configs.participants(clinic_url), routes, settings=settings,
                                    amqp_url=f"amqp://guest:guest@127.0.0.1:{self.broker_proxy.port}/%2F",
-                                   db_url=db_url, api_port=free_port(), delivery_workers=2)
+                                   db_url=db_url, api_port=free_port(), delivery_workers=2, reconciler=True)
         self.load: Load | None = None
         self.fault_ended = 0.0
 

@@ -34,7 +34,8 @@ class GatewayProcesses:
     def __init__(self, directory: Path, participants: str, routes: str, *, settings: str, amqp_url: str,
                  db_url: str | None, api_port: int, delivery_workers: int, mappings: Path | None = None,
                  mllp_port: int | None = None, tariffs: Path | None = None, oms: Path | None = None,
-                 files: dict[str, str] | None = None) -> None:
+                 files: dict[str, str] | None = None, reconciler: bool = False) -> None:
+        """``reconciler``: run the reconciler and sweeper too (tests of what they do; the others spare its start)."""
         import shutil
 
         self.dir = directory
@@ -57,6 +58,7 @@ class GatewayProcesses:
         self.port = api_port
         self.base = f"http://127.0.0.1:{api_port}"
         self.delivery_workers = delivery_workers
+        self.reconciler = reconciler
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.env = {
             **os.environ,
@@ -90,7 +92,8 @@ class GatewayProcesses:
         self.spawn("api")
         self.wait_ready()
         self.spawn("router")
-        self.spawn("reconciler")
+        if self.reconciler:
+            self.spawn("reconciler")
         for i in range(self.delivery_workers):
             self.spawn(f"delivery-{i + 1}")
         if self._asks_registries():
