@@ -261,6 +261,15 @@ class Console:
 
     def _routes(self) -> APIRouter:
         r = APIRouter(prefix=PREFIX, include_in_schema=False)
+        self._session_routes(r)
+        self._message_routes(r)
+        self._letter_routes(r)
+        self._lab_routes(r)
+        self._overview_routes(r)
+        return r
+
+    def _session_routes(self, r: APIRouter) -> None:
+        """Sign-in and sign-out, and the console's front door."""
 
         @r.get("")
         @r.get("/")
@@ -306,6 +315,9 @@ class Console:
             response = RedirectResponse(f"{PREFIX}/login", status_code=303)
             response.delete_cookie(SESSION_COOKIE, path=PREFIX)
             return response
+
+    def _message_routes(self, r: APIRouter) -> None:
+        """Search, CSV export and one message with its trail, attempts and relatives."""
 
         @r.get("/messages")
         def messages(request: Request) -> Response:
@@ -361,6 +373,9 @@ class Console:
                                replayable=rec.status in (Status.DEAD.value, Status.FAILED.value),
                                kept=rec.message_type == KEPT_NS and rec.status == Status.REJECTED.value)
 
+    def _letter_routes(self, r: APIRouter) -> None:
+        """Dead letters and stuck messages: the lists, the preview and the replay or resend."""
+
         @r.get("/dead")
         def dead(request: Request) -> Response:
             return self._bulk_list(request, "dead")
@@ -393,6 +408,9 @@ class Console:
                                "messages": [mid for mid, _, _ in done][:200]})
             return self.render(request, "done.html", who, kind=kind, done=done)
 
+    def _lab_routes(self, r: APIRouter) -> None:
+        """A lab's traffic, its unmapped codes, and mapping kept messages again."""
+
         @r.get("/labs")
         def labs(request: Request) -> Response:
             who = self._who(request)
@@ -418,6 +436,9 @@ class Console:
             self.audit(who, "remap", detail={"messages": [mid for mid, _ in results][:200],
                                              "mapped": sum(o.code == "AA" for _, o in results)})
             return self.render(request, "remapped.html", who, results=results)
+
+    def _overview_routes(self, r: APIRouter) -> None:
+        """Acts, registry requests, the system at a glance, and the operator audit."""
 
         @r.get("/acts")
         def acts_page(request: Request) -> Response:
@@ -453,8 +474,6 @@ class Console:
             base = {k: v for k, v in q.items() if k in ("operator", "action") and v}
             return self.render(request, "audit.html", who, rows=rows, q=q,
                                next_url=f"?{urlencode({**base, 'before': more})}" if more else None)
-
-        return r
 
     # ---- sign-in ------------------------------------------------------------
 

@@ -26,7 +26,7 @@ from gateway import errors, jsonsafe
 from gateway.config import MetricsSettings, hash_token
 from gateway.envelope import Envelope, EnvelopeDocument
 from gateway.errors import Rejection
-from gateway.journal import Journal
+from gateway.journal import Journal, MessageRecord
 from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
 from gateway.xmlsafe import parse_xml
@@ -72,6 +72,22 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                     "failover and dead letters. Every refusal is application/problem+json with a stable `code` "
                     "and the offending `field`.",
     )
+    _error_shapes(app, journal, tuple(soap or {}))
+    _message_routes(app, intake, journal, max_body_bytes)
+    if inbox is not None:
+        _inbox_routes(app, intake, inbox, keyring or KeyRing(), lock_seconds)
+    if lab_results is not None:
+        _lab_routes(app, intake, lab_results, max_body_bytes)
+    if console is not None:
+        console.mount(app)
+    for path, asgi in (soap or {}).items():
+        app.router.routes.append(Route(path, endpoint=asgi, methods=["GET", "POST"], include_in_schema=False))
+    _operations_routes(app, readiness, state, metrics or MetricsSettings())
+    return app
+
+
+def _error_shapes(app: FastAPI, journal: Journal, soap_paths: tuple[str, ...]) -> None:
+    """Every refusal as problem+json; what escapes a handler as 503 or an audited 500 (``incidents``)."""
 
     @app.exception_handler(Rejection)
     async def _rejection(_: Request, exc: Rejection) -> Response:
@@ -86,8 +102,12 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         first = exc.errors()[0]
         return problem(Rejection("REQUEST_INVALID", first["msg"], ".".join(map(str, first["loc"]))))
 
-    app.add_middleware(IncidentMiddleware, soap_paths=tuple(soap or {}),
+    app.add_middleware(IncidentMiddleware, soap_paths=soap_paths,
                        audit=lambda rej, source, remote: journal.reject(rej, source=source, remote=remote))
+
+
+def _message_routes(app: FastAPI, intake: Intake, journal: Journal, max_body_bytes: int) -> None:
+    """Submit a message, read its status and trail, read a service record's state."""
     envelope_schema = EnvelopeDocument.model_json_schema()
 
     @app.post(
@@ -133,35 +153,7 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         if rec is None or caller.mnemonic not in (rec.sender, rec.recipient):
             raise Rejection(errors.MESSAGE_NOT_FOUND, f"no message {message_id} visible to {caller.mnemonic}",
                             "message_id", status=404)
-        trail = journal.trail(message_id)
-        return {
-            "messageId": rec.message_id,
-            "status": rec.status,
-            "sender": rec.sender,
-            "recipient": rec.recipient,
-            "messageType": rec.message_type,
-            "route": rec.route,
-            "channel": rec.channel,
-            "attempts": rec.attempts,
-            "replays": rec.replays,
-            "lastError": rec.last_error,
-            "createdAt": rec.created_at.isoformat(),
-            "deliveredAt": rec.delivered_at.isoformat() if rec.delivered_at else None,
-            "trailIntact": journal.verify_trail(message_id),
-            "trail": [
-                {"at": e.at.isoformat(), "status": e.status, "event": e.kind, "actor": e.actor, "detail": e.detail}
-                for e in trail
-            ],
-        }
-
-    if inbox is not None:
-        _inbox_routes(app, intake, inbox, keyring or KeyRing(), lock_seconds)
-    if lab_results is not None:
-        _lab_routes(app, intake, lab_results, max_body_bytes)
-    if console is not None:
-        console.mount(app)
-    for path, asgi in (soap or {}).items():
-        app.router.routes.append(Route(path, endpoint=asgi, methods=["GET", "POST"], include_in_schema=False))
+        return _status_document(journal, rec)
 
     @app.get(f"{API}/service-records/{{record_id}}", summary="State of a service record: accepted, in an act, "
              "and what the insurer said")
@@ -173,6 +165,33 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
                             f"{caller.mnemonic}", "record_id", status=404)
         return state
 
+
+def _status_document(journal: Journal, rec: MessageRecord) -> dict[str, Any]:
+    return {
+        "messageId": rec.message_id,
+        "status": rec.status,
+        "sender": rec.sender,
+        "recipient": rec.recipient,
+        "messageType": rec.message_type,
+        "route": rec.route,
+        "channel": rec.channel,
+        "attempts": rec.attempts,
+        "replays": rec.replays,
+        "lastError": rec.last_error,
+        "createdAt": rec.created_at.isoformat(),
+        "deliveredAt": rec.delivered_at.isoformat() if rec.delivered_at else None,
+        "trailIntact": journal.verify_trail(rec.message_id),
+        "trail": [
+            {"at": e.at.isoformat(), "status": e.status, "event": e.kind, "actor": e.actor, "detail": e.detail}
+            for e in journal.trail(rec.message_id)
+        ],
+    }
+
+
+def _operations_routes(app: FastAPI, readiness: Callable[[], dict[str, bool]], state: GatewayStateCollector,
+                       scrape: MetricsSettings) -> None:
+    """Liveness, readiness and /metrics: what an orchestrator and Prometheus ask."""
+
     @app.get("/healthz", summary="Liveness: the process answers")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
@@ -183,15 +202,11 @@ def create_app(*, intake: Intake, journal: Journal, max_body_bytes: int,
         ok = all(checks.values())
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    scrape = metrics or MetricsSettings()
-
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     def metrics_endpoint(request: Request) -> Response:
         _check_scrape(request, scrape)
         body, content_type = render(state, request.headers.get("accept", ""))
         return Response(body, media_type=content_type)
-
-    return app
 
 
 def _check_scrape(request: Request, scrape: MetricsSettings) -> None:

@@ -40,10 +40,12 @@ NEW = {k: v["lab"] for k, v in json.loads((DATA / "lab-result-goldens" / "manife
        if not k.startswith("_")}
 
 
-def counted_segments(text: str) -> tuple[set[str], dict[str, int], dict[str, str]]:
+def counted_segments(text: str, ignored: frozenset[str] = frozenset()) -> tuple[set[str], dict[str, int],
+                                                                                dict[str, str]]:
     """OBR/OBX/NTE segments by ordinal (``OBX[3]``); how many of them were run into another segment,
     by the host segment; and for each NTE the OBX it follows — read from the text with nothing but a
-    split on the segment separator."""
+    split on the segment separator. A Z-segment the mapping ignores is passed over, as if not there:
+    an NTE after it still comments on the OBX before it."""
     counts: dict[str, int] = {}
     seen: set[str] = set()
     run_in: dict[str, int] = {}
@@ -56,6 +58,8 @@ def counted_segments(text: str) -> tuple[set[str], dict[str, int], dict[str, str
             continue
         counts[name] = counts.get(name, 0) + 1
         label = f"{name}[{counts[name]}]"
+        if name in ignored:
+            continue
         if name in COUNTED:
             seen.add(label)
         if name == "OBX":
@@ -91,7 +95,7 @@ def check(raw: bytes, mapping: LabMapping) -> None:
         validate_bundle(to_bundle(payload, message_id=result.message_id), mode=STRICT)
     except MappingGaps as exc:
         payload, gaps, delivered = exc.payload, exc.gaps + exc.warnings, False
-    segments, run_in, comment_on = counted_segments(text)
+    segments, run_in, comment_on = counted_segments(text, frozenset(mapping.ignore_segments))
     found, found_run_in = accounted(payload, gaps)
     refused_tests = {f"{g.segment}[{g.sequence}]" for g in gaps if g.severity == "E" and g.segment == "OBX"}
     found |= {nte for nte, obx in comment_on.items() if obx in refused_tests}
