@@ -21,6 +21,7 @@ from typing import Any
 from application.wiring import topology
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
+from gateway.journal.group_commit import GroupRecorder
 from gateway.keyring import KeyRing
 from routing.broker import ThreadPublisher
 from routing.consumer import Consumer, Handler, failure_in_trail
@@ -118,7 +119,8 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     topo = topology(config)
     publisher = ThreadPublisher(s.broker.url, f"zl-{kind}")
     actor = f"{kind}:{os.getpid()}"
-    dead = DeadLetterChannel(journal, topo, publisher, actor=actor)
+    recorder = GroupRecorder(journal)  # the events of all this worker's threads, committed together
+    dead = DeadLetterChannel(journal, topo, publisher, actor=actor, recorder=recorder)
     stopping = threading.Event()
     gate = JournalGate(journal, stopping, kind)
 
@@ -139,7 +141,7 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
         from routing.delivery import DeliveryWorker
 
         worker = DeliveryWorker(config, journal, topo, publisher, dead, delivery_channels(config, journal, keyring),
-                                keyring, gate=gate)
+                                keyring, gate=gate, recorder=recorder)
         closers.append(worker.close)
         run = consumer([topo.deliver_queue(p) for p in sorted(config.participants)], worker.handle)
     elif kind == "reconciler":
@@ -156,6 +158,7 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     run.run()
     for close in closers:
         close()
+    recorder.close()
     publisher.close()
 
 
