@@ -44,7 +44,7 @@ def on_term(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) -> None:
+def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, relay_outbox: bool = True) -> None:
     """The REST API, the SMEV 3 endpoint and /metrics in one uvicorn server, with the outbox relay beside it."""
     import uvicorn
     from a2wsgi import WSGIMiddleware
@@ -90,9 +90,12 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
                      lab_results=labs, metrics=s.metrics,
                      console=build_console(config, journal, api_intake, mappings))
-    relay.start()
+    if relay_outbox:
+        relay.start()
+    # uvloop and httptools: the event loop and HTTP parser in C, measured in bench/bench_spine.py.
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=5))
+                                           access_log=False, timeout_graceful_shutdown=5, loop="uvloop",
+                                           http="httptools"))
     sockets = [_listen(s.api.host, s.api.port)]
     if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
         sockets.append(_listen(s.metrics.host, s.metrics.port))
@@ -106,6 +109,7 @@ def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # several API processes on one port
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
