@@ -137,9 +137,9 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     if kind == "router":
         from routing.router import Router
 
-        router = Router(config, journal, topo, s.broker.url, dead, max_batch=s.broker.prefetch)
+        router = Router(config, journal, topo, s.broker.url, dead, max_batch=s.broker.router_prefetch)
         closers.append(router.close)
-        run = consumer([topo.route_queue], router.handle)
+        run = consumer([topo.route_queue], router.handle, prefetch=s.broker.router_prefetch)
     elif kind == "delivery":
         from application.wiring import delivery_channels
         from routing.delivery import DeliveryWorker

@@ -88,6 +88,10 @@ class BrokerSettings(_Strict):
     url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
     prefix: str = Field("zl", pattern=r"^[a-z0-9][a-z0-9_.-]{0,30}$")
     prefetch: int = Field(32, ge=1, le=1000)
+    #: The router's window: it routes what it holds as one group (one read, one confirmed publish,
+    #: one commit), so its window bounds the group. At 32 the router made groups of about 15 and
+    #: fell seconds behind on PostgreSQL while idle (docs/PERFORMANCE.md).
+    router_prefetch: int = Field(128, ge=1, le=1000)
     #: Redeliveries of one message before RabbitMQ gives up on it (a handler that fails on it every
     #: time) and dead-letters it to the poison queue, where the reconciler records it DEAD. A queue
     #: argument: changing it for existing queues means declaring them anew (docs/RELIABILITY.md).
