@@ -65,11 +65,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def gateway(workers: int, db_url: str | None, api_processes: int = 1,
-            preload: int = 0) -> Iterator[tuple[GatewayProcesses, RecipientServer]]:
-    """A whole gateway and a recipient; ``preload`` messages with trails put in its journal first."""
+def gateway(workers: int, db_url: str | None, api_processes: int = 1, preload: int = 0,
+            signed: bool = True) -> Iterator[tuple[GatewayProcesses, RecipientServer]]:
+    """A whole gateway and a recipient; ``preload`` messages with trails put in its journal first;
+    ``signed``: the gateway signs every delivery (GOST 2012-256 demo key), as in production."""
     clinic = RecipientServer(name="clinic").start()
     tmp = Path(tempfile.mkdtemp(prefix="zl-bench-")) / "gateway"
+    keys = None
+    if signed:
+        from demo.ca import create_demo_keys
+
+        keys = tmp.parent / "keys"
+        create_demo_keys(keys, ["gateway"], ("gost2012-256",))
     url = db_url or f"sqlite:///{tmp.parent / 'journal.db'}"
     if preload:
         from journal_loader import load
@@ -77,7 +84,7 @@ def gateway(workers: int, db_url: str | None, api_processes: int = 1,
         took = load(url, preload, progress=False)
         print(f"         journal preloaded with {preload:,} messages ({took})", flush=True)
     gw = GatewayProcesses(tmp, configs.participants(clinic.url), configs.routes(),
-                          settings=configs.settings(), amqp_url=AMQP_URL, db_url=url,
+                          settings=configs.settings(keys=keys), amqp_url=AMQP_URL, db_url=url,
                           api_port=free_port(), delivery_workers=workers)
     gw.start()
     for i in range(2, api_processes + 1):
@@ -254,16 +261,18 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30, help="open loop: seconds per rate")
     ap.add_argument("--baseline", action="store_true", help="also the plain forwarder under the same load")
     ap.add_argument("--journal-preload", type=int, default=0, help="messages in the journal before the run")
+    ap.add_argument("--unsigned", action="store_true", help="deliveries without the gateway's signature")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     print(f"Zdravlink spine benchmark: {args.messages} messages per size, {args.concurrency} HTTP clients, "
-          f"{args.workers} delivery workers, {args.api_processes} API process(es), journal "
+          f"{args.workers} delivery workers, {args.api_processes} API process(es), "
+          f"deliveries {'unsigned' if args.unsigned else 'signed (GOST 2012-256)'}, journal "
           f"{(args.database or 'sqlite').split('@')[-1]}, RabbitMQ at {AMQP_URL.split('@')[-1]}; "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'payload':>8} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'primitives/s':>13} {'ratio':>6}" + (f" {'forwarder/s':>12} {'ratio':>6}" if args.baseline else ""))
     for size in sizes:
-        with gateway(args.workers, args.database, args.api_processes, args.journal_preload) as (gw, clinic):
+        with gateway(args.workers, args.database, args.api_processes, args.journal_preload, not args.unsigned) as (gw, clinic):
             r = closed_loop(gw, clinic, size, args.messages, args.concurrency)
         ceiling = primitive_ceiling(size, min(args.messages, 2000), args.database)
         line = (f"{size // 1024:>6}KB {r['accepted_per_s']:>11.0f} {r['delivered_per_s']:>12.0f} "
@@ -282,7 +291,7 @@ def main() -> None:
         print(f"{'rate/s':>7} {'sent':>6} {'refused':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
               f"{'generator lag p99/max ms':>25}")
         for rate in (float(x) for x in args.rates.split(",")):
-            with gateway(args.workers, args.database, args.api_processes, args.journal_preload) as (gw, clinic):
+            with gateway(args.workers, args.database, args.api_processes, args.journal_preload, not args.unsigned) as (gw, clinic):
                 r = open_loop(gw, clinic, sizes[0], rate, args.seconds)
             lag = r["generator_lag_ms"]
             print(f"{rate:>7.0f} {r['ok']:>6} {r['failed']:>8} {r['p50'] * 1000:>8.1f} {r['p95'] * 1000:>8.1f} "
