@@ -6,6 +6,7 @@ sending as fast as they are answered), per payload size:
 
 - accepted messages/s (HTTP 202s per second of the sending phase) and delivered/s,
 - p50/p99 accept-to-delivered latency from the journal's own times, and each stage's lag,
+- each gateway process's RSS after a warm-up (not timed) and after the run,
 - the primitive ceiling measured in the same run (XSD validation + journal insert +
   confirmed publish in a tight loop on one thread) and the ratio of the two,
 - with ``--baseline``: a plain forwarder (bench/forwarder.py: HTTP in → confirmed publish →
@@ -100,9 +101,15 @@ def closed_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, n: int
                 concurrency: int) -> dict[str, Any]:
     """``concurrency`` clients sending as fast as they are answered: the throughput."""
     payload = payload_of(size)
-    bodies = [envelope_json("lab", "clinic", payload=payload) for _ in range(n)]
     client = httpx.Client(base_url=gw.base, timeout=30, limits=httpx.Limits(max_connections=concurrency))
     headers = {"Authorization": f"Bearer {LAB_TOKEN}"}
+    # A warm-up, not timed, so the RSS "after warm-up" is that of processes that have done the work once.
+    warm = [envelope_json("lab", "clinic", payload=payload) for _ in range(max(50, n // 10))]
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda b: client.post("/api/v1/messages", json=b, headers=headers), warm))
+    wait_delivered(clinic, [b["messageId"] for b in warm])
+    rss_warm = rss_mb(gw)
+    bodies = [envelope_json("lab", "clinic", payload=payload) for _ in range(n)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         codes = list(pool.map(lambda b: client.post("/api/v1/messages", json=b, headers=headers).status_code,
@@ -113,7 +120,18 @@ def closed_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, n: int
     wait_delivered(clinic, ids)
     t_done = time.perf_counter()
     return {"accepted_per_s": n / (t_sent - t0), "delivered_per_s": n / (t_done - t0),
-            **latencies(gw.db_url, set(ids))}
+            "rss": (rss_warm, rss_mb(gw)), **latencies(gw.db_url, set(ids))}
+
+
+def rss_mb(gw: GatewayProcesses) -> dict[str, float]:
+    """Each gateway process's resident set, MB (Linux ``/proc``)."""
+    out = {}
+    for name, proc in gw.procs.items():
+        status = Path(f"/proc/{proc.pid}/status")
+        if proc.poll() is None and status.exists():
+            kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+            out[name] = kb / 1024
+    return out
 
 
 def open_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, rate: float,
@@ -282,6 +300,10 @@ def main() -> None:
             fwd = forwarder_baseline(size, args.messages, args.concurrency)
             line += f" {fwd:>12.0f} {r['delivered_per_s'] / fwd:>6.2f}"
         print(line, flush=True)
+        warm, end = r["rss"]
+        print("         RSS MB after warm-up → after the run: " + ", ".join(
+            f"{k} {warm[k]:.0f}→{end[k]:.0f} ({(end[k] / warm[k] - 1) * 100:+.0f} %)" for k in warm if k in end),
+              flush=True)
         print("         median lag per stage: " + ", ".join(
             f"{k} {v * 1000:.0f} ms (n={n}, {lt} written late)" for k, (v, n, lt) in r["stages"].items()),
               flush=True)
