@@ -21,7 +21,7 @@ from pika.adapters.select_connection import SelectConnection
 from pika.channel import Channel
 from pika.frame import Method
 
-from routing.broker import properties
+from routing.broker import BrokerAddress, node_parameters, properties
 from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)
@@ -39,12 +39,9 @@ class BrokerUnavailable(ExchangeError, ConnectionError):
 
 
 class PipelinedPublisher:
-    def __init__(self, url: str, name: str, confirm_timeout: float = 30.0) -> None:
-        self.params = pika.URLParameters(url)
-        self.params.heartbeat = 0  # the loop only runs during a batch; idle gaps must not kill the connection
-        self.params.socket_timeout = 5
-        self.params.connection_attempts = 1
-        self.params.client_properties = {"connection_name": name}
+    def __init__(self, address: BrokerAddress, name: str, confirm_timeout: float = 30.0) -> None:
+        self.address = address
+        self.name = name
         self.confirm_timeout = confirm_timeout
         self._conn: SelectConnection | None = None
         self._channel: Channel | None = None
@@ -57,6 +54,18 @@ class PipelinedPublisher:
     # ---- connection -------------------------------------------------------
 
     def _open(self) -> None:
+        """A confirmed channel on the first node that gives one (a cluster's nodes in turn)."""
+        # heartbeat 0: the loop only runs during a batch; idle gaps must not kill the connection.
+        failures = []
+        for params in node_parameters(self.address, self.name, heartbeat=0):
+            try:
+                self._open_on(params)
+                return
+            except BrokerUnavailable as exc:
+                failures.append(f"{params.host}:{params.port}: {exc}")
+        raise BrokerUnavailable("; ".join(failures))
+
+    def _open_on(self, params: pika.URLParameters) -> None:
         self._error = None
         self._next_tag = 0
 
@@ -72,7 +81,7 @@ class PipelinedPublisher:
             self._error = err if isinstance(err, BaseException) else BrokerUnavailable(str(err))
             conn.ioloop.stop()
 
-        self._conn = SelectConnection(self.params, on_open_callback=on_open,
+        self._conn = SelectConnection(params, on_open_callback=on_open,
                                       on_open_error_callback=on_open_error, on_close_callback=self._on_conn_closed)
         self._conn.ioloop.start()
         if self._channel is None:
