@@ -17,6 +17,7 @@ NODES = [f"amqp://zl:secret@mq{i}.example:5672/zdravlink" for i in (1, 2, 3)]
 
 
 def test_one_url_many_urls_or_a_comma_list_from_the_environment(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.delenv("ZL_AMQP_URL", raising=False)  # scripts/test sets it
     assert BrokerSettings().nodes == ("amqp://guest:guest@127.0.0.1:5672/%2F",)
     cfg = load_config(write(tmp_path, gateway="broker: {urls: [" + ", ".join(NODES) + "]}\n"))
     assert cfg.settings.broker.nodes == tuple(NODES)
