@@ -214,6 +214,23 @@ class ReconcilerSettings(_Strict):
     stuck_after_seconds: float = Field(300.0, gt=0)
 
 
+class LeaseSettings(_Strict):
+    """Duties that must run on one node at a time (deadlines, acts, the sweeper) are held by a lease
+    in the journal (``gateway.once_only``); a node that dies loses it within ``ttl_seconds``."""
+
+    #: A holder that has not renewed its lease for this long has lost it; another node takes it over.
+    ttl_seconds: float = Field(15.0, ge=1)
+    #: How often a holder renews and a standby tries to take the lease.
+    renew_seconds: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_well_within_ttl(self) -> LeaseSettings:
+        if self.renew_seconds * 2 > self.ttl_seconds:
+            raise ValueError(f"renew_seconds must be at most half of ttl_seconds (got {self.renew_seconds} and "
+                             f"{self.ttl_seconds}): a holder stops its duty before its lease can run out")
+        return self
+
+
 class Hl7Settings(_Strict):
     """The MLLP listener for laboratories that send HL7 v2 (see config/mappings/)."""
 
@@ -280,6 +297,7 @@ class Settings(_Strict):
     registries: RegistriesSettings = RegistriesSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    leases: LeaseSettings = LeaseSettings()
 
 
 # ---- participants and routes ------------------------------------------------
