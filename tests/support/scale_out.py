@@ -34,7 +34,8 @@ STAGES = ("ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED")
 
 
 def write_config(directory: Path, clinic_url: str, *, delivery_workers: int = 1, quorum_replicas: int | None = 3,
-                 lease_ttl: float = 6.0, lease_renew: float = 1.0, extra: str = "") -> Path:
+                 lease_ttl: float = 6.0, lease_renew: float = 1.0, in_process_max_delay: float = 5.0,
+                 extra: str = "") -> Path:
     """One configuration every node reads (hosts of a deployment share their files)."""
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "participants.yaml").write_text(configs.participants(clinic_url))
@@ -46,7 +47,7 @@ def write_config(directory: Path, clinic_url: str, *, delivery_workers: int = 1,
     (directory / "gateway.yaml").write_text(
         "api: {max_body_bytes: 1048576}\n"
         f"broker: {{prefetch: 32{replicas}}}\n"
-        "delivery: {timeout_seconds: 5.0, in_process_max_delay: 5.0}\n"
+        f"delivery: {{timeout_seconds: 5.0, in_process_max_delay: {in_process_max_delay}}}\n"
         "circuit_breaker: {failure_threshold: 5, reset_timeout_seconds: 10}\n"
         "relay: {batch_size: 200, poll_interval_seconds: 0.1}\n"
         f"workers: {{delivery: {delivery_workers}}}\n"
@@ -212,6 +213,8 @@ class Account:
     dead: int = 0
     lost: int = 0
     missing_stages: int = 0
+    parked: int = 0                # retries parked in the broker's retry queues
+    parked_elsewhere: int = 0      # of those, delivered by another process than the one that parked them
     settled_at: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -231,8 +234,15 @@ def settle(db_url: str, accepted: list[str], timeout: float) -> Account:
         account = Account(accepted=len(accepted), settled_at=time.monotonic())
         with engine.connect() as conn:
             trails: dict[str, set[str]] = {}
-            for mid, kind in conn.execute(sa.text("SELECT message_id, kind FROM events")):
+            parked_by: dict[str, str] = {}
+            delivered_by: dict[str, str] = {}
+            for mid, kind, actor, detail in conn.execute(sa.text("SELECT message_id, kind, actor, detail FROM events "
+                                                                 "ORDER BY id")):
                 trails.setdefault(mid, set()).add(kind)
+                if kind == "RETRY_SCHEDULED" and '"queued"' in detail:
+                    parked_by[mid] = actor
+                elif kind == "DELIVERED":
+                    delivered_by[mid] = actor
     finally:
         engine.dispose()
     account.delivered = sum(rows.get(m) == "DELIVERED" for m in accepted)
@@ -240,6 +250,8 @@ def settle(db_url: str, accepted: list[str], timeout: float) -> Account:
     account.lost = account.accepted - account.delivered - account.dead
     account.missing_stages = sum(1 for m in accepted
                                  if rows.get(m) == "DELIVERED" and not set(STAGES) <= trails.get(m, set()))
+    account.parked = len(parked_by)
+    account.parked_elsewhere = sum(1 for m, actor in parked_by.items() if delivered_by.get(m, actor) != actor)
     account.notes = [f"{m} stayed {rows.get(m)}: {sorted(trails.get(m, set()))}"
                      for m in accepted if rows.get(m) not in final][:10]
     return account
