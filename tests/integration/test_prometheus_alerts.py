@@ -35,6 +35,12 @@ def test_promtool_accepts_the_rules_and_the_dashboard_uses_only_metrics_the_gate
     for metric in used:
         base = re.sub(r"_(bucket|total)$", "", metric)
         assert f'"{metric}"' in source or f'"{base}"' in source or f'"{base}_total"' in source, metric
+    # Every node reports the same journal- and broker-wide gauges: summed over nodes they would count twice.
+    shared = ("zl_dead_messages", "zl_queue_depth", "zl_messages_in_flight", "zl_relay_lag_seconds",
+              "zl_oldest_in_flight_age_seconds")
+    summed = [t["expr"] for p in dashboard["panels"] for t in p["targets"]
+              if re.match(r"\s*sum\b", t["expr"]) and any(g in t["expr"] for g in shared)]
+    assert not summed, summed
 
 
 def test_the_scrape_configuration_for_n_nodes_is_valid_and_the_rules_aggregate_across_nodes(tmp_path) -> None:
