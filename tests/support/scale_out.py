@@ -33,16 +33,34 @@ from tests.support.gateway_proc import REPO, delete_topology, envelope_json
 STAGES = ("ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED")
 
 
+#: The message type of a verification request to ФРМО (and of its answer).
+ORG = "urn://zdravlink/types/organisation-verification/1.0"
+
+
 def write_config(directory: Path, clinic_url: str, *, delivery_workers: int = 1, quorum_replicas: int | None = 3,
                  lease_ttl: float = 6.0, lease_renew: float = 1.0, in_process_max_delay: float = 5.0,
-                 extra: str = "") -> Path:
-    """One configuration every node reads (hosts of a deployment share their files)."""
+                 registry: tuple[str, Path] | None = None, extra: str = "") -> Path:
+    """One configuration every node reads (hosts of a deployment share their files).
+
+    ``registry``: ФРМО's URL and the demo keys directory (``registry_keys``): the clinic may ask it, the
+    gateway signs with its demo key, and a request unanswered after 3 s gets a TIMEOUT (the deadline
+    watcher, a once-only duty)."""
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "participants.yaml").write_text(configs.participants(clinic_url))
+    people = configs.participants(clinic_url)
+    routes = f"  - {{name: lab-to-clinic, sender: lab, message_type: '{configs.NOTICE_NS}', recipient: clinic}}\n"
+    if registry is not None:
+        url, keys = registry
+        people += (f"  - {{mnemonic: frmo, name: ФРМО, kind: registry, certificates: ['{keys / 'frmo-gost2012-256.pem'}'], "
+                   f"delivery: {{mode: registry, registry: frmo, url: '{url}'}}}}\n")
+        routes += (f"  - {{name: ask-frmo, sender: clinic, message_type: '{ORG}', recipient: frmo}}\n"
+                   f"  - {{name: frmo-answers, sender: frmo, message_type: '{ORG}', recipient: clinic}}\n")
+        extra += (f'signing: {{key: "{keys / "gateway-gost2012-256.key"}", '
+                  f'certificate: "{keys / "gateway-gost2012-256.pem"}", trust_store: "{keys / "trust"}"}}\n'
+                  "registries: {organisation_verification: {deadline_seconds: 3}, deadline_poll_seconds: 0.2}\n")
+    (directory / "participants.yaml").write_text(people)
     (directory / "routes.yaml").write_text(
         "defaults:\n  retry: {attempts: 10, initial_delay: 0.5, multiplier: 2.0, jitter: 0.1, max_delay: 10.0}\n"
-        "routes:\n"
-        f"  - {{name: lab-to-clinic, sender: lab, message_type: '{configs.NOTICE_NS}', recipient: clinic}}\n")
+        "routes:\n" + routes)
     replicas = "" if quorum_replicas is None else f", quorum_replicas: {quorum_replicas}"
     (directory / "gateway.yaml").write_text(
         "api: {max_body_bytes: 1048576}\n"
@@ -286,5 +304,5 @@ def recovery(accept_at: dict[str, float], delivered_at: dict[str, float], fault_
     return max(0.0, max(before, default=fault_at) - fault_at), max(after, default=0.0)
 
 
-def remove_topology(broker_urls: list[str], prefix: str) -> None:
-    delete_topology(",".join(broker_urls), prefix, ["lab", "clinic"])
+def remove_topology(broker_urls: list[str], prefix: str, participants: tuple[str, ...] = ("lab", "clinic")) -> None:
+    delete_topology(",".join(broker_urls), prefix, list(participants))
