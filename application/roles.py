@@ -82,10 +82,12 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
     mappings = load_lab_mappings(config)
     labs = LabResults(api_intake, mappings)
     smev = SmevWsgi(SmevExchange(config, api_intake, inbox, keyring, labs), s.api.max_body_bytes)
+    timestamp_alert_after = s.evidence.timestamp_alert_after_seconds if s.evidence.tsa_url else None
     certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
                     for owner, c in keyring.owned_certificates()]
     app = create_app(intake=api_intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
-                     state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
+                     state=GatewayStateCollector(journal, inspector.depths, certificates, timestamp_alert_after),
+                     inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
                      lab_results=labs, metrics=s.metrics,
@@ -156,6 +158,11 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
         sweeper = Sweeper(journal, topo, inspector.depths, s.reconciler.stuck_after_seconds)
         threading.Thread(target=_sweep_until, args=(sweeper, stopping, s.reconciler.sweep_interval_seconds),
                          name="sweeper", daemon=True).start()
+        if s.evidence.enabled:  # sealing and checkpoints: once per deployment, as the sweeper
+            from gateway.evidence.duty import EvidenceDuty
+
+            duty = EvidenceDuty.of(config, journal, keyring.signer)
+            threading.Thread(target=duty.run, args=(stopping,), name="evidence", daemon=True).start()
     else:
         raise ValueError(f"unknown worker kind {kind!r} (one of {', '.join(WORKER_KINDS)})")
     on_term(stopping.set)

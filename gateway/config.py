@@ -244,6 +244,30 @@ class RegistriesSettings(_Strict):
         raise KeyError(message_type)
 
 
+class EvidenceSettings(_Strict):
+    """The evidence chain (docs/journal-evidence.md): how often events are sealed and checkpoints made, the TSA.
+
+    The duty runs in the reconciler (one per deployment); ``zdravlink journal seal`` does one round by hand.
+    """
+
+    enabled: bool = True
+    seal_interval_seconds: float = Field(2.0, gt=0)
+    #: Events per batch at most (a backlog after an outage is sealed in several batches).
+    max_batch: int = Field(10_000, ge=1, le=1_000_000)
+    checkpoint_interval_seconds: float = Field(60.0, gt=0)
+    #: A checkpoint also after this many batches, whatever the interval.
+    checkpoint_every_batches: int | None = Field(None, ge=1)
+    #: The RFC 3161 TSA (HTTP); none: checkpoints are signed, not timestamped (a warning in verify).
+    tsa_url: str | None = None
+    #: The CAs a TSA's certificate must chain to (a directory as signing.trust_store); default signing.trust_store.
+    tsa_trust_store: str | None = None
+    tsa_timeout_seconds: float = Field(10.0, gt=0)
+    #: The longest pause between two attempts while the TSA is out of reach (the first is 5 s, then doubling).
+    tsa_retry_max_seconds: float = Field(300.0, gt=0)
+    #: zl_evidence_timestamp_overdue is 1 (and the alert fires) when the chain has gone this long without a timestamp.
+    timestamp_alert_after_seconds: float = Field(3600.0, gt=0)
+
+
 class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -259,6 +283,7 @@ class Settings(_Strict):
     registries: RegistriesSettings = RegistriesSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
 
 
 # ---- participants and routes ------------------------------------------------
