@@ -4,11 +4,15 @@ from __future__ import annotations
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-from application.cli.common import ConfigOpt, journal_app, keyring_or_exit, load_or_exit, out
+from application.cli.common import ConfigOpt, err, journal_app, keyring_or_exit, load_or_exit, out
 from application.cli.console import utc
+
+if TYPE_CHECKING:
+    from gateway.evidence.check import Report
 
 
 @journal_app.command("seal")
@@ -47,7 +51,10 @@ def journal_verify(config: Path | None = ConfigOpt,
     began = time.perf_counter()
     report = verify_journal(Journal(cfg.settings.database.url), trust=ring.trust, tsa_trust=tsa_trust(cfg),
                             start=utc(start), end=utc(end))
-    took = time.perf_counter() - began
+    _print(report, time.perf_counter() - began, quiet)
+
+
+def _print(report: Report, took: float, quiet: bool) -> None:
     for f in report.broken:
         out.print(f"[red]broken[/red] {f.line()}", highlight=False)
     if not quiet:
@@ -65,3 +72,55 @@ def journal_verify(config: Path | None = ConfigOpt,
         out.print("[red]the evidence is broken[/red]" + (f": first at batch {first}" if first else ""),
                   highlight=False)
         raise typer.Exit(1)
+
+
+@journal_app.command("export")
+def journal_export(out_file: Path = typer.Argument(..., metavar="OUT.zip", help="The archive to write"),
+                   config: Path | None = ConfigOpt,
+                   start: datetime | None = typer.Option(None, "--from", help="Batches sealed from this time (UTC)"),
+                   end: datetime | None = typer.Option(None, "--to", help="… up to this time (UTC), not included"),
+                   message: str | None = typer.Option(None, "--message", help="One message's evidence: envelope, "
+                                                      "trail, Merkle proofs, the chain on to a checkpoint")) -> None:
+    """Write an archive of the evidence that `journal verify-archive` checks without the database."""
+    from gateway.evidence.archive import export_message, export_range
+    from gateway.evidence.duty import trust_dirs
+    from gateway.journal import Journal
+
+    cfg = load_or_exit(config)
+    journal = Journal(cfg.settings.database.url)
+    trust, tsa = trust_dirs(cfg)
+    if message is not None:
+        if start or end:
+            err.print("--message exports one message whatever the time: give it without --from/--to")
+            raise typer.Exit(2)
+        try:
+            done = export_message(journal, out_file, message, trust_store=trust, tsa_trust_store=tsa)
+        except LookupError as exc:
+            err.print(str(exc), highlight=False)
+            raise typer.Exit(1) from None
+    else:
+        done = export_range(journal, out_file, start=utc(start), end=utc(end), trust_store=trust, tsa_trust_store=tsa)
+    out.print(f"{done.path}: {done.batches} batches, {done.events} events, {done.envelopes} envelopes, "
+              f"{done.checkpoints} checkpoints, {done.bytes:,} bytes", highlight=False)
+
+
+@journal_app.command("verify-archive")
+def journal_verify_archive(archive: Path = typer.Argument(..., metavar="ARCHIVE.zip", exists=True, dir_okay=False),
+                           trust: Path | None = typer.Option(None, "--trust", help="Your own CA certificates for the "
+                                                             "gateway's signature (default: those in the archive)"),
+                           tsa_trust: Path | None = typer.Option(None, "--tsa-trust", help="… for the TSA's "
+                                                                 "(default: --trust, else the archive's)"),
+                           quiet: bool = typer.Option(False, "--quiet", "-q", help="Only what is broken")) -> None:
+    """Check an exported archive offline: no configuration, no database, no network. Exit 1 if broken."""
+    from gateway.evidence.archive import ArchiveError, verify_archive
+    from signing.trust import TrustStore
+
+    anchors = TrustStore.from_directory(trust) if trust else None
+    tsa_anchors = TrustStore.from_directory(tsa_trust) if tsa_trust else anchors
+    began = time.perf_counter()
+    try:
+        report = verify_archive(archive, trust=anchors, tsa_trust=tsa_anchors)
+    except ArchiveError as exc:
+        err.print(str(exc), highlight=False)
+        raise typer.Exit(2) from None
+    _print(report, time.perf_counter() - began, quiet)

@@ -22,14 +22,22 @@ from signing.xmldsig import Signer
 log = logging.getLogger("zdravlink.evidence")
 
 
+def trust_dirs(config: GatewayConfig) -> tuple[Path | None, Path | None]:
+    """The trust store directories: the gateway's (``signing.trust_store``) and the TSA's (default the same)."""
+    s = config.settings
+
+    def path(where: str | None) -> Path | None:
+        if where is None:
+            return None
+        return Path(where) if Path(where).is_absolute() else config.directory / where
+
+    return path(s.signing.trust_store), path(s.evidence.tsa_trust_store or s.signing.trust_store)
+
+
 def tsa_trust(config: GatewayConfig) -> TrustStore | None:
     """The trust anchors for TSA certificates: ``evidence.tsa_trust_store``, else ``signing.trust_store``."""
-    s = config.settings
-    where = s.evidence.tsa_trust_store or s.signing.trust_store
-    if where is None:
-        return None
-    path = Path(where) if Path(where).is_absolute() else config.directory / where
-    return TrustStore.from_directory(path)
+    where = trust_dirs(config)[1]
+    return TrustStore.from_directory(where) if where is not None else None
 
 
 class EvidenceDuty:

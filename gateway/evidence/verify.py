@@ -37,7 +37,7 @@ def verify_journal(journal: Journal, *, trust: TrustStore | None, tsa_trust: Tru
     whole = start is None and end is None
     check = ChainCheck(trust, tsa_trust, whole_trails=whole)
     with journal.engine.connect() as conn:
-        first, last = _range(conn, start, end)
+        first, last = sealed_range(conn, start, end)
         if first is None or last is None:
             if whole:
                 _unsealed(conn, check)
@@ -59,7 +59,7 @@ def verify_journal(journal: Journal, *, trust: TrustStore | None, tsa_trust: Tru
                                             cp.tsa_token))
         checked = [r for r in records if r.seq <= last]
         young = utcnow() - min_retention if min_retention is not None else None
-        for rec, found in _batches(conn, checked):
+        for rec, found in batch_events(conn, checked):
             count, blob = pruned[rec.seq]
             if count and young is not None and datetime.fromisoformat(rec.sealed_at) > young:
                 check.broken(rec.seq, f"{count} event(s) recorded as pruned from a batch sealed {rec.sealed_at}, "
@@ -79,7 +79,7 @@ def verify_journal(journal: Journal, *, trust: TrustStore | None, tsa_trust: Tru
     return check.report
 
 
-def _range(conn: Connection, start: datetime | None, end: datetime | None) -> tuple[int | None, int | None]:
+def sealed_range(conn: Connection, start: datetime | None, end: datetime | None) -> tuple[int | None, int | None]:
     query = select(func.min(evidence_batches.c.seq), func.max(evidence_batches.c.seq))
     if start is not None:
         query = query.where(evidence_batches.c.sealed_at >= start)
@@ -89,7 +89,7 @@ def _range(conn: Connection, start: datetime | None, end: datetime | None) -> tu
     return (int(low), int(high)) if low is not None else (None, None)
 
 
-def _batches(conn: Connection, records: list[BatchRecord]) -> Iterator[tuple[BatchRecord, list[EventRecord]]]:
+def batch_events(conn: Connection, records: list[BatchRecord]) -> Iterator[tuple[BatchRecord, list[EventRecord]]]:
     """Each batch with the events in its range, read in one pass in id order."""
     if not records:
         return
