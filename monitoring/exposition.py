@@ -109,6 +109,24 @@ class GatewayStateCollector(Collector):
             g = GaugeMetricFamily(name, doc)
             g.add_metric([], value)
             yield g
+        try:
+            from gateway.evidence.retention import prune_totals
+
+            pruned = prune_totals(self.journal)
+        except Exception:
+            pruned = None
+        if pruned is not None:
+            for name, doc, value in (
+                ("zl_retention_pruned_messages", "Messages retention has removed (archived first), in all",
+                 pruned["messages"]),
+                ("zl_retention_pruned_envelopes", "Envelopes retention has removed, in all", pruned["envelopes"]),
+                ("zl_legal_holds", "Legal holds in force", pruned["holds"]),
+                ("zl_retention_last_run_timestamp_seconds", "When the pruner last finished (Unix time; 0: never)",
+                 pruned["last_run"].timestamp() if pruned["last_run"] else 0),
+            ):
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], value)
+                yield g
         if self.timestamp_alert_after is not None:
             overdue = GaugeMetricFamily("zl_evidence_timestamp_overdue", "1 when the chain has gone longer than "
                                         "evidence.timestamp_alert_after_seconds without a TSA timestamp")

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -42,15 +42,17 @@ def journal_verify(config: Path | None = ConfigOpt,
 
     Names the first broken batch and the messages whose events are in it.
     """
-    from gateway.evidence.duty import tsa_trust
+    from gateway.evidence.duty import pruner, tsa_trust
     from gateway.evidence.verify import verify_journal
     from gateway.journal import Journal
 
     cfg = load_or_exit(config)
     ring = keyring_or_exit(cfg)
     began = time.perf_counter()
-    report = verify_journal(Journal(cfg.settings.database.url), trust=ring.trust, tsa_trust=tsa_trust(cfg),
-                            start=utc(start), end=utc(end))
+    journal = Journal(cfg.settings.database.url)
+    floor = pruner(cfg, journal).shortest_days()  # a batch younger than this cannot have lost events to retention
+    report = verify_journal(journal, trust=ring.trust, tsa_trust=tsa_trust(cfg), start=utc(start), end=utc(end),
+                            min_retention=timedelta(days=floor) if floor is not None else None)
     _print(report, time.perf_counter() - began, quiet)
 
 
@@ -124,3 +126,87 @@ def journal_verify_archive(archive: Path = typer.Argument(..., metavar="ARCHIVE.
         err.print(str(exc), highlight=False)
         raise typer.Exit(2) from None
     _print(report, time.perf_counter() - began, quiet)
+
+
+@journal_app.command("prune")
+def journal_prune(config: Path | None = ConfigOpt,
+                  limit: int | None = typer.Option(None, "--limit", help="At most this many messages")) -> None:
+    """Run retention once now: archive, then remove, what `retention:` lets go (the reconciler does it hourly)."""
+    from gateway.evidence.duty import pruner
+    from gateway.journal import Journal
+
+    cfg = load_or_exit(config)
+    if not cfg.settings.retention.active:
+        out.print("no retention rule: nothing is ever pruned (retention: in gateway.yaml)")
+        return
+    began = time.perf_counter()
+    done = pruner(cfg, Journal(cfg.settings.database.url)).run_once(limit=limit)
+    took = time.perf_counter() - began
+    out.print(f"run {done.run}: {done.messages} messages ({done.events} events) and {done.envelopes} envelopes "
+              f"removed, {done.held} held, {done.kept_for_records} kept for business records, "
+              f"{len(done.archives)} archive(s) in {took:.1f} s", highlight=False)
+    for a in done.archives:
+        out.print(f"  {a['file']}  sha256 {a['sha256']}  {a['messages']} messages", highlight=False)
+
+
+@journal_app.command("hold")
+def journal_hold(reason: str = typer.Option(..., "--reason", help="Why (a case number): kept in the journal"),
+                 config: Path | None = ConfigOpt,
+                 message: str | None = typer.Option(None, "--message", help="One message"),
+                 participant: str | None = typer.Option(None, "--participant", help="As sender or recipient"),
+                 start: datetime | None = typer.Option(None, "--from", help="Messages accepted from (UTC)"),
+                 end: datetime | None = typer.Option(None, "--to", help="… up to (UTC), not included")) -> None:
+    """Place a legal hold: what it covers (all given must match) is not pruned until it is released."""
+    from application.cli.console import audit_cli, cli_operator
+    from gateway.evidence.retention import place_hold
+    from gateway.journal import Journal
+
+    cfg = load_or_exit(config)
+    journal = Journal(cfg.settings.database.url)
+    try:
+        hold = place_hold(journal, reason=reason, by=cli_operator()[0], message_id=message, participant=participant,
+                          period_from=utc(start), period_to=utc(end))
+    except ValueError as exc:
+        err.print(str(exc))
+        raise typer.Exit(2) from None
+    audit_cli(journal, "legal_hold", {"hold": hold, "reason": reason, "participant": participant,
+                                      "from": str(start) if start else None, "to": str(end) if end else None},
+              target=message)
+    out.print(f"legal hold {hold} placed")
+
+
+@journal_app.command("release")
+def journal_release(hold: int = typer.Argument(..., help="The hold's number (journal holds)"),
+                    config: Path | None = ConfigOpt) -> None:
+    """Release a legal hold; what it covered is pruned by the next run if retention lets it go."""
+    from application.cli.console import audit_cli, cli_operator
+    from gateway.evidence.retention import release_hold
+    from gateway.journal import Journal
+
+    cfg = load_or_exit(config)
+    journal = Journal(cfg.settings.database.url)
+    if not release_hold(journal, hold, cli_operator()[0]):
+        err.print(f"no legal hold {hold} in force")
+        raise typer.Exit(1)
+    audit_cli(journal, "legal_hold_release", {"hold": hold})
+    out.print(f"legal hold {hold} released")
+
+
+@journal_app.command("holds")
+def journal_holds(config: Path | None = ConfigOpt) -> None:
+    """The legal holds in force."""
+    from sqlalchemy import select
+
+    from gateway.journal import Journal
+    from gateway.journal.tables import legal_holds
+
+    cfg = load_or_exit(config)
+    with Journal(cfg.settings.database.url).engine.connect() as conn:
+        rows = conn.execute(select(legal_holds).where(legal_holds.c.released_at.is_(None))
+                            .order_by(legal_holds.c.id)).all()
+    for r in rows:
+        what = ", ".join(f"{k} {v}" for k, v in (("message", r.message_id), ("participant", r.participant),
+                                                  ("from", r.period_from), ("to", r.period_to)) if v)
+        out.print(f"{r.id}: {what} — {r.reason} (by {r.placed_by}, {r.placed_at:%Y-%m-%d %H:%M})", highlight=False)
+    if not rows:
+        out.print("no legal hold in force")

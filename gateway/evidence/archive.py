@@ -46,12 +46,14 @@ from gateway.evidence.check import ChainCheck, CheckpointData, Report, unpack_le
 from gateway.evidence.sealer import EVENT_COLUMNS
 from gateway.evidence.verify import batch_events, sealed_range
 from gateway.journal import Journal, utcnow
-from gateway.journal.tables import events, evidence_batches, evidence_checkpoints, messages
+from gateway.journal.tables import events, evidence_batches, evidence_checkpoints, evidence_head, messages
 from signing.keys import KeyFileError
 from signing.trust import TrustStore
 
 FORMAT = "zdravlink-evidence-archive/1"
 MANIFEST = "manifest.json"
+#: Archives of whole messages, each event with its Merkle proof (one message, or what a prune run removed).
+PROVEN = ("message", "messages", "prune")
 
 
 class ArchiveError(ValueError):
@@ -190,35 +192,61 @@ def _envelopes(conn: Connection, w: _Writer, ids: list[str]) -> tuple[int, list[
 def export_message(journal: Journal, out: Path, message_id: str, *, trust_store: Path | None,
                    tsa_trust_store: Path | None) -> Exported:
     """One message's envelope and trail, each event with its Merkle proof, the chain on to a checkpoint."""
-    w = _Writer(out)
     with journal.engine.connect() as conn:
         trail = [EventRecord.of(r) for r in conn.execute(select(*EVENT_COLUMNS).where(
             events.c.message_id == message_id).order_by(events.c.id))]
         if not trail:
+            raise LookupError(f"no events of message {message_id} in the journal")
+        head = conn.execute(select(evidence_head.c.last_event_id)).scalar_one()
+        if trail[0].id > head:
+            raise LookupError(f"the events of message {message_id} are not sealed yet (zdravlink journal seal)")
+    return export_messages(journal, out, [message_id], trust_store=trust_store, tsa_trust_store=tsa_trust_store,
+                           kind="message", unsealed=sum(e.id > head for e in trail))
+
+
+def export_messages(journal: Journal, out: Path, message_ids: list[str], *, trust_store: Path | None,
+                    tsa_trust_store: Path | None, kind: str = "messages", unsealed: int = 0,
+                    extra: dict[str, Any] | None = None) -> Exported:
+    """These messages' sealed events with their Merkle proofs and envelopes, the batch records on to a checkpoint.
+
+    Each batch that holds one of their events is read whole once (its other events only for their leaves).
+    """
+    w = _Writer(out)
+    with journal.engine.connect() as conn:
+        head = int(conn.execute(select(evidence_head.c.last_event_id)).scalar_one())
+        sealed: list[EventRecord] = []
+        for i in range(0, len(message_ids), 500):
+            sealed.extend(EventRecord.of(r) for r in conn.execute(select(*EVENT_COLUMNS).where(
+                events.c.message_id.in_(message_ids[i:i + 500]), events.c.id <= head)))
+        sealed.sort(key=lambda e: e.id)
+        if not sealed:
             w.zip.close()
             out.unlink()
-            raise LookupError(f"no events of message {message_id} in the journal")
+            raise LookupError("none of these messages has a sealed event")
+        batch_rows = list(conn.execute(select(evidence_batches).where(
+            evidence_batches.c.last_event_id >= sealed[0].id, evidence_batches.c.first_event_id <= sealed[-1].id)
+            .order_by(evidence_batches.c.seq)))
         proofs: list[dict[str, Any]] = []
-        sealed: list[EventRecord] = []
-        for ev in trail:
-            row = conn.execute(select(evidence_batches).where(evidence_batches.c.first_event_id <= ev.id,
-                                                              evidence_batches.c.last_event_id >= ev.id)).first()
-            if row is None:
-                break  # not sealed yet: neither is anything after it
+        pending = iter(sealed)
+        ev: EventRecord | None = next(pending)
+        for row in batch_rows:
+            if ev is None:
+                break
+            if ev.id > row.last_event_id:
+                continue
             rec = BatchRecord.of(row)
             leaves = unpack_leaves(row.pruned_leaves)
             for other in conn.execute(select(*EVENT_COLUMNS).where(events.c.id >= rec.first_event_id,
                                                                    events.c.id <= rec.last_event_id)):
                 leaves[int(other.id)] = EventRecord.of(other).leaf()
             order = sorted(leaves)
-            index = order.index(ev.id)
-            path = merkle.proof([leaves[i] for i in order], index)
-            proofs.append({"event": ev.id, "batch": rec.seq, "index": index, "path": [p.hex() for p in path]})
-            sealed.append(ev)
-        if not sealed:
-            w.zip.close()
-            out.unlink()
-            raise LookupError(f"the events of message {message_id} are not sealed yet (zdravlink journal seal)")
+            hashes = [leaves[k] for k in order]
+            position = {k: n for n, k in enumerate(order)}
+            while ev is not None and ev.id <= rec.last_event_id:
+                index = position[ev.id]
+                proofs.append({"event": ev.id, "batch": rec.seq, "index": index,
+                               "path": [p.hex() for p in merkle.proof(hashes, index)]})
+                ev = next(pending, None)
         seqs = [p["batch"] for p in proofs]
         upto = _cover(conn, max(seqs))
         rows = _records(conn, min(seqs), upto)
@@ -227,13 +255,14 @@ def export_message(journal: Journal, out: Path, message_id: str, *, trust_store:
         w.lines("checkpoints.jsonl", (_checkpoint_json(r) for r in cps))
         w.lines("events.jsonl", (e.to_json() for e in sealed))
         w.lines("proofs.jsonl", iter(proofs))
-        envelopes, pruned = _envelopes(conn, w, [message_id]) if any(e.envelope_digest() for e in sealed) else (0, [])
+        with_envelope = list(dict.fromkeys(e.message_id for e in sealed if e.envelope_digest()))
+        envelopes, pruned = _envelopes(conn, w, with_envelope)
     w.trust("trust", trust_store)
     w.trust("tsa-trust", tsa_trust_store)
-    w.close({"format": FORMAT, "kind": "message", "message_id": message_id, "made_at": stamp(utcnow()),
-             "first_batch": min(seqs), "last_batch": max(seqs), "events": len(sealed),
-             "unsealed": len(trail) - len(sealed), "envelopes": envelopes, "envelopes_pruned": pruned,
-             "checkpoints": len(cps)})
+    w.close({"format": FORMAT, "kind": kind, "messages": list(dict.fromkeys(e.message_id for e in sealed)),
+             "made_at": stamp(utcnow()), "first_batch": min(seqs), "last_batch": max(seqs), "events": len(sealed),
+             "unsealed": unsealed, "envelopes": envelopes, "envelopes_pruned": pruned, "checkpoints": len(cps),
+             **(extra or {})})
     return Exported(out, len(set(seqs)), len(sealed), envelopes, len(cps), out.stat().st_size)
 
 
@@ -296,7 +325,7 @@ def verify_archive(path: Path, *, trust: TrustStore | None = None, tsa_trust: Tr
         trust = trust or _store(z, "trust", Path(tmp))
         tsa_trust = tsa_trust or _store(z, "tsa-trust", Path(tmp)) or trust
         kind = manifest.get("kind")
-        check = ChainCheck(trust, tsa_trust, whole_trails=kind == "message")
+        check = ChainCheck(trust, tsa_trust, whole_trails=kind in PROVEN)
         if own and trust is not None:
             check.warn(None, "the signatures are checked against the CA certificates the archive carries; give your "
                              "own (--trust) to rely on them")
@@ -324,7 +353,7 @@ def _verify_records(z: zipfile.ZipFile, manifest: dict[str, Any], check: ChainCh
                                         base64.b64decode(cp["signature"]) if cp["signature"] else None,
                                         base64.b64decode(cp["tsa_token"]) if cp["tsa_token"] else None))
     by_seq = {r.seq: r for r in records}
-    if kind == "message":
+    if kind in PROVEN:
         proofs = {int(p["event"]): p for p in _jsonl(z, "proofs.jsonl")}
         for data in _jsonl(z, "events.jsonl"):
             ev = EventRecord(**data)

@@ -1,6 +1,7 @@
-"""The evidence duty: seal what the writers committed, checkpoint the head, have it timestamped; until stopped.
+"""The evidence duty: seal what the writers committed, checkpoint the head, have it timestamped, prune; until stopped.
 
-It runs as a thread of the reconciler (one per deployment, as the sweeper), never on a
+It runs as a thread of the reconciler (one per deployment, as the sweeper), with the
+retention pruner every ``retention.interval_seconds`` when a rule asks for one; never on a
 message's path: accepting and delivering do not wait for sealing, signing or the TSA.
 A second one (two reconcilers by mistake) is harmless: the head row lets one sealer at
 a time extend the chain, and a checkpoint's batch is its primary key.
@@ -9,10 +10,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from gateway.config import EvidenceSettings, GatewayConfig
 from gateway.evidence.checkpoints import Checkpointer, Round
+from gateway.evidence.retention import Pruner
 from gateway.evidence.sealer import Sealer
 from gateway.evidence.tsa import TsaClient
 from gateway.journal import Journal
@@ -40,10 +43,20 @@ def tsa_trust(config: GatewayConfig) -> TrustStore | None:
     return TrustStore.from_directory(where) if where is not None else None
 
 
+def pruner(config: GatewayConfig, journal: Journal) -> Pruner:
+    s = config.settings.retention
+    archives = Path(s.archive_dir)  # relative to the working directory, as the bundled journal's sqlite path
+    trust, tsa = trust_dirs(config)
+    return Pruner(journal, s, archives, trust_store=trust, tsa_trust_store=tsa)
+
+
 class EvidenceDuty:
     def __init__(self, journal: Journal, settings: EvidenceSettings, signer: Signer | None,
-                 tsa: TsaClient | None) -> None:
+                 tsa: TsaClient | None, pruner: Pruner | None = None, prune_every: float = 3600.0) -> None:
         self.settings = settings
+        self.pruner = pruner
+        self.prune_every = prune_every
+        self._pruned_at = 0.0
         self.sealer = Sealer(journal, settings.max_batch)
         self.checkpointer = Checkpointer(journal, signer, tsa, interval=settings.checkpoint_interval_seconds,
                                          every_batches=settings.checkpoint_every_batches,
@@ -56,7 +69,9 @@ class EvidenceDuty:
         tsa = TsaClient(s.tsa_url, trust, s.tsa_timeout_seconds) if s.tsa_url and trust is not None else None
         if s.tsa_url and tsa is None:
             log.warning("evidence.tsa_url is set but no trust store for TSA certificates: checkpoints go unstamped")
-        return cls(journal, s, signer, tsa)
+        retention = config.settings.retention
+        return cls(journal, s, signer, tsa, pruner(config, journal) if retention.active else None,
+                   retention.interval_seconds)
 
     def run_once(self, force_checkpoint: bool = False) -> tuple[int, Round]:
         """One round: the batches sealed, and what the checkpointer did."""
@@ -71,5 +86,8 @@ class EvidenceDuty:
         while not stopping.wait(self.settings.seal_interval_seconds):
             try:
                 self.run_once()
+                if self.pruner is not None and time.monotonic() - self._pruned_at >= self.prune_every:
+                    self._pruned_at = time.monotonic()
+                    self.pruner.run_once()
             except Exception:  # the journal out of reach: the next round tries again
                 log.exception("evidence round failed")
