@@ -242,11 +242,14 @@ def export_messages(journal: Journal, out: Path, message_ids: list[str], *, trus
             order = sorted(leaves)
             hashes = [leaves[k] for k in order]
             position = {k: n for n, k in enumerate(order)}
+            wanted: list[EventRecord] = []
             while ev is not None and ev.id <= rec.last_event_id:
-                index = position[ev.id]
-                proofs.append({"event": ev.id, "batch": rec.seq, "index": index,
-                               "path": [p.hex() for p in merkle.proof(hashes, index)]})
+                wanted.append(ev)
                 ev = next(pending, None)
+            paths = merkle.proofs(hashes, [position[e.id] for e in wanted])
+            for e, path in zip(wanted, paths, strict=True):
+                proofs.append({"event": e.id, "batch": rec.seq, "index": position[e.id],
+                               "path": [p.hex() for p in path]})
         seqs = [p["batch"] for p in proofs]
         upto = _cover(conn, max(seqs))
         rows = _records(conn, min(seqs), upto)

@@ -57,6 +57,33 @@ def proof(leaves: Sequence[bytes], index: int) -> list[bytes]:
     return path
 
 
+def proofs(leaves: Sequence[bytes], indices: Sequence[int]) -> list[list[bytes]]:
+    """The audit paths of several leaves, from the tree's levels built once (O(n + k log n), not O(k n)).
+
+    Bottom-up, an odd last node is carried up unpaired and contributes no sibling at that
+    level: the same tree, and the same paths, as ``proof``'s recursive split.
+    """
+    levels = [list(leaves)]
+    while len(levels[-1]) > 1:
+        level = levels[-1]
+        paired = [node_hash(level[i], level[i + 1]) for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            paired.append(level[-1])
+        levels.append(paired)
+    out = []
+    for index in indices:
+        if not 0 <= index < len(leaves):
+            raise IndexError(f"leaf {index} of {len(leaves)}")
+        path, i = [], index
+        for level in levels[:-1]:
+            sibling = i ^ 1
+            if sibling < len(level):
+                path.append(level[sibling])
+            i >>= 1
+        out.append(path)
+    return out
+
+
 def verify_proof(leaf: bytes, index: int, size: int, path: Sequence[bytes], expected_root: bytes) -> bool:
     """RFC 9162 §2.1.3.2: does ``path`` lead from leaf ``index`` of a tree of ``size`` to ``expected_root``?"""
     if not 0 <= index < size:

@@ -50,8 +50,10 @@ def test_merkle_root_and_proofs_follow_rfc6962() -> None:
         leaves = [merkle.leaf_hash(str(i).encode()) for i in range(n)]
         root = merkle.root(leaves)
         assert root == _mth(leaves), n
+        fast = merkle.proofs(leaves, range(n))
         for i in range(n):
             path = merkle.proof(leaves, i)
+            assert fast[i] == path, (n, i)
             assert merkle.verify_proof(leaves[i], i, n, path, root), (n, i)
             assert not merkle.verify_proof(merkle.leaf_hash(b"forged"), i, n, path, root)
             if n > 1:

@@ -137,7 +137,11 @@ def test_tampering_after_pruning_is_still_found(journal: Journal, tmp_path: Path
 
 
 def test_a_deletion_disguised_as_pruning_in_a_young_batch_is_found(journal: Journal) -> None:
-    """Removing a message and writing its leaves into the batch record as retention would: the batch is too young."""
+    """Removing a message and writing its leaves into the batch record as retention would: the batch is too young.
+
+    A warning, not a failure: the first sealing of an older journal seals old events late, and retention may
+    then prune them from a young batch. The prune runs' archives are what settle it.
+    """
     sealer = Sealer(journal)
     victim = send(journal)
     send(journal)
@@ -152,7 +156,7 @@ def test_a_deletion_disguised_as_pruning_in_a_young_batch_is_found(journal: Jour
         conn.execute(sa.delete(messages).where(messages.c.message_id == victim))
     assert verify_journal(journal, trust=None, tsa_trust=None).ok  # without the retention floor it looks pruned
     report = verify_journal(journal, trust=None, tsa_trust=None, min_retention=timedelta(days=30))
-    assert not report.ok and report.first_broken_batch() == 1
+    assert any(f.batch == 1 and "pruned from a batch sealed" in f.what for f in report.warnings)
 
 
 def test_envelope_days_remove_the_envelope_only_archived_first(journal: Journal, tmp_path: Path) -> None:
