@@ -177,6 +177,9 @@ class Pruner:
         while limit is None or result.messages < limit:
             with self.journal.engine.connect() as conn:
                 head = int(conn.execute(select(evidence_head.c.last_event_id)).scalar_one())
+                # The newest event is never removed: SQLite numbers a new row max(id) + 1, and an id handed
+                # out again inside a sealed batch would break the chain there.
+                top = int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
                 query = (select(messages.c.message_id, messages.c.sender, messages.c.recipient,
                                 messages.c.message_type, messages.c.created_at, messages.c.updated_at,
                                 messages.c.envelope_pruned_at)
@@ -189,7 +192,7 @@ class Pruner:
                 if not rows:
                     return
                 after = (rows[-1].updated_at, rows[-1].message_id)
-                whole, envelope_only = self._due(conn, rows, now, holds, head, result)
+                whole, envelope_only = self._due(conn, rows, now, holds, head, top, result)
             if limit is not None:
                 whole = whole[:max(0, limit - result.messages)]
             if whole:
@@ -197,7 +200,7 @@ class Pruner:
             if envelope_only:
                 self._prune(result, envelope_only, chain, now, envelope_only=True)
 
-    def _due(self, conn: Connection, rows: Sequence[Any], now: datetime, holds: list[Hold], head: int,
+    def _due(self, conn: Connection, rows: Sequence[Any], now: datetime, holds: list[Hold], head: int, top: int,
              result: PruneResult) -> tuple[list[str], list[str]]:
         ids = [r.message_id for r in rows]
         kept: set[str] = set()
@@ -215,8 +218,13 @@ class Pruner:
                             and r.envelope_pruned_at is None)
             if not (due_whole or due_envelope):
                 continue
-            if int(last_event.get(r.message_id) or 0) > head:
+            newest = int(last_event.get(r.message_id) or 0)
+            if newest > head:
                 continue  # not all sealed yet: the next run takes it
+            if newest == top:
+                due_whole = False  # the newest event stays (the comment in _run)
+                if not due_envelope:
+                    continue
             if any(h.covers(r.message_id, r.sender, r.recipient, as_utc(r.created_at)) for h in holds):
                 result.held += 1
                 continue

@@ -99,6 +99,7 @@ def test_pruning_archives_first_removes_what_is_due_and_the_chain_still_verifies
 
     # The hold released, the next run takes that message too; the runs' archive chains link.
     assert release_hold(journal, 1, "test")
+    send(journal, "keeper")
     sealer.seal_once()
     again = Pruner(journal, settings(), tmp_path / "archives").run_once(now=utcnow() + timedelta(days=31))
     assert again.messages == 2 and not exists(journal, held) and not exists(journal, unsealed)
@@ -113,12 +114,26 @@ def test_a_whole_batch_pruned_keeps_its_record_and_the_links_hold(journal: Journ
     for _ in range(3):
         send(journal)
         sealer.seal_once()
+    send(journal, "keeper")
+    sealer.seal_once()
     Pruner(journal, settings(), tmp_path).run_once(now=utcnow() + timedelta(days=31))
     with journal.engine.connect() as conn:
         rows = conn.execute(sa.select(evidence_batches).order_by(evidence_batches.c.seq)).all()
-    assert [(r.pruned_count, r.pruned_leaves) for r in rows] == [(2, None)] * 3
+    assert [(r.pruned_count, r.pruned_leaves) for r in rows] == [(2, None)] * 3 + [(0, None)]
     report = verify_journal(journal, trust=None, tsa_trust=None)
     assert report.ok and report.pruned_batches == 3
+
+
+def test_the_newest_event_is_never_pruned_so_no_id_comes_back(journal: Journal, tmp_path: Path) -> None:
+    """SQLite numbers a new event max(id) + 1: pruning the newest would hand its id out again inside a batch."""
+    sealer = Sealer(journal)
+    first, last = send(journal), send(journal)
+    sealer.seal_once()
+    Pruner(journal, settings(), tmp_path).run_once(now=utcnow() + timedelta(days=31))
+    assert not exists(journal, first) and exists(journal, last)
+    send(journal)
+    sealer.seal_once()
+    assert verify_journal(journal, trust=None, tsa_trust=None).ok
 
 
 def test_tampering_after_pruning_is_still_found(journal: Journal, tmp_path: Path) -> None:
@@ -176,6 +191,7 @@ def test_envelope_days_remove_the_envelope_only_archived_first(journal: Journal,
         journal.replay(mid, "operator")
     assert exc.value.status == 410
     # At 100 days the rest goes too.
+    send(journal, "keeper")
     sealer.seal_once()
     later = Pruner(journal, rules, tmp_path).run_once(now=utcnow() + timedelta(days=101))
     assert later.messages == 1 and not exists(journal, mid)
