@@ -12,8 +12,10 @@ can still appear inside a range after it was sealed, so the sealer seals only up
   any order: id 100 can commit after id 101. Every transaction that inserts an event
   holds the table's ROW EXCLUSIVE lock from that insert until it ends, so the sealer
   takes the SHARE lock (which waits for all of them and lets no new one start), reads
-  ``max(id)`` and lets go at once. Writers wait for that moment only; if the lock does
-  not come within a few seconds the sealer tries again next time, not the writers.
+  ``max(id)`` and lets go at once. Writers wait for that moment only. PostgreSQL queues
+  lock requests in order, so while the sealer waits for a long writer, new writers wait
+  behind it: the wait is capped (``HORIZON_LOCK_TIMEOUT``), and past it the sealer gives
+  up until its next round, so no writer ever waits on sealing longer than that.
 
 One sealer at a time extends the chain: the head row is locked for the whole sealing
 transaction, so two sealers (two evidence processes, two hosts) never fork it; the
@@ -34,8 +36,9 @@ from gateway.journal.tables import events, evidence_batches, evidence_head
 
 log = logging.getLogger("zdravlink.evidence")
 
-#: How long the sealer waits for writers in flight before it gives up until next time (PostgreSQL).
-HORIZON_LOCK_TIMEOUT = "3s"
+#: How long the sealer waits for writers in flight before it gives up until next time (PostgreSQL); new
+#: writers queue behind its request meanwhile, so this is also the longest a writer can wait on sealing.
+HORIZON_LOCK_TIMEOUT = "250ms"
 EVENT_COLUMNS = (events.c.id, events.c.message_id, events.c.at, events.c.status, events.c.kind, events.c.actor,
                  events.c.detail, events.c.prev_hash, events.c.hash)
 

@@ -8,6 +8,7 @@ naming the messages in it.
 from __future__ import annotations
 
 import hashlib
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -298,3 +299,30 @@ def test_the_envelope_digest_is_the_stored_envelope(journal: Journal) -> None:
     with journal.engine.connect() as conn:
         xml = conn.execute(sa.select(messages.c.envelope).where(messages.c.message_id == env.message_id)).scalar_one()
     assert first.detail["envelope_sha256"] == hashlib.sha256(bytes(xml)).hexdigest()
+
+
+@pytest.mark.postgres
+def test_on_postgresql_the_sealer_waits_for_writers_in_flight_and_never_seals_past_them(db_url: str) -> None:
+    """A transaction that inserted an event and has not committed holds the horizon: nothing is sealed past it."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("PostgreSQL's commit order")
+    journal = Journal(db_url)
+    journal.migrate()
+    try:
+        mid = _traffic(journal, 1)[0]
+        sealer = Sealer(journal)
+        open_writer = journal.engine.connect()
+        tx = open_writer.begin()
+        row = event_row(journal.trail(mid)[-1].hash, mid, utcnow(), "DELIVERED", "NOTE", "slow-writer", "{}")
+        open_writer.execute(sa.insert(events).values(**row))
+        _traffic(journal, 1)  # a later writer commits first, with higher ids
+        began = time.perf_counter()
+        assert sealer.seal_once() == []  # the horizon is not settled: nothing sealed
+        assert time.perf_counter() - began < 2
+        tx.commit()
+        open_writer.close()
+        assert len(sealer.seal_once()) == 1
+        report = _verify(journal)
+        assert report.ok and report.events == 7
+    finally:
+        journal.engine.dispose()
