@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import struct
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
 from gateway.evidence import merkle
-from gateway.journal.chain import GENESIS, event_hash
+from gateway.journal.chain import GENESIS
 from gateway.journal.model import ENVELOPE_DIGEST, as_utc
 
+_LENGTH = struct.Struct(">I").pack
 EVENT_TAG = "zdravlink-event/1"
 BATCH_TAG = "zdravlink-batch/1"
 CHECKPOINT_TAG = "zdravlink-checkpoint/1"
@@ -34,11 +36,12 @@ def stamp(at: datetime) -> str:
 
 
 def _framed(*fields: str) -> bytes:
-    out = bytearray()
+    parts = []
     for field in fields:
         data = field.encode("utf-8")
-        out += len(data).to_bytes(4, "big") + data
-    return bytes(out)
+        parts.append(_LENGTH(len(data)))
+        parts.append(data)
+    return b"".join(parts)
 
 
 @dataclass(frozen=True)
@@ -69,10 +72,13 @@ class EventRecord:
         return merkle.leaf_hash(self.canonical())
 
     def hash_holds(self) -> bool:
-        """Its per-message hash is the one its own fields and ``prev_hash`` give (the trail's own check)."""
-        at = datetime.fromisoformat(self.at)
-        return self.hash == event_hash(self.prev_hash, self.message_id, at, self.status, self.kind, self.actor,
-                                       self.detail)
+        """Its per-message hash is the one its own fields and ``prev_hash`` give (the trail's own check).
+
+        ``chain.event_hash`` over the same fields; ``at`` is already the text it hashes (``stamp``).
+        """
+        raw = "\x1f".join((self.prev_hash, self.message_id, self.at, self.status, self.kind, self.actor,
+                           self.detail))
+        return self.hash == hashlib.sha256(raw.encode("utf-8")).hexdigest()
 
     def envelope_digest(self) -> str | None:
         """The SHA-256 of the envelope this event wrote (ACCEPTED, REJECTED), if it wrote one."""
