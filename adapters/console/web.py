@@ -33,6 +33,8 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.staticfiles import StaticFiles
 
 from adapters.console import labels, system
+from gateway.evidence.checkpoints import evidence_state
+from gateway.evidence.retention import prune_totals
 from adapters.console.operators import ConsoleSettings, OperatorsFile, Role, check_password
 from adapters.hl7v2.lab_intake import KEPT_NS, kept_message, parse_for_cli
 from adapters.hl7v2.oru import LAB_RESULT_NS, MappingGaps, map_message, message_id_for
@@ -460,7 +462,8 @@ class Console:
                                breakers=system.breakers(), in_flight=self.journal.in_flight_summary(),
                                relay_lag=s.relay_lag_seconds(self.journal), size=s.journal_size(self.journal),
                                dead=self.journal.count(Status.DEAD), admin=admin, config=self.config,
-                               problems=problems, summary=summary)
+                               problems=problems, summary=summary, evidence=evidence_state(self.journal),
+                               pruned=prune_totals(self.journal))
 
         @r.get("/audit")
         def audit_page(request: Request) -> Response:
