@@ -33,13 +33,13 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response, Stream
 from starlette.staticfiles import StaticFiles
 
 from adapters.console import labels, system
-from gateway.evidence.checkpoints import evidence_state
-from gateway.evidence.retention import prune_totals
 from adapters.console.operators import ConsoleSettings, OperatorsFile, Role, check_password
 from adapters.hl7v2.lab_intake import KEPT_NS, kept_message, parse_for_cli
 from adapters.hl7v2.oru import LAB_RESULT_NS, MappingGaps, map_message, message_id_for
 from adapters.mapping.lab_mapping import LabMapping
 from gateway.config import GatewayConfig
+from gateway.evidence.checkpoints import evidence_state
+from gateway.evidence.retention import prune_totals
 from gateway.journal import Journal, MessageRecord, Status, utcnow
 from gateway.journal import search as s
 from gateway.masking import mask_text, mask_value
