@@ -196,9 +196,9 @@ class Pruner:
             if limit is not None:
                 whole = whole[:max(0, limit - result.messages)]
             if whole:
-                self._prune(result, whole, chain, now, envelope_only=False)
+                self._prune(result, whole, chain, now, before, envelope_only=False)
             if envelope_only:
-                self._prune(result, envelope_only, chain, now, envelope_only=True)
+                self._prune(result, envelope_only, chain, now, before, envelope_only=True)
 
     def _due(self, conn: Connection, rows: Sequence[Any], now: datetime, holds: list[Hold], head: int, top: int,
              result: PruneResult) -> tuple[list[str], list[str]]:
@@ -236,7 +236,10 @@ class Pruner:
             (whole if due_whole else envelope_only).append(r.message_id)
         return whole, envelope_only
 
-    def _prune(self, result: PruneResult, ids: list[str], chain: Any, now: datetime, *, envelope_only: bool) -> None:
+    def _prune(self, result: PruneResult, ids: list[str], chain: Any, now: datetime, before: datetime, *,
+               envelope_only: bool) -> None:
+        """Archive these messages, then remove them (or their envelopes); the archive may hold one that changed
+        meanwhile (an operator's replay) and so stays."""
         self.archive_dir.mkdir(parents=True, exist_ok=True)
         name = f"prune-{result.run:06d}-{len(result.archives) + 1:04d}.zip"
         path = self.archive_dir / name
@@ -254,12 +257,35 @@ class Pruner:
             result.envelopes += int(done.rowcount)
             return
         with self.journal.engine.begin() as conn:
+            ids = self._still_due(conn, ids, before)
             events_removed = self._delete(conn, ids)
         result.messages += len(ids)
         result.envelopes += len(ids)
         result.events += events_removed
         log.info("retention: %d message(s), %d event(s) pruned into %s (%d bytes)", len(ids), events_removed, name,
                  exported.bytes)
+
+    def _still_due(self, conn: Connection, ids: list[str], before: datetime) -> list[str]:
+        """Those of ``ids`` still at rest, unchanged since ``before`` and wholly sealed, locked until the commit.
+
+        Between the choice and the delete an operator may have replayed one (a new round, new events):
+        it is left alone.
+        """
+        ordered = sorted(ids)
+        if conn.dialect.name == "sqlite":  # the first write takes SQLite's one write lock for the transaction
+            conn.execute(update(messages).where(messages.c.message_id.in_(ordered))
+                         .values(updated_at=messages.c.updated_at))
+        else:
+            conn.execute(select(messages.c.message_id).where(messages.c.message_id.in_(ordered))
+                         .order_by(messages.c.message_id).with_for_update())
+        head = int(conn.execute(select(evidence_head.c.last_event_id)).scalar_one())
+        top = int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
+        at_rest = set(conn.execute(select(messages.c.message_id).where(
+            messages.c.message_id.in_(ordered), messages.c.status.in_(AT_REST),
+            messages.c.updated_at < before)).scalars())
+        newest = dict(conn.execute(select(events.c.message_id, func.max(events.c.id))
+                                   .where(events.c.message_id.in_(ordered)).group_by(events.c.message_id)).all())
+        return [m for m in ids if m in at_rest and int(newest.get(m) or 0) <= head and newest.get(m) != top]
 
     def _delete(self, conn: Connection, ids: list[str]) -> int:
         """Delete these messages with their events; their leaves go to their batch records. Events removed."""

@@ -209,3 +209,24 @@ def test_a_rule_must_say_what_and_how_long() -> None:
     for bad in ({"days": 3}, {"participant": "x"}, {"participant": "x", "days": 3, "envelope_days": 5}):
         with pytest.raises(ValueError):
             RetentionRule(**bad)  # type: ignore[arg-type]
+
+
+def test_a_message_replayed_while_its_chunk_is_archived_is_left_alone(journal: Journal, tmp_path: Path) -> None:
+    sealer = Sealer(journal)
+    dead = send(journal, deliver=False)
+    journal.record(dead, "DEAD", "w", {}, status=Status.DEAD)
+    other = send(journal)
+    send(journal, "keeper")
+    sealer.seal_once()
+
+    class Racing(Pruner):
+        def _still_due(self, conn, ids, before):  # type: ignore[no-untyped-def]
+            journal.replay(dead, "operator")  # between the archive and the delete (another connection)
+            return super()._still_due(conn, ids, before)
+
+    result = Racing(journal, settings(), tmp_path).run_once(now=utcnow() + timedelta(days=31))
+    assert result.messages == 1 and not exists(journal, other)
+    rec = journal.get(dead)
+    assert rec is not None and rec.status == "ACCEPTED"  # replayed, kept, with its whole trail
+    sealer.seal_once()
+    assert verify_journal(journal, trust=None, tsa_trust=None).ok
