@@ -96,10 +96,7 @@ def _pg_database(base_url: str) -> Iterator[str]:
         yield base_url.rsplit("/", 1)[0] + "/" + name
     finally:
         with admin.connect() as conn:
-            # Client sessions only: an autovacuum worker (a superuser's) may not be terminated by us, and
-            # DROP DATABASE stops it by itself.
-            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}' "
-                                 "AND backend_type = 'client backend'"))
+            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
         admin.dispose()
 
