@@ -97,10 +97,12 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
     mappings = load_lab_mappings(config)
     labs = LabResults(api_intake, mappings)
     smev = SmevWsgi(SmevExchange(config, api_intake, inbox, keyring, labs), s.api.max_body_bytes)
+    timestamp_alert_after = s.evidence.timestamp_alert_after_seconds if s.evidence.tsa_url else None
     certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
                     for owner, c in keyring.owned_certificates()]
     app = create_app(intake=api_intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
-                     state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
+                     state=GatewayStateCollector(journal, inspector.depths, certificates, timestamp_alert_after),
+                     inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
                      lab_results=labs, metrics=s.metrics,
@@ -173,6 +175,12 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
         lease = once_only(config, journal, "sweeper")
         threading.Thread(target=lease.run, name="sweeper-lease", daemon=True, args=(
             lambda lost: _sweep_until(sweeper, lost, s.reconciler.sweep_interval_seconds), stopping)).start()
+        if s.evidence.enabled:  # sealing, checkpoints and pruning: once per deployment, as the sweeper
+            from gateway.evidence.duty import EvidenceDuty
+
+            duty = EvidenceDuty.of(config, journal, keyring.signer)
+            threading.Thread(target=once_only(config, journal, "evidence").run, args=(duty.run, stopping),
+                             name="evidence-lease", daemon=True).start()
     else:
         raise ValueError(f"unknown worker kind {kind!r} (one of {', '.join(WORKER_KINDS)})")
     on_term(stopping.set)

@@ -40,6 +40,7 @@ from gateway.config import hash_token
 from gateway.envelope import Envelope
 from gateway.journal import Journal
 from gateway.journal.chain import GENESIS, event_row
+from gateway.journal.model import ENVELOPE_DIGEST, envelope_digest
 from gateway.xmlsafe import parse_xml
 
 NOTICE = "urn://zdravlink/types/notice/1.0"
@@ -108,15 +109,19 @@ def _uuid1_at(at: datetime, rng: random.Random) -> str:
 
 
 def _trail(mid: str, status: str, at: datetime, route: str, sender: str, recipient: str,
-           reason: str | None, rng: random.Random) -> list[dict[str, Any]]:
-    """The events a message in ``status`` went through, each chained to the one before."""
+           reason: str | None, rng: random.Random, envelope: bytes = b"") -> list[dict[str, Any]]:
+    """The events a message in ``status`` went through, each chained to the one before.
+
+    The first holds the envelope's SHA-256, as the journal's ACCEPTED and REJECTED events do (issue 21).
+    """
+    digest = {ENVELOPE_DIGEST: envelope_digest(envelope)}
     steps: list[tuple[str, str, str, dict[str, Any]]] = [
         ("ACCEPTED", "ACCEPTED", "rest-adapter", {"source": "rest", "route": route, "sender": sender,
-                                                   "recipient": recipient})]
+                                                   "recipient": recipient, **digest})]
     if status == "REJECTED":
         steps = [("REJECTED", "REJECTED", "rest-adapter", {"code": "PAYLOAD_INVALID", "field": "/n:Notice/n:Code",
                                                             "detail": "line 1: Element 'Code': [facet 'pattern'] The "
-                                                                      "value '*****ED' is not accepted"})]
+                                                                      "value '*****ED' is not accepted", **digest})]
     elif status != "ACCEPTED":
         steps += [("PUBLISHED", "PUBLISHED", "outbox-relay", {}),
                   ("ROUTED", "ROUTED", "router", {"route": route, "channels": ["default"]})]
@@ -174,7 +179,7 @@ def generate(count: int, days: float, seed: int, end: datetime | None = None
             recent_asks.append(mid)
             recent_asks = recent_asks[-50:]
         envelope = templates[kind.route].replace(b"00000000-0000-1000-8000-000000000000", mid.encode())
-        events = _trail(mid, status, at, kind.route, sender, recipient, reason, rng)
+        events = _trail(mid, status, at, kind.route, sender, recipient, reason, rng, envelope)
         last = events[-1]["at"]
         row = dict(message_id=mid, sender=sender, recipient=recipient, message_type=kind.message_type,
                    route=None if status == "REJECTED" else kind.route, status=status,

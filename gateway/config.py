@@ -286,6 +286,75 @@ class RegistriesSettings(_Strict):
         raise KeyError(message_type)
 
 
+class EvidenceSettings(_Strict):
+    """The evidence chain (docs/journal-evidence.md): how often events are sealed and checkpoints made, the TSA.
+
+    The duty runs in the reconciler (one per deployment); ``zdravlink journal seal`` does one round by hand.
+    """
+
+    enabled: bool = True
+    seal_interval_seconds: float = Field(2.0, gt=0)
+    #: Events per batch at most (a backlog after an outage is sealed in several batches).
+    max_batch: int = Field(10_000, ge=1, le=1_000_000)
+    checkpoint_interval_seconds: float = Field(60.0, gt=0)
+    #: A checkpoint also after this many batches, whatever the interval.
+    checkpoint_every_batches: int | None = Field(None, ge=1)
+    #: The RFC 3161 TSA (HTTP); none: checkpoints are signed, not timestamped (a warning in verify).
+    tsa_url: str | None = None
+    #: The CAs a TSA's certificate must chain to (a directory as signing.trust_store); default signing.trust_store.
+    tsa_trust_store: str | None = None
+    tsa_timeout_seconds: float = Field(10.0, gt=0)
+    #: The longest pause between two attempts while the TSA is out of reach (the first is 5 s, then doubling).
+    tsa_retry_max_seconds: float = Field(300.0, gt=0)
+    #: zl_evidence_timestamp_overdue is 1 (and the alert fires) when the chain has gone this long without a timestamp.
+    timestamp_alert_after_seconds: float = Field(3600.0, gt=0)
+
+
+class RetentionRule(_Strict):
+    """How long messages of a type, or of a participant (as sender or recipient), are kept; both given: both match."""
+
+    message_type: str | None = None
+    participant: str | None = None
+    #: Days after a message's last change before its envelope, events and row are removed (archived first).
+    days: float | None = Field(None, gt=0)
+    #: Days before only its envelope is removed (archived first); the trail stays until ``days``.
+    envelope_days: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _something(self) -> RetentionRule:
+        if self.message_type is None and self.participant is None:
+            raise ValueError("a rule names a message_type, a participant or both")
+        if self.days is None and self.envelope_days is None:
+            raise ValueError("a rule gives days, envelope_days or both")
+        if self.days is not None and self.envelope_days is not None and self.envelope_days > self.days:
+            raise ValueError("envelope_days cannot be longer than days")
+        return self
+
+
+class RetentionSettings(_Strict):
+    """Retention (docs/journal-evidence.md#retention): nothing is removed unless a rule or a default says so.
+
+    When several rules match a message the longest time wins. Only messages at rest (DELIVERED,
+    FAILED, DEAD, REJECTED) whose events are all sealed are pruned; messages a business record
+    points to (service records, acts, lab result versions, registry requests) are kept; legal
+    holds stop pruning of what they cover. Each run archives what it removes under ``archive_dir``
+    first, and keeps every batch record (with the leaves of what it removed) so the chain verifies.
+    """
+
+    default_days: float | None = Field(None, gt=0)
+    default_envelope_days: float | None = Field(None, gt=0)
+    rules: list[RetentionRule] = []
+    #: Where each run writes its archives (relative: to the working directory, as the default journal's path).
+    archive_dir: str = "var/archives"
+    interval_seconds: float = Field(3600.0, gt=0)
+    #: Messages per archive and per delete transaction.
+    chunk: int = Field(2000, ge=1, le=100_000)
+
+    @property
+    def active(self) -> bool:
+        return bool(self.rules or self.default_days or self.default_envelope_days)
+
+
 class Settings(_Strict):
     api: ApiSettings = ApiSettings()
     database: DatabaseSettings = DatabaseSettings()
@@ -302,6 +371,8 @@ class Settings(_Strict):
     reconciler: ReconcilerSettings = ReconcilerSettings()
     metrics: MetricsSettings = MetricsSettings()
     leases: LeaseSettings = LeaseSettings()
+    evidence: EvidenceSettings = EvidenceSettings()
+    retention: RetentionSettings = RetentionSettings()
 
 
 # ---- participants and routes ------------------------------------------------

@@ -37,10 +37,12 @@ CertificateInfo = tuple[str, str, str, dt.datetime]
 
 class GatewayStateCollector(Collector):
     def __init__(self, journal: Journal, queue_depths: Callable[[], dict[str, int]],
-                 certificates: Sequence[CertificateInfo] = ()) -> None:
+                 certificates: Sequence[CertificateInfo] = (), timestamp_alert_after: float | None = None) -> None:
+        """``timestamp_alert_after``: evidence.timestamp_alert_after_seconds (None: no timestamp is expected)."""
         self.journal = journal
         self.queue_depths = queue_depths
         self.certificates = certificates
+        self.timestamp_alert_after = timestamp_alert_after
 
     def collect(self) -> Iterable[Metric]:
         count = GaugeMetricFamily("zl_messages_in_flight", "Journalled messages not yet delivered or dead",
@@ -84,6 +86,52 @@ class GatewayStateCollector(Collector):
         for owner, subject, serial, not_after in self.certificates:
             expiry.add_metric([owner, subject, serial], round((not_after - now).total_seconds() / 86400, 2))
         yield expiry
+        yield from self._evidence()
+
+    def _evidence(self) -> Iterable[Metric]:
+        from gateway.evidence.checkpoints import evidence_state
+
+        try:
+            st = evidence_state(self.journal)
+        except Exception:  # out of reach: zl_journal_up already says so
+            return
+        values = [
+            ("zl_evidence_batches", "Batches sealed into the evidence chain", st.batches),
+            ("zl_evidence_unsealed_events", "Events not yet sealed into the chain", st.unsealed_events),
+            ("zl_evidence_unsealed_age_seconds", "Age of the oldest event not yet sealed (is the reconciler "
+             "running?)", st.oldest_unsealed_age),
+            ("zl_evidence_checkpoints_waiting", "Checkpoints still waiting for the TSA's timestamp",
+             st.waiting_timestamps),
+            ("zl_evidence_timestamp_lag_seconds", "How long the oldest batch not under a timestamped checkpoint "
+             "has waited; 0 when none waits", st.timestamp_lag),
+        ]
+        for name, doc, value in values:
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], value)
+            yield g
+        try:
+            from gateway.evidence.retention import prune_totals
+
+            pruned = prune_totals(self.journal)
+        except Exception:
+            pruned = None
+        if pruned is not None:
+            for name, doc, value in (
+                ("zl_retention_pruned_messages", "Messages retention has removed (archived first), in all",
+                 pruned["messages"]),
+                ("zl_retention_pruned_envelopes", "Envelopes retention has removed, in all", pruned["envelopes"]),
+                ("zl_legal_holds", "Legal holds in force", pruned["holds"]),
+                ("zl_retention_last_run_timestamp_seconds", "When the pruner last finished (Unix time; 0: never)",
+                 pruned["last_run"].timestamp() if pruned["last_run"] else 0),
+            ):
+                g = GaugeMetricFamily(name, doc)
+                g.add_metric([], value)
+                yield g
+        if self.timestamp_alert_after is not None:
+            overdue = GaugeMetricFamily("zl_evidence_timestamp_overdue", "1 when the chain has gone longer than "
+                                        "evidence.timestamp_alert_after_seconds without a TSA timestamp")
+            overdue.add_metric([], 1 if st.timestamp_lag > self.timestamp_alert_after else 0)
+            yield overdue
 
 
 def certificate_labels(subject: str, serial: str, details: bool) -> tuple[str, str]:

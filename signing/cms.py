@@ -74,17 +74,43 @@ def verify_detached(data: bytes, signature: bytes, *, trust: TrustStore, signers
 
     ``signers``, when given, are the certificates the expected signer holds.
     """
+    _content, cert = _verified(signature, data)
+    try:
+        alg = algorithm_for(cert.key_type)
+    except ValueError as exc:
+        raise SignatureError(errors.SIGNATURE_ALGORITHM_UNSUPPORTED, str(exc)) from None
+    trusted = check_signer(cert, alg, trust=trust, signers=signers, at=at, method="CMS")
+    return Verified(cert, trusted.anchor, alg, ())
+
+
+def open_attached(signed: bytes) -> tuple[bytes, Certificate]:
+    """The content of a CMS SignedData that carries it (an RFC 3161 token), and its one signer's certificate.
+
+    Only the signature over the content is checked here; whether the signer is to be
+    trusted for what it signed is the caller's rule (``signing.timestamps``).
+    """
+    return _verified(signed, None)
+
+
+def _verified(signature: bytes, data: bytes | None) -> tuple[bytes, Certificate]:
+    """Parse and verify a CMS SignedData (over ``data`` when detached); its content and its signer."""
     c = _lib()
     c.ERR_clear_error()
     with libcrypto._MemBio(signature) as sig_bio:
         cms = c.d2i_CMS_bio(sig_bio, None)
     if not cms:
         raise SignatureError(errors.SIGNATURE_MALFORMED, f"not a DER CMS signature: {libcrypto.last_error()}")
+    out = c.BIO_new(c.BIO_s_mem())
     try:
-        with libcrypto._MemBio(data) as content:
-            if c.CMS_verify(cms, None, None, content, None, CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY) != 1:
-                raise SignatureError(errors.SIGNATURE_INVALID, "the signature does not verify over the file: "
-                                     + libcrypto.last_error())
+        if data is None:
+            ok = c.CMS_verify(cms, None, None, None, out, CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY)
+        else:
+            with libcrypto._MemBio(data) as detached:
+                ok = c.CMS_verify(cms, None, None, detached, None, CMS_NO_SIGNER_CERT_VERIFY | CMS_BINARY)
+        if ok != 1:
+            what = "the signed content" if data is None else "the file"
+            raise SignatureError(errors.SIGNATURE_INVALID, f"the signature does not verify over {what}: "
+                                 + libcrypto.last_error())
         found = c.CMS_get0_signers(cms)  # set by a successful CMS_verify
         try:
             if not found or c.OPENSSL_sk_num(found) != 1:
@@ -95,11 +121,10 @@ def verify_detached(data: bytes, signature: bytes, *, trust: TrustStore, signers
         finally:
             if found:
                 c.OPENSSL_sk_free(found)
+        content_ptr = ctypes.c_void_p()
+        size = int(c.BIO_ctrl(out, libcrypto._BIO_CTRL_INFO, 0, ctypes.byref(content_ptr)))
+        content: bytes = ctypes.string_at(content_ptr, size) if size > 0 else b""
     finally:
+        c.BIO_free(out)
         c.CMS_ContentInfo_free(cms)
-    try:
-        alg = algorithm_for(cert.key_type)
-    except ValueError as exc:
-        raise SignatureError(errors.SIGNATURE_ALGORITHM_UNSUPPORTED, str(exc)) from None
-    trusted = check_signer(cert, alg, trust=trust, signers=signers, at=at, method="CMS")
-    return Verified(cert, trusted.anchor, alg, ())
+    return content, cert

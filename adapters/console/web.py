@@ -38,6 +38,8 @@ from adapters.hl7v2.lab_intake import KEPT_NS, kept_message, parse_for_cli
 from adapters.hl7v2.oru import LAB_RESULT_NS, MappingGaps, map_message, message_id_for
 from adapters.mapping.lab_mapping import LabMapping
 from gateway.config import GatewayConfig
+from gateway.evidence.checkpoints import evidence_state
+from gateway.evidence.retention import prune_totals
 from gateway.journal import Journal, MessageRecord, Status, utcnow
 from gateway.journal import search as s
 from gateway.masking import mask_text, mask_value
@@ -460,7 +462,8 @@ class Console:
                                breakers=system.breakers(), in_flight=self.journal.in_flight_summary(),
                                relay_lag=s.relay_lag_seconds(self.journal), size=s.journal_size(self.journal),
                                dead=self.journal.count(Status.DEAD), admin=admin, config=self.config,
-                               problems=problems, summary=summary)
+                               problems=problems, summary=summary, evidence=evidence_state(self.journal),
+                               pruned=prune_totals(self.journal))
 
         @r.get("/audit")
         def audit_page(request: Request) -> Response:

@@ -14,7 +14,7 @@ from importlib.metadata import entry_points
 import click
 import typer
 
-from application.cli import acts, messages, running, tools  # noqa: F401 - each registers its commands
+from application.cli import acts, evidence, messages, running, tools  # noqa: F401 - each registers its commands
 from application.cli import console as console_commands
 from application.cli.common import app, err
 from application.reachability import unreachable

@@ -9,7 +9,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal.chain import TrailStore
-from gateway.journal.model import Status, utcnow
+from gateway.journal.model import ENVELOPE_DIGEST, Status, envelope_digest, utcnow
 from gateway.journal.tables import messages, rejections
 from gateway.masking import mask_text
 
@@ -44,10 +44,12 @@ class AuditStore(TrailStore):
             )
         if env is None:
             return
-        event_detail = {"code": rejection.code, "field": rejection.field, "detail": detail}
+        xml = env.to_xml()
+        event_detail = {"code": rejection.code, "field": rejection.field, "detail": detail,
+                        ENVELOPE_DIGEST: envelope_digest(xml)}
         row = dict(
             message_id=env.message_id, sender=env.sender, recipient=env.recipient, message_type=env.message_type,
-            status=Status.REJECTED.value, fingerprint=env.fingerprint(), source=source, envelope=env.to_xml(),
+            status=Status.REJECTED.value, fingerprint=env.fingerprint(), source=source, envelope=xml,
             created_at=now, updated_at=now, attempts=0, replays=0, last_error=f"{rejection.code}: {detail}",
             reference_id=env.reference_message_id,
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import func, insert, select, tuple_, update
@@ -14,12 +15,14 @@ from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal.chain import GENESIS, TrailStore, detail_text, event_row
 from gateway.journal.model import (
+    ENVELOPE_DIGEST,
     IN_FLIGHT,
     AcceptOutcome,
     MessageRecord,
     SideWrite,
     Status,
     as_utc,
+    envelope_digest,
     message_record,
     utcnow,
 )
@@ -38,16 +41,21 @@ class AcceptRequest:
     warnings: Sequence[str] = ()
     side_writes: Sequence[SideWrite] = ()
 
+    @cached_property
+    def xml(self) -> bytes:
+        return self.env.to_xml()
+
     def row(self, now: datetime) -> dict[str, Any]:
         env = self.env
         return dict(message_id=env.message_id, sender=env.sender, recipient=env.recipient,
                     message_type=env.message_type, route=self.route, status=Status.ACCEPTED.value,
-                    fingerprint=env.fingerprint(), source=self.source, envelope=env.to_xml(), created_at=now,
+                    fingerprint=env.fingerprint(), source=self.source, envelope=self.xml, created_at=now,
                     updated_at=now, attempts=0, replays=0, reference_id=env.reference_message_id)
 
     def detail(self) -> dict[str, Any]:
+        """The ACCEPTED event's detail; the envelope's digest in it puts the envelope under the evidence chain."""
         detail: dict[str, Any] = {"source": self.source, "route": self.route, "sender": self.env.sender,
-                                  "recipient": self.env.recipient}
+                                  "recipient": self.env.recipient, ENVELOPE_DIGEST: envelope_digest(self.xml)}
         if self.evidence:
             detail["signature"] = self.evidence
         if self.warnings:
@@ -211,6 +219,10 @@ class MessageStore(TrailStore):
         rec = self.get(message_id)
         if rec is None:
             raise Rejection(errors.MESSAGE_NOT_FOUND, f"no message {message_id}", "message_id", status=404)
+        if rec.envelope_pruned_at is not None:
+            raise Rejection(errors.MESSAGE_NOT_FOUND, f"the envelope of {message_id} was pruned on "
+                            f"{rec.envelope_pruned_at:%Y-%m-%d} (retention); its archive holds it", "message_id",
+                            status=410)
         lineage = {"from_status": rec.status, "previous_error": rec.last_error, "replay": rec.replays + 1,
                    "previous_attempts": rec.attempts}
         return self.record(

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -74,6 +75,7 @@ class MessageRecord:
     generation: int = 0
     stages: int = 0
     reference_id: str | None = None  # the envelope's ReferenceMessageID (migration 0010)
+    envelope_pruned_at: datetime | None = None  # retention removed the envelope (migration 0011)
 
 
 class Change(NamedTuple):
@@ -104,6 +106,15 @@ class AcceptOutcome:
     duplicate: bool
 
 
+#: The detail key of the event that (re)wrote a message's envelope: the SHA-256 of the envelope as stored,
+#: which puts the envelope under the evidence chain with the event (docs/journal-evidence.md).
+ENVELOPE_DIGEST = "envelope_sha256"
+
+
+def envelope_digest(envelope: bytes) -> str:
+    return hashlib.sha256(envelope).hexdigest()
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
 
@@ -121,6 +132,6 @@ def as_utc(value: datetime | None) -> datetime | None:
 
 def message_record(row: Any) -> MessageRecord:
     data = row._asdict()
-    for key in ("created_at", "updated_at", "delivered_at"):
+    for key in ("created_at", "updated_at", "delivered_at", "envelope_pruned_at"):
         data[key] = as_utc(data[key])
     return MessageRecord(**data)

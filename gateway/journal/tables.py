@@ -43,6 +43,8 @@ messages = Table(
     Column("stages", Integer, nullable=False, default=0),
     #: The envelope's ReferenceMessageID (migration 0010): replies are found by it.
     Column("reference_id", String(36)),
+    #: When retention removed the envelope (migration 0012); it lives on in that prune run's archive.
+    Column("envelope_pruned_at", DateTime(timezone=True)),
     Index("ix_messages_status_created", "status", "created_at"),
     Index("ix_messages_status_updated", "status", "updated_at"),
     # The console's search (migration 0010): each filter with the time order, keyset-paged.
@@ -219,4 +221,84 @@ leases = Table(
     Column("holder", String(200), nullable=False),
     Column("acquired_at", DateTime(timezone=True), nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+)
+
+#: The evidence chain (migration 0012): each sealed batch of events, chained to the one before.
+#: A batch holds every event whose id lies in (previous batch's last_event_id, last_event_id].
+evidence_batches = Table(
+    "evidence_batches",
+    metadata,
+    Column("seq", Integer, primary_key=True, autoincrement=False),
+    Column("first_event_id", Integer, nullable=False),
+    Column("last_event_id", Integer, nullable=False, unique=True),
+    Column("event_count", Integer, nullable=False),
+    Column("root", String(64), nullable=False),
+    Column("prev_hash", String(64), nullable=False),
+    Column("hash", String(64), nullable=False),
+    Column("sealed_at", DateTime(timezone=True), nullable=False),
+    #: Events of this batch that retention removed, and their leaves (event id, 8 bytes, and leaf hash,
+    #: 32 bytes, each; by id) so the root still verifies; NULL once the whole batch is pruned.
+    Column("pruned_count", Integer, nullable=False, default=0),
+    Column("pruned_leaves", LargeBinary),
+    Index("ix_evidence_batches_sealed", "sealed_at"),
+)
+
+#: The chain's head, one row: the sealer that holds its lock is the only one sealing.
+evidence_head = Table(
+    "evidence_head",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("seq", Integer, nullable=False),
+    Column("last_event_id", Integer, nullable=False),
+    Column("hash", String(64), nullable=False),
+)
+
+#: Signed (and, once a TSA answered, timestamped) statements of a batch's hash.
+evidence_checkpoints = Table(
+    "evidence_checkpoints",
+    metadata,
+    Column("batch_seq", Integer, primary_key=True, autoincrement=False),
+    Column("batch_hash", String(64), nullable=False),
+    Column("made_at", DateTime(timezone=True), nullable=False),
+    Column("statement", Text, nullable=False),
+    Column("signature", LargeBinary),
+    Column("tsa_token", LargeBinary),
+    Column("tsa_time", DateTime(timezone=True)),
+    Column("tsa_attempts", Integer, nullable=False, default=0),
+    Column("tsa_error", Text),
+    Index("ix_evidence_checkpoints_tsa", "tsa_time", "batch_seq"),
+)
+
+#: Legal holds: what they cover is not pruned while they are in force (migration 0012).
+legal_holds = Table(
+    "legal_holds",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_id", String(36)),
+    Column("participant", String(50)),
+    Column("period_from", DateTime(timezone=True)),
+    Column("period_to", DateTime(timezone=True)),
+    Column("reason", Text, nullable=False),
+    Column("placed_at", DateTime(timezone=True), nullable=False),
+    Column("placed_by", String(64), nullable=False),
+    Column("released_at", DateTime(timezone=True)),
+    Column("released_by", String(64)),
+)
+
+#: Each run of the pruner: what it removed and the archives it wrote first (migration 0012).
+prune_runs = Table(
+    "prune_runs",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("started_at", DateTime(timezone=True), nullable=False),
+    Column("finished_at", DateTime(timezone=True)),
+    Column("messages", Integer, nullable=False, default=0),
+    Column("envelopes", Integer, nullable=False, default=0),
+    Column("events", Integer, nullable=False, default=0),
+    Column("held", Integer, nullable=False, default=0),
+    #: JSON: [{"file", "sha256", "messages"}] in the order written.
+    Column("archives", Text, nullable=False, default="[]"),
+    #: X-Road's linking of archives: sha256(previous run's chain ‖ each archive's sha256), in order.
+    Column("chain", String(64)),
+    Column("error", Text),
 )

@@ -233,3 +233,18 @@ def test_the_cli_adds_operators_searches_and_previews_a_filtered_replay(world) -
     assert "0 would be replayed" in none.output
     assert world["journal"].get(world["dead"]).status == "DEAD"
     assert runner.invoke(app, ["replay", world["dead"], "--route", "x", *cfg], env=env).exit_code == 2
+
+
+def test_the_system_page_shows_the_evidence_chain_and_retention(world) -> None:
+    from gateway.evidence.retention import place_hold
+    from gateway.evidence.sealer import Sealer
+
+    journal = world["journal"]
+    page = client(world, "petrov").get("/console/system").text
+    unsealed = int(page.split('id="evidence-unsealed"', 1)[1].split(">", 1)[1].split("<", 1)[0])
+    assert unsealed > 0 and 'id="evidence-batches">0<' in page
+    Sealer(journal).seal_once()
+    place_hold(journal, reason="case 1", by="test", participant="lab")
+    page = client(world, "petrov").get("/console/system").text
+    assert 'id="evidence-batches">1<' in page and '>0</dd>' in page.split('id="evidence-unsealed"', 1)[1][:80]
+    assert 'id="legal-holds">1<' in page
