@@ -52,11 +52,13 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
     from adapters.intake import Intake
     from adapters.mapping.lab_service import LabResults
     from adapters.rest.app import create_app
+    from adapters.rest.tls import uvicorn_options
     from adapters.soap.smev_exchange import SmevExchange
     from adapters.soap.smev_service import SmevWsgi
     from application.runtime import load_lab_mappings
     from gateway.accept import AcceptPipeline
     from gateway.journal.inbox import Inbox
+    from gateway.tls import server_context
     from monitoring.exposition import GatewayStateCollector, certificate_labels
     from routing.relay import OutboxRelay
 
@@ -90,8 +92,9 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
                      lab_results=labs, metrics=s.metrics,
                      console=build_console(config, journal, api_intake, mappings))
     relay.start()
+    tls = uvicorn_options(server_context(s.api.tls, config.directory) if s.api.tls else None)
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=5))
+                                           access_log=False, timeout_graceful_shutdown=5, **tls))
     sockets = [_listen(s.api.host, s.api.port)]
     if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
         sockets.append(_listen(s.metrics.host, s.metrics.port))
@@ -172,15 +175,18 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) 
     from adapters.hl7v2.ack import ack_for_error
     from adapters.hl7v2.lab_intake import LabIntake
     from adapters.hl7v2.mllp import MllpServer
+    from adapters.hl7v2.mllp_security import MllpSecurity
     from application.wiring import intake
+    from gateway.tls import transport_label
     from monitoring import metrics
 
     s = config.settings
     journal = Journal(s.database.url)
     labs = LabIntake(intake(config, journal, keyring), mappings)
+    guard = MllpSecurity(config, labs.intake)  # TLS, each lab's client certificate, rate limits (paced ACKs)
 
     async def handle(message: bytes, peer: str) -> bytes:
-        return (await asyncio.to_thread(labs.handle, message, peer)).ack
+        return await guard.paced(await asyncio.to_thread(labs.handle, message, peer), len(message))
 
     async def main() -> None:
         h = s.hl7
@@ -188,9 +194,11 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) 
                             max_frame_bytes=h.max_frame_bytes or s.api.max_body_bytes,
                             max_connections=h.max_connections, frame_timeout=h.frame_timeout_seconds,
                             max_buffered_bytes=h.max_buffered_bytes,
-                            on_refused=lambda reason: metrics.MLLP_REFUSED.labels(reason).inc())
+                            on_refused=lambda reason: metrics.MLLP_REFUSED.labels(reason).inc(),
+                            tls=guard.tls, on_connect=guard.on_connect)
         await server.start()
-        log.info("MLLP listener on %s:%s for %s", h.host, server.port, ", ".join(sorted(mappings)) or "no lab")
+        log.info("MLLP listener on %s:%s (%s) for %s", h.host, server.port, transport_label(h.tls, h.plain),
+                 ", ".join(sorted(mappings)) or "no lab")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

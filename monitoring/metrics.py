@@ -55,3 +55,9 @@ SWEPT = Counter("zl_swept_total", "Messages found stuck in a status and sent rou
 MLLP_REFUSED = Counter("zl_mllp_refused_total",
                        "MLLP connections closed for a limit: too_many_connections, frame_too_large, frame_timeout, "
                        "memory_budget", ["reason"])
+RATE_LIMITED = Counter("zl_rate_limited_total",
+                       "Messages over their sender's rate limit: refused with 429 (REST, SOAP) or slowed (hl7); "
+                       "limit is messages or bytes", ["participant", "source", "limit"])
+RATE_LIMIT_DELAY = Counter("zl_rate_limit_delay_seconds_total",
+                           "Seconds MLLP ACKs were held back to slow a laboratory down to its rate limit",
+                           ["participant"])
