@@ -68,7 +68,7 @@ def _token_digests(values: list[str]) -> list[str]:
     """API and scrape tokens are kept as SHA-256 digests only, so the files never hold a usable token."""
     for v in values:
         if not re.fullmatch(r"[0-9a-f]{64}", v):
-            raise ValueError("each entry must be 64 lower-case hex digits (zdravlink hash-token TOKEN)")
+            raise ValueError("each entry must be 64 lower-case hex digits (printf %s TOKEN | zdravlink hash-token)")
     return values
 
 

@@ -59,7 +59,7 @@ class ApiToken(_Model):
     @classmethod
     def _hex(cls, value: str) -> str:
         if not re.fullmatch(r"[0-9a-f]{64}", value):
-            raise ValueError("must be 64 lower-case hex digits (echo -n TOKEN | zdravlink hash-token)")
+            raise ValueError("must be 64 lower-case hex digits (printf %s TOKEN | zdravlink hash-token)")
         return value
 
     @field_validator("expires")

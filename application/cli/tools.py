@@ -18,7 +18,8 @@ from application.cli.common import (
     tariffs_or_exit,
 )
 from application.runtime import config_dir
-from gateway.config import hash_token
+from gateway.config import GatewayConfig, hash_token
+from gateway.keyring import KeyRing
 
 
 @app.command("check-config")
@@ -37,6 +38,42 @@ def check_config(directory: Path | None = typer.Argument(None, help="Configurati
         days = cert.days_left()
         colour = "red" if days < 0 else "yellow" if days < 30 else "green"
         out.print(f"  {owner:<14} [{colour}]{days:7.0f} days[/{colour}]  {cert.describe()}", highlight=False)
+    _transport_report(cfg, ring)
+
+
+def _transport_report(cfg: GatewayConfig, ring: KeyRing) -> None:
+    """Listeners' transport, every TLS certificate and CRL date, and a warning for each within 30 days."""
+    import datetime as dt
+
+    from gateway.credentials import Authenticator
+    from gateway.tls import transport_label
+    from gateway.transport import WARN_WITHIN, expiring, watched
+
+    s = cfg.settings
+    out.print(f"  listeners: API {s.api.host}:{s.api.port} [{transport_label(s.api.tls, s.api.plain)}]"
+              + (f", MLLP {s.hl7.host}:{s.hl7.port} [{transport_label(s.hl7.tls, s.hl7.plain)}]"
+                 if s.hl7.enabled else ""), highlight=False)
+    dates = watched(cfg, ring.owned_certificates(), ring.trust)
+    signing = {"signing", "participant-signing", "trust-store"}
+    for w in dates:
+        if w.kind in signing:
+            continue  # listed above
+        days = w.seconds_left() / 86400
+        colour = "red" if days < 0 else "yellow" if days < 30 else "green"
+        what = "next update" if w.kind == "crl" else f"serial {w.serial}"
+        out.print(f"  {w.owner:<14} [{colour}]{days:7.0f} days[/{colour}]  {w.kind}: {w.subject} ({what})",
+                  highlight=False)
+    for w in expiring(dates):
+        days = w.seconds_left() / 86400
+        when = "expired" if days < 0 else f"expires in {days:.0f} days"
+        if w.kind == "crl":
+            when = "is past its next update" if days < 0 else f"is due for its next update in {days:.0f} days"
+        err.print(f"[yellow]warning[/yellow]: {w.owner} {w.kind} {w.subject!r} {when}", highlight=False)
+    for who, token in Authenticator(cfg.participants, cfg.directory).expiring_tokens(WARN_WITHIN):
+        left = (token.expires - dt.datetime.now(dt.UTC)).total_seconds() / 86400 if token.expires else 0
+        name = f" {token.label!r}" if token.label else ""
+        state = "expired" if left < 0 else f"expires in {left:.0f} days"
+        err.print(f"[yellow]warning[/yellow]: {who}'s API token{name} {state}", highlight=False)
 
 
 @app.command("map")
@@ -210,7 +247,27 @@ def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, hel
         raise typer.Exit(1)
 
 
-@app.command("hash-token")
-def hash_token_cmd(token: str) -> None:
-    """Print the sha256 of an API token, for credentials.api_token_sha256 in participants.yaml."""
+@app.command("hash-token", context_settings={"ignore_unknown_options": True})
+def hash_token_cmd(argument: list[str] | None = typer.Argument(None, hidden=True)) -> None:
+    """Print the sha256 of an API token read from stdin, for credentials.api_tokens in participants.yaml.
+
+    The token is never taken from the command line: shell history and the process list
+    would keep it. Pipe it in (``printf %s "$TOKEN" | zdravlink hash-token``) or type it
+    at the prompt. One trailing newline is dropped; nothing else is.
+    """
+    if argument:
+        err.print("the token is read from stdin, never from the command line (shell history and ps keep it): "
+                  "printf %s \"$TOKEN\" | zdravlink hash-token")
+        raise typer.Exit(2)
+    if sys.stdin.isatty():
+        import getpass
+
+        token = getpass.getpass("token: ")
+    else:
+        token = sys.stdin.read()
+        token = token[:-1] if token.endswith("\n") else token
+        token = token[:-1] if token.endswith("\r") else token
+    if not token:
+        err.print("no token on stdin")
+        raise typer.Exit(2)
     out.print(hash_token(token))
