@@ -59,6 +59,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
     from gateway.accept import AcceptPipeline
     from gateway.journal.inbox import Inbox
     from gateway.tls import server_context
+    from gateway.transport import watched
     from monitoring.exposition import GatewayStateCollector, certificate_labels
     from routing.relay import OutboxRelay
 
@@ -85,8 +86,10 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
     smev = SmevWsgi(SmevExchange(config, api_intake, inbox, keyring, labs), s.api.max_body_bytes)
     certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
                     for owner, c in keyring.owned_certificates()]
+    dates = watched(config, keyring.owned_certificates(), keyring.trust)  # every certificate and CRL, TLS too
     app = create_app(intake=api_intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
-                     state=GatewayStateCollector(journal, inspector.depths, certificates), inbox=inbox,
+                     state=GatewayStateCollector(journal, inspector.depths, certificates, dates,
+                                                 s.metrics.certificate_details), inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
                      lab_results=labs, metrics=s.metrics,

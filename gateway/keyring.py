@@ -16,6 +16,7 @@ from lxml import etree
 from gateway.config import CertificateFile, ConfigError, ConfigProblem, GatewayConfig
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS
+from gateway.transport import transport_problems
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, KeyFileError, PrivateKey, Signer, TrustStore, Verified, errors, sign, verify
 from signing.errors import SignatureError
@@ -126,6 +127,7 @@ def load_keyring(config: GatewayConfig) -> KeyRing:
         if needs and not p.certificates:
             problems.append(ConfigProblem(pfile, f"participants[{i}].certificates",
                                           f"{p.mnemonic!r} must sign what it sends, so it needs a certificate"))
+    problems += transport_problems(config)  # TLS, client certificate and token files, checked with the keys
     if problems:
         raise ConfigError(problems)
     return ring
