@@ -133,7 +133,9 @@ class AcceptPipeline:
         except SignatureError as exc:
             forbidden = (exc.code in signature_errors.CERTIFICATE_CODES
                          or exc.code == signature_errors.SIGNATURE_REQUIRED)
-            raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422) from None
+            explanation = self.keyring.explain_sender(env)  # the signature doctor's, for the audit record
+            raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422,
+                            extra={"explanation": explanation} if explanation else {}) from None
 
     def accept(self, env: Envelope, caller: Participant, *, source: str,
                verified_signature: dict[str, str] | None = None) -> Accepted:

@@ -59,6 +59,16 @@ class KeyRing:
         return verify(signature, document=document, trust=self.trust, expected=document.find(_Z + "SenderProvidedData"),
                       signers=self.certificates.get(env.sender, []), at=at)
 
+    def explain_sender(self, env: Envelope) -> str | None:
+        """The signature doctor's text for a refused sender signature, for the audit record (no octets,
+        certificate names quoted so that masking hides them); None if there is nothing to explain."""
+        document = env.wire if env.wire is not None else env.to_element()
+        signature = document.find(_SENDER_SIGNATURE)
+        if signature is None:
+            return None
+        return explain_for_audit(signature, document, self, document.find(_Z + "SenderProvidedData"),
+                                 self.certificates.get(env.sender, []))
+
     def sign_envelope(self, env_xml: bytes) -> bytes:
         """The envelope with the gateway's signature over its SenderProvidedData (replacing an older one)."""
         if self.signer is None or not self.sign_deliveries:
@@ -167,3 +177,17 @@ def expected_signers(signature: etree._Element, ring: KeyRing | None
         return data, [ring.signer.certificate] if ring.signer else None
     sender = data.findtext(_Z + "Sender") if data is not None else None
     return data, ring.certificates.get(sender or "") or None
+
+
+def explain_for_audit(signature: etree._Element, document: etree._Element, ring: KeyRing,
+                      expected: etree._Element | None, signers: list[Certificate] | None) -> str | None:
+    """``signing.explain`` of one signature as audit text; never raises (a refusal must still be recorded)."""
+    from signing.explain import explain
+
+    known = [c for certs in ring.certificates.values() for c in certs]
+    known += [ring.signer.certificate] if ring.signer else []
+    try:
+        return explain(signature, document=document, trust=ring.trust, expected=expected, signers=signers,
+                       known=known).text(for_audit=True)
+    except Exception as exc:  # the explanation is a courtesy; the refusal stands without it
+        return f"(no explanation: {type(exc).__name__})"

@@ -31,7 +31,7 @@ from gateway.envelope import DSIG_NS, Envelope
 from gateway.errors import Rejection
 from gateway.journal import MessageRecord, Status
 from gateway.journal.inbox import Inbox
-from gateway.keyring import KeyRing
+from gateway.keyring import KeyRing, explain_for_audit
 from gateway.message_ids import check_message_id
 from gateway.schemas import known_message_types
 from gateway.tls import PeerCertificate
@@ -154,7 +154,10 @@ class SmevExchange:
             verified = verify(signature, document=request, trust=self.keyring.trust,
                               expected=self._signed_target(request, operation), signers=signers, at=self.clock())
         except SignatureError as exc:
-            raise Rejection(exc.code, exc.detail, "CallerInformationSystemSignature", status=403) from None
+            explanation = explain_for_audit(signature, request, self.keyring, self._signed_target(request, operation),
+                                            signers)
+            raise Rejection(exc.code, exc.detail, "CallerInformationSystemSignature", status=403,
+                            extra={"explanation": explanation}) from None
         seen = {"subject": verified.certificate.subject, "serial": str(verified.certificate.serial),
                 "algorithm": verified.algorithm.name,
                 "element": etree.QName(self._signed_target(request, operation)).localname}

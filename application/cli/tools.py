@@ -202,11 +202,19 @@ def sign_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
 def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
                trust: Path | None = typer.Option(None, help="Trust store directory (default: the configuration's)"),
                cert: list[Path] | None = typer.Option(None, help="Accept only these signer certificates"),
+               explain_: bool = typer.Option(False, "--explain", help="Lay out every step and name the cause: "
+                                             "references, transforms, digests, SignatureValue, chain and CRL"),
+               dump: bool = typer.Option(False, "--dump", help="With --explain: the exact octets after exc-c14n "
+                                         "and the SMEV transform, and the canonical SignedInfo"),
                config: Path | None = ConfigOpt) -> None:
     """Verify every ds:Signature in FILE; exit 1 if any is refused, printing its code.
 
     With the configuration, a zl:Envelope's SenderSignature must be by the Sender's
-    certificate and its GatewaySignature by the gateway's.
+    certificate and its GatewaySignature by the gateway's. ``--explain`` is the signature
+    doctor: for each signature, each reference with its transforms, the digest declared
+    and computed (``--dump``: the octets), the SignatureValue check, the certificate chain
+    with the CRL, and the cause in one line (wrong transform, content changed, wrong key,
+    untrusted certificate).
     """
     from gateway.errors import Rejection
     from gateway.keyring import expected_signers
@@ -231,9 +239,23 @@ def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, hel
         raise typer.Exit(2) from None
     signatures = root.iter(f"{{{DS_NS}}}Signature")
     failed = found = 0
+    known = [c for certs in ring.certificates.values() for c in certs] + (
+        [ring.signer.certificate] if ring and ring.signer else []) if ring else list(pinned)
     for sig in signatures:
         found += 1
         expected, signers = expected_signers(sig, ring)
+        if explain_:
+            from signing.explain import explain
+
+            report = explain(sig, document=root, trust=store, expected=expected, signers=pinned or signers,
+                             known=known, index=found)
+            failed += report.code is not None
+            colour = "green" if report.code is None else "red"
+            out.print(f"[{colour}]{report.lines(dump=dump)[0]}[/{colour}]", highlight=False)
+            sys.stdout.flush()
+            for line in report.lines(dump=dump)[1:]:
+                out.print(line, highlight=False, markup=False)
+            continue
         try:
             v = verify(sig, document=root, trust=store, expected=expected, signers=pinned or signers)
             out.print(f"[green]OK[/green] {', '.join(v.references)} {v.algorithm.name} by {v.certificate.describe()}",
