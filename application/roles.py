@@ -21,6 +21,7 @@ from typing import Any
 from application.wiring import topology
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
+from gateway.journal.group_commit import GroupRecorder
 from gateway.keyring import KeyRing
 from routing.broker import ThreadPublisher
 from routing.consumer import Consumer, Handler, failure_in_trail
@@ -43,7 +44,7 @@ def on_term(stop: Callable[[], None]) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
-def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) -> None:
+def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, relay_outbox: bool = True) -> None:
     """The REST API, the SMEV 3 endpoint and /metrics in one uvicorn server, with the outbox relay beside it."""
     import uvicorn
     from a2wsgi import WSGIMiddleware
@@ -94,10 +95,15 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True) 
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
                      lab_results=labs, metrics=s.metrics,
                      console=build_console(config, journal, api_intake, mappings))
-    relay.start()
-    tls = uvicorn_options(server_context(s.api.tls, config.directory) if s.api.tls else None)
+    if relay_outbox:
+        relay.start()
+    # uvloop and httptools: the event loop and HTTP parser in C, measured in bench/bench_spine.py. Over TLS
+    # the HTTP protocol is httptools' with the client certificate added to the scope (adapters.rest.tls).
+    options: dict[str, object] = {"http": "httptools"}
+    options.update(uvicorn_options(server_context(s.api.tls, config.directory) if s.api.tls else None))
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
-                                           access_log=False, timeout_graceful_shutdown=5, **tls))
+                                           access_log=False, timeout_graceful_shutdown=5, loop="uvloop",
+                                           **options))  # type: ignore[arg-type]
     sockets = [_listen(s.api.host, s.api.port)]
     if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
         sockets.append(_listen(s.metrics.host, s.metrics.port))
@@ -111,6 +117,7 @@ def _listen(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # several API processes on one port
     sock.bind((host, port))
     sock.listen(2048)
     sock.set_inheritable(True)
@@ -124,7 +131,8 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     topo = topology(config)
     publisher = ThreadPublisher(s.broker.url, f"zl-{kind}")
     actor = f"{kind}:{os.getpid()}"
-    dead = DeadLetterChannel(journal, topo, publisher, actor=actor)
+    recorder = GroupRecorder(journal)  # the events of all this worker's threads, committed together
+    dead = DeadLetterChannel(journal, topo, publisher, actor=actor, recorder=recorder)
     stopping = threading.Event()
     gate = JournalGate(journal, stopping, kind)
 
@@ -145,7 +153,7 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
         from routing.delivery import DeliveryWorker
 
         worker = DeliveryWorker(config, journal, topo, publisher, dead, delivery_channels(config, journal, keyring),
-                                keyring, gate=gate)
+                                keyring, gate=gate, recorder=recorder)
         closers.append(worker.close)
         run = consumer([topo.deliver_queue(p) for p in sorted(config.participants)], worker.handle)
     elif kind == "reconciler":
@@ -162,6 +170,7 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     run.run()
     for close in closers:
         close()
+    recorder.close()
     publisher.close()
 
 

@@ -32,8 +32,11 @@ def commands(config: GatewayConfig, directory: Path) -> dict[str, list[str]]:
     """The processes of a whole gateway on this host, by name."""
     exe = [sys.executable, "-m", "application.cli"]
     cfg = ["--config", str(directory)]
-    cmds = {"api": [*exe, "serve", *cfg, "--no-migrate"], "router": [*exe, "worker", "router", *cfg],
-            "reconciler": [*exe, "worker", "reconciler", *cfg]}
+    cmds = {"router": [*exe, "worker", "router", *cfg], "reconciler": [*exe, "worker", "reconciler", *cfg]}
+    shared_outbox = not config.settings.database.url.startswith("sqlite")
+    for i in range(config.settings.api.processes):
+        relay = [] if i == 0 or shared_outbox else ["--no-relay"]  # SQLite: one relay per journal
+        cmds["api" if i == 0 else f"api-{i + 1}"] = [*exe, "serve", *cfg, "--no-migrate", *relay]
     for i in range(config.settings.workers.delivery):
         cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
     if config.settings.acts.schedule_day is not None:

@@ -1,30 +1,44 @@
-"""Spine throughput and latency on real RabbitMQ, beside the ceiling of its raw primitives.
+"""Spine throughput and latency on real RabbitMQ, beside the ceiling of its primitives and a plain forwarder.
 
-Runs the gateway's real processes (API + relay, router, delivery workers) on a
-temporary configuration, a recipient server on 127.0.0.1, and a load generator of
-``--concurrency`` HTTP clients. For 1 KB and 10 KB payloads it prints:
+Runs the gateway's real processes (API + relay, router, delivery workers) on a temporary
+configuration and a recipient server on 127.0.0.1. Closed loop (``--concurrency`` clients
+sending as fast as they are answered), per payload size:
 
-- accepted messages/s (HTTP 202s per second of the sending phase),
-- delivered messages/s (first accept to last delivery),
-- p50/p99 accept-to-delivered latency from the journal,
-- the primitive ceiling measured in the same run: XSD validation + journal insert +
-  confirmed publish in a tight loop on one thread, and the ratio of the two.
+- accepted messages/s (HTTP 202s per second of the sending phase) and delivered/s,
+- p50/p99 accept-to-delivered latency from the journal's own times, and each stage's lag,
+- the primitive ceiling measured in the same run (XSD validation + journal insert +
+  confirmed publish in a tight loop on one thread) and the ratio of the two,
+- with ``--baseline``: a plain forwarder (bench/forwarder.py: HTTP in → confirmed publish →
+  consume → HTTP out, the same libraries, no journal, validation or signature) under the
+  same load, and the gateway's ratio to it.
+
+Open loop (``--rates 10,25,50,100``): each rate for ``--seconds`` from a lean generator in its
+own process (bench/loadgen.py), p50/p95/p99 accept→delivered, and the generator's own lag.
+``--journal-preload N`` fills the journal first (bench/journal_loader.py); ``--api-processes``
+runs several API processes on the one port (PostgreSQL).
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # journal_loader
 
 from demo.emulators.rest_recipient import RecipientServer
 from gateway import schemas
@@ -50,59 +64,142 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def run_gateway(size: int, n: int, concurrency: int, workers: int, db_url: str | None) -> dict[str, float]:
+@contextmanager
+def gateway(workers: int, db_url: str | None, api_processes: int = 1,
+            preload: int = 0) -> Iterator[tuple[GatewayProcesses, RecipientServer]]:
+    """A whole gateway and a recipient; ``preload`` messages with trails put in its journal first."""
     clinic = RecipientServer(name="clinic").start()
     tmp = Path(tempfile.mkdtemp(prefix="zl-bench-")) / "gateway"
+    url = db_url or f"sqlite:///{tmp.parent / 'journal.db'}"
+    if preload:
+        from journal_loader import load
+
+        took = load(url, preload, progress=False)
+        print(f"         journal preloaded with {preload:,} messages ({took})", flush=True)
     gw = GatewayProcesses(tmp, configs.participants(clinic.url), configs.routes(),
-                          settings=configs.settings(), amqp_url=AMQP_URL, db_url=db_url,
+                          settings=configs.settings(), amqp_url=AMQP_URL, db_url=url,
                           api_port=free_port(), delivery_workers=workers)
     gw.start()
-    payload = payload_of(size)
-    bodies = [envelope_json("lab", "clinic", payload=payload) for _ in range(n)]
+    for i in range(2, api_processes + 1):
+        gw.spawn(f"api-{i}")
     try:
-        client = httpx.Client(base_url=gw.base, timeout=30, limits=httpx.Limits(max_connections=concurrency))
-        headers = {"Authorization": f"Bearer {LAB_TOKEN}"}
-        t0 = time.perf_counter()
-        with ThreadPoolExecutor(concurrency) as pool:
-            codes = list(pool.map(lambda b: client.post("/api/v1/messages", json=b, headers=headers).status_code,
-                                  bodies))
-        t_sent = time.perf_counter()
-        assert codes.count(202) == n, {c: codes.count(c) for c in set(codes)}
-        deadline = time.monotonic() + 600
-        while len(clinic.accepted) < n and time.monotonic() < deadline:
-            time.sleep(0.05)
-        t_done = time.perf_counter()
-        engine = sa.create_engine(gw.db_url)
-        with engine.connect() as conn:
-            ours = {b["messageId"] for b in bodies}  # a --database may hold earlier runs
-            rows = [(c, d) for mid, c, d in conn.execute(sa.text(
-                "SELECT message_id, created_at, delivered_at FROM messages WHERE status='DELIVERED'")) if mid in ours]
-            stamps = [r for r in conn.execute(sa.text("SELECT message_id, kind, at, detail FROM events")) if r[0] in ours]
-        engine.dispose()
-
-        def ts(v):  # SQLite returns strings or naive datetimes
-            from datetime import datetime
-            return (datetime.fromisoformat(v) if isinstance(v, str) else v).timestamp()
-
-        # A stage written after a later one ("late": the delivery worker was faster than the router's
-        # write) carries the time it was written, not the time it happened: counted, not timed.
-        by_message: dict[str, dict[str, float]] = {}
-        late: dict[str, int] = {}
-        for mid, kind, at, detail in stamps:
-            if '"late": true' in detail:
-                late[kind] = late.get(kind, 0) + 1
-                continue
-            by_message.setdefault(mid, {})[kind] = ts(at)
-        stages = {}
-        for a, b in (("ACCEPTED", "PUBLISHED"), ("PUBLISHED", "ROUTED"), ("ROUTED", "DELIVERED")):
-            lags = [m[b] - m[a] for m in by_message.values() if a in m and b in m]
-            stages[f"{a}->{b}"] = (statistics.median(lags) if lags else float("nan"), len(lags), late.get(b, 0))
-        lat = [ts(d) - ts(c) for c, d in rows]
-        return {"accepted_per_s": n / (t_sent - t0), "delivered_per_s": len(clinic.accepted) / (t_done - t0),
-                "p50": statistics.median(lat) if lat else float("nan"), "p99": pct(lat, 0.99),
-                "delivered": len(clinic.accepted), "stages": stages}
+        yield gw, clinic
     finally:
         gw.stop()
+        clinic.stop()
+
+
+def closed_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, n: int,
+                concurrency: int) -> dict[str, Any]:
+    """``concurrency`` clients sending as fast as they are answered: the throughput."""
+    payload = payload_of(size)
+    bodies = [envelope_json("lab", "clinic", payload=payload) for _ in range(n)]
+    client = httpx.Client(base_url=gw.base, timeout=30, limits=httpx.Limits(max_connections=concurrency))
+    headers = {"Authorization": f"Bearer {LAB_TOKEN}"}
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        codes = list(pool.map(lambda b: client.post("/api/v1/messages", json=b, headers=headers).status_code,
+                              bodies))
+    t_sent = time.perf_counter()
+    assert codes.count(202) == n, {c: codes.count(c) for c in set(codes)}
+    ids = [b["messageId"] for b in bodies]
+    wait_delivered(clinic, ids)
+    t_done = time.perf_counter()
+    return {"accepted_per_s": n / (t_sent - t0), "delivered_per_s": n / (t_done - t0),
+            **latencies(gw.db_url, set(ids))}
+
+
+def open_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, rate: float,
+              seconds: float) -> dict[str, Any]:
+    """A fixed rate, whatever the answers' pace (bench/loadgen.py, its own process): the latency."""
+    template = Path(tempfile.mkdtemp(prefix="zl-loadgen-")) / "envelope.json"
+    template.write_text(json.dumps({**envelope_json("lab", "clinic", payload=payload_of(size)),
+                                    "messageId": "@MESSAGE_ID@"}, ensure_ascii=False), encoding="utf-8")
+    done = subprocess.run([sys.executable, str(Path(__file__).with_name("loadgen.py")), "--port", str(gw.port),
+                           "--rate", str(rate), "--seconds", str(seconds), "--token", LAB_TOKEN,
+                           "--template", str(template)], capture_output=True, text=True, timeout=seconds + 600,
+                          check=True)
+    sent = json.loads(done.stdout)
+    wait_delivered(clinic, sent["ids"])
+    return {"rate": rate, "ok": sent["ok"], "failed": len(sent["failed"]), "generator_lag_ms": sent["lag_ms"],
+            **latencies(gw.db_url, set(sent["ids"]))}
+
+
+def wait_delivered(clinic: RecipientServer, ids: list[str], timeout: float = 600) -> None:
+    deadline = time.monotonic() + timeout
+    while not set(ids) <= clinic.accepted.keys() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def latencies(db_url: str, ours: set[str]) -> dict[str, Any]:
+    """Accept→delivered percentiles from the journal's own times, and the median lag of each stage."""
+    engine = sa.create_engine(db_url)
+    with engine.connect() as conn:
+        rows = [(c, d) for mid, c, d in conn.execute(sa.text(
+            "SELECT message_id, created_at, delivered_at FROM messages WHERE status='DELIVERED'")) if mid in ours]
+        stamps = [r for r in conn.execute(sa.text("SELECT message_id, kind, at, detail FROM events")) if r[0] in ours]
+    engine.dispose()
+
+    def ts(v):
+        from datetime import datetime
+        return (datetime.fromisoformat(v) if isinstance(v, str) else v).timestamp()
+
+    # A stage written after a later one ("late": the delivery worker was faster than the router's
+    # write) carries the time it was written, not the time it happened: counted, not timed.
+    by_message: dict[str, dict[str, float]] = {}
+    late: dict[str, int] = {}
+    for mid, kind, at, detail in stamps:
+        if '"late": true' in detail:
+            late[kind] = late.get(kind, 0) + 1
+            continue
+        by_message.setdefault(mid, {})[kind] = ts(at)
+    stages = {}
+    for a, b in (("ACCEPTED", "PUBLISHED"), ("PUBLISHED", "ROUTED"), ("ROUTED", "DELIVERED")):
+        lags = [m[b] - m[a] for m in by_message.values() if a in m and b in m]
+        stages[f"{a}->{b}"] = (statistics.median(lags) if lags else float("nan"), len(lags), late.get(b, 0))
+    lat = [ts(d) - ts(c) for c, d in rows]
+    return {"p50": statistics.median(lat) if lat else float("nan"), "p95": pct(lat, 0.95), "p99": pct(lat, 0.99),
+            "delivered": len(rows), "stages": stages}
+
+
+def forwarder_baseline(size: int, n: int, concurrency: int) -> float:
+    """The plain forwarder (bench/forwarder.py) under the same closed-loop load: delivered/s."""
+    clinic = RecipientServer(name="forwarder-recipient").start()
+    queue, port = f"zlb-fwd-{uuid.uuid4().hex[:6]}", free_port()
+    conn = connect(AMQP_URL, "bench-forwarder", heartbeat=0)
+    conn.channel().queue_declare(queue, durable=True, arguments={"x-queue-type": "quorum"})
+    script = str(Path(__file__).with_name("forwarder.py"))
+    procs = [subprocess.Popen([sys.executable, script, "in", "--port", str(port), "--amqp", AMQP_URL,
+                               "--queue", queue]),
+             subprocess.Popen([sys.executable, script, "out", "--amqp", AMQP_URL, "--queue", queue,
+                               "--to", clinic.url])]
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                httpx.post(f"http://127.0.0.1:{port}/", content=b"warm-up")
+                break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        wait_until = time.monotonic() + 30
+        while len(clinic.accepted) < 1 and time.monotonic() < wait_until:
+            time.sleep(0.05)
+        start_count = len(clinic.accepted)
+        body = ("<zl:Envelope>" + payload_of(size) + "</zl:Envelope>").encode()
+        client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=concurrency))
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda _: client.post(f"http://127.0.0.1:{port}/", content=body), range(n)))
+        deadline = time.monotonic() + 600
+        while len(clinic.accepted) < start_count + n and time.monotonic() < deadline:
+            time.sleep(0.05)
+        return n / (time.perf_counter() - t0)
+    finally:
+        for p in procs:
+            p.terminate()
+            p.wait(10)
+        conn.channel().queue_delete(queue)
+        conn.close()
         clinic.stop()
 
 
@@ -149,23 +246,47 @@ def main() -> None:
     ap.add_argument("--messages", type=int, default=2000)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--workers", type=int, default=2, help="delivery worker processes")
-    ap.add_argument("--sizes", default="1024,10240")
+    ap.add_argument("--api-processes", type=int, default=1, help="API processes on the one port (PostgreSQL)")
+    ap.add_argument("--sizes", default="2048,10240")
     ap.add_argument("--database", default=None,
                     help="journal URL for the gateway runs (default: a fresh SQLite file per run)")
+    ap.add_argument("--rates", default="", help="open loop: these rates (messages/s), e.g. 10,25,50,100")
+    ap.add_argument("--seconds", type=float, default=30, help="open loop: seconds per rate")
+    ap.add_argument("--baseline", action="store_true", help="also the plain forwarder under the same load")
+    ap.add_argument("--journal-preload", type=int, default=0, help="messages in the journal before the run")
     args = ap.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
     print(f"Zdravlink spine benchmark: {args.messages} messages per size, {args.concurrency} HTTP clients, "
-          f"{args.workers} delivery workers, RabbitMQ at {AMQP_URL.split('@')[-1]}")
+          f"{args.workers} delivery workers, {args.api_processes} API process(es), journal "
+          f"{(args.database or 'sqlite').split('@')[-1]}, RabbitMQ at {AMQP_URL.split('@')[-1]}; "
+          f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'payload':>8} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
-          f"{'primitives/s':>13} {'ratio':>6}")
-    for size in (int(s) for s in args.sizes.split(",")):
-        r = run_gateway(size, args.messages, args.concurrency, args.workers, args.database)
+          f"{'primitives/s':>13} {'ratio':>6}" + (f" {'forwarder/s':>12} {'ratio':>6}" if args.baseline else ""))
+    for size in sizes:
+        with gateway(args.workers, args.database, args.api_processes, args.journal_preload) as (gw, clinic):
+            r = closed_loop(gw, clinic, size, args.messages, args.concurrency)
         ceiling = primitive_ceiling(size, min(args.messages, 2000), args.database)
-        print(f"{size // 1024:>6}KB {r['accepted_per_s']:>11.0f} {r['delivered_per_s']:>12.0f} "
-              f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} {ceiling:>13.0f} "
-              f"{r['accepted_per_s'] / ceiling:>6.2f}", flush=True)
+        line = (f"{size // 1024:>6}KB {r['accepted_per_s']:>11.0f} {r['delivered_per_s']:>12.0f} "
+                f"{r['p50'] * 1000:>8.1f} {r['p99'] * 1000:>8.1f} {ceiling:>13.0f} "
+                f"{r['accepted_per_s'] / ceiling:>6.2f}")
+        if args.baseline:
+            fwd = forwarder_baseline(size, args.messages, args.concurrency)
+            line += f" {fwd:>12.0f} {r['delivered_per_s'] / fwd:>6.2f}"
+        print(line, flush=True)
         print("         median lag per stage: " + ", ".join(
             f"{k} {v * 1000:.0f} ms (n={n}, {lt} written late)" for k, (v, n, lt) in r["stages"].items()),
               flush=True)
+    if args.rates:
+        print(f"\nopen loop, {sizes[0] // 1024} KB, {args.seconds:g} s per rate "
+              f"(load average {os.getloadavg()[0]:.2f})")
+        print(f"{'rate/s':>7} {'sent':>6} {'refused':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+              f"{'generator lag p99/max ms':>25}")
+        for rate in (float(x) for x in args.rates.split(",")):
+            with gateway(args.workers, args.database, args.api_processes, args.journal_preload) as (gw, clinic):
+                r = open_loop(gw, clinic, sizes[0], rate, args.seconds)
+            lag = r["generator_lag_ms"]
+            print(f"{rate:>7.0f} {r['ok']:>6} {r['failed']:>8} {r['p50'] * 1000:>8.1f} {r['p95'] * 1000:>8.1f} "
+                  f"{r['p99'] * 1000:>8.1f} {lag['p99']:>14}/{lag['max']}", flush=True)
 
 
 if __name__ == "__main__":

@@ -29,6 +29,8 @@ from gateway.errors import Rejection
 from gateway.flows import MessageFlow, ProtocolFlow, RegistryVerificationFlow, ServiceRecordFlow
 from gateway.journal import AcceptOutcome, Journal, SideWrite
 from gateway.journal.correlation import RegistryRequests
+from gateway.journal.group_commit import GroupAccept
+from gateway.journal.messages import AcceptRequest
 from gateway.keyring import KeyRing
 from gateway.message_ids import check_message_id
 from gateway.service_records import ServiceRecordRules
@@ -60,6 +62,7 @@ class AcceptPipeline:
         if problems:
             raise ConfigError(problems)
         self._routes = {r.name: r for r in config.routes}
+        self._group = GroupAccept(journal)
         self.flows: list[MessageFlow] = [ServiceRecordFlow(self.service_records), ProtocolFlow(self.service_records),
                                          RegistryVerificationFlow(config, RegistryRequests(journal))]
         self.authenticator = Authenticator(config.participants, config.directory)
@@ -142,9 +145,8 @@ class AcceptPipeline:
         """Check and journal; ``verified_signature`` is what an adapter's own check found (see ``check``),
         kept in the ACCEPTED event as the evidence of who signed."""
         route, warnings = self.check(env, caller, signature_verified=verified_signature is not None)
-        outcome = self.journal.accept(env, source=source, actor=f"{source}-adapter", route=route,
-                                      evidence=verified_signature, warnings=warnings,
-                                      side_writes=self._side_writes(env, route))
+        outcome = self._group.accept(AcceptRequest(env, source, f"{source}-adapter", route, verified_signature,
+                                                   warnings, self._side_writes(env, route)))
         return Accepted(outcome, env, route)
 
     def _side_writes(self, env: Envelope, route: str) -> list[SideWrite]:

@@ -78,6 +78,9 @@ class ApiSettings(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(8700, ge=1, le=65535)
     max_body_bytes: int = Field(1_048_576, ge=1024)
+    #: API processes on this host, all on the one port (SO_REUSEPORT; the kernel spreads connections).
+    #: Each runs an outbox relay on PostgreSQL (they share the outbox); on SQLite only the first does.
+    processes: int = Field(1, ge=1, le=32)
     #: TLS (and client certificates) on the API, the SMEV endpoint and /metrics (docs/transport-security.md).
     tls: ServerTls | None = None
     #: Serve plain HTTP on a non-loopback address on purpose: TLS ends at a proxy in front.

@@ -25,8 +25,9 @@ from gateway.errors import Rejection
 ENVELOPE_NS = "urn://zdravlink/envelope/1.0"
 
 
+@cache
 def schemas_dir() -> Path:
-    """Where the XSDs live: ``ZL_SCHEMAS_DIR`` or the repository's ``schemas_xsd``."""
+    """Where the XSDs live: ``ZL_SCHEMAS_DIR`` or the repository's ``schemas_xsd`` (read once: asked per message)."""
     override = os.environ.get("ZL_SCHEMAS_DIR")
     return Path(override) if override else Path(__file__).resolve().parents[1] / "schemas_xsd"
 

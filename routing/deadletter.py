@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from gateway.config import Route
 from gateway.journal import Journal, MessageRecord, Status
+from gateway.journal.group_commit import Recorder
 from gateway.masking import mask_text
 from monitoring import metrics
 from monitoring.logs import about
@@ -24,8 +25,10 @@ IN_TRANSIT = (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING)
 
 
 class DeadLetterChannel:
-    def __init__(self, journal: Journal, topology: Topology, publisher: ThreadPublisher, actor: str) -> None:
+    def __init__(self, journal: Journal, topology: Topology, publisher: ThreadPublisher, actor: str,
+                 recorder: Recorder | None = None) -> None:
         self.journal = journal
+        self.recorder: Recorder = recorder or journal
         self.topology = topology
         self.publisher = publisher
         self.actor = actor
@@ -41,7 +44,7 @@ class DeadLetterChannel:
             "x-zl-generation": rec.generation,
         }
         self.publisher.publish(self.topology.dead_exchange, "dead", body, properties(rec.message_id, headers))
-        self.journal.record(
+        self.recorder.record(
             rec.message_id, "DEAD", self.actor,
             {"reason": reason, "channel": channel, "attempts": attempts, "queue": self.topology.dead_queue},
             status=Status.DEAD, only_from=IN_TRANSIT, last_error=reason[:2000],

@@ -34,6 +34,7 @@ import pika
 
 from gateway.config import Channel, GatewayConfig, Route
 from gateway.journal import Journal, MessageRecord, Status
+from gateway.journal.group_commit import Recorder
 from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
 from gateway.masking import mask_text
@@ -57,7 +58,7 @@ CIRCUIT_OPEN = "circuit open"
 class DeliveryWorker:
     def __init__(self, config: GatewayConfig, journal: Journal, topology: Topology, publisher: ThreadPublisher,
                  dead: DeadLetterChannel, channels: Channels, keyring: KeyRing | None = None,
-                 gate: JournalGate | None = None) -> None:
+                 gate: JournalGate | None = None, recorder: Recorder | None = None) -> None:
         s = config.settings
         self.keyring = keyring or KeyRing()
         self.config = config
@@ -66,6 +67,8 @@ class DeliveryWorker:
         self.publisher = publisher
         self.dead = dead
         self.channels = channels
+        # Its threads' events and status changes, committed together as deliveries end (group commit).
+        self.recorder: Recorder = recorder or journal
         self.actor = f"delivery-worker:{os.getpid()}"
         self.in_process_max_delay = s.delivery.in_process_max_delay
         self.breakers = BreakerBoard(s.circuit_breaker.failure_threshold, s.circuit_breaker.reset_timeout_seconds,
@@ -121,7 +124,7 @@ class DeliveryWorker:
             if previous is not None:
                 log.warning("failover of %s from channel %s to %s: %s", rec.message_id, previous.name, channel.name,
                             mask_text(progress.last_error)[:500])
-                self.journal.record(rec.message_id, "FAILOVER", self.actor,
+                self.recorder.record(rec.message_id, "FAILOVER", self.actor,
                                     {"from": previous.name, "to": channel.name, "reason": progress.last_error})
                 metrics.FAILOVERS.labels(route.name, "circuit_open" if progress.last_error == CIRCUIT_OPEN
                                          else "exhausted").inc()
@@ -133,7 +136,7 @@ class DeliveryWorker:
             if not breaker.allow():
                 waits.append(breaker.retry_in())
                 progress.last_error = CIRCUIT_OPEN
-                self.journal.record(rec.message_id, "CIRCUIT_OPEN", self.actor,
+                self.recorder.record(rec.message_id, "CIRCUIT_OPEN", self.actor,
                                     {"channel": channel.name, "trial_in_s": round(waits[-1], 1)})
                 continue
             if self._on_channel(body, signed, rec, route, index, progress):
@@ -173,7 +176,7 @@ class DeliveryWorker:
             log.warning("delivery of %s to %s over %s failed, attempt %d of %d (%s): %s", rec.message_id,
                         route.recipient, channel.name, attempt, route.retry.attempts, outcome,
                         mask_text(res.detail)[:500])
-            self.journal.record(rec.message_id, "DELIVERY_FAILED", self.actor,
+            self.recorder.record(rec.message_id, "DELIVERY_FAILED", self.actor,
                                 {"channel": channel.name, "attempt": attempt, "error": res.detail, "outcome": outcome},
                                 attempts=progress.attempts, last_error=res.detail[:2000])
             progress.last_error = res.detail
@@ -187,7 +190,7 @@ class DeliveryWorker:
                 self._park(body, rec, route, progress, delay, "RETRY_SCHEDULED",
                            {"channel": channel.name, "next_attempt": attempt + 1})
                 return True
-            self.journal.record(rec.message_id, "RETRY_SCHEDULED", self.actor,
+            self.recorder.record(rec.message_id, "RETRY_SCHEDULED", self.actor,
                                 {"channel": channel.name, "next_attempt": attempt + 1, "delay_s": round(delay, 3),
                                  "mode": "in-process"}, status=Status.RETRYING, only_from=DELIVERABLE)
             metrics.RETRIES.labels(route.recipient, "in_process").inc()
@@ -224,14 +227,14 @@ class DeliveryWorker:
             progress.waits = 0
         self.publisher.publish(self.topology.retry_exchange(bucket), route.recipient, body,
                                properties(rec.message_id, progress.headers()))
-        self.journal.record(rec.message_id, kind, self.actor,
+        self.recorder.record(rec.message_id, kind, self.actor,
                             {**detail, "delay_s": bucket, "mode": "queued", "queue": self.topology.retry_queue(bucket)},
                             status=Status.RETRYING, only_from=DELIVERABLE)
         metrics.RETRIES.labels(route.recipient, "queued").inc()
 
     def _delivered(self, rec: MessageRecord, route: Route, channel: Channel, progress: DeliveryProgress) -> None:
         # The recipient has it: wait out a journal outage here rather than deliver it again later.
-        self.gate.until_written(lambda: self.journal.record(
+        self.gate.until_written(lambda: self.recorder.record(
             rec.message_id, "DELIVERED", self.actor, {"channel": channel.name, "url": channel.url},
             status=Status.DELIVERED, only_from=DELIVERABLE, channel=channel.name, attempts=progress.attempts))
         metrics.DELIVERED.labels(route.name, route.recipient, channel.name).inc()

@@ -80,16 +80,15 @@ class OutboxRelay:
 
     def relay_once(self) -> int:
         """Publish one batch; returns how many messages were confirmed."""
-        batch = self.journal.outbox(self.settings.batch_size)
-        if not batch:
-            return 0
-        published = self.publisher.publish_batch(
+        published = self.journal.relay(self.settings.batch_size, self._publish, ACTOR)
+        if published:
+            self.published_total += published
+            self.broker_ok = True
+        return published
+
+    def _publish(self, batch: list[tuple[str, bytes, int]]) -> list[str]:
+        return self.publisher.publish_batch(
             self.topology.ingress_exchange,
             [Outgoing(message_id, "route", body, {"x-zl-generation": generation})
              for message_id, body, generation in batch],
         )
-        if published:
-            self.journal.mark_published(published, ACTOR)
-            self.published_total += len(published)
-            self.broker_ok = True
-        return len(published)

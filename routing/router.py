@@ -17,12 +17,12 @@ from collections.abc import Sequence
 
 import pika
 
+from gateway.batching import GroupExecutor, ItemFailed
 from gateway.config import GatewayConfig
 from gateway.envelope import Envelope
 from gateway.journal import Change, Journal, Stage, Status
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
-from routing.batching import GroupExecutor, ItemFailed
 from routing.deadletter import DeadLetterChannel
 from routing.delivery_progress import routed_headers
 from routing.pipelined import Outgoing, PipelinedPublisher

@@ -4,6 +4,7 @@
 # There is no systemd on our machines; the server runs detached and answers AMQP ~6-7 s after start.
 set -euo pipefail
 export RABBITMQ_NODENAME=rabbit@localhost ERL_EPMD_ADDRESS=127.0.0.1
+export ERL_CRASH_DUMP=/var/log/rabbitmq/erl_crash.dump  # not the working directory (the repository)
 SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo -E"
 say() { echo "[zdravlink] $*"; }
 

@@ -32,10 +32,10 @@ def _tls_extension(ssl_object: ssl.SSLObject, server: ServerContext) -> dict[str
 
 
 def protocol_class(server: ServerContext) -> type[asyncio.Protocol]:
-    """uvicorn's HTTP protocol, adding the TLS extension to every request's scope."""
-    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+    """uvicorn's httptools protocol (as on a plain listener), adding the TLS extension to every request's scope."""
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class TlsHttpProtocol(AutoHTTPProtocol):  # type: ignore[misc, valid-type]
+    class TlsHttpProtocol(HttpToolsProtocol):  # type: ignore[misc, valid-type]
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
             ssl_object = transport.get_extra_info("ssl_object")

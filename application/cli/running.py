@@ -57,14 +57,17 @@ def print_endpoints(cfg: GatewayConfig, directory: Path) -> None:
 @app.command()
 def serve(config: Path | None = ConfigOpt,
           migrate: bool = typer.Option(True, "--migrate/--no-migrate",
-                                       help="Upgrade the journal schema first")) -> None:
+                                       help="Upgrade the journal schema first"),
+          relay: bool = typer.Option(True, "--relay/--no-relay",
+                                     help="Run the outbox relay in this process (on SQLite: in one process only)")
+          ) -> None:
     """Run the HTTP API with the outbox relay (one process)."""
     from application.roles import serve_api
 
     setup_logging("api")
     cfg = load_or_exit(config)
     tariffs_or_exit(cfg)
-    serve_api(cfg, keyring_or_exit(cfg), migrate=migrate)
+    serve_api(cfg, keyring_or_exit(cfg), migrate=migrate, relay_outbox=relay)
 
 
 @worker_app.command("router")

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -11,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from gateway import errors
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
-from gateway.journal.chain import TrailStore
+from gateway.journal.chain import GENESIS, TrailStore, detail_text, event_row
 from gateway.journal.model import (
     IN_FLIGHT,
     AcceptOutcome,
@@ -22,10 +23,82 @@ from gateway.journal.model import (
     message_record,
     utcnow,
 )
-from gateway.journal.tables import messages
+from gateway.journal.tables import events, messages
+
+
+@dataclass(frozen=True)
+class AcceptRequest:
+    """One message to accept, with what its ACCEPTED event records and what its flow writes with it."""
+
+    env: Envelope
+    source: str
+    actor: str
+    route: str | None
+    evidence: dict[str, str] | None = None
+    warnings: Sequence[str] = ()
+    side_writes: Sequence[SideWrite] = ()
+
+    def row(self, now: datetime) -> dict[str, Any]:
+        env = self.env
+        return dict(message_id=env.message_id, sender=env.sender, recipient=env.recipient,
+                    message_type=env.message_type, route=self.route, status=Status.ACCEPTED.value,
+                    fingerprint=env.fingerprint(), source=self.source, envelope=env.to_xml(), created_at=now,
+                    updated_at=now, attempts=0, replays=0, reference_id=env.reference_message_id)
+
+    def detail(self) -> dict[str, Any]:
+        detail: dict[str, Any] = {"source": self.source, "route": self.route, "sender": self.env.sender,
+                                  "recipient": self.env.recipient}
+        if self.evidence:
+            detail["signature"] = self.evidence
+        if self.warnings:
+            detail["warnings"] = list(self.warnings)
+        return detail
 
 
 class MessageStore(TrailStore):
+    def accept_many(self, requests: Sequence[AcceptRequest]) -> list[AcceptOutcome | Rejection]:
+        """Group commit: the first acceptances of many messages in one transaction, one result each.
+
+        The messages new to the journal are written together (rows, ACCEPTED events, side
+        writes); a repeat, a reused MessageID or a resubmission after REJECTED is then
+        decided on its own, exactly as ``accept`` decides it. Should the batch hit a
+        constraint (another process took a MessageID at the same moment, a side write
+        conflicts), nothing of it is kept and each message is accepted on its own.
+        """
+        ids = [r.env.message_id for r in requests]
+        results: dict[int, AcceptOutcome | Rejection] = {}
+        if len(set(ids)) == len(ids):
+            try:
+                results = self._accept_new(requests)
+            except IntegrityError:
+                results = {}
+        for i, r in enumerate(requests):
+            if i not in results:
+                try:
+                    results[i] = self.accept(r.env, source=r.source, actor=r.actor, route=r.route,
+                                             evidence=r.evidence, warnings=r.warnings, side_writes=r.side_writes)
+                except Rejection as rej:
+                    results[i] = rej
+        return [results[i] for i in range(len(requests))]
+
+    def _accept_new(self, requests: Sequence[AcceptRequest]) -> dict[int, AcceptOutcome | Rejection]:
+        """Write the requests whose MessageID the journal does not hold yet; their index → outcome."""
+        now = utcnow()
+        with self.engine.begin() as conn:
+            taken = set(conn.execute(select(messages.c.message_id).where(
+                messages.c.message_id.in_([r.env.message_id for r in requests]))).scalars())
+            fresh = [(i, r) for i, r in enumerate(requests) if r.env.message_id not in taken]
+            if not fresh:
+                return {}
+            conn.execute(insert(messages), [r.row(now) for _, r in fresh])
+            conn.execute(insert(events), [
+                event_row(GENESIS, r.env.message_id, now, Status.ACCEPTED.value, "ACCEPTED", r.actor,
+                          detail_text(r.detail())) for _, r in fresh])
+            for _, r in fresh:
+                for write in r.side_writes:
+                    write(conn, now)
+        return {i: AcceptOutcome(r.env.message_id, Status.ACCEPTED.value, duplicate=False) for i, r in fresh}
+
     def accept(self, env: Envelope, *, source: str, actor: str, route: str | None,
                evidence: dict[str, str] | None = None, warnings: Sequence[str] = (),
                side_writes: Sequence[SideWrite] = ()) -> AcceptOutcome:
@@ -39,27 +112,8 @@ class MessageStore(TrailStore):
         message without them (its resend would be taken as a duplicate).
         """
         now = utcnow()
-        row = dict(
-            message_id=env.message_id,
-            sender=env.sender,
-            recipient=env.recipient,
-            message_type=env.message_type,
-            route=route,
-            status=Status.ACCEPTED.value,
-            fingerprint=env.fingerprint(),
-            source=source,
-            envelope=env.to_xml(),
-            created_at=now,
-            updated_at=now,
-            attempts=0,
-            replays=0,
-            reference_id=env.reference_message_id,
-        )
-        detail: dict[str, Any] = {"source": source, "route": route, "sender": env.sender, "recipient": env.recipient}
-        if evidence:
-            detail["signature"] = evidence
-        if warnings:
-            detail["warnings"] = list(warnings)
+        request = AcceptRequest(env, source, actor, route, evidence, warnings, side_writes)
+        row, detail = request.row(now), request.detail()
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(messages).values(**row))

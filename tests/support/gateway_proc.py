@@ -82,7 +82,7 @@ class GatewayProcesses:
         args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp"),
                 "acts": ("worker", "acts"), "deadlines": ("worker", "deadlines"),
                 "reconciler": ("worker", "reconciler")}.get(
-            name, ("worker", "delivery"))
+            name, ("serve", "--no-migrate") if name.startswith("api-") else ("worker", "delivery"))
         log = open(self.dir / f"{name}.log", "ab")
         proc = subprocess.Popen(self._cmd(*args), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
         self.procs[name] = proc

@@ -63,6 +63,7 @@ class RabbitNode:
             "RABBITMQ_PID_FILE": str(d / "pid"),
             "RABBITMQ_CONF_ENV_FILE": str(d / "env.conf"),
             "ERL_EPMD_ADDRESS": "127.0.0.1",
+            "ERL_CRASH_DUMP": str(d / "erl_crash.dump"),  # not the working directory (the repository)
         }
 
     def _ctl(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[bytes]:

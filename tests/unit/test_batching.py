@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from routing.batching import GroupExecutor, ItemFailed
+from gateway.batching import GroupExecutor, ItemFailed
 
 
 def test_concurrent_calls_are_batched_and_each_gets_its_own_result():

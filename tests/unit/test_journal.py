@@ -203,3 +203,82 @@ def test_unreachable_database_is_told_apart_from_a_bug(tmp_path) -> None:
     assert unavailable(exc.value)
     assert not unavailable(ValueError("a bug"))
     assert not unavailable(sa.exc.IntegrityError("INSERT", {}, Exception("unique")))
+
+
+def test_accept_many_writes_the_new_together_and_decides_each_repeat_on_its_own(journal: Journal) -> None:
+    from gateway.journal.messages import AcceptRequest
+
+    first, rejected, reused = make_env("a"), make_env("b"), make_env("c")
+    journal.accept(first, source="rest", actor="t", route="r")
+    journal.accept(reused, source="rest", actor="t", route="r")
+    journal.reject(Rejection("PAYLOAD_INVALID", "bad", "x", 422), source="rest", sender="lab", env=rejected)
+    new = [make_env(str(i)) for i in range(5)]
+    side: list[str] = []
+    requests = [AcceptRequest(e, "rest", "t", "r", side_writes=[lambda conn, now, m=e.message_id: side.append(m)])
+                for e in new]
+    requests += [AcceptRequest(make_env("a", mid=first.message_id), "rest", "t", "r"),
+                 AcceptRequest(rejected, "rest", "t", "r"),
+                 AcceptRequest(make_env("other", mid=reused.message_id), "rest", "t", "r")]
+    results = journal.accept_many(requests)
+    assert [(r.status, r.duplicate) for r in results[:5]] == [("ACCEPTED", False)] * 5
+    assert sorted(side) == sorted(e.message_id for e in new)  # each new message's side write, once
+    assert (results[5].status, results[5].duplicate) == ("ACCEPTED", True)
+    assert (results[6].status, results[6].duplicate) == ("ACCEPTED", False)  # resubmitted after REJECTED
+    assert isinstance(results[7], Rejection) and results[7].code == "MESSAGE_ID_REUSED"
+    for e in new:
+        assert journal.verify_trail(e.message_id) and [x.kind for x in journal.trail(e.message_id)] == ["ACCEPTED"]
+
+
+def test_a_batch_that_hits_a_constraint_keeps_nothing_and_is_decided_one_by_one(journal: Journal) -> None:
+    from gateway.journal.messages import AcceptRequest
+    from gateway.journal.tables import rejections
+
+    def conflicting(conn, now) -> None:
+        conn.execute(sa.insert(rejections).values(id=1, at=now, source="x", code="X", detail="d"))
+
+    envs = [make_env(str(i)) for i in range(3)]
+    results = journal.accept_many([AcceptRequest(e, "rest", "t", "r", side_writes=[conflicting]) for e in envs])
+    # The batch failed on the second side write's key; alone, the first keeps id 1 and the others conflict.
+    assert [type(r).__name__ for r in results] == ["AcceptOutcome", "Rejection", "Rejection"]
+    assert [r.code for r in results[1:]] == ["ACCEPT_CONFLICT", "ACCEPT_CONFLICT"]
+    assert journal.get(envs[0].message_id) is not None and journal.get(envs[1].message_id) is None
+
+
+def test_group_commit_under_concurrency_accepts_each_message_once(journal: Journal) -> None:
+    import threading
+
+    from gateway.journal.group_commit import GroupAccept
+    from gateway.journal.messages import AcceptRequest
+
+    group = GroupAccept(journal, max_batch=16)
+    envs = [make_env(str(i)) for i in range(40)]
+    outcomes: list = []
+    lock = threading.Lock()
+
+    def send(env) -> None:
+        for _ in range(2):  # every message twice, from two threads at once
+            out = group.accept(AcceptRequest(env, "rest", "t", "r"))
+            with lock:
+                outcomes.append((env.message_id, out.duplicate))
+
+    threads = [threading.Thread(target=send, args=(e,)) for e in envs for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    group.close()
+    firsts = [mid for mid, dup in outcomes if not dup]
+    assert sorted(firsts) == sorted(e.message_id for e in envs)  # exactly one first acceptance each
+    assert len(outcomes) == 4 * len(envs)
+    for e in envs:
+        kinds = [x.kind for x in journal.trail(e.message_id)]
+        assert kinds.count("ACCEPTED") == 1 and kinds.count("DUPLICATE_RECEIVED") == 3
+
+
+def test_a_commit_is_on_disk_before_the_answer(journal: Journal) -> None:
+    with journal.engine.connect() as conn:
+        if journal.engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        else:
+            assert conn.exec_driver_sql("SHOW synchronous_commit").scalar() == "on"

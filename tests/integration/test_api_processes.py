@@ -1,0 +1,41 @@
+"""Several API processes on one port (SO_REUSEPORT) and one PostgreSQL journal: both take requests,
+their relays share the outbox, and every message is delivered once."""
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from demo.emulators.rest_recipient import RecipientServer
+from tests.support import configs
+from tests.support.configs import LAB_TOKEN
+from tests.support.gateway_proc import envelope_json
+from tests.support.waiting import wait_for
+
+pytestmark = [pytest.mark.broker, pytest.mark.postgres]
+
+
+def test_two_api_processes_share_the_port_and_the_outbox(gateway_factory, tmp_path):
+    from tests.conftest import PG_URL, _pg_database
+
+    databases = _pg_database(PG_URL)
+    db_url = next(databases)
+    clinic = RecipientServer(name="clinic").start()
+    gw = None
+    try:
+        gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings(),
+                             db_url=db_url)
+        gw.spawn("api-2")
+        bodies = [envelope_json("lab", "clinic") for _ in range(200)]
+        for body in bodies:  # a new connection each time: the kernel spreads connections, not requests
+            r = httpx.post(f"{gw.base}/api/v1/messages", json=body, headers={"Authorization": f"Bearer {LAB_TOKEN}"})
+            assert r.status_code == 202, r.text
+        wait_for(lambda: len(clinic.accepted) == len(bodies), timeout=60, what="every message delivered")
+        assert sorted(clinic.accepted) == sorted(b["messageId"] for b in bodies) and clinic.repeats == 0
+        pids = {gw.procs["api"].pid, gw.procs["api-2"].pid}
+        accepting = {int(f.stem.split("_")[-1]) for f in (gw.dir / "metrics").glob("counter_*.db")} & pids
+        assert accepting == pids, "both API processes accepted messages"
+    finally:
+        if gw is not None:
+            gw.stop()  # before its database goes
+        clinic.stop()
+        next(databases, None)
