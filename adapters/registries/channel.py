@@ -153,23 +153,7 @@ class RegistryChannel:
         return frmo.organisation(oid=payload.findtext(_O + "Oid"), ogrn=payload.findtext(_O + "OGRN"))
 
     def _frmr_token(self, channel: Channel) -> str:
-        """ФРМР's bearer token, from the environment (token_env) or a file (token_file), read at each call so
-        that a rotated secret is picked up without a restart."""
-        if channel.token_file:
-            path = Path(channel.token_file)
-            path = path if path.is_absolute() else self.config.directory / path
-            try:
-                token = path.read_text(encoding="utf-8").strip()
-            except OSError as exc:
-                raise RegistryCallFailed(f"ФРМР token: cannot read {path} ({exc.strerror})", retryable=False) from None
-            if not token:
-                raise RegistryCallFailed(f"ФРМР token: {path} is empty", retryable=False)
-            return token
-        token = os.environ.get(channel.token_env or "", "")
-        if not token:
-            raise RegistryCallFailed(f"ФРМР token: environment variable {channel.token_env} is not set",
-                                     retryable=False)
-        return token
+        return frmr_token(channel, self.config.directory)
 
     @staticmethod
     def _verdict(request: etree._Element, reply: RegistryReply, today: dt.date) -> etree._Element:
@@ -181,3 +165,23 @@ class RegistryChannel:
                                  organisation=request.findtext(_W + "OrganisationOid"),
                                  on=dt.date.fromisoformat(on) if on else today, checked_at=now)
         return organisation_answer(reply.record, on=today, checked_at=now)
+
+
+def frmr_token(channel: Channel, base: Path) -> str:
+    """ФРМР's bearer token, from the environment (token_env) or a file (token_file, relative to the configuration
+    directory), read at each call so that a rotated secret is picked up without a restart."""
+    if channel.token_file:
+        path = Path(channel.token_file)
+        path = path if path.is_absolute() else base / path
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise RegistryCallFailed(f"ФРМР token: cannot read {path} ({exc.strerror})", retryable=False) from None
+        if not token:
+            raise RegistryCallFailed(f"ФРМР token: {path} is empty", retryable=False)
+        return token
+    token = os.environ.get(channel.token_env or "", "")
+    if not token:
+        raise RegistryCallFailed(f"ФРМР token: environment variable {channel.token_env} is not set",
+                                 retryable=False)
+    return token

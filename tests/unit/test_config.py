@@ -203,6 +203,19 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, timeout=60)
 
 
+def test_hash_token_reads_stdin_and_refuses_the_command_line():
+    """A token on the command line would stay in shell history and the process list."""
+    piped = subprocess.run([sys.executable, "-m", "application.cli", "hash-token"], input="demo-lab-token\n",
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert piped.returncode == 0 and piped.stdout.strip() == hash_token("demo-lab-token"), piped.stderr
+    argv = run_cli("hash-token", "demo-lab-token")
+    assert argv.returncode == 2 and "never from the command line" in argv.stderr
+    assert hash_token("demo-lab-token") not in argv.stdout
+    empty = subprocess.run([sys.executable, "-m", "application.cli", "hash-token"], input="",
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert empty.returncode == 2 and "no token" in empty.stderr
+
+
 def test_check_config_cli_prints_file_key_rule_and_fails(tmp_path):
     broken = write(tmp_path, routes=configs.routes().replace("recipient: clinic", "recipient: clinci"))
     result = run_cli("check-config", str(broken))
