@@ -52,7 +52,7 @@ def _transport_report(cfg: GatewayConfig, ring: KeyRing) -> None:
     s = cfg.settings
     out.print(f"  listeners: API {s.api.host}:{s.api.port} [{transport_label(s.api.tls, s.api.plain)}]"
               + (f", MLLP {s.hl7.host}:{s.hl7.port} [{transport_label(s.hl7.tls, s.hl7.plain)}]"
-                 if s.hl7.enabled else ""), highlight=False)
+                 if s.hl7.enabled else ""), highlight=False, markup=False)  # "[plain (…)]" is no markup
     dates = watched(cfg, ring.owned_certificates(), ring.trust)
     signing = {"signing", "participant-signing", "trust-store"}
     for w in dates:

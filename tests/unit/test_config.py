@@ -239,3 +239,32 @@ def test_help_lists_every_command():
     for command in ("check-config", "run", "serve", "worker", "replay", "trail", "db", "declare-topology",
                     "hash-token", "demo"):
         assert command in text
+
+
+def test_a_listener_off_loopback_needs_tls_or_an_explicit_plain(tmp_path, capsys):
+    """Plain HTTP or MLLP on a reachable address happens only when configured so (a terminating proxy in front)."""
+    for name in ("api-bare", "api-both", "hl7-bare", "hl7-both", "proxied"):
+        (tmp_path / name).mkdir()
+    for section in ("api", "hl7"):
+        bare = write(tmp_path / f"{section}-bare", gateway=f"{section}: {{host: 0.0.0.0}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(bare, known_message_types=known_message_types())
+        (problem,) = info.value.problems
+        assert problem.key == section and "without TLS" in problem.rule and "plain: true" in problem.rule
+        both = write(tmp_path / f"{section}-both",
+                     gateway=f"{section}: {{host: 0.0.0.0, plain: true, tls: {{certificate: a.pem, key: a.key}}}}\n")
+        with pytest.raises(ConfigError, match="not both"):
+            load_config(both, known_message_types=known_message_types())
+    proxied = write(tmp_path / "proxied", gateway="api: {host: 0.0.0.0, plain: true}\nhl7: {host: 0.0.0.0, plain: true}\n")
+    cfg = load_config(proxied, known_message_types=known_message_types())
+    assert cfg.settings.api.plain and cfg.settings.hl7.plain
+    # check-config says which
+    report = run_cli("check-config", str(proxied))
+    assert report.returncode == 0, report.stderr
+    assert "API 0.0.0.0:8700 [plain (explicit: TLS ends at a proxy in front)]" in report.stdout, report.stdout
+    # and so does the banner of zdravlink run
+    from application.cli.running import print_endpoints
+
+    print_endpoints(cfg, proxied)
+    banner = capsys.readouterr().out
+    assert "http://0.0.0.0:8700/api/v1/messages   [plain (explicit: TLS ends at a proxy in front)]" in banner, banner
