@@ -115,7 +115,10 @@ class Explanation:
 
         verdict = "verifies" if self.code is None else f"refused: {self.code}"
         out = [f"ds:Signature #{self.index} at {self.path}: {verdict}",
-               f"  cause: {self.cause}" + (f" ({self.detail})" if self.code and not for_audit else ""),
+               # the check's own words, except where they would mislead: a digest computed under another
+               # transform chain is refused as "content changed", which is what the cause line corrects
+               f"  cause: {self.cause}" + (f" ({self.detail})" if self.code and not for_audit
+                                          and not self.cause.startswith(CAUSE_TRANSFORM) else ""),
                f"  SignatureMethod {self.method or '(none)'}; "
                f"CanonicalizationMethod {self.canonicalization or '(none)'}"]
         for r in self.references:
