@@ -101,3 +101,47 @@ def test_pkcs12_without_its_variable_or_with_a_wrong_password_names_the_problem(
 def test_a_password_is_never_taken_from_the_file():
     with pytest.raises(ValueError, match="password"):
         ServerTls.model_validate({"pkcs12": "x.p12", "password": "in-the-file"})
+
+
+# ---- client certificates: judged by the gateway after the handshake, or (the fallback) inside it
+
+@pytest.fixture(scope="module")
+def clients(p12, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path, ca_cert = p12
+    out = tmp_path_factory.mktemp("clients")
+    ca = DemoCA(path.parent / "ca")
+    ca.issue(out, "lab", "rsa", tls="client")
+    DemoCA.create(out / "rogue", key_type="rsa", subject="/O=Nobody/CN=Rogue CA").issue(out, "rogue", "rsa",
+                                                                                      tls="client")
+    (out / "store").mkdir()
+    (out / "store" / "ca.pem").write_bytes(ca_cert.read_bytes())
+    return out
+
+
+def client_with(ca: Path, keys: Path, name: str) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(ca))
+    ctx.load_cert_chain(keys / f"{name}-rsa.pem", keys / f"{name}-rsa.key")
+    return ctx
+
+
+def test_an_untrusted_client_certificate_passes_the_handshake_for_the_gateway_to_refuse_and_audit(
+        p12, clients, monkeypatch):
+    path, ca = p12
+    monkeypatch.setenv("ZL_TEST_TLS_P12", PASSWORD)
+    monkeypatch.delenv("ZL_TLS_VERIFY_IN_HANDSHAKE", raising=False)
+    server = server_context(ServerTls(pkcs12=str(path), password_env="ZL_TEST_TLS_P12",
+                                      client_ca=str(clients / "store")), path.parent)
+    assert server.audited
+    assert handshake(server.context, client_with(ca, clients, "rogue"))[0] == "TLSv1.3"
+
+
+def test_the_fallback_refuses_an_untrusted_client_certificate_inside_the_handshake(p12, clients, monkeypatch):
+    path, ca = p12
+    monkeypatch.setenv("ZL_TEST_TLS_P12", PASSWORD)
+    monkeypatch.setenv("ZL_TLS_VERIFY_IN_HANDSHAKE", "1")
+    server = server_context(ServerTls(pkcs12=str(path), password_env="ZL_TEST_TLS_P12",
+                                      client_ca=str(clients / "store")), path.parent)
+    assert not server.audited
+    assert handshake(server.context, client_with(ca, clients, "lab"))[0] == "TLSv1.3"
+    with pytest.raises((ssl.SSLError, AssertionError, ConnectionError), match="(?i)certificate|reset|alert"):
+        handshake(server.context, client_with(ca, clients, "rogue"))
