@@ -16,6 +16,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import hl7
 import httpx
@@ -35,6 +36,7 @@ from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, envelope_jso
 pytestmark = pytest.mark.broker
 
 OLD, NEW, OTHER, SLOW = "lab-token-2026-q3", "lab-token-2026-q4", "other-lab-token", "slow-lab-token"
+SOAP = "soap-lab-token"
 CLINIC = "clinic-token"
 LIMIT = 5.0  # messages/s, burst 5
 
@@ -56,6 +58,12 @@ participants:
     kind: lis
     delivery: {{mode: pull}}
     credentials: {{api_token_sha256: ["{hash_token(OTHER)}"]}}
+  - mnemonic: soaplab
+    name: A laboratory on SMEV 3
+    kind: lis
+    delivery: {{mode: pull}}
+    credentials: {{api_token_sha256: ["{hash_token(SOAP)}"]}}
+    rate_limit: {{messages_per_second: 0.2, burst: 2}}
   - mnemonic: slowlab
     name: A laboratory on MLLP
     kind: lis
@@ -74,6 +82,7 @@ ROUTES = f"""
 routes:
   - {{name: lab-notices, sender: lab, message_type: "{NOTICE_NS}", recipient: clinic}}
   - {{name: other-notices, sender: other, message_type: "{NOTICE_NS}", recipient: clinic}}
+  - {{name: soap-notices, sender: soaplab, message_type: "{NOTICE_NS}", recipient: clinic}}
   - {{name: results, sender: slowlab, message_type: "{LAB_RESULT_NS}", recipient: clinic}}
 defaults:
   retry: {{attempts: 2, initial_delay: 0.05, multiplier: 1.0, jitter: 0.0, max_delay: 0.1}}
@@ -107,15 +116,21 @@ def gw(tmp_path_factory: pytest.TempPathFactory, clinic: RecipientServer) -> Ite
 
 
 def send_at(gw: GatewayProcesses, token: str, sender: str, rate: float, seconds: float,
-            out: list[tuple[str, httpx.Response]]) -> None:
-    """``rate`` messages/s for ``seconds``, each on schedule whatever the answers."""
-    with httpx.Client(base_url=gw.base, timeout=10) as http:
-        start = time.monotonic()
-        for i in range(int(rate * seconds)):
-            time.sleep(max(0.0, start + i / rate - time.monotonic()))
-            body = envelope_json(sender, "clinic")
-            out.append((body["messageId"], http.post("/api/v1/messages", json=body,
-                                                     headers={"Authorization": f"Bearer {token}"})))
+            out: list[tuple[str, httpx.Response]]) -> float:
+    """``rate`` messages/s for ``seconds``, each sent on schedule however slow the answers (a pool of
+    senders, as a partner's several connections); returns the seconds from the first send to the last answer."""
+    start = time.monotonic()
+
+    def one(i: int) -> tuple[str, httpx.Response]:
+        time.sleep(max(0.0, start + i / rate - time.monotonic()))
+        body = envelope_json(sender, "clinic")
+        return body["messageId"], http.post("/api/v1/messages", json=body,
+                                            headers={"Authorization": f"Bearer {token}"})
+
+    with httpx.Client(base_url=gw.base, timeout=30, limits=httpx.Limits(max_connections=16)) as http, \
+            ThreadPoolExecutor(16) as pool:
+        out.extend(pool.map(one, range(int(rate * seconds))))
+    return time.monotonic() - start
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -132,7 +147,7 @@ def test_twice_the_limit_gets_429_with_retry_after_another_sender_is_unaffected_
     free: list[tuple[str, httpx.Response]] = []
     others = threading.Thread(target=send_at, args=(gw, OTHER, "other", 2 * LIMIT, 3.0, free))
     others.start()
-    send_at(gw, NEW, "lab", 2 * LIMIT, 3.0, limited)
+    took = send_at(gw, NEW, "lab", 2 * LIMIT, 3.0, limited)
     others.join()
 
     assert len(limited) == len(free) == 30
@@ -140,8 +155,10 @@ def test_twice_the_limit_gets_429_with_retry_after_another_sender_is_unaffected_
     accepted = [mid for mid, r in limited if r.status_code == 202]
     refused = [r for _, r in limited if r.status_code != 202]
     assert {r.status_code for r in refused} == {429}
-    # 5 at once, then 5/s for the rest of the 3 s: about 20 of 30 (the scheduler may shift one or two)
-    assert 16 <= len(accepted) <= 23, len(accepted)
+    # 5 at once, then 5/s: about 20 of the 30 offered in 3 s, and never more than the burst and the
+    # rate allow over the time the sending really took (on a loaded machine, answers come late)
+    assert refused and len(accepted) >= 5, len(accepted)
+    assert len(accepted) <= 5 + LIMIT * took + 1, (len(accepted), took)
     for r in refused:
         assert r.json()["code"] == "RATE_LIMITED" and "nothing was accepted" in r.json()["detail"]
         assert r.headers["Retry-After"].isdigit() and int(r.headers["Retry-After"]) >= 1
@@ -164,21 +181,20 @@ def test_twice_the_limit_gets_429_with_retry_after_another_sender_is_unaffected_
 
 
 def test_smev_send_request_over_the_limit_is_a_quote_fault_with_retry_after(gw):
-    time.sleep(1.5)  # let the bucket refill a little after the REST test (or any other order)
     answers = []
     with httpx.Client(timeout=10) as http:
-        for _ in range(12):  # back to back: well over 5/s with a burst of 5
+        for _ in range(5):  # back to back, against one message per 5 s with a burst of 2
             resp = http.post(f"{gw.base}/smev/1.1", content=smev.soap(smev.send_request(notice())),
                              headers={"Content-Type": "text/xml; charset=utf-8", "SOAPAction": "urn:SendRequest",
-                                      "Authorization": f"Bearer {NEW}"})
+                                      "Authorization": f"Bearer {SOAP}"})
             answers.append((resp, etree.fromstring(resp.content).find(f"{{{SOAP_ENV_NS}}}Body")[0]))
     names = [etree.QName(body).localname for _, body in answers]
-    assert "SendRequestResponse" in names and "Fault" in names, names
+    assert names[:2] == ["SendRequestResponse"] * 2 and "Fault" in names[2:], names
     for resp, body in answers:
         if etree.QName(body).localname == "Fault":
             assert "[RATE_LIMITED]" in body.findtext("faultstring"), etree.tostring(body)
             assert body.find(".//{*}QuoteLimitExceeded") is not None, etree.tostring(body)
-            assert int(resp.headers["Retry-After"]) >= 1
+            assert 1 <= int(resp.headers["Retry-After"]) <= 5
 
 
 def test_both_tokens_work_during_a_rotation(gw):
