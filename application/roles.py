@@ -2,7 +2,9 @@
 the MLLP listener, the acts schedule and the registry deadline watcher; each runs until SIGTERM.
 
 Each role builds what it needs from the configuration (``application.wiring``) and
-nothing more, so a host can run any of them alone. Each also imports only what it runs
+nothing more, so a host can run any of them alone. The duties that must run once
+across every node (the sweeper, the registry deadline watcher, the acts schedule) run
+under a lease (``gateway.once_only``): every node may start them, one runs them. Each also imports only what it runs
 (the web stack for the API, the HL7 engine for MLLP, the accept pipeline where messages
 are accepted), so a worker does not pay for the others' start-up.
 """
@@ -22,7 +24,9 @@ from application.wiring import topology
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
 from gateway.journal.group_commit import GroupRecorder
+from gateway.journal.leases import Leases
 from gateway.keyring import KeyRing
+from gateway.once_only import OnceOnly
 from routing.broker import ThreadPublisher
 from routing.consumer import Consumer, Handler, failure_in_trail
 from routing.deadletter import DeadLetterChannel
@@ -34,6 +38,17 @@ log = logging.getLogger("zdravlink")
 
 #: What ``zdravlink worker KIND`` can run besides the API and the MLLP listener.
 WORKER_KINDS = ("router", "delivery", "reconciler")
+
+
+def once_only(config: GatewayConfig, journal: Journal, duty: str) -> OnceOnly:
+    """The lease of ``duty`` for this process; its holder id names the node (``ZL_NODE_NAME``, else the host)."""
+    from monitoring import metrics
+
+    node = os.environ.get("ZL_NODE_NAME") or socket.gethostname()
+    held = metrics.DUTY_HELD.labels(duty)
+    held.set(0)
+    return OnceOnly(Leases(journal), duty, f"{node}:{os.getpid()}", config.settings.leases,
+                    on_change=lambda holds: held.set(int(holds)))
 
 
 def on_term(stop: Callable[[], None]) -> None:
@@ -69,8 +84,8 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
     if migrate:
         journal.migrate()
     topo = topology(config)
-    relay = OutboxRelay(journal, s.broker.url, topo, s.relay)
-    inspector = BrokerInspector(s.broker.url, topo.all_queues(config.participants))
+    relay = OutboxRelay(journal, s.broker.nodes, topo, s.relay)
+    inspector = BrokerInspector(s.broker.nodes, topo.all_queues(config.participants))
 
     def readiness() -> dict[str, bool]:
         try:
@@ -129,7 +144,7 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     s = config.settings
     journal = Journal(s.database.url)
     topo = topology(config)
-    publisher = ThreadPublisher(s.broker.url, f"zl-{kind}")
+    publisher = ThreadPublisher(s.broker.nodes, f"zl-{kind}")
     actor = f"{kind}:{os.getpid()}"
     recorder = GroupRecorder(journal)  # the events of all this worker's threads, committed together
     dead = DeadLetterChannel(journal, topo, publisher, actor=actor, recorder=recorder)
@@ -137,7 +152,7 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     gate = JournalGate(journal, stopping, kind)
 
     def consumer(queues: list[str], handler: Handler, prefetch: int = s.broker.prefetch) -> Consumer:
-        return Consumer(s.broker.url, f"zl-{kind}", queues, handler, prefetch=prefetch, concurrency=prefetch,
+        return Consumer(s.broker.nodes, f"zl-{kind}", queues, handler, prefetch=prefetch, concurrency=prefetch,
                         on_connect=lambda ch: topo.declare(ch, config.participants), gate=gate,
                         on_failure=failure_in_trail(journal, actor))
 
@@ -145,9 +160,9 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
     if kind == "router":
         from routing.router import Router
 
-        router = Router(config, journal, topo, s.broker.url, dead, max_batch=s.broker.prefetch)
+        router = Router(config, journal, topo, s.broker.nodes, dead, max_batch=s.broker.router_prefetch)
         closers.append(router.close)
-        run = consumer([topo.route_queue], router.handle)
+        run = consumer([topo.route_queue], router.handle, prefetch=s.broker.router_prefetch)
     elif kind == "delivery":
         from application.wiring import delivery_channels
         from routing.delivery import DeliveryWorker
@@ -160,10 +175,12 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
         from routing.reconciler import Reconciler
 
         run = consumer([topo.poison_queue], Reconciler(config, journal, dead).handle, prefetch=4)
-        inspector = BrokerInspector(s.broker.url, topo.all_queues(config.participants))
+        inspector = BrokerInspector(s.broker.nodes, topo.all_queues(config.participants))
         sweeper = Sweeper(journal, topo, inspector.depths, s.reconciler.stuck_after_seconds)
-        threading.Thread(target=_sweep_until, args=(sweeper, stopping, s.reconciler.sweep_interval_seconds),
-                         name="sweeper", daemon=True).start()
+        # The poison queue's consumers compete (RabbitMQ hands each message to one); the sweeper runs once.
+        lease = once_only(config, journal, "sweeper")
+        threading.Thread(target=lease.run, name="sweeper-lease", daemon=True, args=(
+            lambda lost: _sweep_until(sweeper, lost, s.reconciler.sweep_interval_seconds), stopping)).start()
     else:
         raise ValueError(f"unknown worker kind {kind!r} (one of {', '.join(WORKER_KINDS)})")
     on_term(stopping.set)
@@ -234,7 +251,8 @@ def run_acts(config: GatewayConfig, keyring: KeyRing) -> None:
     on_term(stop.set)
     acts = config.settings.acts
     log.info("acts schedule: day %s from %02d:00", acts.schedule_day, acts.schedule_hour)
-    run_schedule(runner, config.settings.acts, stop, interval=float(os.environ.get("ZL_ACTS_INTERVAL", "60")))
+    interval = float(os.environ.get("ZL_ACTS_INTERVAL", "60"))
+    once_only(config, journal, "acts").run(lambda lost: run_schedule(runner, acts, lost, interval=interval), stop)
     journal.engine.dispose()
 
 
@@ -249,5 +267,5 @@ def run_deadlines(config: GatewayConfig, keyring: KeyRing) -> None:
     stop = threading.Event()
     on_term(stop.set)
     log.info("registry deadline watcher every %ss", config.settings.registries.deadline_poll_seconds)
-    watcher.run(stop)
+    once_only(config, journal, "deadlines").run(watcher.run, stop)
     journal.engine.dispose()

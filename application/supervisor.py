@@ -4,6 +4,13 @@ stops them all on SIGTERM, and says when the gateway is ready.
 Every role runs as its own ``python -m application.cli`` process, as it would under
 systemd (deploy/), so one process dying never takes another with it. A plugin (the demo)
 adds processes of its own through ``extra``.
+
+A host of a deployment with several nodes runs the roles it should (``zdravlink run
+--role api,delivery``; docs/scaling.md): ``api`` (the API processes, each with a relay
+on PostgreSQL), ``router``, ``delivery`` (``workers.delivery`` workers), ``mllp`` and
+``scheduler`` (the reconciler, the registry deadline watcher and the acts schedule).
+Any number of hosts may run any role: the journal's outbox is shared, the queues'
+consumers compete, and what must run once runs under a lease (``gateway.once_only``).
 """
 from __future__ import annotations
 
@@ -28,32 +35,54 @@ from gateway.journal import Journal
 log = logging.getLogger("zdravlink")
 
 
-def commands(config: GatewayConfig, directory: Path) -> dict[str, list[str]]:
-    """The processes of a whole gateway on this host, by name."""
+#: The roles a host can run (``zdravlink run --role``), all of them by default.
+ROLES = ("api", "router", "delivery", "mllp", "scheduler")
+
+
+def parse_roles(given: str | None) -> tuple[str, ...]:
+    """``api,router`` → the roles in their canonical order; None or empty → every role."""
+    if not given or not given.strip():
+        return ROLES
+    asked = {r.strip() for r in given.split(",") if r.strip()}
+    unknown = sorted(asked - set(ROLES))
+    if unknown:
+        raise ValueError(f"unknown role {', '.join(map(repr, unknown))} (roles: {', '.join(ROLES)})")
+    return tuple(r for r in ROLES if r in asked)
+
+
+def commands(config: GatewayConfig, directory: Path, roles: tuple[str, ...] = ROLES) -> dict[str, list[str]]:
+    """The processes of the given roles of a gateway on this host, by name."""
     exe = [sys.executable, "-m", "application.cli"]
     cfg = ["--config", str(directory)]
-    cmds = {"router": [*exe, "worker", "router", *cfg], "reconciler": [*exe, "worker", "reconciler", *cfg]}
-    shared_outbox = not config.settings.database.url.startswith("sqlite")
-    for i in range(config.settings.api.processes):
-        relay = [] if i == 0 or shared_outbox else ["--no-relay"]  # SQLite: one relay per journal
-        cmds["api" if i == 0 else f"api-{i + 1}"] = [*exe, "serve", *cfg, "--no-migrate", *relay]
-    for i in range(config.settings.workers.delivery):
-        cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
-    if config.settings.acts.schedule_day is not None:
-        cmds["acts"] = [*exe, "worker", "acts", *cfg]
-    if has_registry_routes(config):
-        cmds["deadlines"] = [*exe, "worker", "deadlines", *cfg]
-    if config.settings.hl7.enabled and load_lab_mappings(config):
+    cmds: dict[str, list[str]] = {}
+    if "api" in roles:
+        shared_outbox = not config.settings.database.url.startswith("sqlite")
+        for i in range(config.settings.api.processes):
+            relay = [] if i == 0 or shared_outbox else ["--no-relay"]  # SQLite: one relay per journal
+            cmds["api" if i == 0 else f"api-{i + 1}"] = [*exe, "serve", *cfg, "--no-migrate", *relay]
+    if "router" in roles:
+        cmds["router"] = [*exe, "worker", "router", *cfg]
+    if "delivery" in roles:
+        for i in range(config.settings.workers.delivery):
+            cmds[f"delivery-{i + 1}"] = [*exe, "worker", "delivery", *cfg]
+    if "scheduler" in roles:  # each duty runs under its lease: on one node of all that run this role
+        cmds["reconciler"] = [*exe, "worker", "reconciler", *cfg]
+        if config.settings.acts.schedule_day is not None:
+            cmds["acts"] = [*exe, "worker", "acts", *cfg]
+        if has_registry_routes(config):
+            cmds["deadlines"] = [*exe, "worker", "deadlines", *cfg]
+    if "mllp" in roles and config.settings.hl7.enabled and load_lab_mappings(config):
         cmds["mllp"] = [*exe, "worker", "mllp", *cfg]
     return cmds
 
 
 class Supervisor:
     def __init__(self, config: GatewayConfig, directory: Path, extra: dict[str, list[str]] | None = None,
-                 on_ready: Callable[[], None] | None = None) -> None:
+                 on_ready: Callable[[], None] | None = None, roles: tuple[str, ...] = ROLES) -> None:
         self.config = config
         self.directory = directory
-        self.commands = {**commands(config, directory), **(extra or {})}
+        self.roles = roles
+        self.commands = {**commands(config, directory, roles), **(extra or {})}
         self.on_ready = on_ready
         self.stopping = False
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -88,7 +117,10 @@ class Supervisor:
         return self._shutdown()
 
     def _ready(self) -> bool:
-        """The API answers /readyz with 200: the journal and the broker are there."""
+        """The API answers /readyz with 200: the journal and the broker are there. A host without the API
+        is ready once its processes have started (the journal and the topology were there before)."""
+        if "api" not in self.roles:
+            return all(proc.poll() is None for proc in self.procs.values())
         s = self.config.settings.api
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
         if s.tls is not None and getattr(self, "_probe_tls", None) is None:

@@ -25,7 +25,7 @@ def topology(config: GatewayConfig) -> Topology:
 
 
 def declare_topology(config: GatewayConfig) -> None:
-    conn = connect(config.settings.broker.url, "zl-declare")
+    conn = connect(config.settings.broker.nodes, "zl-declare")
     try:
         topology(config).declare(conn.channel(), config.participants)
     finally:

@@ -6,6 +6,7 @@ sending as fast as they are answered), per payload size:
 
 - accepted messages/s (HTTP 202s per second of the sending phase) and delivered/s,
 - p50/p99 accept-to-delivered latency from the journal's own times, and each stage's lag,
+- each gateway process's RSS after a warm-up (not timed) and after the run,
 - the primitive ceiling measured in the same run (XSD validation + journal insert +
   confirmed publish in a tight loop on one thread) and the ratio of the two,
 - with ``--baseline``: a plain forwarder (bench/forwarder.py: HTTP in → confirmed publish →
@@ -16,6 +17,16 @@ Open loop (``--rates 10,25,50,100``): each rate for ``--seconds`` from a lean ge
 own process (bench/loadgen.py), p50/p95/p99 accept→delivered, and the generator's own lag.
 ``--journal-preload N`` fills the journal first (bench/journal_loader.py); ``--api-processes``
 runs several API processes on the one port (PostgreSQL).
+
+Scale-out (``--nodes 1,2``): a private 3-node RabbitMQ cluster (ports 5780-5789, quorum
+queues with 3 replicas) and N gateway nodes (``zdravlink run``, each its own process
+group and API port) on one PostgreSQL database (``--database``, default the test
+server's); the closed loop spread over the nodes' APIs, delivered/s and p99 per N; then,
+with ``--node-faults RATE``, an open loop at RATE/s over the nodes during which the RabbitMQ
+node leading the queues is SIGKILLed (and started again 10 s later) and then, with two
+nodes or more, a whole gateway node: how long until everything accepted before each
+fault was delivered, and the worst accept→delivered of the 10 s after it
+(tests/support/scale_out.py; the fault test is tests/faults/test_scale_out.py).
 """
 from __future__ import annotations
 
@@ -65,11 +76,18 @@ def pct(values: list[float], q: float) -> float:
 
 
 @contextmanager
-def gateway(workers: int, db_url: str | None, api_processes: int = 1,
-            preload: int = 0) -> Iterator[tuple[GatewayProcesses, RecipientServer]]:
-    """A whole gateway and a recipient; ``preload`` messages with trails put in its journal first."""
+def gateway(workers: int, db_url: str | None, api_processes: int = 1, preload: int = 0,
+            signed: bool = True) -> Iterator[tuple[GatewayProcesses, RecipientServer]]:
+    """A whole gateway and a recipient; ``preload`` messages with trails put in its journal first;
+    ``signed``: the gateway signs every delivery (GOST 2012-256 demo key), as in production."""
     clinic = RecipientServer(name="clinic").start()
     tmp = Path(tempfile.mkdtemp(prefix="zl-bench-")) / "gateway"
+    keys = None
+    if signed:
+        from demo.ca import create_demo_keys
+
+        keys = tmp.parent / "keys"
+        create_demo_keys(keys, ["gateway"], ("gost2012-256",))
     url = db_url or f"sqlite:///{tmp.parent / 'journal.db'}"
     if preload:
         from journal_loader import load
@@ -77,7 +95,7 @@ def gateway(workers: int, db_url: str | None, api_processes: int = 1,
         took = load(url, preload, progress=False)
         print(f"         journal preloaded with {preload:,} messages ({took})", flush=True)
     gw = GatewayProcesses(tmp, configs.participants(clinic.url), configs.routes(),
-                          settings=configs.settings(), amqp_url=AMQP_URL, db_url=url,
+                          settings=configs.settings(keys=keys), amqp_url=AMQP_URL, db_url=url,
                           api_port=free_port(), delivery_workers=workers)
     gw.start()
     for i in range(2, api_processes + 1):
@@ -93,9 +111,15 @@ def closed_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, n: int
                 concurrency: int) -> dict[str, Any]:
     """``concurrency`` clients sending as fast as they are answered: the throughput."""
     payload = payload_of(size)
-    bodies = [envelope_json("lab", "clinic", payload=payload) for _ in range(n)]
     client = httpx.Client(base_url=gw.base, timeout=30, limits=httpx.Limits(max_connections=concurrency))
     headers = {"Authorization": f"Bearer {LAB_TOKEN}"}
+    # A warm-up, not timed, so the RSS "after warm-up" is that of processes that have done the work once.
+    warm = [envelope_json("lab", "clinic", payload=payload) for _ in range(max(50, n // 10))]
+    with ThreadPoolExecutor(concurrency) as pool:
+        list(pool.map(lambda b: client.post("/api/v1/messages", json=b, headers=headers), warm))
+    wait_delivered(clinic, [b["messageId"] for b in warm])
+    rss_warm = rss_mb(gw)
+    bodies = [envelope_json("lab", "clinic", payload=payload) for _ in range(n)]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(concurrency) as pool:
         codes = list(pool.map(lambda b: client.post("/api/v1/messages", json=b, headers=headers).status_code,
@@ -106,7 +130,18 @@ def closed_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, n: int
     wait_delivered(clinic, ids)
     t_done = time.perf_counter()
     return {"accepted_per_s": n / (t_sent - t0), "delivered_per_s": n / (t_done - t0),
-            **latencies(gw.db_url, set(ids))}
+            "rss": (rss_warm, rss_mb(gw)), **latencies(gw.db_url, set(ids))}
+
+
+def rss_mb(gw: GatewayProcesses) -> dict[str, float]:
+    """Each gateway process's resident set, MB (Linux ``/proc``)."""
+    out = {}
+    for name, proc in gw.procs.items():
+        status = Path(f"/proc/{proc.pid}/status")
+        if proc.poll() is None and status.exists():
+            kb = next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith("VmRSS:"))
+            out[name] = kb / 1024
+    return out
 
 
 def open_loop(gw: GatewayProcesses, clinic: RecipientServer, size: int, rate: float,
@@ -241,6 +276,101 @@ def primitive_ceiling(size: int, n: int, db_url: str | None) -> float:
     return n / elapsed
 
 
+def scale_out(counts: list[int], size: int, n: int, concurrency: int, workers: int, database: str | None,
+              fault_rate: float) -> None:
+    """``--nodes``: N gateway nodes on a 3-node RabbitMQ cluster and one PostgreSQL journal."""
+    from tests.conftest import PG_URL
+    from tests.support.rabbit_node import RabbitCluster
+    from tests.support.scale_out import Database, GatewayNode, remove_topology, write_config
+
+    work = Path(tempfile.mkdtemp(prefix="zl-bench-nodes-"))
+    cluster = RabbitCluster(work / "cluster", 5780, 3).start()
+    print(f"scale-out: a 3-node RabbitMQ cluster, {workers} delivery worker(s) per node, journal on PostgreSQL, "
+          f"{n} messages of {size // 1024} KB from {concurrency} clients spread over the nodes; "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f}")
+    print(f"{'nodes':>5} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8}", flush=True)
+    faults: list[str] = []
+    try:
+        for count in counts:
+            clinic = RecipientServer(name="clinic").start()
+            db = Database(database or PG_URL)
+            prefix = f"zlb-{uuid.uuid4().hex[:6]}"
+            config = write_config(work / f"config-{count}", clinic.url, delivery_workers=workers)
+            nodes = [GatewayNode(f"node-{i + 1}", config, work / f"run-{count}", db_url=db.url,
+                                 broker_urls=cluster.urls, prefix=prefix, api_port=free_port()) for i in range(count)]
+            try:
+                for node in nodes:
+                    node.start()
+                for node in nodes:
+                    node.wait_ready()
+                payload = payload_of(size)
+                bodies = [envelope_json("lab", "clinic", payload=payload) for _ in range(n)]
+                client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=concurrency))
+                headers = {"Authorization": f"Bearer {LAB_TOKEN}"}
+                t0 = time.perf_counter()
+                with ThreadPoolExecutor(concurrency) as pool:
+                    codes = list(pool.map(lambda ib: client.post(f"{nodes[ib[0] % count].base}/api/v1/messages",
+                                                                 json=ib[1], headers=headers).status_code,
+                                          enumerate(bodies)))
+                t_sent = time.perf_counter()
+                assert codes.count(202) == n, {c: codes.count(c) for c in set(codes)}
+                ids = [b["messageId"] for b in bodies]
+                wait_delivered(clinic, ids)
+                t_done = time.perf_counter()
+                r = latencies(db.url, set(ids))
+                print(f"{count:>5} {n / (t_sent - t0):>11.0f} {n / (t_done - t0):>12.0f} {r['p50'] * 1000:>8.1f} "
+                      f"{r['p99'] * 1000:>8.1f}", flush=True)
+                if fault_rate:
+                    faults.append(_node_faults(cluster, nodes, clinic, db.url, prefix, fault_rate))
+            finally:
+                for node in nodes:
+                    node.stop()
+                remove_topology(cluster.urls, prefix)
+                clinic.stop()
+                db.drop()
+    finally:
+        cluster.remove()
+    if faults:
+        print(f"\nnode loss under an open loop of {fault_rate:g}/s spread over the nodes "
+              "(in flight: until everything accepted before the fault was delivered; worst: the slowest "
+              "accept→delivered of the 10 s after it)")
+        for line in faults:
+            print(line)
+
+
+def _node_faults(cluster: Any, nodes: list[Any], clinic: RecipientServer, db_url: str, prefix: str,
+                 rate: float) -> str:
+    """A broker node and then (with two nodes or more) a gateway node SIGKILLed under load; the recovery figures."""
+    from tests.support.scale_out import SpreadLoad, recovery, settle
+
+    seconds = 60
+    load = SpreadLoad([node.base for node in nodes], count=int(rate * seconds), rate=rate).start()
+    time.sleep(10)
+    leaders = cluster.leaders(prefix)
+    broker = cluster.node(max(set(leaders.values()), key=list(leaders.values()).count))
+    broker_at = time.time()
+    broker.kill()
+    time.sleep(10)
+    broker.start()
+    gateway_at = None
+    if len(nodes) > 1:
+        time.sleep(10)
+        gateway_at = time.time()
+        nodes[-1].kill()
+        time.sleep(10)
+        nodes[-1].start()
+    load.wait(seconds + 300)
+    account = settle(db_url, load.accepted, timeout=300)
+    delivered_at = {k: r.at for k, r in clinic.accepted.items()}
+    b_in_flight, b_worst = recovery(load.accept_at, delivered_at, broker_at)
+    line = (f"  {len(nodes)} node(s): accepted {account.accepted}, lost {account.lost}, repeats {clinic.repeats}; "
+            f"RabbitMQ node lost: in flight {b_in_flight:.1f} s, worst {b_worst:.1f} s")
+    if gateway_at is not None:
+        g_in_flight, g_worst = recovery(load.accept_at, delivered_at, gateway_at)
+        line += f"; gateway node lost: in flight {g_in_flight:.1f} s, worst {g_worst:.1f} s"
+    return line
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=2000)
@@ -254,16 +384,25 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=30, help="open loop: seconds per rate")
     ap.add_argument("--baseline", action="store_true", help="also the plain forwarder under the same load")
     ap.add_argument("--journal-preload", type=int, default=0, help="messages in the journal before the run")
+    ap.add_argument("--unsigned", action="store_true", help="deliveries without the gateway's signature")
+    ap.add_argument("--nodes", default="", help="scale-out: gateway node counts on a 3-node RabbitMQ cluster, e.g. 1,2")
+    ap.add_argument("--node-faults", type=float, default=0, metavar="RATE",
+                    help="with --nodes: lose a RabbitMQ node and a gateway node under RATE messages/s")
     args = ap.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    if args.nodes:
+        scale_out([int(c) for c in args.nodes.split(",")], sizes[0], args.messages, args.concurrency, args.workers,
+                  args.database, args.node_faults)
+        return
     print(f"Zdravlink spine benchmark: {args.messages} messages per size, {args.concurrency} HTTP clients, "
-          f"{args.workers} delivery workers, {args.api_processes} API process(es), journal "
+          f"{args.workers} delivery workers, {args.api_processes} API process(es), "
+          f"deliveries {'unsigned' if args.unsigned else 'signed (GOST 2012-256)'}, journal "
           f"{(args.database or 'sqlite').split('@')[-1]}, RabbitMQ at {AMQP_URL.split('@')[-1]}; "
           f"load average {os.getloadavg()[0]:.2f}")
     print(f"{'payload':>8} {'accepted/s':>11} {'delivered/s':>12} {'p50 ms':>8} {'p99 ms':>8} "
           f"{'primitives/s':>13} {'ratio':>6}" + (f" {'forwarder/s':>12} {'ratio':>6}" if args.baseline else ""))
     for size in sizes:
-        with gateway(args.workers, args.database, args.api_processes, args.journal_preload) as (gw, clinic):
+        with gateway(args.workers, args.database, args.api_processes, args.journal_preload, not args.unsigned) as (gw, clinic):
             r = closed_loop(gw, clinic, size, args.messages, args.concurrency)
         ceiling = primitive_ceiling(size, min(args.messages, 2000), args.database)
         line = (f"{size // 1024:>6}KB {r['accepted_per_s']:>11.0f} {r['delivered_per_s']:>12.0f} "
@@ -273,6 +412,10 @@ def main() -> None:
             fwd = forwarder_baseline(size, args.messages, args.concurrency)
             line += f" {fwd:>12.0f} {r['delivered_per_s'] / fwd:>6.2f}"
         print(line, flush=True)
+        warm, end = r["rss"]
+        print("         RSS MB after warm-up → after the run: " + ", ".join(
+            f"{k} {warm[k]:.0f}→{end[k]:.0f} ({(end[k] / warm[k] - 1) * 100:+.0f} %)" for k in warm if k in end),
+              flush=True)
         print("         median lag per stage: " + ", ".join(
             f"{k} {v * 1000:.0f} ms (n={n}, {lt} written late)" for k, (v, n, lt) in r["stages"].items()),
               flush=True)
@@ -282,7 +425,7 @@ def main() -> None:
         print(f"{'rate/s':>7} {'sent':>6} {'refused':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
               f"{'generator lag p99/max ms':>25}")
         for rate in (float(x) for x in args.rates.split(",")):
-            with gateway(args.workers, args.database, args.api_processes, args.journal_preload) as (gw, clinic):
+            with gateway(args.workers, args.database, args.api_processes, args.journal_preload, not args.unsigned) as (gw, clinic):
                 r = open_loop(gw, clinic, sizes[0], rate, args.seconds)
             lag = r["generator_lag_ms"]
             print(f"{rate:>7.0f} {r['ok']:>6} {r['failed']:>8} {r['p50'] * 1000:>8.1f} {r['p95'] * 1000:>8.1f} "

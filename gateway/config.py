@@ -5,8 +5,9 @@ path and the rule it broke, all mistakes at once, rather than surface later as a
 message that cannot be routed. ``zdravlink check-config`` prints the same list.
 
 Environment overrides, applied after the files: ``ZL_DATABASE_URL`` (database.url),
-``ZL_AMQP_URL`` (broker.url), ``ZL_BROKER_PREFIX`` (broker.prefix), ``ZL_API_PORT``
-(api.port), ``ZL_MLLP_PORT`` (hl7.port). Deployments keep secrets and addresses out of the files this way.
+``ZL_AMQP_URL`` (broker.url: one node, or a cluster's nodes separated by commas, in place of
+broker.urls), ``ZL_BROKER_PREFIX`` (broker.prefix), ``ZL_API_PORT`` (api.port), ``ZL_MLLP_PORT``
+(hl7.port). Deployments keep secrets and addresses out of the files this way.
 """
 from __future__ import annotations
 
@@ -98,13 +99,37 @@ class DatabaseSettings(_Strict):
 
 
 class BrokerSettings(_Strict):
+    #: One node's URL, or several separated by commas (so ``ZL_AMQP_URL`` can name a cluster's nodes).
     url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    #: The nodes of a RabbitMQ cluster; when given, ``url`` is not used. Connections fail over between them.
+    urls: list[str] = []
     prefix: str = Field("zl", pattern=r"^[a-z0-9][a-z0-9_.-]{0,30}$")
     prefetch: int = Field(32, ge=1, le=1000)
+    #: The router's window: it routes what it holds as one group (one read, one confirmed publish,
+    #: one commit), so its window bounds the group. At 32 the router made groups of about 15 and
+    #: fell seconds behind on PostgreSQL while idle (docs/PERFORMANCE.md).
+    router_prefetch: int = Field(128, ge=1, le=1000)
     #: Redeliveries of one message before RabbitMQ gives up on it (a handler that fails on it every
     #: time) and dead-letters it to the poison queue, where the reconciler records it DEAD. A queue
     #: argument: changing it for existing queues means declaring them anew (docs/RELIABILITY.md).
     delivery_limit: int = Field(20, ge=2, le=1000)
+    #: Replicas of each quorum queue (``x-quorum-initial-group-size``), capped by the cluster's size.
+    #: Unset: RabbitMQ puts one on every node of the cluster at declaration (1 on a single node, 3 on
+    #: three). A queue argument too, so set it before the first start (docs/scaling.md).
+    quorum_replicas: int | None = Field(None, ge=1, le=9)
+
+    @property
+    def nodes(self) -> tuple[str, ...]:
+        """Every node's URL, as the broker connections try them (routing.broker)."""
+        return tuple(self.urls) or tuple(u.strip() for u in self.url.split(",") if u.strip())
+
+    @field_validator("urls")
+    @classmethod
+    def _amqp_urls(cls, values: list[str]) -> list[str]:
+        for v in values:
+            if urlsplit(v).scheme not in ("amqp", "amqps"):
+                raise ValueError(f"each node is an amqp:// or amqps:// URL (got {v!r})")
+        return values
 
 
 class WorkerSettings(_Strict):
@@ -206,6 +231,23 @@ class ReconcilerSettings(_Strict):
     stuck_after_seconds: float = Field(300.0, gt=0)
 
 
+class LeaseSettings(_Strict):
+    """Duties that must run on one node at a time (deadlines, acts, the sweeper) are held by a lease
+    in the journal (``gateway.once_only``); a node that dies loses it within ``ttl_seconds``."""
+
+    #: A holder that has not renewed its lease for this long has lost it; another node takes it over.
+    ttl_seconds: float = Field(15.0, ge=1)
+    #: How often a holder renews and a standby tries to take the lease.
+    renew_seconds: float = Field(5.0, gt=0)
+
+    @model_validator(mode="after")
+    def _renew_well_within_ttl(self) -> LeaseSettings:
+        if self.renew_seconds * 2 > self.ttl_seconds:
+            raise ValueError(f"renew_seconds must be at most half of ttl_seconds (got {self.renew_seconds} and "
+                             f"{self.ttl_seconds}): a holder stops its duty before its lease can run out")
+        return self
+
+
 class Hl7Settings(_Strict):
     """The MLLP listener for laboratories that send HL7 v2 (see config/mappings/)."""
 
@@ -281,6 +323,7 @@ class Settings(_Strict):
     registries: RegistriesSettings = RegistriesSettings()
     reconciler: ReconcilerSettings = ReconcilerSettings()
     metrics: MetricsSettings = MetricsSettings()
+    leases: LeaseSettings = LeaseSettings()
 
 
 # ---- participants and routes ------------------------------------------------
@@ -586,6 +629,8 @@ def _apply_env(data: dict[str, Any]) -> dict[str, Any]:
             data.setdefault(section, {})
             if isinstance(data[section], dict):
                 data[section][key] = os.environ[var]
+    if os.environ.get("ZL_AMQP_URL") and isinstance(data.get("broker"), dict):
+        data["broker"].pop("urls", None)  # the environment names the nodes (one URL, or several with commas)
     return data
 
 

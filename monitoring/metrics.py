@@ -55,6 +55,9 @@ SWEPT = Counter("zl_swept_total", "Messages found stuck in a status and sent rou
 MLLP_REFUSED = Counter("zl_mllp_refused_total",
                        "MLLP connections closed for a limit: too_many_connections, frame_too_large, frame_timeout, "
                        "memory_budget", ["reason"])
+DUTY_HELD = Gauge("zl_duty_held",
+                  "1 while this process holds the lease of a once-only duty (deadlines, acts, sweeper), 0 on standby",
+                  ["duty"], multiprocess_mode="livesum")
 RATE_LIMITED = Counter("zl_rate_limited_total",
                        "Messages over their sender's rate limit: refused with 429 (REST, SOAP) or slowed (hl7); "
                        "limit is messages or bytes", ["participant", "source", "limit"])

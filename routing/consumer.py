@@ -30,7 +30,7 @@ from gateway.journal import Journal, unavailable
 from gateway.masking import mask_text
 from monitoring import metrics
 from monitoring.logs import message_context
-from routing.broker import BROKER_ERRORS, connect
+from routing.broker import BROKER_ERRORS, BrokerAddress, connect
 from routing.journal_gate import JournalGate, WorkerStopping
 
 log = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def delivery_count(props: pika.BasicProperties) -> int:
 class Consumer:
     def __init__(
         self,
-        amqp_url: str,
+        broker: BrokerAddress,
         name: str,
         queues: list[str],
         handler: Handler,
@@ -68,7 +68,7 @@ class Consumer:
         gate: JournalGate | None = None,
         on_failure: FailureNote | None = None,
     ) -> None:
-        self.amqp_url = amqp_url
+        self.broker = broker
         self.name = name
         self.queues = queues
         self.handler = handler
@@ -104,7 +104,7 @@ class Consumer:
                 pass
 
     def _consume(self) -> None:
-        self._conn = conn = connect(self.amqp_url, self.name)
+        self._conn = conn = connect(self.broker, self.name)
         ch = conn.channel()
         if self.on_connect:
             self.on_connect(ch)

@@ -11,12 +11,12 @@ import time
 
 import pika
 
-from routing.broker import BROKER_ERRORS, connect
+from routing.broker import BROKER_ERRORS, BrokerAddress, connect
 
 
 class BrokerInspector:
-    def __init__(self, amqp_url: str, queues: list[str], ttl: float = 2.0) -> None:
-        self.amqp_url = amqp_url
+    def __init__(self, broker: BrokerAddress, queues: list[str], ttl: float = 2.0) -> None:
+        self.broker = broker
         self.queues = queues
         self.ttl = ttl
         self._lock = threading.Lock()
@@ -30,7 +30,7 @@ class BrokerInspector:
                 return
             depths: dict[str, int] = {}
             try:
-                conn = connect(self.amqp_url, "zl-inspector", heartbeat=0)
+                conn = connect(self.broker, "zl-inspector", heartbeat=0)
                 try:
                     ch = conn.channel()
                     for q in self.queues:

@@ -41,8 +41,8 @@ class JournalCheck:
         self.config = config
         self.journal = journal
         self.topology = Topology.of(config.settings.broker)
-        self.url = config.settings.broker.url
-        self.inspector = BrokerInspector(self.url, self.topology.all_queues(config.participants), ttl=0)
+        self.broker = config.settings.broker.nodes
+        self.inspector = BrokerInspector(self.broker, self.topology.all_queues(config.participants), ttl=0)
         self.sweeper = Sweeper(journal, self.topology, self.inspector.depths, stuck_after_seconds)
         self.stuck_after = stuck_after_seconds
 
@@ -62,7 +62,7 @@ class JournalCheck:
     def _stale_dead_copies(self) -> int:
         """Copies in the dead letter queue whose message was replayed or delivered since (browsed, left in place)."""
         try:
-            conn = connect(self.url, "zl-journal-check", heartbeat=0)
+            conn = connect(self.broker, "zl-journal-check", heartbeat=0)
         except BROKER_ERRORS:
             return 0
         stale = 0
@@ -91,12 +91,12 @@ class JournalCheck:
 
     def repair(self) -> dict[str, int]:
         """The reconciler over the poison queue, the sweeper once, the dead letter queue pruned."""
-        publisher = ThreadPublisher(self.url, "zl-journal-repair")
+        publisher = ThreadPublisher(self.broker, "zl-journal-repair")
         reconciler = Reconciler(self.config, self.journal,
                                 DeadLetterChannel(self.journal, self.topology, publisher, "journal-check"))
         reconciled = 0
         try:
-            conn = connect(self.url, "zl-journal-repair", heartbeat=0)
+            conn = connect(self.broker, "zl-journal-repair", heartbeat=0)
             try:
                 ch = conn.channel()
                 while True:
@@ -111,5 +111,5 @@ class JournalCheck:
         finally:
             publisher.close()
         swept = len(self.sweeper.sweep_once())
-        pruned = prune_dead_queue(self.url, self.topology, self.journal)
+        pruned = prune_dead_queue(self.broker, self.topology, self.journal)
         return {"reconciled": reconciled, "swept": swept, "pruned": pruned}

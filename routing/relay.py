@@ -13,7 +13,7 @@ import threading
 
 from gateway.config import RelaySettings
 from gateway.journal import Journal, unavailable
-from routing.broker import BROKER_ERRORS
+from routing.broker import BROKER_ERRORS, BrokerAddress
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology
 
@@ -22,11 +22,11 @@ ACTOR = "outbox-relay"
 
 
 class OutboxRelay:
-    def __init__(self, journal: Journal, amqp_url: str, topology: Topology, settings: RelaySettings) -> None:
+    def __init__(self, journal: Journal, broker: BrokerAddress, topology: Topology, settings: RelaySettings) -> None:
         self.journal = journal
         self.topology = topology
         self.settings = settings
-        self.publisher = PipelinedPublisher(amqp_url, ACTOR)
+        self.publisher = PipelinedPublisher(broker, ACTOR)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from gateway.journal import Journal, Status, search
-from routing.broker import BROKER_ERRORS, connect
+from routing.broker import BROKER_ERRORS, BrokerAddress, connect
 from routing.topology import Topology
 
 
@@ -51,7 +51,7 @@ def selected_ids(journal: Journal, selection: search.MessageFilter) -> Iterator[
     return (row.message_id for row in search.iterate(journal, selection, newest_first=False))
 
 
-def prune_dead_queue(amqp_url: str, topology: Topology, journal: Journal, page: int = 500) -> int:
+def prune_dead_queue(broker: BrokerAddress, topology: Topology, journal: Journal, page: int = 500) -> int:
     """Remove the dead-queue copies of messages that are no longer DEAD in that round; the rest stay, in order.
 
     Entries are taken without ack and looked up in the journal a page at a time: the
@@ -61,7 +61,7 @@ def prune_dead_queue(amqp_url: str, topology: Topology, journal: Journal, page: 
     """
     removed = 0
     try:
-        conn = connect(amqp_url, "zl-replay", heartbeat=0)
+        conn = connect(broker, "zl-replay", heartbeat=0)
     except BROKER_ERRORS:
         return 0
     try:

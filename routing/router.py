@@ -23,6 +23,7 @@ from gateway.envelope import Envelope
 from gateway.journal import Change, Journal, Stage, Status
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
+from routing.broker import BrokerAddress
 from routing.deadletter import DeadLetterChannel
 from routing.delivery_progress import routed_headers
 from routing.pipelined import Outgoing, PipelinedPublisher
@@ -40,12 +41,12 @@ class NotConfirmed(ExchangeError):
 
 
 class Router:
-    def __init__(self, config: GatewayConfig, journal: Journal, topology: Topology, amqp_url: str,
+    def __init__(self, config: GatewayConfig, journal: Journal, topology: Topology, broker: BrokerAddress,
                  dead: DeadLetterChannel, max_batch: int = 64) -> None:
         self.config = config
         self.journal = journal
         self.topology = topology
-        self.publisher = PipelinedPublisher(amqp_url, "zl-router")
+        self.publisher = PipelinedPublisher(broker, "zl-router")
         self.dead = dead
         self._group: GroupExecutor[tuple[bytes, pika.BasicProperties], None] = GroupExecutor(
             self._route_batch, max_batch, name="router-batch")

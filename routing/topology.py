@@ -6,7 +6,9 @@
     {p}.dead  ──"poison"──▶ {p}.poison    (what RabbitMQ dead-lettered by itself: the delivery limit)
 
 All queues are quorum queues: replicated, durable, and dead-lettering at-least-once,
-so a retry parked for an hour survives a broker restart. Retry delays are rounded up
+so a retry parked for an hour survives a broker restart. On a cluster each has its
+replicas on ``quorum_replicas`` nodes (unset: on every node of the cluster when it is
+declared), and keeps working while a majority of them is up. Retry delays are rounded up
 to the next bucket because a queue-level TTL is the only expiry RabbitMQ applies in order.
 A retry is published to its bucket's fanout exchange with the recipient as routing key;
 on expiry the broker dead-letters it with that same key, which is what {p}.deliver
@@ -22,6 +24,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import pika
 from pika.adapters.blocking_connection import BlockingChannel
@@ -44,6 +47,8 @@ class Topology:
     prefix: str
     #: Redeliveries of one message (so limit + 1 deliveries) before RabbitMQ dead-letters it to the poison queue.
     delivery_limit: int = POISON_DELIVERY_LIMIT
+    #: Replicas of each queue (``x-quorum-initial-group-size``); None: RabbitMQ's default, every node.
+    quorum_replicas: int | None = None
 
     @property
     def ingress_exchange(self) -> str:
@@ -105,16 +110,23 @@ class Topology:
                 raise
             raise TopologyMismatch(
                 f"RabbitMQ refused the topology: {exc.reply_text}. A queue of prefix {self.prefix!r} was declared "
-                "by an earlier version with other arguments; move its messages off and delete it "
+                "by an earlier version or with other broker settings (delivery_limit, quorum_replicas); move its "
+                "messages off and delete it "
                 "(rabbitmqctl delete_queue NAME), or start with another broker.prefix") from None
 
     @classmethod
     def of(cls, broker: BrokerSettings) -> Topology:
-        return cls(broker.prefix, broker.delivery_limit)
+        return cls(broker.prefix, broker.delivery_limit, broker.quorum_replicas)
+
+    def _quorum(self) -> dict[str, Any]:
+        if self.quorum_replicas is None:
+            return {"x-queue-type": "quorum"}
+        return {"x-queue-type": "quorum", "x-quorum-initial-group-size": self.quorum_replicas}
 
     def _declare(self, ch: BlockingChannel, recipients: Iterable[str]) -> None:
+        quorum = self._quorum()
         poison_dlx = {
-            "x-queue-type": "quorum",
+            **quorum,
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dead_exchange,
             "x-dead-letter-routing-key": "poison",
@@ -123,9 +135,9 @@ class Topology:
         }
         for name in (self.ingress_exchange, self.deliver_exchange, self.dead_exchange):
             ch.exchange_declare(name, exchange_type="direct", durable=True)
-        ch.queue_declare(self.dead_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_declare(self.dead_queue, durable=True, arguments=quorum)
         ch.queue_bind(self.dead_queue, self.dead_exchange, routing_key="dead")
-        ch.queue_declare(self.poison_queue, durable=True, arguments={"x-queue-type": "quorum"})
+        ch.queue_declare(self.poison_queue, durable=True, arguments=quorum)
         ch.queue_bind(self.poison_queue, self.dead_exchange, routing_key="poison")
         ch.queue_declare(self.route_queue, durable=True, arguments=poison_dlx)
         ch.queue_bind(self.route_queue, self.ingress_exchange, routing_key="route")
@@ -137,7 +149,7 @@ class Topology:
                 self.retry_queue(b),
                 durable=True,
                 arguments={
-                    "x-queue-type": "quorum",
+                    **quorum,
                     "x-message-ttl": b * 1000,
                     "x-dead-letter-exchange": self.deliver_exchange,
                     "x-dead-letter-strategy": "at-least-once",

@@ -86,6 +86,19 @@ def create_database(admin, name: str) -> None:
             time.sleep(0.3 * (attempt + 1))
 
 
+def drop_database(admin, name: str) -> None:
+    """Drop a test database with whatever of ours is still connected to it. Only our own sessions are
+    terminated: an autovacuum worker in it belongs to the superuser, and terminating it is refused
+    (DROP DATABASE stops autovacuum itself)."""
+    import sqlalchemy as sa
+
+    with admin.connect() as conn:
+        conn.execute(sa.text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                             "WHERE datname = :name AND usename = current_user AND pid <> pg_backend_pid()"),
+                     {"name": name})
+        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+
+
 def _pg_database(base_url: str) -> Iterator[str]:
     import sqlalchemy as sa
 
@@ -95,9 +108,7 @@ def _pg_database(base_url: str) -> Iterator[str]:
     try:
         yield base_url.rsplit("/", 1)[0] + "/" + name
     finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+        drop_database(admin, name)
         admin.dispose()
 
 

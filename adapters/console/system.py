@@ -34,7 +34,7 @@ def queues(config: GatewayConfig) -> list[QueueState] | None:
     """Every gateway queue with its depth and consumers; None when the broker is out of reach."""
     topology = Topology.of(config.settings.broker)
     try:
-        conn = connect(config.settings.broker.url, "zl-console", heartbeat=0)
+        conn = connect(config.settings.broker.nodes, "zl-console", heartbeat=0)
     except BROKER_ERRORS:
         return None
     found = []

@@ -609,7 +609,7 @@ class Console:
             done = [(r.message_id, r.replayed, r.reason) for r in replay(self.journal, ids, actor=who.actor)]
             if any(ok for _, ok, _ in done):
                 try:  # tidying only: a stale copy left in the queue is dropped by its generation anyway
-                    prune_dead_queue(self.config.settings.broker.url, self.topology, self.journal)
+                    prune_dead_queue(self.config.settings.broker.nodes, self.topology, self.journal)
                 except Exception:
                     log.warning("replayed, but the dead letter queue was not pruned", exc_info=True)
             return done

@@ -99,7 +99,7 @@ def replay(message_id: str | None = typer.Argument(None, help="MessageID of a DE
         out.print(f"{'[green]replayed[/green]' if r.replayed else '[red]skipped[/red]'} {r.message_id}: {r.reason}",
                   highlight=False)
     if counts[True]:
-        replaying.prune_dead_queue(cfg.settings.broker.url, Topology.of(cfg.settings.broker), journal)
+        replaying.prune_dead_queue(cfg.settings.broker.nodes, Topology.of(cfg.settings.broker), journal)
     console_commands.audit_cli(journal, "replay", {"all_dead": all_dead, "route": route, "recipient": recipient,
                                                    "since": since, "reason": reason, "replayed": counts[True],
                                                    "skipped": counts[False]}, target=message_id)

@@ -19,22 +19,35 @@ from application.cli.common import (
 from application.runtime import config_dir, setup_logging
 from gateway.config import GatewayConfig
 
+#: ``application.supervisor.ROLES``, named here so printing does not import the supervisor.
+ROLE_NAMES = ("api", "router", "delivery", "mllp", "scheduler")
+
 
 @app.command()
-def run(config: Path | None = ConfigOpt) -> None:
-    """Run the whole gateway under a supervisor: API with outbox relay, router, reconciler, delivery workers,
-    and the MLLP listener, deadline watcher and acts schedule where the configuration needs them."""
-    from application.supervisor import Supervisor
+def run(config: Path | None = ConfigOpt,
+        role: str | None = typer.Option(
+            None, "--role", help="The roles this host runs, comma-separated: api, router, delivery, mllp, "
+                                 "scheduler (reconciler, deadline watcher, acts schedule). Default: all of them")
+        ) -> None:
+    """Run the gateway's processes under a supervisor: API with outbox relay, router, reconciler, delivery
+    workers, and the MLLP listener, deadline watcher and acts schedule where the configuration needs them;
+    with --role, only those roles' processes (several hosts on one journal and broker: docs/scaling.md)."""
+    from application.supervisor import Supervisor, parse_roles
 
     setup_logging("supervisor")
+    try:
+        roles = parse_roles(role)
+    except ValueError as exc:
+        out.print(f"[red]--role: {exc}[/red]")
+        raise typer.Exit(2) from None
     cfg = load_or_exit(config)
     keyring_or_exit(cfg)
-    print_endpoints(cfg, config_dir(config))
-    raise typer.Exit(Supervisor(cfg, config_dir(config),
+    print_endpoints(cfg, config_dir(config), roles)
+    raise typer.Exit(Supervisor(cfg, config_dir(config), roles=roles,
                                 on_ready=lambda: out.print("[bold green]ready[/bold green]")).run())
 
 
-def print_endpoints(cfg: GatewayConfig, directory: Path) -> None:
+def print_endpoints(cfg: GatewayConfig, directory: Path, roles: tuple[str, ...] | None = None) -> None:
     """Where everything is, before it starts (``ready`` follows once the API answers /readyz)."""
     from rich.markup import escape
 
@@ -43,6 +56,11 @@ def print_endpoints(cfg: GatewayConfig, directory: Path) -> None:
     s = cfg.settings
     base = f"{'https' if s.api.tls else 'http'}://{s.api.host}:{s.api.port}"
     out.print(f"[bold green]Zdravlink[/bold green] on {directory} — journal {s.database.url.split('@')[-1]}")
+    if roles is not None and "api" not in roles:
+        out.print(f"  roles    {', '.join(roles)} (no API on this host)")
+        return
+    if roles is not None and len(roles) < len(ROLE_NAMES):
+        out.print(f"  roles    {', '.join(roles)}")
     out.print(f"  API      {base}/api/v1/messages   {escape(f'[{transport_label(s.api.tls, s.api.plain)}]')}")
     out.print(f"  docs     {base}/docs")
     out.print(f"  SMEV 3   {base}/smev/1.1?wsdl   pull inbox {base}/api/v1/inbox")

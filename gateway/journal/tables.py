@@ -210,3 +210,13 @@ operator_sessions = Table(
     Column("expires_at", DateTime(timezone=True), nullable=False),
     Column("remote", String(64)),
 )
+
+#: Once-only duties (migration 0011): who holds each one's lease, and until when (gateway.journal.leases).
+leases = Table(
+    "leases",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("holder", String(200), nullable=False),
+    Column("acquired_at", DateTime(timezone=True), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+)

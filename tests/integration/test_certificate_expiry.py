@@ -91,15 +91,15 @@ def test_the_alert_rule_fires_for_a_tls_certificate_within_30_days(tmp_path):
         "tests": [{
             "interval": "1m",
             "input_series": [
-                {"series": 'zl_certificate_expiry_seconds{instance="gw:8700",owner="gateway:api",kind="tls-server",'
+                {"series": 'zl_certificate_expiry_seconds{job="zdravlink",instance="gw:8700",owner="gateway:api",kind="tls-server",'
                            'subject="hidden",serial="abc"}', "values": "2000000-60x30"},
-                {"series": 'zl_certificate_expiry_seconds{instance="gw:8700",owner="trust-store",kind="crl",'
+                {"series": 'zl_certificate_expiry_seconds{job="zdravlink",instance="gw:8700",owner="trust-store",kind="crl",'
                            'subject="hidden",serial=""}', "values": "5000000-60x30"},
             ],
             "alert_rule_test": [
                 {"eval_time": "5m", "alertname": "ZdravlinkCertificateExpiring", "exp_alerts": []},
                 {"eval_time": "15m", "alertname": "ZdravlinkCertificateExpiring", "exp_alerts": [{
-                    "exp_labels": {"severity": "warning", "instance": "gw:8700", "owner": "gateway:api",
+                    "exp_labels": {"severity": "warning", "job": "zdravlink", "owner": "gateway:api",
                                    "kind": "tls-server", "subject": "hidden", "serial": "abc"},
                     # 2,000,000 s less 15 minutes; the CRL, 58 days off, stays quiet
                     "exp_annotations": {"summary": "tls-server of gateway:api runs out in 23d 3h 18m 20s",

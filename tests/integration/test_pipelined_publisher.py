@@ -59,6 +59,28 @@ def test_an_unroutable_message_is_not_reported_as_published(queue):
         pub.close()
 
 
+def test_a_nacked_batch_is_followed_by_a_new_connection(queue):
+    """A queue that refuses (here: full, with reject-publish) nacks; what it nacked is not reported published,
+    and the next batch opens a connection of its own rather than go on with the one that was refused."""
+    ch, _ = queue
+    full = f"zlt-pp-full-{uuid.uuid4().hex[:8]}"
+    ch.queue_declare(full, durable=True, arguments={"x-queue-type": "quorum", "x-max-length": 1,
+                                                    "x-overflow": "reject-publish"})
+    pub = PipelinedPublisher(AMQP_URL, "zl-test")
+    try:
+        # A quorum queue applies its limit once it is over it: the first message or two get in.
+        sent = 0
+        while pub.publish_batch("", [Outgoing(f"m{sent}", full, b"<x/>")]) == [f"m{sent}"]:
+            sent += 1
+            assert sent < 5, "the full queue never nacked"
+        assert sent >= 1 and pub.connections == 1  # the nacked one, not reported published, on the first connection
+        assert pub.publish_batch("", [Outgoing("again", full, b"<x/>")]) == []  # still full: nacked again
+        assert pub.connections == 2  # the batch after a nack opened a new connection
+    finally:
+        pub.close()
+        ch.queue_delete(full)
+
+
 def test_an_unreachable_broker_raises_and_reports_nothing():
     pub = PipelinedPublisher(f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", "zl-test")
     with pytest.raises(BrokerUnavailable):

@@ -12,6 +12,7 @@ import subprocess
 import time
 
 import pytest
+import yaml
 
 from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
@@ -27,13 +28,38 @@ TOKEN = "prometheus-scrape-secret"
 
 def test_promtool_accepts_the_rules_and_the_dashboard_uses_only_metrics_the_gateway_has() -> None:
     checked = subprocess.run([binary("promtool"), "check", "rules", str(RULES)], capture_output=True, text=True)
-    assert checked.returncode == 0 and "SUCCESS: 6 rules found" in checked.stdout, checked.stdout + checked.stderr
+    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
     dashboard = json.loads((REPO / "monitoring" / "grafana" / "zdravlink.json").read_text())
     used = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"\b(zl_[a-z_]+)", t["expr"])}
     source = (REPO / "monitoring" / "metrics.py").read_text() + (REPO / "monitoring" / "exposition.py").read_text()
     for metric in used:
         base = re.sub(r"_(bucket|total)$", "", metric)
         assert f'"{metric}"' in source or f'"{base}"' in source or f'"{base}_total"' in source, metric
+    # Every node reports the same journal- and broker-wide gauges: summed over nodes they would count twice.
+    shared = ("zl_dead_messages", "zl_queue_depth", "zl_messages_in_flight", "zl_relay_lag_seconds",
+              "zl_oldest_in_flight_age_seconds")
+    summed = [t["expr"] for p in dashboard["panels"] for t in p["targets"]
+              if re.match(r"\s*sum\b", t["expr"]) and any(g in t["expr"] for g in shared)]
+    assert not summed, summed
+
+
+def test_the_scrape_configuration_for_n_nodes_is_valid_and_the_rules_aggregate_across_nodes(tmp_path) -> None:
+    """monitoring/prometheus/prometheus.yml as shipped (its token file beside it, as a deployment has it), and the
+    rules' own unit tests on two nodes (alerts_test.yml): one alert for what the journal says, one per node for
+    what is the node's."""
+    shipped = RULES.parent
+    for name in ("prometheus.yml", "alerts.yml", "alerts_test.yml"):
+        (tmp_path / name).write_text((shipped / name).read_text())
+    (tmp_path / "zdravlink-scrape.token").write_text("a-scrape-token\n")
+    checked = subprocess.run([binary("promtool"), "check", "config", str(tmp_path / "prometheus.yml")],
+                             capture_output=True, text=True)
+    assert checked.returncode == 0 and "SUCCESS: 8 rules found" in checked.stdout, checked.stdout + checked.stderr
+    config = yaml.safe_load((shipped / "prometheus.yml").read_text())
+    [job] = config["scrape_configs"]
+    assert job["job_name"] == "zdravlink" and len(job["static_configs"][0]["targets"]) > 1
+    tested = subprocess.run([binary("promtool"), "test", "rules", str(tmp_path / "alerts_test.yml")],
+                            capture_output=True, text=True)
+    assert tested.returncode == 0 and "SUCCESS" in tested.stdout, tested.stdout + tested.stderr
 
 
 def test_a_forced_dead_letter_fires_the_dead_letter_alert_in_a_real_prometheus(gateway_factory, tmp_path) -> None:

@@ -305,8 +305,10 @@ def test_a_thousand_concurrent_requests_each_answered_to_its_requester(world_fac
         time.sleep(0.5)
     for clinic in CLINICS:
         for ref, answers in w.answers(clinic).items():
-            assert len(answers) == 1, ref
+            # One answer, or (a request that outlived its 60 s deadline on a loaded machine) the
+            # timeout followed by the real one, as docs/registries.md promises; never two real ones.
+            assert len(answers) == 1 or [verdict(a) == "timeout" for a in answers] == [True, False], ref
             assert sent[ref][0] == clinic
-            assert answers[0].payload.findtext("{%s}SNILS" % WORKER) == sent[ref][1]
+            assert answers[-1].payload.findtext("{%s}SNILS" % WORKER) == sent[ref][1]
     answered = {ref for c in CLINICS for ref in w.answers(c)}
     assert answered == set(sent), f"{len(set(sent) - answered)} requests without an answer"

@@ -162,9 +162,9 @@ def test_timeout_is_retryable(partner):
     env = envelope()
     pusher = SoapPusher(timeout=0.3)
     try:
-        started = time.monotonic()
+        # The ReadTimeout in the detail is what shows the client gave up before the partner's 1 s
+        # (an elapsed-time bound here failed on a loaded machine: tests do not assert times).
         res = pusher.push(channel(partner), env.to_xml(), env.message_id, 1)
-        assert time.monotonic() - started < 0.9
         assert (res.delivered, res.retryable) == (False, True)
         assert res.detail.startswith("timeout") and "ReadTimeout" in res.detail
         # The partner took it after all (at-least-once); the retry is acknowledged and not taken twice.

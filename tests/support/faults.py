@@ -23,7 +23,7 @@ import httpx
 import sqlalchemy as sa
 
 from demo.emulators.rest_recipient import RecipientServer
-from tests.conftest import create_database
+from tests.conftest import create_database, drop_database
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import GatewayProcesses, envelope_json
@@ -131,9 +131,7 @@ class Bench:
         create_database(admin, name)
 
         def drop() -> None:
-            with admin.connect() as conn:
-                conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname='{name}'"))
-                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+            drop_database(admin, name)
             admin.dispose()
 
         return name, drop

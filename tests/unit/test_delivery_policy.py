@@ -148,13 +148,15 @@ def test_a_breaker_that_opens_between_in_process_attempts_makes_the_message_wait
 
 def test_a_closed_breaker_lets_the_waiting_message_through(world) -> None:
     script = Script(primary=[OK], backup=[OK])
-    worker, journal, pub = world(script, threshold=1, reset=0.05)
+    # The breakers open just before the message is handled and stay open long enough for a loaded
+    # machine (at 0.05 s the message sometimes reached a breaker already half open).
+    worker, journal, pub = world(script, threshold=1, reset=1.0)
+    mid, body, headers = routed(journal)
     worker.breakers.get("clinic/primary").failure()
     worker.breakers.get("clinic/backup").failure()
-    mid, body, headers = routed(journal)
     handle(worker, mid, body, headers)
     assert journal.get(mid).status == "RETRYING"
-    time.sleep(0.06)
+    time.sleep(1.05)
     handle(worker, mid, body, pub.sent[-1][2])
     assert journal.get(mid).status == "DELIVERED" and script.calls == [("primary", 1)]
 
