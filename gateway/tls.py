@@ -207,9 +207,13 @@ def _load_pair(ctx: ssl.SSLContext, pair: KeyPair, base: Path) -> Certificate:
         path = resolve(base, pair.pkcs12)
         try:
             key, cert = PrivateKey.load(path, password), Certificate.load(path, password)
-        except KeyFileError as exc:
-            raise TlsConfigError(str(exc)) from None
-        _load_pem(ctx, ssl.DER_cert_to_PEM_cert(cert.der).encode(), key.pkey.private_pem())
+            chain = libcrypto.read_pkcs12_chain(path.read_bytes(), password or "")
+        except (KeyFileError, libcrypto.CryptoError) as exc:
+            raise TlsConfigError(f"{path}: {exc}" if isinstance(exc, libcrypto.CryptoError) else str(exc)) from None
+        # the certificate, then the CA certificates the file carries: a server sends its chain in the handshake
+        ders = [cert.der, *(x.der for x in chain if x.der != cert.der)]
+        pem = "".join(ssl.DER_cert_to_PEM_cert(der) for der in ders)
+        _load_pem(ctx, pem.encode(), key.pkey.private_pem())
         return cert
     assert pair.certificate and pair.key
     cert_path, key_path = resolve(base, pair.certificate), resolve(base, pair.key)

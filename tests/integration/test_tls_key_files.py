@@ -145,3 +145,31 @@ def test_the_fallback_refuses_an_untrusted_client_certificate_inside_the_handsha
     assert handshake(server.context, client_with(ca, clients, "lab"))[0] == "TLSv1.3"
     with pytest.raises((ssl.SSLError, AssertionError, ConnectionError), match="(?i)certificate|reset|alert"):
         handshake(server.context, client_with(ca, clients, "rogue"))
+
+
+def test_a_pkcs12_with_its_ca_chain_sends_the_chain_in_the_handshake(tmp_path, monkeypatch):
+    """CAs issue server certificates from an intermediate CA and ship the .p12 with it: a partner that trusts
+    only the root must get the intermediate from the handshake."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=tmp_path)
+
+    (tmp_path / "ca.ext").write_text("basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n")
+    (tmp_path / "leaf.ext").write_text("basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                                       "subjectAltName=DNS:localhost\n")
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "root.key", "-out", "root.pem", "-days", "30",
+            "-subj", "/CN=Test Root CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    for name, issuer, subject, ext in (("sub", "root", "/CN=Test Sub CA", "ca.ext"),
+                                       ("leaf", "sub", "/CN=gateway-api", "leaf.ext")):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", subject)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{issuer}.pem", "-CAkey", f"{issuer}.key",
+                "-CAcreateserial", "-days", "30", "-extfile", ext, "-out", f"{name}.pem")
+    openssl("pkcs12", "-export", "-inkey", "leaf.key", "-in", "leaf.pem", "-certfile", "sub.pem",
+            "-out", "chain.p12", "-passout", "pass:p12-secret")
+    monkeypatch.setenv("ZL_TEST_TLS_P12", "p12-secret")
+    server = server_context(ServerTls(pkcs12="chain.p12", password_env="ZL_TEST_TLS_P12"), tmp_path)
+    assert server.certificates[0].subject == "CN=gateway-api"
+    client = ssl.create_default_context(cafile=str(tmp_path / "root.pem"))  # the root only
+    version, _, cert = handshake(server.context, client)
+    assert version == "TLSv1.3" and ("commonName", "gateway-api") in [p for rdn in cert["subject"] for p in rdn]
