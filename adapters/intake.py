@@ -5,15 +5,20 @@ between, including the audit record and the metrics of every refusal, is here on
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 from collections.abc import Callable
 
+from gateway import errors
 from gateway.accept import Accepted, AcceptPipeline
 from gateway.config import Participant
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal
 from gateway.masking import mask_text
+from gateway.ratelimit import RateLimiter
+from gateway.tls import PeerCertificate
 from monitoring import metrics
 
 log = logging.getLogger("zdravlink.intake")
@@ -25,14 +30,53 @@ class Intake:
         self.pipeline = pipeline
         self.journal = journal
         self.on_accepted = on_accepted
+        self.limits = RateLimiter({m: p.rate_limit for m, p in pipeline.config.participants.items()
+                                   if p.rate_limit is not None})
+
+    def authenticate(self, token: str | None, peer: PeerCertificate | None, *, source: str,
+                     remote: str | None) -> Participant:
+        """The caller (token, client certificate); a refusal is audited with its reason before it propagates."""
+        try:
+            return self.pipeline.authenticate(token, peer)
+        except Rejection as rej:
+            self.refused(rej, source=source, remote=remote, caller=_named(rej), env=None)
+            raise
+
+    def admit(self, caller: Participant, size: int, *, source: str, remote: str | None) -> None:
+        """Within the caller's rate limit, or a 429 RATE_LIMITED with Retry-After (audited, counted): nothing taken."""
+        verdict = self.limits.admit(caller.mnemonic, size)
+        if verdict.admitted:
+            return
+        retry = max(1, math.ceil(verdict.wait))
+        metrics.RATE_LIMITED.labels(caller.mnemonic, source, verdict.limit).inc()
+        lim = caller.rate_limit
+        said = (f"{lim.messages_per_second:g} messages/s" if verdict.limit == "messages" and lim
+                and lim.messages_per_second else f"{lim.bytes_per_second} bytes/s" if lim else "its limit")
+        rej = Rejection(errors.RATE_LIMITED, f"{caller.mnemonic!r} sends faster than {said}: send again in "
+                        f"{retry} s (nothing was accepted)", None, status=429, extra={"retry_after": retry})
+        self.refused(rej, source=source, remote=remote, caller=caller.mnemonic, env=None)
+        raise rej
+
+    def pace(self, participant: str, size: int) -> float:
+        """Take a message whatever the limit and return how long to hold its answer (MLLP: slowed, not dropped)."""
+        verdict = self.limits.debit(participant, size)
+        if verdict.wait > 0:
+            metrics.RATE_LIMITED.labels(participant, "hl7", verdict.limit).inc()
+            metrics.RATE_LIMIT_DELAY.labels(participant).inc(verdict.wait)
+        return verdict.wait
 
     def receive(self, body: bytes, content_type: str, token: str | None, *, source: str,
-                remote: str | None = None) -> Accepted:
+                remote: str | None = None, peer: PeerCertificate | None = None) -> Accepted:
         """Accept one message or raise the Rejection, which is audited before it propagates."""
         env: Envelope | None = None
         caller = None
         try:
-            caller = self.pipeline.authenticate(token)
+            caller = self.pipeline.authenticate(token, peer)
+        except Rejection as rej:
+            self.refused(rej, source=source, remote=remote, caller=_named(rej), env=None)
+            raise
+        self.admit(caller, len(body), source=source, remote=remote)
+        try:
             env = self.pipeline.parse(body, content_type)
             self.pipeline.check_message_id(env)
         except Rejection as rej:
@@ -64,6 +108,14 @@ class Intake:
         owned = env if env is not None and caller is not None and env.sender == caller else None
         log.info("refused %s from %s: %s [%s] %s", source, caller or "anonymous", rej.code, rej.field,
                  mask_text(rej.detail))
-        self.journal.reject(rej, source=source, sender=caller, remote=remote,
+        explanation = rej.extra.get("explanation")
+        audited = dataclasses.replace(rej, detail=f"{rej.detail}\n{explanation}") if explanation else rej
+        self.journal.reject(audited, source=source, sender=caller, remote=remote,
                             message_id=env.message_id if env else None, env=owned,
                             actor=f"{source}-adapter")
+
+
+def _named(rej: Rejection) -> str | None:
+    """The participant a refusal names (an expired token, a certificate not its own), for the audit's sender."""
+    named = rej.extra.get("participant")
+    return named if isinstance(named, str) else None

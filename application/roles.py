@@ -68,11 +68,14 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
     from adapters.intake import Intake
     from adapters.mapping.lab_service import LabResults
     from adapters.rest.app import create_app
+    from adapters.rest.tls import uvicorn_options
     from adapters.soap.smev_exchange import SmevExchange
     from adapters.soap.smev_service import SmevWsgi
     from application.runtime import load_lab_mappings
     from gateway.accept import AcceptPipeline
     from gateway.journal.inbox import Inbox
+    from gateway.tls import server_context
+    from gateway.transport import watched
     from monitoring.exposition import GatewayStateCollector, certificate_labels
     from routing.relay import OutboxRelay
 
@@ -100,8 +103,10 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
     timestamp_alert_after = s.evidence.timestamp_alert_after_seconds if s.evidence.tsa_url else None
     certificates = [(owner, *certificate_labels(c.subject, c.serial, s.metrics.certificate_details), c.not_after)
                     for owner, c in keyring.owned_certificates()]
+    dates = watched(config, keyring.owned_certificates(), keyring.trust)  # every certificate and CRL, TLS too
     app = create_app(intake=api_intake, journal=journal, max_body_bytes=s.api.max_body_bytes, readiness=readiness,
-                     state=GatewayStateCollector(journal, inspector.depths, certificates, timestamp_alert_after),
+                     state=GatewayStateCollector(journal, inspector.depths, certificates, dates,
+                                                 s.metrics.certificate_details, timestamp_alert_after),
                      inbox=inbox,
                      keyring=keyring, lock_seconds=s.smev.pull_lock_seconds,
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
@@ -109,10 +114,13 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
                      console=build_console(config, journal, api_intake, mappings))
     if relay_outbox:
         relay.start()
-    # uvloop and httptools: the event loop and HTTP parser in C, measured in bench/bench_spine.py.
+    # uvloop and httptools: the event loop and HTTP parser in C, measured in bench/bench_spine.py. Over TLS
+    # the HTTP protocol is httptools' with the client certificate added to the scope (adapters.rest.tls).
+    options: dict[str, object] = {"http": "httptools"}
+    options.update(uvicorn_options(server_context(s.api.tls, config.directory) if s.api.tls else None))
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5, loop="uvloop",
-                                           http="httptools"))
+                                           **options))  # type: ignore[arg-type]
     sockets = [_listen(s.api.host, s.api.port)]
     if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
         sockets.append(_listen(s.metrics.host, s.metrics.port))
@@ -204,15 +212,18 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) 
     from adapters.hl7v2.ack import ack_for_error
     from adapters.hl7v2.lab_intake import LabIntake
     from adapters.hl7v2.mllp import MllpServer
+    from adapters.hl7v2.mllp_security import MllpSecurity
     from application.wiring import intake
+    from gateway.tls import transport_label
     from monitoring import metrics
 
     s = config.settings
     journal = Journal(s.database.url)
     labs = LabIntake(intake(config, journal, keyring), mappings)
+    guard = MllpSecurity(config, labs.intake)  # TLS, each lab's client certificate, rate limits (paced ACKs)
 
     async def handle(message: bytes, peer: str) -> bytes:
-        return (await asyncio.to_thread(labs.handle, message, peer)).ack
+        return await guard.paced(await asyncio.to_thread(labs.handle, message, peer), len(message))
 
     async def main() -> None:
         h = s.hl7
@@ -220,9 +231,11 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) 
                             max_frame_bytes=h.max_frame_bytes or s.api.max_body_bytes,
                             max_connections=h.max_connections, frame_timeout=h.frame_timeout_seconds,
                             max_buffered_bytes=h.max_buffered_bytes,
-                            on_refused=lambda reason: metrics.MLLP_REFUSED.labels(reason).inc())
+                            on_refused=lambda reason: metrics.MLLP_REFUSED.labels(reason).inc(),
+                            tls=guard.tls, on_connect=guard.on_connect)
         await server.start()
-        log.info("MLLP listener on %s:%s for %s", h.host, server.port, ", ".join(sorted(mappings)) or "no lab")
+        log.info("MLLP listener on %s:%s (%s) for %s", h.host, server.port, transport_label(h.tls, h.plain),
+                 ", ".join(sorted(mappings)) or "no lab")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -123,8 +123,13 @@ class Supervisor:
             return all(proc.poll() is None for proc in self.procs.values())
         s = self.config.settings.api
         host = "127.0.0.1" if s.host in ("0.0.0.0", "::") else s.host
+        if s.tls is not None and getattr(self, "_probe_tls", None) is None:
+            from gateway.tls import self_probe_context
+
+            self._probe_tls = self_probe_context(s.tls, self.config.directory)
+        scheme, verify = ("https", self._probe_tls) if s.tls is not None else ("http", True)
         try:
-            return httpx.get(f"http://{host}:{s.port}/readyz", timeout=1).status_code == 200
+            return httpx.get(f"{scheme}://{host}:{s.port}/readyz", timeout=1, verify=verify).status_code == 200
         except httpx.HTTPError:
             return False
 

@@ -44,9 +44,11 @@ def delivery_channels(config: GatewayConfig, journal: Journal, keyring: KeyRing)
     """One implementation per channel mode the routes use: REST and SOAP push, and the registries."""
     from adapters.rest.push import RestChannel
     from adapters.soap.push import SoapPusher
+    from gateway.tls import ClientContexts
 
     timeout = config.settings.delivery.timeout_seconds
-    channels: dict[str, DeliveryChannel] = {"rest": RestChannel(timeout), "soap": SoapPusher(timeout)}
+    tls = ClientContexts(config.directory)  # channels' CAs, client certificates, pins
+    channels: dict[str, DeliveryChannel] = {"rest": RestChannel(timeout, tls), "soap": SoapPusher(timeout, tls)}
     if has_registry_routes(config):
         from adapters.registries.channel import RegistryChannel
 

@@ -34,7 +34,7 @@ certificate = $dir/ca.pem
 private_key = $dir/ca.key
 serial = $dir/serial
 crlnumber = $dir/crlnumber
-default_md = md_gost12_256
+default_md = {md}
 default_days = 730
 default_crl_days = 3650
 policy = policy_any
@@ -83,7 +83,9 @@ class DemoCA:
         self.cert = self.dir / "ca.pem"
 
     @classmethod
-    def create(cls, directory: Path, days: int = 3650) -> DemoCA:
+    def create(cls, directory: Path, days: int = 3650, *, key_type: str = "gost2012-256",
+               subject: str = CA_SUBJECT) -> DemoCA:
+        """A new CA (kept if ``directory`` has one); ``key_type`` rsa makes one like the Russian Trusted Root CA."""
         ca = cls(directory)
         if ca.cert.exists():
             return ca
@@ -91,17 +93,23 @@ class DemoCA:
         (ca.dir / "index.txt").write_text("")
         (ca.dir / "serial").write_text("1000\n")
         (ca.dir / "crlnumber").write_text("1000\n")
-        ca.config.write_text(_CONFIG.format(dir=ca.dir))
-        _openssl("genpkey", *_GENPKEY["gost2012-256"], "-out", str(ca.key))
+        md = "sha256" if key_type == "rsa" else "md_gost12_256"
+        ca.config.write_text(_CONFIG.format(dir=ca.dir, md=md))
+        _openssl("genpkey", *_GENPKEY[key_type], "-out", str(ca.key))
         _openssl("req", "-config", str(ca.config), "-engine", "gost", "-x509", "-new", "-key", str(ca.key),
-                 "-md_gost12_256", "-utf8", "-subj", CA_SUBJECT, "-days", str(days),
+                 f"-{md}", "-utf8", "-subj", subject, "-days", str(days),
                  "-addext", "basicConstraints=critical,CA:TRUE",
                  "-addext", "keyUsage=critical,keyCertSign,cRLSign", "-out", str(ca.cert))
         return ca
 
     def issue(self, out_dir: Path, name: str, key_type: str, *, not_before: dt.datetime | None = None,
-              not_after: dt.datetime | None = None, days: int = 730) -> tuple[Path, Path]:
-        """A key and a certificate for ``name`` (CN), written as ``<name>-<key_type>.key/.pem``."""
+              not_after: dt.datetime | None = None, days: int = 730, tls: str | None = None,
+              hosts: tuple[str, ...] = ("localhost", "127.0.0.1")) -> tuple[Path, Path]:
+        """A key and a certificate for ``name`` (CN), written as ``<name>-<key_type>.key/.pem``.
+
+        ``tls`` "server" or "client" makes a TLS certificate (extended key usage; a server's names
+        ``hosts`` in subjectAltName, as hostname verification wants).
+        """
         if key_type not in _GENPKEY:
             raise DemoCAError(f"unknown key type {key_type!r} (one of {', '.join(KEY_TYPES)})")
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -112,9 +120,16 @@ class DemoCA:
                  "-subj", f"/O=Zdravlink demo/CN={name}", "-out", str(csr))
         start = not_before or dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
         end = not_after or start + dt.timedelta(days=days)
+        extra: list[str] = []
+        if tls is not None:
+            ext = out_dir / f".{name}-{key_type}.ext"
+            ext.write_text(_tls_extensions(tls, hosts))
+            extra = ["-extfile", str(ext), "-extensions", "tls"]
         _openssl("ca", "-config", str(self.config), "-engine", "gost", "-batch", "-utf8", "-notext",
-                 "-startdate", _asn1(start), "-enddate", _asn1(end), "-in", str(csr), "-out", str(cert))
+                 "-startdate", _asn1(start), "-enddate", _asn1(end), "-in", str(csr), "-out", str(cert), *extra)
         csr.unlink()
+        if tls is not None:
+            ext.unlink()
         key.chmod(0o600)
         return key, cert
 
@@ -124,6 +139,19 @@ class DemoCA:
     def write_crl(self, path: Path) -> Path:
         _openssl("ca", "-config", str(self.config), "-engine", "gost", "-gencrl", "-out", str(path))
         return path
+
+
+def _tls_extensions(purpose: str, hosts: tuple[str, ...]) -> str:
+    if purpose not in ("server", "client"):
+        raise DemoCAError(f"tls must be server or client, not {purpose!r}")
+    lines = ["[ tls ]", "basicConstraints = CA:FALSE", "subjectKeyIdentifier = hash",
+             "authorityKeyIdentifier = keyid",
+             "keyUsage = critical, digitalSignature, keyEncipherment, keyAgreement",
+             f"extendedKeyUsage = {'serverAuth' if purpose == 'server' else 'clientAuth'}"]
+    if purpose == "server":
+        names = [f"IP:{h}" if h.replace(".", "").isdigit() or ":" in h else f"DNS:{h}" for h in hosts]
+        lines.append("subjectAltName = " + ", ".join(names))
+    return "\n".join(lines) + "\n"
 
 
 def demo_signer(directory: Path, name: str, key_type: str = "gost2012-256") -> Signer:

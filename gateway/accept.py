@@ -22,8 +22,8 @@ from gateway.config import (
     GatewayConfig,
     Participant,
     Route,
-    hash_token,
 )
+from gateway.credentials import Authenticator
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.flows import MessageFlow, ProtocolFlow, RegistryVerificationFlow, ServiceRecordFlow
@@ -35,6 +35,7 @@ from gateway.keyring import KeyRing
 from gateway.message_ids import check_message_id
 from gateway.service_records import ServiceRecordRules
 from gateway.tariffs import load_tariffs
+from gateway.tls import PeerCertificate
 from gateway.xmlsafe import parse_xml
 from signing import errors as signature_errors
 from signing.errors import SignatureError
@@ -64,18 +65,11 @@ class AcceptPipeline:
         self._group = GroupAccept(journal)
         self.flows: list[MessageFlow] = [ServiceRecordFlow(self.service_records), ProtocolFlow(self.service_records),
                                          RegistryVerificationFlow(config, RegistryRequests(journal))]
-        self._by_token = {
-            digest: p for p in config.participants.values() for digest in p.api_token_sha256
-        }
+        self.authenticator = Authenticator(config.participants, config.directory)
 
-    def authenticate(self, token: str | None) -> Participant:
-        if not token:
-            raise Rejection(errors.AUTHENTICATION_REQUIRED, "an API token is required (Authorization: Bearer …)",
-                            "Authorization", status=401)
-        participant = self._by_token.get(hash_token(token))
-        if participant is None:
-            raise Rejection(errors.INVALID_TOKEN, "the API token is not valid", "Authorization", status=401)
-        return participant
+    def authenticate(self, token: str | None, peer: PeerCertificate | None = None) -> Participant:
+        """The caller by its API token and, on TLS with client certificates, its certificate (gateway.credentials)."""
+        return self.authenticator.authenticate(token, peer)
 
     @staticmethod
     def parse(body: bytes, content_type: str) -> Envelope:
@@ -142,7 +136,9 @@ class AcceptPipeline:
         except SignatureError as exc:
             forbidden = (exc.code in signature_errors.CERTIFICATE_CODES
                          or exc.code == signature_errors.SIGNATURE_REQUIRED)
-            raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422) from None
+            explanation = self.keyring.explain_sender(env)  # the signature doctor's, for the audit record
+            raise Rejection(exc.code, exc.detail, "SenderSignature", status=403 if forbidden else 422,
+                            extra={"explanation": explanation} if explanation else {}) from None
 
     def accept(self, env: Envelope, caller: Participant, *, source: str,
                verified_signature: dict[str, str] | None = None) -> Accepted:

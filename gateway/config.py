@@ -11,7 +11,6 @@ broker.urls), ``ZL_BROKER_PREFIX`` (broker.prefix), ``ZL_API_PORT`` (api.port), 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import random
 import re
@@ -25,6 +24,10 @@ from lxml import etree
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
+from gateway.credentials import ApiToken, ClientCertificate
+from gateway.credentials import hash_token as hash_token  # where the rest of the gateway imports it from
+from gateway.ratelimit import RateLimit
+from gateway.tls import ClientTls, ServerTls, listener_rule
 from zdravlink.errors import ConfigurationError
 
 MNEMONIC = r"^[a-z0-9][a-z0-9_-]{1,49}$"
@@ -66,7 +69,7 @@ def _token_digests(values: list[str]) -> list[str]:
     """API and scrape tokens are kept as SHA-256 digests only, so the files never hold a usable token."""
     for v in values:
         if not re.fullmatch(r"[0-9a-f]{64}", v):
-            raise ValueError("each entry must be 64 lower-case hex digits (zdravlink hash-token TOKEN)")
+            raise ValueError("each entry must be 64 lower-case hex digits (printf %s TOKEN | zdravlink hash-token)")
     return values
 
 
@@ -79,6 +82,16 @@ class ApiSettings(_Strict):
     #: API processes on this host, all on the one port (SO_REUSEPORT; the kernel spreads connections).
     #: Each runs an outbox relay on PostgreSQL (they share the outbox); on SQLite only the first does.
     processes: int = Field(1, ge=1, le=32)
+    #: TLS (and client certificates) on the API, the SMEV endpoint and /metrics (docs/transport-security.md).
+    tls: ServerTls | None = None
+    #: Serve plain HTTP on a non-loopback address on purpose: TLS ends at a proxy in front.
+    plain: bool = False
+
+    @model_validator(mode="after")
+    def _transport(self) -> ApiSettings:
+        if (rule := listener_rule(self.host, self.tls, self.plain)) is not None:
+            raise ValueError(rule)
+        return self
 
 
 class DatabaseSettings(_Strict):
@@ -251,6 +264,15 @@ class Hl7Settings(_Strict):
     frame_timeout_seconds: float = Field(60.0, gt=0)
     #: Unfinished frames of all connections together may hold this much memory.
     max_buffered_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    #: MLLP over TLS; with client_ca, each lab's connection is known by its client certificate.
+    tls: ServerTls | None = None
+    plain: bool = False
+
+    @model_validator(mode="after")
+    def _transport(self) -> Hl7Settings:
+        if self.enabled and (rule := listener_rule(self.host, self.tls, self.plain)) is not None:
+            raise ValueError(rule)
+        return self
 
 
 class ActsSettings(_Strict):
@@ -421,6 +443,10 @@ class Channel(_Strict):
     #: ФРМР the environment variable holding its bearer token.
     registry: Literal["frmr", "frmo"] | None = None
     token_env: str | None = Field(None, pattern=ENV_VAR)
+    #: ФРМР's bearer token from a file instead (a secret mounted by the deployment, e.g. /run/secrets/frmr).
+    token_file: str | None = None
+    #: TLS to this endpoint: CA bundle, client certificate, pins, GOST (gateway.tls.ClientTls).
+    tls: ClientTls | None = None
 
     _check_url = field_validator("url", "wsdl")(classmethod(lambda cls, v: _http_url(v)))
 
@@ -433,15 +459,29 @@ class Channel(_Strict):
         if self.mode == "registry":
             if not self.url or not self.registry:
                 raise ValueError("a registry channel needs registry (frmr or frmo) and url")
-            if self.registry == "frmr" and not self.token_env:
-                raise ValueError("a frmr channel needs token_env: the variable that holds ФРМР's bearer token")
-        elif self.registry or self.token_env:
-            raise ValueError("registry and token_env belong to registry channels only")
+            if self.registry == "frmr" and not (self.token_env or self.token_file):
+                raise ValueError("a frmr channel needs token_env (the variable that holds ФРМР's bearer token) "
+                                 "or token_file")
+            if self.token_env and self.token_file:
+                raise ValueError("give token_env or token_file, not both")
+        elif self.registry or self.token_env or self.token_file:
+            raise ValueError("registry, token_env and token_file belong to registry channels only")
+        if self.tls is not None and self.mode != "pull":
+            urls = [u for u in (self.url, self.wsdl) if u]
+            if any(not u.startswith("https://") for u in urls):
+                raise ValueError("tls needs https URLs (url and wsdl)")
         return self
 
 
 class Credentials(_Strict):
+    """How a participant proves who it is (gateway.credentials): API tokens, client certificates, or both."""
+
+    #: Digests of tokens without an expiry (the short form of api_tokens).
     api_token_sha256: list[str] = []
+    #: Tokens with an optional expiry and label: several at once while one replaces another.
+    api_tokens: list[ApiToken] = []
+    #: The TLS client certificates the participant's connections must present (one of them).
+    client_certificates: list[ClientCertificate] = []
 
     @field_validator("api_token_sha256")
     @classmethod
@@ -468,10 +508,17 @@ class Participant(_Strict):
     oms_code: str | None = Field(None, pattern=r"^[0-9A-Za-z]{1,5}$")
     #: Must this participant sign what it sends? Unset: yes for registries and insurers.
     signature_required: bool | None = None
+    #: Messages and bytes per second it may send (gateway.ratelimit); unset: no limit.
+    rate_limit: RateLimit | None = None
 
     @property
     def api_token_sha256(self) -> list[str]:
-        return self.credentials.api_token_sha256
+        return self.credentials.api_token_sha256 + [t.sha256 for t in self.credentials.api_tokens]
+
+    @property
+    def api_tokens(self) -> list[ApiToken]:
+        """Every token, the short form's as tokens without expiry."""
+        return [ApiToken(sha256=d) for d in self.credentials.api_token_sha256] + self.credentials.api_tokens
 
     @property
     def signs_by_default(self) -> bool:
@@ -574,10 +621,6 @@ class GatewayConfig(BaseModel):
     def resolve_route(self, sender: str, message_type: str, recipient: str,
                       payload_root: etree._Element) -> Route | None:
         return next((r for r in self.routes_for(sender, message_type, recipient) if r.matches(payload_root)), None)
-
-
-def hash_token(token: str) -> str:
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
 # ---- loading ----------------------------------------------------------------
@@ -683,6 +726,13 @@ def load_config(directory: Path | str, known_message_types: set[str] | None = No
                 problems.append(ConfigProblem(shown["participants.yaml"], f"participants[{i}].mnemonic",
                                               f"duplicate mnemonic {p.mnemonic!r}"))
             participants.setdefault(p.mnemonic, p)
+        owners: dict[str, str] = {}
+        for i, p in enumerate(pfile.participants):
+            for digest in p.api_token_sha256:
+                if owners.setdefault(digest, p.mnemonic) != p.mnemonic or p.api_token_sha256.count(digest) > 1:
+                    problems.append(ConfigProblem(shown["participants.yaml"], f"participants[{i}].credentials",
+                                                  f"the token {digest[:12]}… is listed twice (each token names one "
+                                                  "participant)"))
 
     routes: list[Route] = []
     if rfile is not None:

@@ -16,6 +16,7 @@ from lxml import etree
 from gateway.config import CertificateFile, ConfigError, ConfigProblem, GatewayConfig
 from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS
+from gateway.transport import transport_problems
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, KeyFileError, PrivateKey, Signer, TrustStore, Verified, errors, sign, verify
 from signing.errors import SignatureError
@@ -57,6 +58,16 @@ class KeyRing:
             raise SignatureError(errors.CERTIFICATE_UNTRUSTED, "the gateway has no trust store configured")
         return verify(signature, document=document, trust=self.trust, expected=document.find(_Z + "SenderProvidedData"),
                       signers=self.certificates.get(env.sender, []), at=at)
+
+    def explain_sender(self, env: Envelope) -> str | None:
+        """The signature doctor's text for a refused sender signature, for the audit record (no octets,
+        certificate names quoted so that masking hides them); None if there is nothing to explain."""
+        document = env.wire if env.wire is not None else env.to_element()
+        signature = document.find(_SENDER_SIGNATURE)
+        if signature is None:
+            return None
+        return explain_for_audit(signature, document, self, document.find(_Z + "SenderProvidedData"),
+                                 self.certificates.get(env.sender, []))
 
     def sign_envelope(self, env_xml: bytes) -> bytes:
         """The envelope with the gateway's signature over its SenderProvidedData (replacing an older one)."""
@@ -126,6 +137,7 @@ def load_keyring(config: GatewayConfig) -> KeyRing:
         if needs and not p.certificates:
             problems.append(ConfigProblem(pfile, f"participants[{i}].certificates",
                                           f"{p.mnemonic!r} must sign what it sends, so it needs a certificate"))
+    problems += transport_problems(config)  # TLS, client certificate and token files, checked with the keys
     if problems:
         raise ConfigError(problems)
     return ring
@@ -165,3 +177,17 @@ def expected_signers(signature: etree._Element, ring: KeyRing | None
         return data, [ring.signer.certificate] if ring.signer else None
     sender = data.findtext(_Z + "Sender") if data is not None else None
     return data, ring.certificates.get(sender or "") or None
+
+
+def explain_for_audit(signature: etree._Element, document: etree._Element, ring: KeyRing,
+                      expected: etree._Element | None, signers: list[Certificate] | None) -> str | None:
+    """``signing.explain`` of one signature as audit text; never raises (a refusal must still be recorded)."""
+    from signing.explain import explain
+
+    known = [c for certs in ring.certificates.values() for c in certs]
+    known += [ring.signer.certificate] if ring.signer else []
+    try:
+        return explain(signature, document=document, trust=ring.trust, expected=expected, signers=signers,
+                       known=known).text(for_audit=True)
+    except Exception as exc:  # the explanation is a courtesy; the refusal stands without it
+        return f"(no explanation: {type(exc).__name__})"

@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from gateway.journal import IN_FLIGHT, Journal, Status
 from gateway.journal.search import relay_lag_seconds
+from gateway.transport import Watched
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +38,15 @@ CertificateInfo = tuple[str, str, str, dt.datetime]
 
 class GatewayStateCollector(Collector):
     def __init__(self, journal: Journal, queue_depths: Callable[[], dict[str, int]],
-                 certificates: Sequence[CertificateInfo] = (), timestamp_alert_after: float | None = None) -> None:
+                 certificates: Sequence[CertificateInfo] = (), watched: Sequence[Watched] = (),
+                 details: bool = False, timestamp_alert_after: float | None = None) -> None:
         """``timestamp_alert_after``: evidence.timestamp_alert_after_seconds (None: no timestamp is expected)."""
         self.journal = journal
         self.queue_depths = queue_depths
         self.certificates = certificates
+        #: Every certificate and CRL date (gateway.transport.watched), as zl_certificate_expiry_seconds.
+        self.watched = watched
+        self.details = details
         self.timestamp_alert_after = timestamp_alert_after
 
     def collect(self) -> Iterable[Metric]:
@@ -86,6 +91,15 @@ class GatewayStateCollector(Collector):
         for owner, subject, serial, not_after in self.certificates:
             expiry.add_metric([owner, subject, serial], round((not_after - now).total_seconds() / 86400, 2))
         yield expiry
+        seconds = GaugeMetricFamily("zl_certificate_expiry_seconds",
+                                    "Seconds until a certificate the gateway uses or trusts expires, or a CRL's next "
+                                    "update is due (negative: past); kind says which (signing, tls-server, "
+                                    "client-certificate, channel-client, trust-store, tls-client-ca, channel-ca, crl)",
+                                    labels=["owner", "kind", "subject", "serial"])
+        for w in self.watched:
+            subject, serial = certificate_labels(w.subject, w.serial, self.details)
+            seconds.add_metric([w.owner, w.kind, subject, serial], round(w.seconds_left(now)))
+        yield seconds
         yield from self._evidence()
 
     def _evidence(self) -> Iterable[Metric]:

@@ -58,3 +58,9 @@ MLLP_REFUSED = Counter("zl_mllp_refused_total",
 DUTY_HELD = Gauge("zl_duty_held",
                   "1 while this process holds the lease of a once-only duty (deadlines, acts, sweeper), 0 on standby",
                   ["duty"], multiprocess_mode="livesum")
+RATE_LIMITED = Counter("zl_rate_limited_total",
+                       "Messages over their sender's rate limit: refused with 429 (REST, SOAP) or slowed (hl7); "
+                       "limit is messages or bytes", ["participant", "source", "limit"])
+RATE_LIMIT_DELAY = Counter("zl_rate_limit_delay_seconds_total",
+                           "Seconds MLLP ACKs were held back to slow a laboratory down to its rate limit",
+                           ["participant"])

@@ -85,8 +85,12 @@ def _bind(lib: ctypes.CDLL) -> None:
         "X509_CRL_get0_by_serial": (ctypes.c_int, [_c_p, ctypes.POINTER(_c_p), _c_p]),
         "X509_CRL_get0_nextUpdate": (_c_p, [_c_p]),
         "d2i_PKCS12": (_c_p, [_c_p, ctypes.POINTER(ctypes.c_char_p), ctypes.c_long]),
-        "PKCS12_parse": (ctypes.c_int, [_c_p, ctypes.c_char_p, ctypes.POINTER(_c_p), ctypes.POINTER(_c_p), _c_p]),
+        "PKCS12_parse": (ctypes.c_int, [_c_p, ctypes.c_char_p, ctypes.POINTER(_c_p), ctypes.POINTER(_c_p),
+                                        ctypes.POINTER(_c_p)]),
         "PKCS12_free": (None, [_c_p]),
+        "OPENSSL_sk_num": (ctypes.c_int, [_c_p]),
+        "OPENSSL_sk_value": (_c_p, [_c_p, ctypes.c_int]),
+        "OPENSSL_sk_free": (None, [_c_p]),
         "EVP_get_digestbyname": (_c_p, [ctypes.c_char_p]),
         "EVP_Digest": (ctypes.c_int, [ctypes.c_char_p, _size_t, ctypes.c_char_p, ctypes.POINTER(ctypes.c_uint),
                                       _c_p, _c_p]),
@@ -429,6 +433,32 @@ class CRL:
         c = lib()
         entry = _c_p()
         return int(c.X509_CRL_get0_by_serial(self.ptr, ctypes.byref(entry), c.X509_get_serialNumber(cert.ptr))) == 1
+
+
+def read_pkcs12_chain(data: bytes, password: str) -> list[X509]:
+    """The other certificates a PKCS#12 file carries beside its own (the CA chain a TLS server must send)."""
+    c = gost_engine()
+    c.ERR_clear_error()
+    p12 = _d2i(c.d2i_PKCS12, data)
+    if not p12:
+        raise _fail("not a PKCS#12 file")
+    try:
+        key, cert, stack = _c_p(), _c_p(), _c_p()
+        if c.PKCS12_parse(p12, password.encode("utf-8"), ctypes.byref(key), ctypes.byref(cert),
+                          ctypes.byref(stack)) != 1:
+            raise _fail("cannot open the PKCS#12 file (wrong password?)")
+        if key.value:
+            Pkey(key.value)  # owned, so freed
+        if cert.value:
+            X509(cert.value)
+        if not stack.value:
+            return []
+        try:  # each certificate of the stack is ours now: X509 frees it; the stack itself is freed here
+            return [X509(c.OPENSSL_sk_value(stack.value, i)) for i in range(c.OPENSSL_sk_num(stack.value))]
+        finally:
+            c.OPENSSL_sk_free(stack.value)
+    finally:
+        c.PKCS12_free(p12)
 
 
 def read_pkcs12(data: bytes, password: str) -> tuple[Pkey | None, X509 | None]:

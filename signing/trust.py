@@ -67,6 +67,11 @@ class TrustStore:
             raise KeyFileError(f"{base}: no CA certificate found (expected {', '.join(CERT_SUFFIXES)} files)")
         return cls(anchors, crls)
 
+    @property
+    def crls(self) -> list[libcrypto.CRL]:
+        """Every CRL in the store (for the expiry of their next update)."""
+        return [crl for crls in self._crls.values() for crl in crls]
+
     def _anchor(self, cert: Certificate) -> Certificate | None:
         with self._lock:
             if cert.der not in self._anchor_of:

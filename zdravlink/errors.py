@@ -10,14 +10,17 @@
     │   └── gateway.oms.OmsFileError          an OMS register or protocol file that is not what it says
     ├── ConfigurationError    a configuration that cannot work; found at start-up or by check-config
     │   ├── gateway.config.ConfigError        every problem at once, each with its file, key and rule
+    │   ├── gateway.tls.TlsConfigError        a TLS key, certificate or CA file that cannot be used
     │   ├── gateway.oms.profiles.EditionError, gateway.oms.layout.LayoutError, adapters.acts.builder.RegisterError
     │   └── routing.topology.TopologyMismatch queues declared with other arguments by an earlier version
     ├── SigningError          keys, certificates, signatures and the SMEV transform
     │   ├── signing.errors.SignatureError     a signature refused, with its code
+    │   │   └── gateway.tls.PeerRefused       a TLS client certificate refused (CLIENT_CERTIFICATE_*)
     │   └── signing: CryptoError, KeyFileError, TransformError
     ├── ExchangeError         a peer or the broker did not do its part; the message is retried, never lost
     │   ├── routing.pipelined.BrokerUnavailable, routing.router.NotConfirmed
     │   ├── adapters.registries.clients.RegistryCallFailed, adapters.soap.push.WsdlUnusable
+    │   ├── gateway.tls.PinMismatch           a recipient's certificate is not pinned (also an ssl error)
     │   └── adapters.hl7v2.mllp.FrameTooLarge
     └── Interrupt             not a failure: a signal between the gateway's own parts
         └── routing.journal_gate.WorkerStopping, adapters.soap.smev_exchange.Audited (a refusal already

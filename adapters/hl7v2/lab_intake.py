@@ -19,6 +19,7 @@ sees a lab's unmapped codes pile up before the lab calls.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import uuid
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from lxml import etree
 from adapters.hl7v2 import ack as acks
 from adapters.hl7v2.ack import AckError
 from adapters.hl7v2.hl7_values import field_of, text_of
+from adapters.hl7v2.mllp import CONNECTION_PEER
 from adapters.hl7v2.oru import LAB_RESULT_NS, Gap, MappingGaps, control_id, map_message, message_id_for
 from adapters.intake import Intake
 from adapters.mapping.lab_mapping import LabMapping
@@ -65,6 +67,8 @@ class Outcome:
     code: str
     ack: bytes
     message_id: str | None = None
+    #: The lab the message came from, once its mapping recognised it (its rate limit paces the ACK).
+    lab: str | None = None
 
 
 class LabIntake:
@@ -91,7 +95,21 @@ class LabIntake:
         if not replay and host not in mapping.identify.allowed_peers:
             return Rejection(errors.INVALID_TOKEN, f"{peer} is not an allowed peer of {mapping.lab!r}", "MSH-4",
                              status=403)
+        if not replay:
+            return self._certificate_rule(mapping) or mapping
         return mapping
+
+    def _certificate_rule(self, mapping: LabMapping) -> Rejection | None:
+        """A lab that lists client certificates must send over TLS with one of them (checked per message)."""
+        auth = self.intake.pipeline.authenticator
+        participant = self.intake.pipeline.config.participants.get(mapping.lab)
+        if participant is None:
+            return None
+        try:
+            auth.check_certificate(participant, auth.verified(CONNECTION_PEER.get()))
+        except Rejection as rej:
+            return rej
+        return None
 
     def handle(self, raw: bytes, peer: str, *, replay: bool = False) -> Outcome:
         """One message in, one ACK out; ``replay`` maps a kept message again (no peer to check)."""
@@ -117,8 +135,13 @@ class LabIntake:
             return self._refuse(message, charset, "AR", rej, [AckError("MSH", 1, 9, None, "200", rej.detail)], peer)
         mapping = self.identify(message, "127.0.0.1" if replay else peer, replay=replay)
         if isinstance(mapping, Rejection):
-            return self._refuse(message, charset, "AR", mapping, [AckError("MSH", 1, 4, None, "204", mapping.detail)],
-                                peer)
+            return self._refuse(message, charset, "AR", mapping,
+                                [AckError("MSH", 1, 4, None, "204", f"{mapping.code}: {mapping.detail}")], peer)
+        return dataclasses.replace(self._mapped(raw, message, charset, mapping, peer, replay), lab=mapping.lab)
+
+    def _mapped(self, raw: bytes, message: hl7.Message, charset: str, mapping: LabMapping, peer: str,
+                replay: bool) -> Outcome:
+        """The rest of ``handle``, for a message whose lab is known."""
         control = control_id(message)
         if not control:
             return self._no_control_id(raw, message, charset, mapping, peer)

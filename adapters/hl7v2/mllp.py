@@ -15,6 +15,11 @@ begun must end within ``frame_timeout`` seconds, a silent connection is closed a
 ``idle_timeout``, and all unfinished frames together may hold ``max_buffered_bytes``.
 Each refusal closes the connection, is logged with the peer, and is counted in
 ``zl_mllp_refused_total{reason}``.
+
+Over TLS (``tls``), the client's certificate is checked by ``on_connect`` right after the
+handshake (a refused one closes the connection), and is the connection's
+``CONNECTION_PEER`` while its messages are handled, so that the lab a message names
+can be held to its own certificate (``adapters.hl7v2.lab_intake``).
 """
 from __future__ import annotations
 
@@ -24,8 +29,10 @@ import threading
 import traceback
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
+from contextvars import ContextVar
 from dataclasses import dataclass
 
+from gateway.tls import PeerCertificate, ServerContext
 from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)
@@ -42,6 +49,12 @@ READ_BYTES = 4096
 Handler = Callable[[bytes, str], Awaitable[bytes]]
 #: ``on_error(message, exc)`` returns the ACK (an AR) when the handler raised.
 ErrorFallback = Callable[[bytes, Exception], bytes]
+
+
+#: The TLS client certificate of the connection whose message is being handled (None: none, or plain MLLP).
+CONNECTION_PEER: ContextVar[PeerCertificate | None] = ContextVar("zl_mllp_peer", default=None)
+#: ``on_connect(peer, certificate)``: False closes the connection (the callee audits why).
+ConnectCheck = Callable[[str, PeerCertificate | None], bool]
 
 
 def frame(message: bytes) -> bytes:
@@ -168,6 +181,8 @@ class MllpServer:
         frame_timeout: float = 60.0,
         max_buffered_bytes: int = 64 * 1024 * 1024,
         on_refused: Callable[[str], None] | None = None,
+        tls: ServerContext | None = None,
+        on_connect: ConnectCheck | None = None,
     ) -> None:
         self.host = host
         self._requested_port = port
@@ -179,6 +194,8 @@ class MllpServer:
         self.frame_timeout = frame_timeout
         self.max_buffered_bytes = max_buffered_bytes
         self._on_refused = on_refused or (lambda reason: None)
+        self.tls = tls
+        self._on_connect = on_connect
         self._buffered: dict[int, int] = {}  # unfinished-frame bytes per connection
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
@@ -193,7 +210,8 @@ class MllpServer:
 
     async def start(self) -> None:
         self._stopping = False
-        self._server = await asyncio.start_server(self._serve, self.host, self._requested_port)
+        self._server = await asyncio.start_server(self._serve, self.host, self._requested_port,
+                                                  ssl=self.tls.context if self.tls else None)
         log.info("MLLP listening on %s:%d", self.host, self.port)
 
     async def stop(self, timeout: float = 5.0) -> None:
@@ -230,6 +248,9 @@ class MllpServer:
         peer = f"{peername[0]}:{peername[1]}" if isinstance(peername, tuple) else str(peername)
         if len(self._connections) >= self.max_connections:
             self._refuse(peer, "too_many_connections", "%d connections are open already", len(self._connections))
+            writer.close()
+            return
+        if not self._accept_peer(peer, writer):
             writer.close()
             return
         conn = _Connection(task, writer)
@@ -295,6 +316,19 @@ class MllpServer:
             with suppress(Exception):
                 await writer.wait_closed()
             log.info("MLLP connection from %s closed", peer)
+
+    def _accept_peer(self, peer: str, writer: asyncio.StreamWriter) -> bool:
+        """Over TLS: the client's certificate becomes the connection's, if ``on_connect`` accepts it."""
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is None or self.tls is None:
+            return True
+        der = ssl_object.getpeercert(binary_form=True)
+        cert = PeerCertificate(der, self.tls.client_trust) if der else None
+        CONNECTION_PEER.set(cert)  # this connection's task and what it hands to threads
+        if self._on_connect is not None and not self._on_connect(peer, cert):
+            self._refuse(peer, "client_certificate", "the client certificate is refused")
+            return False
+        return True
 
     async def _answer(self, message: bytes, peer: str) -> bytes | None:
         """The ACK for one message; None when not even the fallback could make one."""

@@ -17,7 +17,9 @@ import datetime as dt
 import hashlib
 import logging
 import os
+import ssl
 import threading
+from pathlib import Path
 
 import httpx
 from lxml import etree
@@ -32,12 +34,14 @@ from adapters.registries.verdicts import (
     organisation_answer,
     worker_answer,
 )
+from adapters.tls_clients import HttpClients
 from gateway.config import Channel, GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.journal import Journal, MessageRecord
 from gateway.keyring import KeyRing
 from gateway.masking import mask_text
+from gateway.tls import ClientContexts
 from gateway.xmlsafe import parse_xml
 from monitoring import metrics
 from routing.channels import DeliveryResult
@@ -71,13 +75,20 @@ class RegistryChannel:
         self.timeout = timeout
         self.replies = ReplySender(journal, intake)
         self.requests = self.replies.requests
-        self.http = httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=64))
-        self._frmo: dict[str, FrmoClient] = {}
+        self.tls = ClientContexts(config.directory)
+
+        def make(context: ssl.SSLContext | None) -> httpx.Client:
+            return httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=64),
+                                **({"verify": context} if context is not None else {}))
+
+        self.clients = HttpClients(self.tls, make)
+        self.http = self.clients.default
+        self._frmo: dict[tuple[str, str], FrmoClient] = {}
         self._lock = threading.Lock()
         self.actor = f"registry-adapter:{os.getpid()}"
 
     def close(self) -> None:
-        self.http.close()
+        self.clients.close()
         for client in self._frmo.values():
             client.close()
 
@@ -129,19 +140,20 @@ class RegistryChannel:
         required = registry.signs_by_default
         payload = request.payload
         if channel.registry == "frmr":
-            token = os.environ.get(channel.token_env or "", "")
-            if not token:
-                raise RegistryCallFailed(f"ФРМР token: environment variable {channel.token_env} is not set",
-                                         retryable=False)
-            client = FrmrClient(self.http, channel.url or "", token, trust=trust, signers=signers,
-                                signature_required=required)
+            client = FrmrClient(self.clients.get(channel.tls), channel.url or "", self._frmr_token(channel),
+                                trust=trust, signers=signers, signature_required=required)
             return client.person(payload.findtext(_W + "SNILS") or "", payload.findtext(_W + "OrganisationOid"))
         with self._lock:
-            frmo = self._frmo.get(channel.url or "")
+            key = (channel.url or "", self.tls.key(channel.tls))
+            frmo = self._frmo.get(key)
             if frmo is None:
-                frmo = self._frmo[channel.url or ""] = FrmoClient(
-                    channel.url or "", timeout=self.timeout, trust=trust, signers=signers, signature_required=required)
+                frmo = self._frmo[key] = FrmoClient(
+                    channel.url or "", timeout=self.timeout, trust=trust, signers=signers, signature_required=required,
+                    tls=self.tls.get(channel.tls) if channel.tls is not None else None)
         return frmo.organisation(oid=payload.findtext(_O + "Oid"), ogrn=payload.findtext(_O + "OGRN"))
+
+    def _frmr_token(self, channel: Channel) -> str:
+        return frmr_token(channel, self.config.directory)
 
     @staticmethod
     def _verdict(request: etree._Element, reply: RegistryReply, today: dt.date) -> etree._Element:
@@ -153,3 +165,23 @@ class RegistryChannel:
                                  organisation=request.findtext(_W + "OrganisationOid"),
                                  on=dt.date.fromisoformat(on) if on else today, checked_at=now)
         return organisation_answer(reply.record, on=today, checked_at=now)
+
+
+def frmr_token(channel: Channel, base: Path) -> str:
+    """ФРМР's bearer token, from the environment (token_env) or a file (token_file, relative to the configuration
+    directory), read at each call so that a rotated secret is picked up without a restart."""
+    if channel.token_file:
+        path = Path(channel.token_file)
+        path = path if path.is_absolute() else base / path
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise RegistryCallFailed(f"ФРМР token: cannot read {path} ({exc.strerror})", retryable=False) from None
+        if not token:
+            raise RegistryCallFailed(f"ФРМР token: {path} is empty", retryable=False)
+        return token
+    token = os.environ.get(channel.token_env or "", "")
+    if not token:
+        raise RegistryCallFailed(f"ФРМР token: environment variable {channel.token_env} is not set",
+                                 retryable=False)
+    return token

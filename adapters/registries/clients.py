@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import ssl
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ import zeep.exceptions
 from lxml import etree
 from zeep.helpers import serialize_object
 
+from adapters.tls_clients import tls_session
 from gateway.masking import mask_text
 from routing.channels import RETRYABLE_4XX
 from signing import SignatureError, TrustStore, Verified, verify, verify_octets
@@ -263,11 +265,14 @@ class FrmoClient:
     registry = "ФРМО"
 
     def __init__(self, url: str, *, timeout: float, trust: TrustStore | None, signers: Sequence[Certificate],
-                 signature_required: bool = True, wsdl: str | None = None) -> None:
+                 signature_required: bool = True, wsdl: str | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self._url = url
         self._wsdl = wsdl or url + "?wsdl"
         self._check = _BodySignature(_SignaturePolicy(self.registry, trust, tuple(signers), signature_required))
         self._transport = _StatusFirst(timeout=timeout, operation_timeout=timeout)
+        if tls is not None:  # the channel's CAs, client certificate and pins (adapters.tls_clients)
+            tls_session(tls, self._transport.session)
         # zeep mounts file:// on its session; what a WSDL imports must not make the gateway read its own disk.
         self._transport.session.adapters.pop("file://", None)
         self._service: Any = None

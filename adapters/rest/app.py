@@ -22,8 +22,9 @@ from adapters.mapping.lab_json import LabResultsDocument
 from adapters.mapping.lab_service import LabResults
 from adapters.rest.incidents import IncidentMiddleware
 from adapters.rest.problems import problem
+from adapters.rest.tls import peer_of
 from gateway import errors, jsonsafe
-from gateway.config import MetricsSettings, hash_token
+from gateway.config import MetricsSettings, Participant, hash_token
 from gateway.envelope import Envelope, EnvelopeDocument
 from gateway.errors import Rejection
 from gateway.journal import Journal, MessageRecord
@@ -42,6 +43,12 @@ def _bearer(request: Request) -> str | None:
     value = request.headers.get("authorization", "")
     scheme, _, token = value.partition(" ")
     return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+
+
+def _caller(intake: Intake, request: Request, source: str = "rest") -> Participant:
+    """Who calls: the bearer token and the TLS client certificate; a refusal is audited."""
+    remote = request.client.host if request.client else None
+    return intake.authenticate(_bearer(request), peer_of(request), source=source, remote=remote)
 
 
 async def _read_capped(request: Request, limit: int) -> bytes:
@@ -135,7 +142,8 @@ def _message_routes(app: FastAPI, intake: Intake, journal: Journal, max_body_byt
             intake.refused(rej, source="rest", remote=remote, caller=None, env=None)
             raise
         accepted = await run_in_threadpool(
-            intake.receive, body, request.headers.get("content-type", ""), token, source="rest", remote=remote
+            intake.receive, body, request.headers.get("content-type", ""), token, source="rest", remote=remote,
+            peer=peer_of(request)
         )
         mid = accepted.outcome.message_id
         url = f"{API}/messages/{mid}"
@@ -148,7 +156,7 @@ def _message_routes(app: FastAPI, intake: Intake, journal: Journal, max_body_byt
 
     @app.get(f"{API}/messages/{{message_id}}", summary="Status and event trail of a message")
     def status(message_id: str, request: Request) -> dict[str, Any]:
-        caller = intake.pipeline.authenticate(_bearer(request))
+        caller = _caller(intake, request)
         rec = journal.get(message_id)
         if rec is None or caller.mnemonic not in (rec.sender, rec.recipient):
             raise Rejection(errors.MESSAGE_NOT_FOUND, f"no message {message_id} visible to {caller.mnemonic}",
@@ -158,7 +166,7 @@ def _message_routes(app: FastAPI, intake: Intake, journal: Journal, max_body_byt
     @app.get(f"{API}/service-records/{{record_id}}", summary="State of a service record: accepted, in an act, "
              "and what the insurer said")
     def service_record(record_id: str, codeMO: str, request: Request) -> dict[str, Any]:
-        caller = intake.pipeline.authenticate(_bearer(request))
+        caller = _caller(intake, request)
         state = intake.pipeline.service_records.state(record_id, codeMO)
         if state is None or caller.mnemonic not in (state["sender"], state["insurer"]):
             raise Rejection(errors.SERVICE_RECORD_NOT_FOUND, f"no record {record_id} of {codeMO} visible to "
@@ -249,12 +257,18 @@ def _lab_routes(app: FastAPI, intake: Intake, labs: LabResults, max_body_bytes: 
                                  "content": {"application/problem+json": {}}}})
     async def submit_lab_results(lab: str, request: Request) -> JSONResponse:
         remote = request.client.host if request.client else None
-        caller = None
+        caller = _caller(intake, request, "rest-lab")
         try:
-            caller = intake.pipeline.authenticate(_bearer(request))
-            doc = _lab_document(lab, caller.mnemonic, await _read_capped(request, max_body_bytes))
+            body = await _read_capped(request, max_body_bytes)
+            intake.admit(caller, len(body), source="rest-lab", remote=remote)
         except Rejection as rej:
-            intake.refused(rej, source="rest-lab", remote=remote, caller=caller.mnemonic if caller else None, env=None)
+            if rej.code != errors.RATE_LIMITED:  # admit audits its own
+                intake.refused(rej, source="rest-lab", remote=remote, caller=caller.mnemonic, env=None)
+            raise
+        try:
+            doc = _lab_document(lab, caller.mnemonic, body)
+        except Rejection as rej:
+            intake.refused(rej, source="rest-lab", remote=remote, caller=caller.mnemonic, env=None)
             raise
         answer = await run_in_threadpool(labs.submit, doc, caller, source="rest-lab", remote=remote)
         return JSONResponse(answer, status_code=202, headers={"Location": answer["statusUrl"]})
@@ -272,7 +286,7 @@ def _inbox_routes(app: FastAPI, intake: Intake, inbox: Inbox, keyring: KeyRing, 
              responses={204: {"description": "Nothing waiting"}})
     def take(request: Request, kind: Literal["request", "response"] = "request",
              messageType: str | None = None) -> Response:
-        caller = intake.pipeline.authenticate(_bearer(request))
+        caller = _caller(intake, request)
         taken = inbox.take(caller.mnemonic, kind, lock_seconds, messageType)
         if taken is None:
             return Response(status_code=204)
@@ -288,7 +302,7 @@ def _inbox_routes(app: FastAPI, intake: Intake, inbox: Inbox, keyring: KeyRing, 
 
     @app.post(f"{API}/inbox/{{message_id}}/ack", summary="Confirm (or refuse) a message taken from the inbox")
     def ack(message_id: str, request: Request, body: AckBody | None = None) -> dict[str, Any]:
-        caller = intake.pipeline.authenticate(_bearer(request))
+        caller = _caller(intake, request)
         accepted = body.accepted if body is not None else True
         outcome = inbox.ack(caller.mnemonic, message_id, accepted, f"rest:{caller.mnemonic}")
         if outcome == "unknown":

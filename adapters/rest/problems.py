@@ -21,4 +21,5 @@ def problem(rej: Rejection) -> JSONResponse:
         body["incident"] = rej.extra["incident"]  # the id of the failure in the log and the audit table
     if rej.extra.get("errors"):
         body["errors"] = rej.extra["errors"]  # every problem at once, each with its field and rule
-    return JSONResponse(body, status_code=rej.status, media_type=PROBLEM_JSON)
+    headers = {"Retry-After": str(rej.extra["retry_after"])} if rej.extra.get("retry_after") else None
+    return JSONResponse(body, status_code=rej.status, media_type=PROBLEM_JSON, headers=headers)

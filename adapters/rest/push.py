@@ -7,12 +7,15 @@ worker died between the recipient's 200 and the broker ack).
 from __future__ import annotations
 
 import json
+import ssl
 
 import httpx
 
+from adapters.tls_clients import HttpClients
 from gateway.config import Channel
 from gateway.envelope import Envelope
 from gateway.journal import MessageRecord
+from gateway.tls import ClientContexts
 from routing.channels import RETRYABLE_4XX, DeliveryResult
 
 LAB_RESULT_NS = "urn://zdravlink/types/lab-result/1.0"
@@ -81,16 +84,22 @@ def push(client: httpx.Client, url: str, env_xml: bytes, message_id: str, fmt: s
 
 
 class RestChannel:
-    """The REST push channel (``routing.channels.DeliveryChannel``): one httpx client for every recipient."""
+    """The REST push channel (``routing.channels.DeliveryChannel``): one httpx client for every recipient,
+    and one per distinct ``tls`` setting of a channel (its CAs, client certificate, pins: adapters.tls_clients)."""
 
     sends_envelope = True
 
-    def __init__(self, timeout: float) -> None:
-        self.client = httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=64))
+    def __init__(self, timeout: float, tls: ClientContexts | None = None) -> None:
+        def make(context: ssl.SSLContext | None) -> httpx.Client:
+            return httpx.Client(timeout=timeout, follow_redirects=False, limits=httpx.Limits(max_connections=64),
+                                **({"verify": context} if context is not None else {}))
+
+        self.clients = HttpClients(tls, make)
+        self.client = self.clients.default
 
     def deliver(self, channel: Channel, signed: bytes, rec: MessageRecord, attempt: int) -> DeliveryResult:
         assert channel.url is not None  # the configuration requires a url for rest channels
-        return push(self.client, channel.url, signed, rec.message_id, channel.format, attempt)
+        return push(self.clients.get(channel.tls), channel.url, signed, rec.message_id, channel.format, attempt)
 
     def close(self) -> None:
-        self.client.close()
+        self.clients.close()

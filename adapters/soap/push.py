@@ -25,8 +25,10 @@ from zeep.exceptions import Fault, TransportError
 from zeep.proxy import ServiceProxy
 from zeep.wsdl.bindings.soap import Soap11Binding, SoapOperation
 
+from adapters.tls_clients import tls_session
 from gateway.config import Channel
 from gateway.journal import MessageRecord
+from gateway.tls import ClientContexts, ClientTls
 from gateway.xmlsafe import parse_xml
 from routing.channels import RETRYABLE_4XX, DeliveryResult
 from zdravlink.errors import ExchangeError
@@ -77,45 +79,63 @@ class SoapPusher:
     one partner that hangs must not stall deliveries to the rest.
     """
 
-    def __init__(self, timeout: float = 10.0) -> None:
-        self._session = requests.Session()
+    def __init__(self, timeout: float = 10.0, tls: ClientContexts | None = None) -> None:
+        self._timeout = timeout
+        self._tls = tls
         # forbid_dtd: replies come from partners, who are not trusted (as in gateway.xmlsafe).
         self._settings = Settings(forbid_dtd=True)
-        self._transport = Transport(session=self._session, timeout=timeout, operation_timeout=timeout)
-        # zeep mounts file:// on the session; a partner's WSDL must not make the gateway read its own disk.
-        self._session.adapters.pop("file://", None)
-        self._partners: dict[str, _Partner] = {}
-        self._loading: dict[str, threading.Lock] = {}
+        self._transports: dict[str, Transport] = {}
+        self._transport = self._transport_for(None)
+        self._session = self._transport.session
+        self._partners: dict[tuple[str, str], _Partner] = {}
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._lock = threading.Lock()
 
     sends_envelope = True
 
+    def _transport_for(self, tls: ClientTls | None) -> Transport:
+        """zeep's transport for a channel's TLS setting (WSDL loads and calls alike); one per distinct setting."""
+        key = self._tls.key(tls) if self._tls is not None and tls is not None else ""
+        transport = self._transports.get(key)
+        if transport is None:
+            session = requests.Session()
+            if key and self._tls is not None:
+                tls_session(self._tls.get(tls), session)
+            # zeep mounts file:// on the session; a partner's WSDL must not make the gateway read its own disk.
+            transport = Transport(session=session, timeout=self._timeout, operation_timeout=self._timeout)
+            session.adapters.pop("file://", None)
+            self._transports[key] = transport
+        return transport
+
     def close(self) -> None:
         with self._lock:
             self._partners.clear()
-        self._session.close()
+            for transport in self._transports.values():
+                transport.session.close()
 
     def deliver(self, channel: Channel, signed: bytes, rec: MessageRecord, attempt: int) -> DeliveryResult:
         return self.push(channel, signed, rec.message_id, attempt)
 
-    def _partner(self, wsdl: str) -> _Partner:
+    def _partner(self, wsdl: str, tls: ClientTls | None = None) -> _Partner:
         with self._lock:
-            known = self._partners.get(wsdl)
+            transport = self._transport_for(tls)
+            key = (wsdl, self._tls.key(tls) if self._tls is not None and tls is not None else "")
+            known = self._partners.get(key)
             if known is not None:
                 return known
-            loading = self._loading.setdefault(wsdl, threading.Lock())
+            loading = self._loading.setdefault(key, threading.Lock())
         with loading:
             with self._lock:
-                known = self._partners.get(wsdl)
+                known = self._partners.get(key)
             if known is not None:
                 return known  # another thread loaded it while this one waited
-            partner = self._load(wsdl)
+            partner = self._load(wsdl, transport)
             with self._lock:
-                self._partners[wsdl] = partner
+                self._partners[key] = partner
             return partner
 
-    def _load(self, wsdl: str) -> _Partner:
-        client = Client(wsdl, transport=self._transport, settings=self._settings)
+    def _load(self, wsdl: str, transport: Transport) -> _Partner:
+        client = Client(wsdl, transport=transport, settings=self._settings)
         for service in client.wsdl.services.values():
             for port in service.ports.values():
                 if isinstance(port.binding, Soap11Binding):
@@ -128,7 +148,7 @@ class SoapPusher:
         if wsdl is None:
             return DeliveryResult(False, False, "the channel has no wsdl")
         try:
-            partner = self._partner(wsdl)
+            partner = self._partner(wsdl, channel.tls)
         except WsdlUnusable as exc:
             return DeliveryResult(False, False, str(exc))
         except Exception as exc:  # anything from a partner that is down to a half-written WSDL: try later

@@ -31,9 +31,10 @@ from gateway.envelope import DSIG_NS, Envelope
 from gateway.errors import Rejection
 from gateway.journal import MessageRecord, Status
 from gateway.journal.inbox import Inbox
-from gateway.keyring import KeyRing
+from gateway.keyring import KeyRing, explain_for_audit
 from gateway.message_ids import check_message_id
 from gateway.schemas import known_message_types
+from gateway.tls import PeerCertificate
 from gateway.xmlsafe import parse_xml
 from signing import SignatureError, sign, verify
 from signing import errors as sig
@@ -78,9 +79,13 @@ class SmevExchange:
 
     # ---- entry ------------------------------------------------------------
 
-    def handle(self, operation: str, request: etree._Element, token: str | None, remote: str | None
-               ) -> etree._Element:
-        """The response element for ``request`` (the SOAP body's child), or raise Audited."""
+    def handle(self, operation: str, request: etree._Element, token: str | None, remote: str | None,
+               peer: PeerCertificate | None = None, size: int = 0) -> etree._Element:
+        """The response element for ``request`` (the SOAP body's child), or raise Audited.
+
+        ``peer`` is the TLS client certificate of the connection; ``size`` the request's bytes, for the
+        sender's rate limit (SendRequest and SendResponse only: polling is not sending).
+        """
         caller: Caller | None = None
         try:
             if operation in ("SendRequest", "SendResponse"):
@@ -89,13 +94,20 @@ class SmevExchange:
             if problems:
                 raise Rejection(errors.SOAP_REQUEST_INVALID, problems[0][1], etree.QName(request).localname,
                                 extra={"validation_errors": problems[:20]})
-            caller = self._caller(request, operation, token)
+            caller = self._caller(request, operation, token, peer)
+            if operation in ("SendRequest", "SendResponse"):
+                try:
+                    self.intake.admit(caller.participant, size, source="soap", remote=remote)
+                except Rejection as rej:
+                    raise Audited(rej) from None  # admit audited it
             return getattr(self, "_" + operation)(request, caller, remote)
         except Audited:
             raise
         except Rejection as rej:
+            named = rej.extra.get("participant")
             self.intake.refused(rej, source="soap", remote=remote,
-                                caller=caller.participant.mnemonic if caller else None, env=None)
+                                caller=caller.participant.mnemonic if caller else named if isinstance(named, str)
+                                else None, env=None)
             raise Audited(rej) from None
 
     # ---- checks -------------------------------------------------------------
@@ -119,11 +131,18 @@ class SmevExchange:
             return request.find(B + "AckTargetMessage")
         return request.find(B + "Timestamp")
 
-    def _caller(self, request: etree._Element, operation: str, token: str | None) -> Caller:
-        by_token = self.intake.pipeline.authenticate(token) if token else None
+    def _caller(self, request: etree._Element, operation: str, token: str | None,
+                peer: PeerCertificate | None = None) -> Caller:
+        """Who calls: the token (with the client certificate its owner must present), else the signature's
+        certificate, else the TLS client certificate alone (a participant that has no tokens)."""
+        auth = self.intake.pipeline.authenticator
+        cert = auth.verified(peer)  # a client certificate the listener does not vouch for ends it here
+        by_token = self.intake.pipeline.authenticate(token, peer) if token else None
         signature = request.find(_CALLER_SIGNATURE)
         if signature is None:
             if by_token is None:
+                if cert is not None:
+                    return Caller(self.intake.pipeline.authenticate(None, peer))
                 raise Rejection(sig.SIGNATURE_REQUIRED, "no CallerInformationSystemSignature and no API token: "
                                 "the caller cannot be identified", "CallerInformationSystemSignature", status=403)
             return Caller(by_token)
@@ -135,7 +154,10 @@ class SmevExchange:
             verified = verify(signature, document=request, trust=self.keyring.trust,
                               expected=self._signed_target(request, operation), signers=signers, at=self.clock())
         except SignatureError as exc:
-            raise Rejection(exc.code, exc.detail, "CallerInformationSystemSignature", status=403) from None
+            explanation = explain_for_audit(signature, request, self.keyring, self._signed_target(request, operation),
+                                            signers)
+            raise Rejection(exc.code, exc.detail, "CallerInformationSystemSignature", status=403,
+                            extra={"explanation": explanation}) from None
         seen = {"subject": verified.certificate.subject, "serial": str(verified.certificate.serial),
                 "algorithm": verified.algorithm.name,
                 "element": etree.QName(self._signed_target(request, operation)).localname}
@@ -146,6 +168,7 @@ class SmevExchange:
         if owner is None:
             raise Rejection(errors.UNKNOWN_SENDER, f"the certificate {verified.certificate.subject!r} belongs to no "
                             "registered participant", "CallerInformationSystemSignature", status=403)
+        auth.check_certificate(owner, cert)
         return Caller(owner, seen)
 
     def _refuse_attachments(self, data: etree._Element, request: etree._Element) -> None:

@@ -22,6 +22,7 @@ from spyne.model.fault import Fault
 from spyne.protocol.soap import Soap11
 from spyne.server.wsgi import WsgiApplication
 
+from adapters.rest.tls import peer_of_scope
 from adapters.soap.smev_exchange import OPERATIONS, Audited, SmevExchange
 from adapters.soap.smev_faults import SmevFault
 from adapters.soap.smev_schema import FILES, SERVICE_NS, SOAP_ENV_NS, TYPES_NS, WSDL_FILE, smev_dir
@@ -80,8 +81,12 @@ def _operation(ctx: Any, name: str) -> Any:
             exchange.intake.refused(rej, source="soap", remote=remote, caller=None, env=None)
             raise Audited(rej)
         scheme, _, token = env.get("HTTP_AUTHORIZATION", "").partition(" ")
-        return exchange.handle(name, ctx.in_body_doc, token.strip() if scheme.lower() == "bearer" else None, remote)
+        size = int(env["CONTENT_LENGTH"]) if str(env.get("CONTENT_LENGTH", "")).isdigit() else 0
+        return exchange.handle(name, ctx.in_body_doc, token.strip() if scheme.lower() == "bearer" else None, remote,
+                               peer=peer_of_scope(env.get("asgi.scope")), size=size)
     except Audited as exc:
+        if exc.rejection.extra.get("retry_after"):  # RATE_LIMITED: the fault, and when to send again
+            ctx.transport.resp_headers["Retry-After"] = str(exc.rejection.extra["retry_after"])
         raise SmevSoapFault(SmevFault.from_rejection(exc.rejection, name)) from None
     except Exception as exc:  # a fault, never a crash: the caller retries SMEVFailure
         log.exception("SMEV %s failed", name)

@@ -49,21 +49,27 @@ def run(config: Path | None = ConfigOpt,
 
 def print_endpoints(cfg: GatewayConfig, directory: Path, roles: tuple[str, ...] | None = None) -> None:
     """Where everything is, before it starts (``ready`` follows once the API answers /readyz)."""
+    from rich.markup import escape
+
+    from gateway.tls import transport_label
+
     s = cfg.settings
-    base = f"http://{s.api.host}:{s.api.port}"
+    base = f"{'https' if s.api.tls else 'http'}://{s.api.host}:{s.api.port}"
     out.print(f"[bold green]Zdravlink[/bold green] on {directory} — journal {s.database.url.split('@')[-1]}")
     if roles is not None and "api" not in roles:
         out.print(f"  roles    {', '.join(roles)} (no API on this host)")
         return
     if roles is not None and len(roles) < len(ROLE_NAMES):
         out.print(f"  roles    {', '.join(roles)}")
-    out.print(f"  API      {base}/api/v1/messages")
+    out.print(f"  API      {base}/api/v1/messages   {escape(f'[{transport_label(s.api.tls, s.api.plain)}]')}")
     out.print(f"  docs     {base}/docs")
     out.print(f"  SMEV 3   {base}/smev/1.1?wsdl   pull inbox {base}/api/v1/inbox")
     labs = mappings_or_exit(cfg)
     if s.hl7.enabled and labs:
-        out.print(f"  HL7 v2   mllp://{s.hl7.host}:{s.hl7.port}   labs: {', '.join(sorted(labs))}")
-    metrics = f"http://{s.metrics.host}:{s.metrics.port}/metrics" if s.metrics.port else f"{base}/metrics"
+        out.print(f"  HL7 v2   mllp://{s.hl7.host}:{s.hl7.port}   labs: {', '.join(sorted(labs))}   "
+                  f"{escape(f'[{transport_label(s.hl7.tls, s.hl7.plain)}]')}")
+    scheme = base.split(":", 1)[0]
+    metrics = f"{scheme}://{s.metrics.host}:{s.metrics.port}/metrics" if s.metrics.port else f"{base}/metrics"
     out.print(f"  metrics  {metrics}   health {base}/healthz   ready {base}/readyz")
     out.print(f"  console  {base}/console   (operators: zdravlink operator add NAME --role admin)")
 

@@ -18,7 +18,8 @@ from application.cli.common import (
     tariffs_or_exit,
 )
 from application.runtime import config_dir
-from gateway.config import hash_token
+from gateway.config import GatewayConfig, hash_token
+from gateway.keyring import KeyRing
 
 
 @app.command("check-config")
@@ -37,6 +38,47 @@ def check_config(directory: Path | None = typer.Argument(None, help="Configurati
         days = cert.days_left()
         colour = "red" if days < 0 else "yellow" if days < 30 else "green"
         out.print(f"  {owner:<14} [{colour}]{days:7.0f} days[/{colour}]  {cert.describe()}", highlight=False)
+    _transport_report(cfg, ring)
+
+
+def _transport_report(cfg: GatewayConfig, ring: KeyRing) -> None:
+    """Listeners' transport, every TLS certificate and CRL date, and a warning for each within 30 days."""
+    import datetime as dt
+
+    from gateway.credentials import Authenticator
+    from gateway.tls import transport_label
+    from gateway.transport import WARN_WITHIN, expiring, watched
+
+    s = cfg.settings
+    out.print(f"  listeners: API {s.api.host}:{s.api.port} [{transport_label(s.api.tls, s.api.plain)}]"
+              + (f", MLLP {s.hl7.host}:{s.hl7.port} [{transport_label(s.hl7.tls, s.hl7.plain)}]"
+                 if s.hl7.enabled else ""), highlight=False, markup=False)  # "[plain (…)]" is no markup
+    dates = watched(cfg, ring.owned_certificates(), ring.trust)
+    signing = {"signing", "participant-signing", "trust-store"}
+    for w in dates:
+        if w.kind in signing:
+            continue  # listed above
+        days = w.seconds_left() / 86400
+        colour = "red" if days < 0 else "yellow" if days < 30 else "green"
+        what = "next update" if w.kind == "crl" else f"serial {w.serial}"
+        out.print(f"  {w.owner:<14} [{colour}]{days:7.0f} days[/{colour}]  {w.kind}: {w.subject} ({what})",
+                  highlight=False)
+    for w in expiring(dates):
+        days = w.seconds_left() / 86400
+        when = "expired" if days < 0 else f"expires in {days:.0f} days"
+        if w.kind == "crl":
+            when = "is past its next update" if days < 0 else f"is due for its next update in {days:.0f} days"
+        err.print(f"[yellow]warning[/yellow]: {w.owner} {w.kind} {w.subject!r} {when}", highlight=False)
+    limited = sorted(m for m, p in cfg.participants.items() if p.rate_limit is not None)
+    if s.api.processes > 1 and limited:
+        err.print(f"[yellow]warning[/yellow]: api.processes is {s.api.processes} and each API process keeps its own "
+                  f"rate limit buckets: {', '.join(limited)} may send up to {s.api.processes} times its rate_limit "
+                  "(docs/transport-security.md#rate-limits)", highlight=False)
+    for who, token in Authenticator(cfg.participants, cfg.directory).expiring_tokens(WARN_WITHIN):
+        left = (token.expires - dt.datetime.now(dt.UTC)).total_seconds() / 86400 if token.expires else 0
+        name = f" {token.label!r}" if token.label else ""
+        state = "expired" if left < 0 else f"expires in {left:.0f} days"
+        err.print(f"[yellow]warning[/yellow]: {who}'s API token{name} {state}", highlight=False)
 
 
 @app.command("map")
@@ -165,11 +207,19 @@ def sign_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help=
 def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, help="XML file"),
                trust: Path | None = typer.Option(None, help="Trust store directory (default: the configuration's)"),
                cert: list[Path] | None = typer.Option(None, help="Accept only these signer certificates"),
+               explain_: bool = typer.Option(False, "--explain", help="Lay out every step and name the cause: "
+                                             "references, transforms, digests, SignatureValue, chain and CRL"),
+               dump: bool = typer.Option(False, "--dump", help="With --explain: the exact octets after exc-c14n "
+                                         "and the SMEV transform, and the canonical SignedInfo"),
                config: Path | None = ConfigOpt) -> None:
     """Verify every ds:Signature in FILE; exit 1 if any is refused, printing its code.
 
     With the configuration, a zl:Envelope's SenderSignature must be by the Sender's
-    certificate and its GatewaySignature by the gateway's.
+    certificate and its GatewaySignature by the gateway's. ``--explain`` is the signature
+    doctor: for each signature, each reference with its transforms, the digest declared
+    and computed (``--dump``: the octets), the SignatureValue check, the certificate chain
+    with the CRL, and the cause in one line (wrong transform, content changed, wrong key,
+    untrusted certificate).
     """
     from gateway.errors import Rejection
     from gateway.keyring import expected_signers
@@ -194,9 +244,23 @@ def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, hel
         raise typer.Exit(2) from None
     signatures = root.iter(f"{{{DS_NS}}}Signature")
     failed = found = 0
+    known = [c for certs in ring.certificates.values() for c in certs] + (
+        [ring.signer.certificate] if ring and ring.signer else []) if ring else list(pinned)
     for sig in signatures:
         found += 1
         expected, signers = expected_signers(sig, ring)
+        if explain_:
+            from signing.explain import explain
+
+            report = explain(sig, document=root, trust=store, expected=expected, signers=pinned or signers,
+                             known=known, index=found)
+            failed += report.code is not None
+            colour = "green" if report.code is None else "red"
+            out.print(f"[{colour}]{report.lines(dump=dump)[0]}[/{colour}]", highlight=False)
+            sys.stdout.flush()
+            for line in report.lines(dump=dump)[1:]:
+                out.print(line, highlight=False, markup=False)
+            continue
         try:
             v = verify(sig, document=root, trust=store, expected=expected, signers=pinned or signers)
             out.print(f"[green]OK[/green] {', '.join(v.references)} {v.algorithm.name} by {v.certificate.describe()}",
@@ -210,7 +274,27 @@ def verify_cmd(file: Path = typer.Argument(..., exists=True, dir_okay=False, hel
         raise typer.Exit(1)
 
 
-@app.command("hash-token")
-def hash_token_cmd(token: str) -> None:
-    """Print the sha256 of an API token, for credentials.api_token_sha256 in participants.yaml."""
+@app.command("hash-token", context_settings={"ignore_unknown_options": True})
+def hash_token_cmd(argument: list[str] | None = typer.Argument(None, hidden=True)) -> None:
+    """Print the sha256 of an API token read from stdin, for credentials.api_tokens in participants.yaml.
+
+    The token is never taken from the command line: shell history and the process list
+    would keep it. Pipe it in (``printf %s "$TOKEN" | zdravlink hash-token``) or type it
+    at the prompt. One trailing newline is dropped; nothing else is.
+    """
+    if argument:
+        err.print("the token is read from stdin, never from the command line (shell history and ps keep it): "
+                  "printf %s \"$TOKEN\" | zdravlink hash-token")
+        raise typer.Exit(2)
+    if sys.stdin.isatty():
+        import getpass
+
+        token = getpass.getpass("token: ")
+    else:
+        token = sys.stdin.read()
+        token = token[:-1] if token.endswith("\n") else token
+        token = token[:-1] if token.endswith("\r") else token
+    if not token:
+        err.print("no token on stdin")
+        raise typer.Exit(2)
     out.print(hash_token(token))

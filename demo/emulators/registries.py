@@ -39,6 +39,7 @@ import datetime as dt
 import json
 import logging
 import re
+import ssl
 import time
 import uuid
 from collections import deque
@@ -222,17 +223,23 @@ class FrmrCall:
 
 class FrmrEmulator(ServedInThread):
     def __init__(self, dataset: Dataset, token: str, port: int = 0, script: Iterable[str] = (),
-                 host: str = "127.0.0.1", name: str = "frmr", signer: Signer | None = None) -> None:
+                 host: str = "127.0.0.1", name: str = "frmr", signer: Signer | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.dataset, self.token, self.name, self.signer = dataset, token, name, signer
         self.script: deque[str] = deque(script)
         self.requests: list[FrmrCall] = []
         self._httpd = ThreadingHttpServer((host, port), self._handler())
+        #: Over TLS (a server context; requiring a client certificate makes it an mTLS registry): its URL
+        #: names "localhost", the name a demo server certificate carries.
+        self.tls = tls
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
 
     @property
     def url(self) -> str:
         """Base URL, as ``BASE_URL_FRMR`` would be configured: endpoints hang below it."""
-        return f"http://127.0.0.1:{self.port}"
+        return f"https://localhost:{self.port}" if self.tls is not None else f"http://127.0.0.1:{self.port}"
 
     def _next_answer(self) -> str:
         with self._lock:
@@ -381,7 +388,8 @@ _CALL = "zdravlink.frmo.call"  # the FrmoCall, handed from the WSGI layer to the
 
 class FrmoEmulator(ServedInThread):
     def __init__(self, dataset: Dataset, port: int = 0, script: Iterable[str] = (),
-                 host: str = "127.0.0.1", name: str = "frmo", signer: Signer | None = None) -> None:
+                 host: str = "127.0.0.1", name: str = "frmo", signer: Signer | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.dataset, self.name, self.signer = dataset, name, signer
         self.script: deque[str] = deque(script)
@@ -389,9 +397,14 @@ class FrmoEmulator(ServedInThread):
         app = Application([self._service()], tns=FRMO_NS, name="FrmoEmulator",
                           in_protocol=Soap11(validator="soft"), out_protocol=Soap11())
         self._httpd = wsgi_server(host, port, self._scripted(WsgiApplication(app)))
+        self.tls = tls  # as FrmrEmulator's; the WSDL's own address still says http: clients call url
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}/frmo/soap"
         return f"http://127.0.0.1:{self.port}/frmo/soap"
 
     @property

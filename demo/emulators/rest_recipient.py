@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -59,7 +60,7 @@ def check_gateway_signature(body: bytes, content_type: str, trust: TrustStore, g
 class RecipientServer(ServedInThread):
     def __init__(self, host: str = "127.0.0.1", port: int = 0, name: str = "recipient",
                  script: Iterable[int] = (), delay: float = 0.0, trust: TrustStore | None = None,
-                 gateway: Certificate | None = None) -> None:
+                 gateway: Certificate | None = None, tls: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.name = name
         self.trust, self.gateway = trust, gateway
@@ -71,9 +72,18 @@ class RecipientServer(ServedInThread):
         self.accepted: dict[str, Received] = {}  # first delivery per idempotency key
         self.repeats = 0  # deliveries acknowledged again for a key already accepted
         self._httpd = ThreadingHttpServer((host, port), self._handler())
+        #: Over TLS (a server context; one that requires a client certificate makes an mTLS recipient), its
+        #: URL names "localhost", the name a demo server certificate carries.
+        self.tls = tls
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
+        #: The subject of the client certificate of each request (TLS), in order.
+        self.client_subjects: list[str | None] = []
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}/zdravlink/inbox"
         return f"http://127.0.0.1:{self.port}/zdravlink/inbox"
 
     def _answer(self, item: Received) -> int:
@@ -93,7 +103,17 @@ class RecipientServer(ServedInThread):
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
+            def setup(self) -> None:
+                if isinstance(self.request, ssl.SSLSocket):  # the handshake in this request's thread
+                    self.request.settimeout(10)
+                    self.request.do_handshake()
+                super().setup()
+
             def do_POST(self) -> None:
+                if isinstance(self.connection, ssl.SSLSocket):
+                    peer = self.connection.getpeercert()
+                    server.client_subjects.append(
+                        ",".join(f"{k}={v}" for rdn in peer.get("subject", ()) for k, v in rdn) if peer else None)
                 length = int(self.headers.get("Content-Length", "0"))
                 body = self.rfile.read(length)
                 if server.delay:

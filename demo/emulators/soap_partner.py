@@ -13,6 +13,7 @@ A script of answers misbehaves on cue, one answer per delivery, then ``ok`` for 
 from __future__ import annotations
 
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -63,7 +64,7 @@ class Received:
 
 class SoapPartner(ServedInThread):
     def __init__(self, port: int = 0, script: Iterable[str] = (), name: str = "soap-partner",
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", tls: ssl.SSLContext | None = None) -> None:
         super().__init__()
         self.name = name
         self.script: deque[str] = deque(script)
@@ -74,9 +75,17 @@ class SoapPartner(ServedInThread):
         app = Application([self._service()], tns=PARTNER_NS, name="ZdravlinkPartner",
                           in_protocol=Soap11(validator="soft"), out_protocol=Soap11())
         self._httpd = wsgi_server(host, port, self._scripted(WsgiApplication(app)))
+        #: Over TLS (a server context; one that requires a client certificate makes an mTLS partner), its
+        #: URL names "localhost", the name a demo server certificate carries. The WSDL's own address still
+        #: says http (wsgiref does not know it is behind TLS): give the channel the url.
+        self.tls = tls
+        if tls is not None:
+            self._httpd.socket = tls.wrap_socket(self._httpd.socket, server_side=True, do_handshake_on_connect=False)
 
     @property
     def url(self) -> str:
+        if self.tls is not None:
+            return f"https://localhost:{self.port}/partner/soap"
         return f"http://127.0.0.1:{self.port}/partner/soap"
 
     @property

@@ -5,6 +5,7 @@ Answers, failures and their classification, and the registries' signatures.
 from __future__ import annotations
 
 import datetime as dt
+import ssl
 import sys
 import threading
 import time
@@ -16,8 +17,10 @@ import pytest
 
 from adapters.registries.clients import FrmoClient, FrmrClient, RegistryCallFailed, RegistryReply
 from adapters.registries.verdicts import ORGANISATION_NS, WORKER_NS, organisation_answer, worker_answer
+from adapters.tls_clients import HttpClients
 from demo.ca import demo_signer as signer
 from demo.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
+from gateway.tls import ClientContexts, ClientTls, client_context
 from signing import TrustStore
 from tests.conftest import free_port
 
@@ -372,3 +375,68 @@ def test_frmo_one_client_serves_many_threads(frmo, make_frmo):
     assert len(results) == 24 and len(failed) == 8
     assert all(f.detail.startswith("SIGNATURE_DIGEST_MISMATCH") for f in failed)
     assert all(reply.record["oid"] == oid and reply.signed_by for oid, reply in answered)
+
+
+# ---------------------------------------------------------------- over TLS
+
+@pytest.fixture(scope="module")
+def tls_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Registries that serve TLS and require the gateway's client certificate (an RSA demo CA)."""
+    from demo.ca import DemoCA
+
+    out = tmp_path_factory.mktemp("registry-tls")
+    ca = DemoCA.create(out / "ca", key_type="rsa", subject="/O=Zdravlink demo/CN=Registry TLS CA")
+    ca.issue(out, "registry", "rsa", tls="server")
+    ca.issue(out, "gateway-client", "rsa", tls="client")
+    (out / "ca.pem").write_bytes(ca.cert.read_bytes())
+    return out
+
+
+def registry_server(keys: Path) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(keys / "registry-rsa.pem", keys / "registry-rsa.key")
+    ctx.load_verify_locations(keys / "ca.pem")
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
+
+
+def channel_tls(keys: Path, *, certificate: bool = True) -> ClientTls:
+    cert = ({"certificate": str(keys / "gateway-client-rsa.pem"), "key": str(keys / "gateway-client-rsa.key")}
+            if certificate else {})
+    return ClientTls(ca=[str(keys / "ca.pem")], system_ca=False, **cert)
+
+
+def test_frmr_over_mtls_with_the_channels_client_and_refused_without_its_certificate(dataset, keys, trust, tls_keys):
+    """The registry channel's httpx clients: one per distinct tls setting (adapters.tls_clients.HttpClients)."""
+    clients = HttpClients(ClientContexts(tls_keys), lambda ctx: httpx.Client(
+        timeout=5.0, **({"verify": ctx} if ctx is not None else {})))
+    try:
+        with FrmrEmulator(dataset, TOKEN, signer=signer(keys, "frmr"), tls=registry_server(tls_keys)) as emulator:
+            reply = frmr_client(clients.get(channel_tls(tls_keys)), emulator.url, keys, trust).person(KNOWN_SNILS)
+            assert reply.record is not None and registry_signed(reply, "frmr", "gost2012-256"), reply
+            exc = failure(lambda: frmr_client(clients.get(channel_tls(tls_keys, certificate=False)), emulator.url,
+                                              keys, trust).person(KNOWN_SNILS))
+            assert exc.retryable  # a connection that fails: retried, then failover
+            exc = failure(lambda: frmr_client(clients.default, emulator.url, keys, trust).person(KNOWN_SNILS))
+            assert "CERTIFICATE_VERIFY_FAILED" in exc.detail  # the system's CAs do not know the demo CA
+            assert len(emulator.requests) == 1
+    finally:
+        clients.close()
+
+
+def test_frmo_over_mtls_through_zeeps_session(dataset, keys, trust, tls_keys):
+    with FrmoEmulator(dataset, signer=signer(keys, "frmo", "rsa"), tls=registry_server(tls_keys)) as emulator:
+        good = FrmoClient(emulator.url, timeout=5.0, trust=trust, signers=[signer(keys, "frmo", "rsa").certificate],
+                          tls=client_context(channel_tls(tls_keys), tls_keys))
+        bare = FrmoClient(emulator.url, timeout=5.0, trust=trust, signers=[signer(keys, "frmo", "rsa").certificate],
+                          tls=client_context(channel_tls(tls_keys, certificate=False), tls_keys))
+        try:
+            reply = good.organisation(oid=MO_VALID)
+            assert reply.record is not None and reply.record["oid"] == MO_VALID
+            assert registry_signed(reply, "frmo", "rsa-sha256"), reply.signed_by
+            exc = failure(lambda: bare.organisation(oid=MO_VALID))
+            assert exc.retryable
+            assert len(emulator.requests) == 1
+        finally:
+            good.close()
+            bare.close()

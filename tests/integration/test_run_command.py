@@ -70,8 +70,9 @@ def test_run_serves_the_demo_and_stops_on_sigterm(tmp_path):
         banner = (tmp_path / "run.log").read_text()
         # what to try is said only once the gateway answers /readyz, never before
         assert banner.index("the gateway is ready") < banner.index("try      zdravlink demo send")
-        for line in (f"API      {base}/api/v1/messages", f"docs     {base}/docs", f"metrics  {base}/metrics",
-                     f"SMEV 3   {base}/smev/1.1?wsdl", "HL7 v2   mllp://127.0.0.1:", "labs: lab-demo"):
+        for line in (f"API      {base}/api/v1/messages   [plain (loopback only)]", f"docs     {base}/docs",
+                     f"metrics  {base}/metrics", f"SMEV 3   {base}/smev/1.1?wsdl", "HL7 v2   mllp://127.0.0.1:",
+                     "labs: lab-demo", "[plain (loopback only)]"):
             assert line in banner
         assert httpx.get(f"{base}/docs").status_code == 200
 

@@ -203,6 +203,19 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
                           cwd=ROOT, timeout=60)
 
 
+def test_hash_token_reads_stdin_and_refuses_the_command_line():
+    """A token on the command line would stay in shell history and the process list."""
+    piped = subprocess.run([sys.executable, "-m", "application.cli", "hash-token"], input="demo-lab-token\n",
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert piped.returncode == 0 and piped.stdout.strip() == hash_token("demo-lab-token"), piped.stderr
+    argv = run_cli("hash-token", "demo-lab-token")
+    assert argv.returncode == 2 and "never from the command line" in argv.stderr
+    assert hash_token("demo-lab-token") not in argv.stdout
+    empty = subprocess.run([sys.executable, "-m", "application.cli", "hash-token"], input="",
+                           capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert empty.returncode == 2 and "no token" in empty.stderr
+
+
 def test_check_config_cli_prints_file_key_rule_and_fails(tmp_path):
     broken = write(tmp_path, routes=configs.routes().replace("recipient: clinic", "recipient: clinci"))
     result = run_cli("check-config", str(broken))
@@ -226,3 +239,46 @@ def test_help_lists_every_command():
     for command in ("check-config", "run", "serve", "worker", "replay", "trail", "db", "declare-topology",
                     "hash-token", "demo"):
         assert command in text
+
+
+def test_a_listener_off_loopback_needs_tls_or_an_explicit_plain(tmp_path, capsys):
+    """Plain HTTP or MLLP on a reachable address happens only when configured so (a terminating proxy in front)."""
+    for name in ("api-bare", "api-both", "hl7-bare", "hl7-both", "proxied"):
+        (tmp_path / name).mkdir()
+    for section in ("api", "hl7"):
+        bare = write(tmp_path / f"{section}-bare", gateway=f"{section}: {{host: 0.0.0.0}}\n")
+        with pytest.raises(ConfigError) as info:
+            load_config(bare, known_message_types=known_message_types())
+        (problem,) = info.value.problems
+        assert problem.key == section and "without TLS" in problem.rule and "plain: true" in problem.rule
+        both = write(tmp_path / f"{section}-both",
+                     gateway=f"{section}: {{host: 0.0.0.0, plain: true, tls: {{certificate: a.pem, key: a.key}}}}\n")
+        with pytest.raises(ConfigError, match="not both"):
+            load_config(both, known_message_types=known_message_types())
+    proxied = write(tmp_path / "proxied", gateway="api: {host: 0.0.0.0, plain: true}\nhl7: {host: 0.0.0.0, plain: true}\n")
+    cfg = load_config(proxied, known_message_types=known_message_types())
+    assert cfg.settings.api.plain and cfg.settings.hl7.plain
+    # check-config says which
+    report = run_cli("check-config", str(proxied))
+    assert report.returncode == 0, report.stderr
+    assert "API 0.0.0.0:8700 [plain (explicit: TLS ends at a proxy in front)]" in report.stdout, report.stdout
+    # and so does the banner of zdravlink run
+    from application.cli.running import print_endpoints
+
+    print_endpoints(cfg, proxied)
+    banner = capsys.readouterr().out
+    assert "http://0.0.0.0:8700/api/v1/messages   [plain (explicit: TLS ends at a proxy in front)]" in banner, banner
+
+
+def test_check_config_warns_that_rate_limits_are_per_api_process(tmp_path):
+    participants = configs.participants("http://127.0.0.1:9/inbox").replace(
+        "    kind: lis\n", "    kind: lis\n    rate_limit: {messages_per_second: 10}\n", 1)
+    assert "rate_limit" in participants
+    (tmp_path / "one").mkdir()
+    (tmp_path / "four").mkdir()
+    one = run_cli("check-config", str(write(tmp_path / "one", participants=participants)))
+    assert one.returncode == 0 and "rate limit" not in one.stderr, one.stderr
+    four = run_cli("check-config", str(write(tmp_path / "four", participants=participants,
+                                             gateway="api: {processes: 4}\n")))
+    assert four.returncode == 0, four.stderr
+    assert "api.processes is 4" in four.stderr and "lab may send up to 4 times its rate_limit" in four.stderr

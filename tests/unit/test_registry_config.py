@@ -92,3 +92,35 @@ def test_registry_channel_fields(tmp_path, delivery, rule):
     participants = f"participants:\n  - {{mnemonic: frmr, name: R, kind: registry, delivery: {delivery}}}\n"
     found = problems(tmp_path, "routes: []\n", participants)
     assert any(key == "participants[0].delivery" and rule in text for key, text in found), found
+
+
+def test_frmr_token_from_the_environment_or_a_file_read_at_each_call(tmp_path, monkeypatch):
+    """ФРМР's bearer token is a partner's secret: never in participants.yaml; a rotated one is used at once."""
+    from adapters.registries.channel import frmr_token
+    from adapters.registries.clients import RegistryCallFailed
+    from gateway.config import Channel
+
+    url = "http://127.0.0.1:9/"
+    by_env = Channel.model_validate({"mode": "registry", "registry": "frmr", "url": url, "token_env": "ZL_T_FRMR"})
+    monkeypatch.delenv("ZL_T_FRMR", raising=False)
+    with pytest.raises(RegistryCallFailed, match="environment variable ZL_T_FRMR is not set") as info:
+        frmr_token(by_env, tmp_path)
+    assert not info.value.retryable
+    monkeypatch.setenv("ZL_T_FRMR", "from-env")
+    assert frmr_token(by_env, tmp_path) == "from-env"
+
+    by_file = Channel.model_validate({"mode": "registry", "registry": "frmr", "url": url,
+                                      "token_file": "secrets/frmr"})
+    with pytest.raises(RegistryCallFailed, match="cannot read .*secrets/frmr"):
+        frmr_token(by_file, tmp_path)
+    (tmp_path / "secrets").mkdir()
+    (tmp_path / "secrets" / "frmr").write_text("first-token\n")
+    assert frmr_token(by_file, tmp_path) == "first-token"
+    (tmp_path / "secrets" / "frmr").write_text("rotated-token\n")  # the deployment rotates the secret
+    assert frmr_token(by_file, tmp_path) == "rotated-token"
+    (tmp_path / "secrets" / "frmr").write_text("\n")
+    with pytest.raises(RegistryCallFailed, match="is empty"):
+        frmr_token(by_file, tmp_path)
+    with pytest.raises(ValueError, match="not both"):
+        Channel.model_validate({"mode": "registry", "registry": "frmr", "url": url, "token_env": "ZL_T_FRMR",
+                                "token_file": "secrets/frmr"})
