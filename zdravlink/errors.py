@@ -7,7 +7,8 @@
     │   ├── adapters.hl7v2.oru.MappingGaps    a lab message the lab's mapping cannot carry (AE, kept for replay)
     │   ├── adapters.fhir.validation.FhirInvalid
     │   ├── adapters.soap.smev_faults.SmevFault  the SMEV fault a refusal becomes
-    │   └── gateway.oms.OmsFileError          an OMS register or protocol file that is not what it says
+    │   ├── gateway.oms.OmsFileError          an OMS register or protocol file that is not what it says
+    │   └── gateway.evidence.archive.ArchiveError  a journal archive that cannot be read as one
     ├── ConfigurationError    a configuration that cannot work; found at start-up or by check-config
     │   ├── gateway.config.ConfigError        every problem at once, each with its file, key and rule
     │   ├── gateway.tls.TlsConfigError        a TLS key, certificate or CA file that cannot be used

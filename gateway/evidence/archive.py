@@ -49,6 +49,7 @@ from gateway.journal import Journal, utcnow
 from gateway.journal.tables import events, evidence_batches, evidence_checkpoints, evidence_head, messages
 from signing.keys import KeyFileError
 from signing.trust import TrustStore
+from zdravlink.errors import RefusedError
 
 FORMAT = "zdravlink-evidence-archive/1"
 MANIFEST = "manifest.json"
@@ -56,7 +57,7 @@ MANIFEST = "manifest.json"
 PROVEN = ("message", "messages", "prune")
 
 
-class ArchiveError(ValueError):
+class ArchiveError(RefusedError):
     """An archive that cannot be read as one (not a ZIP, no manifest, another format)."""
 
 
