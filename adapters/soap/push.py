@@ -49,6 +49,10 @@ class _Partner:
     address: str | None
 
 
+#: Seconds a partner's WSDL (and its XSDs) may take to load, at least.
+WSDL_TIMEOUT = 10.0
+
+
 def _http_result(status: int, detail: str, retry_after: float | None = None) -> DeliveryResult:
     if 200 <= status < 300:
         return DeliveryResult(True, False, detail, status)
@@ -102,7 +106,11 @@ class SoapPusher:
             if key and self._tls is not None:
                 tls_session(self._tls.get(tls), session)
             # zeep mounts file:// on the session; a partner's WSDL must not make the gateway read its own disk.
-            transport = Transport(session=session, timeout=self._timeout, operation_timeout=self._timeout)
+            # The WSDL is fetched once per partner: a slow fetch must not fail a delivery whose own call
+            # would answer in time, so it gets at least WSDL_TIMEOUT (zeep's ``timeout``); the call
+            # itself keeps the channel's (``operation_timeout``).
+            transport = Transport(session=session, timeout=max(self._timeout, WSDL_TIMEOUT),
+                                  operation_timeout=self._timeout)
             session.adapters.pop("file://", None)
             self._transports[key] = transport
         return transport
