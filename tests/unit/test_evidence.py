@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -73,14 +73,6 @@ def test_statement_round_trip_and_refuses_other_forms() -> None:
 
 
 # ---- the chain in a journal --------------------------------------------------
-
-
-@pytest.fixture
-def journal(db_url: str) -> Iterator[Journal]:
-    j = Journal(db_url)
-    j.migrate()
-    yield j
-    j.engine.dispose()
 
 
 def _traffic(journal: Journal, count: int) -> list[str]:

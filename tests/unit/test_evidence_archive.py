@@ -6,7 +6,6 @@ import json
 import shutil
 import socket
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,21 +19,6 @@ from gateway.evidence.tsa import TsaClient
 from gateway.journal import Journal
 from signing import TrustStore
 from tests.unit.test_evidence import TAMPERING, _traffic
-
-
-@pytest.fixture
-def journal(db_url: str) -> Iterator[Journal]:
-    j = Journal(db_url)
-    j.migrate()
-    yield j
-    j.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def tsa(demo_keys: Path) -> Iterator[TsaServer]:
-    server = TsaServer(demo_keys).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ when the TSA answers again.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -42,21 +41,6 @@ def traffic(journal: Journal, count: int = 3) -> list[str]:
         journal.record(env.message_id, "DELIVERED", "w", {}, status=Status.DELIVERED)
         ids.append(env.message_id)
     return ids
-
-
-@pytest.fixture
-def journal(db_url: str) -> Iterator[Journal]:
-    j = Journal(db_url)
-    j.migrate()
-    yield j
-    j.engine.dispose()
-
-
-@pytest.fixture(scope="module")
-def tsa(demo_keys: Path) -> Iterator[TsaServer]:
-    server = TsaServer(demo_keys).start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture

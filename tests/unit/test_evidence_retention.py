@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import uuid
 import zipfile
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,14 +24,6 @@ from gateway.journal.tables import events, evidence_batches, messages, prune_run
 from gateway.xmlsafe import parse_xml
 
 NS = "urn://zdravlink/types/notice/1.0"
-
-
-@pytest.fixture
-def journal(db_url: str) -> Iterator[Journal]:
-    j = Journal(db_url)
-    j.migrate()
-    yield j
-    j.engine.dispose()
 
 
 def send(journal: Journal, recipient: str = "mis", *, deliver: bool = True) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import update
@@ -19,14 +18,6 @@ from gateway.journal import Journal
 from gateway.journal.leases import Leases
 from gateway.journal.tables import leases as lease_table
 from gateway.once_only import OnceOnly
-
-
-@pytest.fixture
-def journal(db_url: str) -> Iterator[Journal]:
-    j = Journal(db_url)
-    j.migrate()
-    yield j
-    j.engine.dispose()
 
 
 def run_out(journal: Journal, name: str) -> None:
