@@ -60,6 +60,7 @@ from gateway.journal import Journal
 from gateway.journal.tables import events, evidence_batches, messages
 from gateway.xmlsafe import parse_xml
 from signing import TrustStore
+from tests.conftest import drop_database
 
 PG = "postgresql+psycopg://zdravlink:zdravlink@127.0.0.1:5432/zdravlink"
 NS = "urn://zdravlink/types/notice/1.0"
@@ -76,9 +77,7 @@ def _pg_database(name: str) -> str:
 
 def _drop_pg(name: str) -> None:
     admin = sa.create_engine(PG, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'"))
-        conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}"'))
+    drop_database(admin, name)
     admin.dispose()
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import sqlalchemy as sa
 
-from tests.conftest import create_database
+from tests.conftest import create_database, drop_database
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import REPO, delete_topology, envelope_json
@@ -85,9 +85,7 @@ class Database:
         self.url = server_url.rsplit("/", 1)[0] + "/" + self.name
 
     def drop(self) -> None:
-        with self.admin.connect() as conn:
-            conn.execute(sa.text(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname='{self.name}'"))
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{self.name}"'))
+        drop_database(self.admin, self.name)
         self.admin.dispose()
 
 
