@@ -371,6 +371,9 @@ class RetentionSettings(_Strict):
     interval_seconds: float = Field(3600.0, gt=0)
     #: Messages per archive and per delete transaction.
     chunk: int = Field(2000, ge=1, le=100_000)
+    #: The share of a run's time spent working: after each chunk it rests for the chunk's time × (1/share − 1),
+    #: so the API keeps SQLite's one write lock and a core most of the time. 1: no rest (an operator's run).
+    share: float = Field(0.5, gt=0, le=1)
 
     @property
     def active(self) -> bool:

@@ -130,7 +130,10 @@ def journal_verify_archive(archive: Path = typer.Argument(..., metavar="ARCHIVE.
 
 @journal_app.command("prune")
 def journal_prune(config: Path | None = ConfigOpt,
-                  limit: int | None = typer.Option(None, "--limit", help="At most this many messages")) -> None:
+                  limit: int | None = typer.Option(None, "--limit", help="At most this many messages"),
+                  share: float | None = typer.Option(None, "--share", min=0.01, max=1.0,
+                                                     help="Share of the time spent working, the rest resting "
+                                                          "(default: retention.share; 1: no rest)")) -> None:
     """Run retention once now: archive, then remove, what `retention:` lets go (the reconciler does it hourly)."""
     from gateway.evidence.duty import pruner
     from gateway.journal import Journal
@@ -140,7 +143,7 @@ def journal_prune(config: Path | None = ConfigOpt,
         out.print("no retention rule: nothing is ever pruned (retention: in gateway.yaml)")
         return
     began = time.perf_counter()
-    done = pruner(cfg, Journal(cfg.settings.database.url)).run_once(limit=limit)
+    done = pruner(cfg, Journal(cfg.settings.database.url), share=share).run_once(limit=limit)
     took = time.perf_counter() - began
     out.print(f"run {done.run}: {done.messages} messages ({done.events} events) and {done.envelopes} envelopes "
               f"removed, {done.held} held, {done.kept_for_records} kept for business records, "

@@ -1,8 +1,9 @@
 """The evidence duty: seal what the writers committed, checkpoint the head, have it timestamped, prune; until stopped.
 
 It runs as a thread of the reconciler (one per deployment, as the sweeper), with the
-retention pruner every ``retention.interval_seconds`` when a rule asks for one; never on a
-message's path: accepting and delivering do not wait for sealing, signing or the TSA.
+retention pruner every ``retention.interval_seconds`` when a rule asks for one, in a thread of
+its own: a run over a large journal takes minutes at its ``share``, and sealing and checkpoints
+go on meanwhile. Never on a message's path: accepting and delivering do not wait for sealing, signing or the TSA.
 A second one (two reconcilers by mistake) is harmless: the head row lets one sealer at
 a time extend the chain, and a checkpoint's batch is its primary key.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from pathlib import Path
 
 from gateway.config import EvidenceSettings, GatewayConfig
@@ -43,8 +43,11 @@ def tsa_trust(config: GatewayConfig) -> TrustStore | None:
     return TrustStore.from_directory(where) if where is not None else None
 
 
-def pruner(config: GatewayConfig, journal: Journal) -> Pruner:
+def pruner(config: GatewayConfig, journal: Journal, share: float | None = None) -> Pruner:
+    """The configured pruner; ``share`` overrides ``retention.share`` (an operator's run by hand)."""
     s = config.settings.retention
+    if share is not None:
+        s = s.model_copy(update={"share": share})
     archives = Path(s.archive_dir)  # relative to the working directory, as the bundled journal's sqlite path
     trust, tsa = trust_dirs(config)
     return Pruner(journal, s, archives, trust_store=trust, tsa_trust_store=tsa)
@@ -56,7 +59,6 @@ class EvidenceDuty:
         self.settings = settings
         self.pruner = pruner
         self.prune_every = prune_every
-        self._pruned_at = 0.0
         self.sealer = Sealer(journal, settings.max_batch)
         self.checkpointer = Checkpointer(journal, signer, tsa, interval=settings.checkpoint_interval_seconds,
                                          every_batches=settings.checkpoint_every_batches,
@@ -83,11 +85,23 @@ class EvidenceDuty:
         return len(sealed), self.checkpointer.run_once()
 
     def run(self, stopping: threading.Event) -> None:
+        pruning = None
+        if self.pruner is not None:
+            pruning = threading.Thread(target=self._prune, args=(self.pruner, stopping), name="retention",
+                                       daemon=True)
+            pruning.start()
         while not stopping.wait(self.settings.seal_interval_seconds):
             try:
                 self.run_once()
-                if self.pruner is not None and time.monotonic() - self._pruned_at >= self.prune_every:
-                    self._pruned_at = time.monotonic()
-                    self.pruner.run_once()
             except Exception:  # the journal out of reach: the next round tries again
                 log.exception("evidence round failed")
+        if pruning is not None:
+            pruning.join()
+
+    def _prune(self, pruner: Pruner, stopping: threading.Event) -> None:
+        while not stopping.is_set():
+            try:
+                pruner.run_once(stopping=stopping)
+            except Exception:  # the journal out of reach: the next interval tries again
+                log.exception("retention run failed")
+            stopping.wait(self.prune_every)

@@ -15,6 +15,17 @@ batch whose events are all gone keeps its record, without leaves, and the chain'
 links still hold. Each run's archives are chained as X-Road chains its archive files:
 ``chain = SHA-256(previous run's chain ‖ archive digest ‖ …)`` in ``prune_runs``.
 
+A run works in bursts: after each chunk it rests ``share`` of its time away (a chunk that
+took 2 s at ``share: 0.5`` is followed by 2 s of rest), because on SQLite each delete holds
+the journal's one write lock and the archive costs a core; the API accepts at close to its
+idle rate meanwhile. It also stops between chunks when it is asked to (the lease lost, the
+process stopping). It may be killed at any point and loses nothing: an archive is written
+under a ``.partial`` name and renamed when complete; the delete commits together with the
+run's record of that archive and the chain so far, so what a killed run removed is always
+listed; a complete archive whose delete never committed removed nothing (its messages are
+still in the journal, and the next run archives them again); ``.partial`` files are cleared
+at the start of the next run.
+
 ``envelope_days`` removes only the envelope (archived first, as above); the row and
 the trail stay, ``envelope_pruned_at`` says when, and the verifier no longer asks for it.
 """
@@ -23,6 +34,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -148,10 +161,17 @@ class Pruner:
 
     # ---- a run ------------------------------------------------------------------
 
-    def run_once(self, now: datetime | None = None, limit: int | None = None) -> PruneResult:
-        """Prune what is due at ``now``; at most ``limit`` messages (None: all that is due)."""
+    def run_once(self, now: datetime | None = None, limit: int | None = None,
+                 stopping: threading.Event | None = None) -> PruneResult:
+        """Prune what is due at ``now``; at most ``limit`` messages (None: all that is due).
+
+        With ``stopping``, the rests between chunks wait on it, and the run ends at the first chunk
+        boundary after it is set.
+        """
         now = now or utcnow()
         shortest = self.shortest_days()
+        for leftover in self.archive_dir.glob("*.partial"):
+            leftover.unlink()  # written by a run killed mid-archive; never listed, nothing was removed for it
         with self.journal.engine.begin() as conn:
             run = int(conn.execute(insert(prune_runs).values(started_at=now, messages=0, envelopes=0, events=0,
                                                              held=0, archives="[]")
@@ -162,19 +182,23 @@ class Pruner:
         chain = hashlib.sha256((previous or GENESIS).encode("ascii"))
         try:
             if shortest is not None:
-                self._run(result, now, now - timedelta(days=shortest), chain, limit)
+                self._run(result, now, now - timedelta(days=shortest), chain, limit, stopping)
         except Exception as exc:
             self._finish(result, chain.hexdigest() if result.archives else None, f"{type(exc).__name__}: {exc}")
             raise
         self._finish(result, chain.hexdigest() if result.archives else None, None)
         return result
 
-    def _run(self, result: PruneResult, now: datetime, before: datetime, chain: Any, limit: int | None) -> None:
+    def _run(self, result: PruneResult, now: datetime, before: datetime, chain: Any, limit: int | None,
+             stopping: threading.Event | None) -> None:
         after: tuple[datetime, str] | None = None
         chunk = self.settings.chunk
         with self.journal.engine.connect() as conn:
             holds = active_holds(conn)
         while limit is None or result.messages < limit:
+            if stopping is not None and stopping.is_set():
+                return
+            began = time.monotonic()
             with self.journal.engine.connect() as conn:
                 head = int(conn.execute(select(evidence_head.c.last_event_id)).scalar_one())
                 # The newest event is never removed: SQLite numbers a new row max(id) + 1, and an id handed
@@ -199,6 +223,17 @@ class Pruner:
                 self._prune(result, whole, chain, now, before, envelope_only=False)
             if envelope_only:
                 self._prune(result, envelope_only, chain, now, before, envelope_only=True)
+            if whole or envelope_only:
+                self._rest((time.monotonic() - began) * (1 / self.settings.share - 1), stopping)
+
+    @staticmethod
+    def _rest(seconds: float, stopping: threading.Event | None) -> None:
+        if seconds <= 0:
+            return
+        if stopping is not None:
+            stopping.wait(seconds)
+        else:
+            time.sleep(seconds)
 
     def _due(self, conn: Connection, rows: Sequence[Any], now: datetime, holds: list[Hold], head: int, top: int,
              result: PruneResult) -> tuple[list[str], list[str]]:
@@ -243,9 +278,11 @@ class Pruner:
         self.archive_dir.mkdir(parents=True, exist_ok=True)
         name = f"prune-{result.run:06d}-{len(result.archives) + 1:04d}.zip"
         path = self.archive_dir / name
-        exported = export_messages(self.journal, path, ids, trust_store=self.trust_store,
+        partial = path.with_name(name + ".partial")
+        exported = export_messages(self.journal, partial, ids, trust_store=self.trust_store,
                                    tsa_trust_store=self.tsa_trust_store, kind="prune",
                                    extra={"run": result.run, "envelope_only": envelope_only})
+        partial.replace(path)
         digest = _file_digest(path)
         chain.update(digest.encode("ascii"))
         result.archives.append({"file": name, "sha256": digest, "messages": len(ids), "envelope_only": envelope_only})
@@ -254,14 +291,16 @@ class Pruner:
                 done = conn.execute(update(messages).where(messages.c.message_id.in_(ids),
                                                            messages.c.envelope_pruned_at.is_(None))
                                     .values(envelope=b"", envelope_pruned_at=now))
-            result.envelopes += int(done.rowcount)
+                result.envelopes += int(done.rowcount)
+                self._progress(conn, result, chain.hexdigest())
             return
         with self.journal.engine.begin() as conn:
             ids = self._still_due(conn, ids, before)
             events_removed = self._delete(conn, ids)
-        result.messages += len(ids)
-        result.envelopes += len(ids)
-        result.events += events_removed
+            result.messages += len(ids)
+            result.envelopes += len(ids)
+            result.events += events_removed
+            self._progress(conn, result, chain.hexdigest())
         log.info("retention: %d message(s), %d event(s) pruned into %s (%d bytes)", len(ids), events_removed, name,
                  exported.bytes)
 
@@ -319,6 +358,13 @@ class Pruner:
             conn.execute(delete(events).where(events.c.message_id.in_(part)))
             conn.execute(delete(messages).where(messages.c.message_id.in_(part)))
         return len(leaves)
+
+    @staticmethod
+    def _progress(conn: Connection, result: PruneResult, chain: str) -> None:
+        """The run's record so far, in the transaction that removes the chunk: a killed run lists all it removed."""
+        conn.execute(update(prune_runs).where(prune_runs.c.id == result.run).values(
+            messages=result.messages, envelopes=result.envelopes, events=result.events, held=result.held,
+            archives=json.dumps(result.archives), chain=chain))
 
     def _finish(self, result: PruneResult, chain: str | None, error: str | None) -> None:
         result.chain = chain

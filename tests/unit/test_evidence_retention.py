@@ -2,26 +2,30 @@
 from __future__ import annotations
 
 import json
+import threading
 import uuid
 import zipfile
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from gateway.config import RetentionRule, RetentionSettings
+from gateway.config import EvidenceSettings, RetentionRule, RetentionSettings
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
 from gateway.evidence.archive import verify_archive
 from gateway.evidence.canonical import EventRecord
 from gateway.evidence.check import pack_leaves, unpack_leaves
+from gateway.evidence.duty import EvidenceDuty
 from gateway.evidence.retention import Pruner, place_hold, prune_totals, release_hold
 from gateway.evidence.sealer import EVENT_COLUMNS, Sealer
 from gateway.evidence.verify import verify_journal
 from gateway.journal import Journal, Status, utcnow
-from gateway.journal.tables import events, evidence_batches, messages, prune_runs
+from gateway.journal.tables import events, evidence_batches, evidence_head, messages, prune_runs
 from gateway.xmlsafe import parse_xml
+from tests.support.waiting import wait_for
 
 NS = "urn://zdravlink/types/notice/1.0"
 
@@ -221,3 +225,92 @@ def test_a_message_replayed_while_its_chunk_is_archived_is_left_alone(journal: J
     assert rec is not None and rec.status == "ACCEPTED"  # replayed, kept, with its whole trail
     sealer.seal_once()
     assert verify_journal(journal, trust=None, tsa_trust=None).ok
+
+
+class Rests(threading.Event):
+    """Records each rest the pruner asks for instead of waiting; set after ``stop_after`` rests, if given."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        super().__init__()
+        self.rests: list[float] = []
+        self.stop_after = stop_after
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.rests.append(float(timeout or 0.0))
+        if self.stop_after is not None and len(self.rests) >= self.stop_after:
+            self.set()
+        return self.is_set()
+
+
+def test_a_run_rests_after_each_chunk_by_its_share_and_not_at_all_at_share_one(journal: Journal,
+                                                                            tmp_path: Path) -> None:
+    for _ in range(10):
+        send(journal)
+    send(journal, "keeper")
+    Sealer(journal).seal_once()
+    rests = Rests()
+    result = Pruner(journal, settings(share=0.25), tmp_path).run_once(now=utcnow() + timedelta(days=31),
+                                                                      stopping=rests)
+    assert result.messages == 10 and len(result.archives) == 3
+    assert len(rests.rests) == 3 and all(r > 0 for r in rests.rests)  # three times its work, after each chunk
+
+    for _ in range(5):
+        send(journal)
+    Sealer(journal).seal_once()
+    eager = Rests()
+    again = Pruner(journal, settings(share=1.0), tmp_path).run_once(now=utcnow() + timedelta(days=31),
+                                                                    stopping=eager)
+    assert again.messages == 4 and eager.rests == []  # the newest event's message stays
+
+
+def test_a_stopped_run_ends_at_the_next_chunk_and_its_record_lists_what_it_removed(journal: Journal,
+                                                                                 tmp_path: Path) -> None:
+    for _ in range(10):
+        send(journal)
+    Sealer(journal).seal_once()
+    result = Pruner(journal, settings(), tmp_path).run_once(now=utcnow() + timedelta(days=31),
+                                                            stopping=Rests(stop_after=1))
+    assert result.messages == 4 and len(result.archives) == 1
+    with journal.engine.connect() as conn:
+        run = conn.execute(sa.select(prune_runs)).one()
+    assert (run.messages, json.loads(run.archives), run.chain) == (4, result.archives, result.chain)
+    assert run.finished_at is not None and run.error is None
+    assert count(journal, messages) == 6
+
+
+def test_the_duty_seals_while_its_pruner_rests_and_a_stop_ends_both(journal: Journal, tmp_path: Path) -> None:
+    """The pruner has a thread of its own: a long run (here resting 99 times its work) holds up no sealing."""
+    for _ in range(10):
+        send(journal)
+    Sealer(journal).seal_once()
+    with journal.engine.begin() as conn:  # the duty's pruner prunes at the real "now": make them 31 days old
+        conn.execute(sa.update(messages).values(updated_at=utcnow() - timedelta(days=31)))
+    pruner = Pruner(journal, settings(share=0.01), tmp_path)
+    duty = EvidenceDuty(journal, EvidenceSettings(seal_interval_seconds=0.05), None, None, pruner)
+    stopping = threading.Event()
+    thread = threading.Thread(target=duty.run, args=(stopping,))
+    thread.start()
+    try:
+        wait_for(lambda: any(r.messages for r in _runs(journal)), what="the first chunk pruned")
+        fresh = send(journal)
+        wait_for(lambda: _sealed(journal, fresh), what="a message accepted meanwhile sealed")
+        assert _runs(journal)[-1].finished_at is None  # still resting after its first chunk
+    finally:
+        stopping.set()
+        thread.join(30)
+    assert not thread.is_alive()
+    last = _runs(journal)[-1]
+    assert last.finished_at is not None and last.messages < 10  # stopped at the next chunk boundary
+    assert verify_journal(journal, trust=None, tsa_trust=None).ok
+
+
+def _runs(journal: Journal) -> list[Any]:
+    with journal.engine.connect() as conn:
+        return list(conn.execute(sa.select(prune_runs).order_by(prune_runs.c.id)))
+
+
+def _sealed(journal: Journal, message_id: str) -> bool:
+    with journal.engine.connect() as conn:
+        head = conn.execute(sa.select(evidence_head.c.last_event_id)).scalar_one()
+        newest = conn.execute(sa.select(sa.func.max(events.c.id)).where(events.c.message_id == message_id)).scalar()
+    return newest is not None and head >= newest
