@@ -16,7 +16,8 @@ measures, in this order:
   through ``Journal.accept`` with nothing else running, then the same with the evidence
   duty in another process (as the reconciler runs it) sealing every 0.2 s and
   checkpointing every second (signed), in the same run;
-- **prune to ``--keep-days``**: the pruner, archives and all (messages/s), the journal's
+- **prune to ``--keep-days``**: the pruner as configured by default (chunks of 2,000, resting half
+  its time; ``--share``), archives and all (messages/s), the journal's
   size before and after, and the accept rate while it runs against the idle rate;
 - **verify after pruning**: the chain still holds.
 
@@ -122,9 +123,9 @@ def _duty(url: str, keys: Path, stop: Any) -> None:
     journal.engine.dispose()
 
 
-def _prune(url: str, keys: Path, work: Path, keep_days: float, results: Any) -> None:
+def _prune(url: str, keys: Path, work: Path, keep_days: float, share: float, results: Any) -> None:
     journal = Journal(url)
-    pruner = Pruner(journal, RetentionSettings(default_days=keep_days, chunk=5000), work / "archives",
+    pruner = Pruner(journal, RetentionSettings(default_days=keep_days, share=share), work / "archives",
                     trust_store=keys / "trust", tsa_trust_store=keys / "trust")
     began = time.perf_counter()
     r = pruner.run_once()
@@ -141,6 +142,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=10_000, help="events per sealed batch at most")
     parser.add_argument("--accept", type=int, default=2000, help="messages per accept-rate measurement")
     parser.add_argument("--pg", action="store_true", help="PostgreSQL instead of SQLite")
+    parser.add_argument("--share", type=float, default=RetentionSettings().share,
+                        help="the pruner's share of the time (retention.share)")
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="zl-bench-retention-"))
@@ -221,7 +224,7 @@ def main() -> None:
         before_size = _size(journal, sqlite_file)
         before = _count(journal, messages)
         results = multiprocessing.Queue()
-        pruning = multiprocessing.Process(target=_prune, args=(url, keys, work, args.keep_days, results))
+        pruning = multiprocessing.Process(target=_prune, args=(url, keys, work, args.keep_days, args.share, results))
         pruning.start()
         during: list[float] = []
         while pruning.is_alive():
@@ -246,7 +249,8 @@ def main() -> None:
         archive_bytes = sum(p.stat().st_size for p in (work / "archives").glob("*.zip"))
         print(f"prune    {result['messages']:,.0f} of {before:,} messages ({result['events']:,.0f} events; "
               f"{result['kept']:,.0f} kept for lab results) in {result['seconds']:.1f} s: "
-              f"{result['messages'] / result['seconds']:,.0f} messages/s, {result['archives']:.0f} archives, "
+              f"{result['messages'] / result['seconds']:,.0f} messages/s at share {args.share:g}, "
+              f"{result['archives']:.0f} archives, "
               f"{archive_bytes / 1e6:,.1f} MB")
         print(f"size     {before_size / 1e6:,.1f} MB before, {after_size / 1e6:,.1f} MB after"
               + (f" (freed pages kept for reuse); {vacuumed[0] / 1e6:,.1f} MB after VACUUM ({vacuumed[1]:.0f} s)"
