@@ -29,6 +29,7 @@ from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import GatewayProcesses, envelope_json
 from tests.support.rabbit_node import RabbitNode
 from tests.support.tcp_proxy import TcpProxy
+from tests.support.waiting import SETTLED, wait_settled
 
 #: The stages every delivered message's trail must show, in this order of first appearance.
 STAGES = ("ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED")
@@ -210,15 +211,8 @@ class Run:
         load.wait(600)
         accepted = set(load.accepted)
         engine = sa.create_engine(self.direct_db)
-        final = {"DELIVERED", "DEAD"}
-        deadline = time.monotonic() + s.settle_timeout
         try:
-            while True:
-                with engine.connect() as conn:
-                    rows = dict(conn.execute(sa.text("SELECT message_id, status FROM messages")).all())
-                if all(rows.get(m) in final for m in accepted) or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
+            rows = wait_settled(engine, accepted, s.settle_timeout)
             settled_at = time.monotonic()
             result = Result(s.name, accepted=len(accepted))
             result.notes += [f"unexpected answer: {u}" for u in load.unexpected[:5]]
@@ -242,7 +236,7 @@ class Run:
             result.missing_stages = sum(
                 1 for m in accepted if rows.get(m) == "DELIVERED" and not set(STAGES) <= set(trails.get(m, [])))
             for m in accepted:
-                if rows.get(m) not in final:
+                if rows.get(m) not in SETTLED:
                     result.notes.append(f"{m} stayed {rows.get(m)}: {trails.get(m)}")
         finally:
             engine.dispose()

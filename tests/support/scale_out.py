@@ -28,6 +28,7 @@ from tests.conftest import create_database, drop_database
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import REPO, delete_topology, envelope_json
+from tests.support.waiting import SETTLED, wait_settled
 
 #: The stages every delivered message's trail must show.
 STAGES = ("ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED")
@@ -238,15 +239,8 @@ class Account:
 def settle(db_url: str, accepted: list[str], timeout: float) -> Account:
     """Wait until every accepted message is DELIVERED or DEAD (or ``timeout``), then account for each."""
     engine = sa.create_engine(db_url)
-    final = {"DELIVERED", "DEAD"}
-    deadline = time.monotonic() + timeout
     try:
-        while True:
-            with engine.connect() as conn:
-                rows = dict(conn.execute(sa.text("SELECT message_id, status FROM messages")).all())
-            if all(rows.get(m) in final for m in accepted) or time.monotonic() > deadline:
-                break
-            time.sleep(0.5)
+        rows = wait_settled(engine, accepted, timeout)
         account = Account(accepted=len(accepted), settled_at=time.monotonic())
         with engine.connect() as conn:
             trails: dict[str, set[str]] = {}
@@ -269,7 +263,7 @@ def settle(db_url: str, accepted: list[str], timeout: float) -> Account:
     account.parked = len(parked_by)
     account.parked_elsewhere = sum(1 for m, actor in parked_by.items() if delivered_by.get(m, actor) != actor)
     account.notes = [f"{m} stayed {rows.get(m)}: {sorted(trails.get(m, set()))}"
-                     for m in accepted if rows.get(m) not in final][:10]
+                     for m in accepted if rows.get(m) not in SETTLED][:10]
     return account
 
 
