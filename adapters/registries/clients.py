@@ -37,6 +37,7 @@ import zeep.exceptions
 from lxml import etree
 from zeep.helpers import serialize_object
 
+from adapters.soap.push import WSDL_TIMEOUT
 from adapters.tls_clients import tls_session
 from gateway.masking import mask_text
 from routing.channels import RETRYABLE_4XX
@@ -270,7 +271,9 @@ class FrmoClient:
         self._url = url
         self._wsdl = wsdl or url + "?wsdl"
         self._check = _BodySignature(_SignaturePolicy(self.registry, trust, tuple(signers), signature_required))
-        self._transport = _StatusFirst(timeout=timeout, operation_timeout=timeout)
+        # The WSDL gets at least WSDL_TIMEOUT, as a SOAP push's does: a slow first fetch must not fail a call
+        # that would answer in time; the call itself keeps the channel's timeout.
+        self._transport = _StatusFirst(timeout=max(timeout, WSDL_TIMEOUT), operation_timeout=timeout)
         if tls is not None:  # the channel's CAs, client certificate and pins (adapters.tls_clients)
             tls_session(tls, self._transport.session)
         # zeep mounts file:// on its session; what a WSDL imports must not make the gateway read its own disk.

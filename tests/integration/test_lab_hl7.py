@@ -211,7 +211,7 @@ def test_message_kept_after_a_gap_becomes_a_result_once_the_mapping_is_fixed(gw,
     env = Envelope.from_element(parse_xml(clinic.requests[0].body))
     assert env.message_id == mid and env.message_type == LAB_RESULT_NS
     # DELIVERED is committed by the worker's group commit just after the recipient answered.
-    wait_for(lambda: journal.get(mid).status == "DELIVERED", what="DELIVERED in the journal")
+    wait_for(lambda: journal.get(mid).status == "DELIVERED")
     trail = [e.kind for e in journal.trail(mid)]
     journal.engine.dispose()
     assert trail[:2] == ["REJECTED", "ACCEPTED"] and trail[-1] == "DELIVERED"
