@@ -37,7 +37,7 @@ import logging
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -286,21 +286,24 @@ class Pruner:
         digest = _file_digest(path)
         chain.update(digest.encode("ascii"))
         result.archives.append({"file": name, "sha256": digest, "messages": len(ids), "envelope_only": envelope_only})
+        # The run's record is written in the transaction that removes the chunk, so a killed run lists all it
+        # removed; ``result`` takes the new counts only once that transaction has committed.
         if envelope_only:
             with self.journal.engine.begin() as conn:
                 done = conn.execute(update(messages).where(messages.c.message_id.in_(ids),
                                                            messages.c.envelope_pruned_at.is_(None))
                                     .values(envelope=b"", envelope_pruned_at=now))
-                result.envelopes += int(done.rowcount)
-                self._progress(conn, result, chain.hexdigest())
+                after = replace(result, envelopes=result.envelopes + int(done.rowcount))
+                self._record(conn, after, chain.hexdigest())
+            result.envelopes = after.envelopes
             return
         with self.journal.engine.begin() as conn:
             ids = self._still_due(conn, ids, before)
             events_removed = self._delete(conn, ids)
-            result.messages += len(ids)
-            result.envelopes += len(ids)
-            result.events += events_removed
-            self._progress(conn, result, chain.hexdigest())
+            after = replace(result, messages=result.messages + len(ids), envelopes=result.envelopes + len(ids),
+                            events=result.events + events_removed)
+            self._record(conn, after, chain.hexdigest())
+        result.messages, result.envelopes, result.events = after.messages, after.envelopes, after.events
         log.info("retention: %d message(s), %d event(s) pruned into %s (%d bytes)", len(ids), events_removed, name,
                  exported.bytes)
 
@@ -360,18 +363,16 @@ class Pruner:
         return len(leaves)
 
     @staticmethod
-    def _progress(conn: Connection, result: PruneResult, chain: str) -> None:
-        """The run's record so far, in the transaction that removes the chunk: a killed run lists all it removed."""
+    def _record(conn: Connection, result: PruneResult, chain: str | None, **more: Any) -> None:
+        """The run's row in ``prune_runs`` as ``result`` has it (and ``more`` columns)."""
         conn.execute(update(prune_runs).where(prune_runs.c.id == result.run).values(
             messages=result.messages, envelopes=result.envelopes, events=result.events, held=result.held,
-            archives=json.dumps(result.archives), chain=chain))
+            archives=json.dumps(result.archives), chain=chain, **more))
 
     def _finish(self, result: PruneResult, chain: str | None, error: str | None) -> None:
         result.chain = chain
         with self.journal.engine.begin() as conn:
-            conn.execute(update(prune_runs).where(prune_runs.c.id == result.run).values(
-                finished_at=utcnow(), messages=result.messages, envelopes=result.envelopes, events=result.events,
-                held=result.held, archives=json.dumps(result.archives), chain=chain, error=error))
+            self._record(conn, result, chain, finished_at=utcnow(), error=error)
 
 
 def _file_digest(path: Path) -> str:
