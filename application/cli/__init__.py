@@ -11,7 +11,6 @@ from __future__ import annotations
 import sys
 from importlib.metadata import entry_points
 
-import click
 import typer
 
 from application.cli import acts, evidence, messages, running, tools  # noqa: F401 - each registers its commands
@@ -35,20 +34,14 @@ def main() -> None:
     _load_plugins()
     command = typer.main.get_command(app)
     try:
-        code = command.main(standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        code = exc.exit_code
-    except click.exceptions.Abort:
-        err.print("aborted")
-        code = 1
-    except click.ClickException as exc:
-        exc.show()
-        code = exc.exit_code
+        # Standalone: the CLI library turns a bad option or value into its usage line and exit code 2, and
+        # exits with the command's code. (Catching click's exceptions here missed them: typer carries its
+        # own copy of click, and a mistyped option printed a traceback.)
+        command.main(standalone_mode=True)
     except Exception as exc:
         what = unreachable(exc)
         if what is None:
             raise
         err.print(f"[red]cannot reach {what}[/red]: {type(exc).__name__}: {str(exc).splitlines()[0][:300]}",
                   highlight=False)
-        code = 3
-    sys.exit(code if isinstance(code, int) else 0)
+        sys.exit(3)
