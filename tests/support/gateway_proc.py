@@ -157,8 +157,10 @@ class GatewayProcesses:
                 proc.wait(5)
 
     def stop(self) -> None:
-        self.stop_processes()
+        # The client's keep-alive connection first: a TLS listener otherwise waits out its graceful
+        # shutdown (5 s) for a peer that never answers its close_notify.
         self.http.close()
+        self.stop_processes()
         self.delete_topology()
 
     def delete_topology(self) -> None:
