@@ -16,6 +16,7 @@ Roles, each including the one before:
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +31,14 @@ from gateway.config import ConfigError, ConfigProblem
 FILE = "operators.yaml"
 NAME = r"^[a-z0-9][a-z0-9._@-]{1,63}$"
 _HASHER = PasswordHasher()  # argon2id with the library's current defaults (RFC 9106 low-memory profile)
-#: Verified against when the name is unknown, so a wrong name costs what a wrong password does.
-_DUMMY_HASH = _HASHER.hash("no such operator")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the name is unknown, so a wrong name costs what a wrong password does.
+    Made on first use: an argon2 hash costs 0.15 s of CPU, which every process importing this module
+    paid at start, console or not."""
+    return _HASHER.hash("no such operator")
 
 
 class Role(enum.IntEnum):
@@ -130,7 +137,7 @@ def hash_password(password: str) -> str:
 def check_password(operator: Operator | None, password: str) -> bool:
     """True when ``password`` is this operator's; as slow for an unknown name as for a wrong password."""
     try:
-        return _HASHER.verify(operator.password_hash if operator and operator.password_hash else _DUMMY_HASH,
+        return _HASHER.verify(operator.password_hash if operator and operator.password_hash else _dummy_hash(),
                               password) and operator is not None and operator.password_hash is not None
     except (VerificationError, InvalidHashError):
         return False
