@@ -24,7 +24,7 @@ import pytest
 from lxml import etree
 
 from adapters.hl7v2.mllp import FrameReader, frame
-from adapters.hl7v2.oru import LAB_RESULT_NS
+from adapters.hl7v2.oru import LAB_RESULT_NS, message_id_for
 from adapters.soap import smev_client as smev
 from adapters.soap.smev_schema import SOAP_ENV_NS
 from demo.ca import DemoCA
@@ -35,9 +35,11 @@ from gateway.tls import ClientTls, client_context
 from tests.conftest import AMQP_URL, free_port
 from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, envelope_json, notice
 
-pytestmark = pytest.mark.broker
+# One gateway serves the module (see ``gw``): the group asks ``--dist loadgroup`` to run its tests on one worker.
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("transport_security")]
 
 LAB_TOKEN, CLINIC_TOKEN = "lab-tls-token", "clinic-tls-token"
+GATEWAY_CLIENT = "organizationName=Zdravlink demo,commonName=gateway-client"
 CLIENTS = ("lab", "clinic", "lab-revoked", "lab-expired")
 
 
@@ -74,14 +76,19 @@ def client(keys: Path, name: str | None = None, *, gost: bool = False) -> ssl.SS
     return client_context(ClientTls(ca=[str(keys / "ca-bundle.pem")], system_ca=False, gost=gost, **cert), keys)
 
 
-@pytest.fixture
-def clinic(tls_keys: Path) -> Iterator[RecipientServer]:
-    """The clinic's HTTPS inbox; it requires a client certificate from the demo CA."""
+def clinic_inbox(keys: Path) -> RecipientServer:
+    """The clinic's HTTPS inbox, started; it requires a client certificate from the demo CA."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.load_cert_chain(tls_keys / "clinic-server-rsa.pem", tls_keys / "clinic-server-rsa.key")
-    ctx.load_verify_locations(tls_keys / "clients" / "demo-ca.pem")
+    ctx.load_cert_chain(keys / "clinic-server-rsa.pem", keys / "clinic-server-rsa.key")
+    ctx.load_verify_locations(keys / "clients" / "demo-ca.pem")
     ctx.verify_mode = ssl.CERT_REQUIRED
-    server = RecipientServer(name="clinic", tls=ctx).start()
+    return RecipientServer(name="clinic", tls=ctx).start()
+
+
+@pytest.fixture(scope="module")
+def clinic(tls_keys: Path) -> Iterator[RecipientServer]:
+    """The inbox the shared gateway (``gw``) delivers to, shared with it: it records every test's deliveries."""
+    server = clinic_inbox(tls_keys)
     yield server
     server.stop()
 
@@ -146,11 +153,15 @@ def start(tmp_path: Path, keys: Path, clinic_url: str, clinic_tls: str) -> Gatew
     return gw
 
 
-@pytest.fixture
-def gw(tmp_path: Path, tls_keys: Path, clinic: RecipientServer) -> Iterator[GatewayProcesses]:
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory, tls_keys: Path,
+       clinic: RecipientServer) -> Iterator[GatewayProcesses]:
+    """The TLS gateway, shared by the module's tests: a gateway is 4-5 processes and seconds to start, and
+    nothing these tests do changes its configuration. Its journal, audit and clinic therefore hold the other
+    tests' traffic too, so a test checks only its own: its message id, or the refusals after its ``audit_mark``."""
     gateway_client = (f'{{ca: ["{tls_keys / "clients" / "demo-ca.pem"}"], system_ca: false, '
                       f'certificate: "{tls_keys / "gateway-client-rsa.pem"}", key: "{tls_keys / "gateway-client-rsa.key"}"}}')
-    gw = start(tmp_path, tls_keys, clinic.url, gateway_client)
+    gw = start(tmp_path_factory.mktemp("gateway"), tls_keys, clinic.url, gateway_client)
     yield gw
     gw.stop()
 
@@ -161,12 +172,19 @@ def post(gw: GatewayProcesses, ctx: ssl.SSLContext, token: str = LAB_TOKEN) -> h
                          headers={"Authorization": f"Bearer {token}"})
 
 
-def audited(gw: GatewayProcesses) -> list[dict]:
+def audited(gw: GatewayProcesses, after: int) -> list[dict]:
+    """The refusals the gateway audited after the row ``after`` (an ``audit_mark``), newest first."""
     journal = Journal(gw.db_url)
     try:
-        return journal.rejections(200)
+        return [a for a in journal.rejections(200) if a["id"] > after]
     finally:
         journal.engine.dispose()
+
+
+def audit_mark(gw: GatewayProcesses) -> int:
+    """The newest audited refusal so far. The module's tests share the gateway and run one after another, and a
+    refusal is audited before it is answered, so the rows after a test's mark are that test's own."""
+    return max((a["id"] for a in audited(gw, 0)), default=0)
 
 
 def wait_for(predicate, timeout: float = 30.0) -> None:
@@ -181,9 +199,12 @@ def wait_for(predicate, timeout: float = 30.0) -> None:
 def test_rest_with_the_right_certificate_is_accepted_and_delivered_over_mtls(gw, tls_keys, clinic):
     r = post(gw, client(tls_keys, "lab"))
     assert r.status_code == 202, r.text
-    gw.wait_status(r.json()["messageId"], LAB_TOKEN, "DELIVERED")
-    # the clinic saw the gateway's client certificate on the delivery
-    assert clinic.client_subjects == ["organizationName=Zdravlink demo,commonName=gateway-client"]
+    message_id = r.json()["messageId"]
+    gw.wait_status(message_id, LAB_TOKEN, "DELIVERED")
+    # delivered in one request, and the clinic saw the gateway's client certificate on it: on every delivery
+    # to the shared clinic, as all of them come from this gateway
+    assert [x.message_id for x in clinic.requests].count(message_id) == 1
+    assert set(clinic.client_subjects) == {GATEWAY_CLIENT}
 
 
 @pytest.mark.parametrize(("presented", "code"), [
@@ -194,11 +215,11 @@ def test_rest_with_the_right_certificate_is_accepted_and_delivered_over_mtls(gw,
     ("lab-rogue", "CLIENT_CERTIFICATE_UNTRUSTED"),
 ])
 def test_rest_refuses_a_wrong_certificate_with_its_code_and_audits_it(gw, tls_keys, presented, code):
+    mark = audit_mark(gw)
     r = post(gw, client(tls_keys, presented))
     assert r.status_code == 403, r.text
     assert (r.json()["code"], r.json()["field"]) == (code, "TLS client certificate")
-    row = next(a for a in audited(gw) if a["code"] == code)
-    assert row["source"] == "rest" and row["remote"] == "127.0.0.1"
+    assert [(a["source"], a["remote"]) for a in audited(gw, mark) if a["code"] == code] == [("rest", "127.0.0.1")]
 
 
 def test_plain_http_and_tls_without_the_ca_do_not_reach_the_api(gw, tls_keys):
@@ -219,11 +240,12 @@ def test_gost_tls_on_the_same_port(gw, tls_keys):
 
 
 def test_token_rotation_old_expired_refused_with_its_code(gw, tls_keys):
+    mark = audit_mark(gw)
     r = post(gw, client(tls_keys, "lab"), token="lab-old-token")
     assert r.status_code == 401 and r.json()["code"] == "TOKEN_EXPIRED", r.text
     assert "old" in r.json()["detail"]
     assert post(gw, client(tls_keys, "lab"), token="no-such-token").json()["code"] == "INVALID_TOKEN"
-    row = next(a for a in audited(gw) if a["code"] == "TOKEN_EXPIRED")
+    row = next(a for a in audited(gw, mark) if a["code"] == "TOKEN_EXPIRED")
     assert row["sender"] == "lab"
 
 
@@ -239,6 +261,7 @@ def soap_call(gw: GatewayProcesses, ctx: ssl.SSLContext, token: str) -> etree._E
 
 
 def test_soap_with_the_right_certificate_is_accepted_and_refused_otherwise(gw, tls_keys):
+    mark = audit_mark(gw)
     answer = soap_call(gw, client(tls_keys, "lab"), LAB_TOKEN)
     assert etree.QName(answer).localname == "SendRequestResponse", etree.tostring(answer)
     for presented, code in [(None, "CLIENT_CERTIFICATE_REQUIRED"), ("clinic", "CLIENT_CERTIFICATE_MISMATCH"),
@@ -248,7 +271,7 @@ def test_soap_with_the_right_certificate_is_accepted_and_refused_otherwise(gw, t
         fault = soap_call(gw, client(tls_keys, presented), LAB_TOKEN)
         assert fault.tag == f"{{{SOAP_ENV_NS}}}Fault", etree.tostring(fault)
         assert f"[{code}]" in fault.findtext("faultstring"), (presented, fault.findtext("faultstring"))
-    codes = {a["code"] for a in audited(gw) if a["source"] == "soap"}
+    codes = {a["code"] for a in audited(gw, mark) if a["source"] == "soap"}
     assert codes >= {"CLIENT_CERTIFICATE_REQUIRED", "CLIENT_CERTIFICATE_MISMATCH", "CLIENT_CERTIFICATE_EXPIRED",
                      "CLIENT_CERTIFICATE_REVOKED", "CLIENT_CERTIFICATE_UNTRUSTED"}
 
@@ -281,16 +304,17 @@ def mllp(gw: GatewayProcesses, ctx: ssl.SSLContext, message: bytes) -> hl7.Messa
 
 
 def test_mllp_session_with_the_labs_certificate_and_refusals(gw, tls_keys, clinic):
+    mark = audit_mark(gw)
     ack = mllp(gw, client(tls_keys, "lab"), oru("T-1"))
     assert ack is not None and str(ack.segment("MSA")[1]) == "AA", str(ack)
-    wait_for(lambda: len(clinic.accepted) >= 1)
+    wait_for(lambda: message_id_for("lab", "T-1") in clinic.accepted)  # the clinic keys deliveries by message id
     for presented, code in [(None, "CLIENT_CERTIFICATE_REQUIRED"), ("clinic", "CLIENT_CERTIFICATE_MISMATCH")]:
         ack = mllp(gw, client(tls_keys, presented), oru(f"T-{presented}"))
         assert ack is not None and str(ack.segment("MSA")[1]) == "AR", str(ack)
         assert code in str(ack.segment("ERR")[8])
     for presented in ("lab-expired", "lab-revoked", "lab-rogue"):
         assert mllp(gw, client(tls_keys, presented), oru(f"T-{presented}")) is None  # closed, no ACK
-    codes = {a["code"] for a in audited(gw) if a["source"] == "hl7"}
+    codes = {a["code"] for a in audited(gw, mark) if a["source"] == "hl7"}
     assert codes >= {"CLIENT_CERTIFICATE_REQUIRED", "CLIENT_CERTIFICATE_MISMATCH", "CLIENT_CERTIFICATE_EXPIRED",
                      "CLIENT_CERTIFICATE_REVOKED", "CLIENT_CERTIFICATE_UNTRUSTED"}
 
@@ -316,16 +340,20 @@ def test_a_recipient_whose_certificate_names_another_host_is_refused(tmp_path, t
         elsewhere.stop()
 
 
-def test_pinning_refuses_a_recipient_with_another_certificate(tmp_path, tls_keys, clinic):
+def test_pinning_refuses_a_recipient_with_another_certificate(tmp_path, tls_keys):
     pin = "0" * 64
     tls = (f'{{ca: ["{tls_keys / "clients" / "demo-ca.pem"}"], system_ca: false, pin_sha256: ["{pin}"], '
            f'certificate: "{tls_keys / "gateway-client-rsa.pem"}", key: "{tls_keys / "gateway-client-rsa.key"}"}}')
-    gw = start(tmp_path, tls_keys, clinic.url, tls)
+    clinic = clinic_inbox(tls_keys)  # its own: the shared one records the other tests' deliveries
     try:
-        r = post(gw, client(tls_keys, "lab"))
-        status = gw.wait_status(r.json()["messageId"], LAB_TOKEN, "DEAD")
-        assert "is not pinned" in status["lastError"], status["lastError"]
-        assert clinic.requests == []
+        gw = start(tmp_path, tls_keys, clinic.url, tls)
+        try:
+            r = post(gw, client(tls_keys, "lab"))
+            status = gw.wait_status(r.json()["messageId"], LAB_TOKEN, "DEAD")
+            assert "is not pinned" in status["lastError"], status["lastError"]
+            assert clinic.requests == []
+        finally:
+            gw.stop()
     finally:
-        gw.stop()
+        clinic.stop()
 
