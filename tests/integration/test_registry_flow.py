@@ -1,12 +1,18 @@
 """Registry verification end to end: MIS → gateway → ФРМР (REST) / ФРМО (SOAP) emulators → answer back to the MIS.
 
 Real gateway processes, RabbitMQ, signed emulators on 127.0.0.1, clinics as REST recipients.
+
+The tests on the default settings share one world for the module (a gateway's start costs seconds
+of CPU): each looks at the answers to its own requests and counts registry requests as a difference
+from its start, and the ``world`` fixture leaves the world as the next test expects it, so they pass in
+any order and alone. A test that asks for settings of its own gets a world of its own.
 """
 from __future__ import annotations
 
 import threading
 import time
 import uuid
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -16,14 +22,18 @@ from adapters.soap import smev_client as smev
 from adapters.soap.smev_schema import BASIC_NS, TYPES_NS
 from demo.ca import demo_signer
 from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, FrmrEmulator, load_dataset
-from demo.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import Received, RecipientServer
 from gateway.config import hash_token
 from gateway.envelope import Envelope
+from gateway.journal import IN_FLIGHT, Journal, Status
 from signing import Certificate, Signer, TrustStore
+from tests.conftest import free_port
 from tests.support import configs
 from tests.support.envelopes import assert_valid_envelope
+from tests.support.gateway_proc import GatewayProcesses
+from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.broker
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("test_registry_flow")]
 
 WORKER = "urn://zdravlink/types/worker-verification/1.0"
 ORG = "urn://zdravlink/types/organisation-verification/1.0"
@@ -42,9 +52,12 @@ def registry_signers(registry_keys: Path) -> dict[str, tuple[Signer, Path]]:
 class World:
     """Emulators, clinics and the gateway between them."""
 
-    def __init__(self, gateway_factory, monkeypatch, demo_keys: Path, signers, *, worker_ttl: float = 0,
+    def __init__(self, gateway_factory: Callable[..., GatewayProcesses], monkeypatch: pytest.MonkeyPatch,
+                 demo_keys: Path, signers: dict[str, tuple[Signer, Path]], *, worker_ttl: float = 0,
                  org_deadline: float = 60, worker_deadline: float = 60, delivery_workers: int = 1,
                  failure_threshold: int = 50) -> None:
+        """``gateway_factory`` starts the gateway as conftest's fixture of that name does (or a module's own
+        start with the same signature); ``monkeypatch`` lives as long as the world."""
         dataset = load_dataset(DEMO_DATASET)
         self.frmr = FrmrEmulator(dataset, token="frmr-token", signer=signers["frmr"][0], name="frmr-primary").start()
         self.frmr_backup = FrmrEmulator(dataset, token="frmr-token", signer=signers["frmr"][0],
@@ -106,13 +119,19 @@ class World:
         """Answers the clinic received, by the request they refer to, in arrival order; each one
         (registry answers and TIMEOUT answers alike) checked against the published envelope schema."""
         out: dict[str, list[Envelope]] = {}
+        for _, env in self._received(clinic):
+            out.setdefault(env.reference_message_id or "", []).append(env)
+        return out
+
+    def signatures(self, request_ids: Collection[str], clinic: str = "clinic-a") -> set[str]:
+        """What the clinic found of the gateway's signature on the answers to these requests."""
+        return {item.signature for item, env in self._received(clinic) if env.reference_message_id in request_ids}
+
+    def _received(self, clinic: str) -> list[tuple[Received, Envelope]]:
         server = self.clinics[clinic]
         with server._lock:
             received = sorted(server.accepted.values(), key=lambda r: r.at)
-        for item in received:
-            env = assert_valid_envelope(item.body)
-            out.setdefault(env.reference_message_id or "", []).append(env)
-        return out
+        return [(item, assert_valid_envelope(item.body)) for item in received]
 
     def wait_answers(self, request_id: str, count: int = 1, clinic: str = "clinic-a", timeout: float = 40) -> list[Envelope]:
         deadline = time.monotonic() + timeout
@@ -146,8 +165,56 @@ def world_factory(gateway_factory, monkeypatch, demo_keys, registry_signers):
         w.stop()
 
 
-def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world_factory):
-    w = world_factory()
+@pytest.fixture(scope="module")
+def default_world(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, demo_keys: Path,
+                  registry_signers: dict[str, tuple[Signer, Path]]) -> Iterator[World]:
+    """The world on the default settings, once for the module's tests that ask for none of their own.
+
+    Its gateway is started here: ``gateway_factory`` and ``monkeypatch`` are function-scoped.
+    """
+    started: list[GatewayProcesses] = []
+
+    def start(participants: str, routes: str, *, settings: str, delivery_workers: int) -> GatewayProcesses:
+        gw = GatewayProcesses(tmp_path_factory.mktemp("registry-flow") / "gw", participants, routes,
+                              settings=settings, amqp_url=amqp_url, db_url=None, api_port=free_port(),
+                              delivery_workers=delivery_workers)
+        started.append(gw)
+        gw.start()
+        return gw
+
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        try:
+            w = World(start, monkeypatch, demo_keys, registry_signers)
+            yield w
+            w.stop()
+        finally:
+            for gw in started:
+                gw.stop()
+
+
+@pytest.fixture
+def world(default_world: World) -> Iterator[World]:
+    """The module's default world for one test, left at its end as the next test expects it.
+
+    A registry's script is one queue of answers for whichever request comes next: it is emptied (a test
+    that failed halfway must not leave its registries failing), and every message the gateway still has
+    to send must get where it goes, so that no retry of it takes an answer the next test scripts or adds
+    to the next test's count of registry requests. A parked answer waits for its MIS, not for a registry.
+    """
+    yield default_world
+    for registry in (default_world.frmr, default_world.frmr_backup, default_world.frmo):
+        registry.set_script([])
+    journal = Journal(default_world.gw.db_url)
+    on_the_way = [s for s in IN_FLIGHT if s is not Status.AWAITING_PICKUP]
+    try:
+        wait_for(lambda: sum(journal.count(s) for s in on_the_way) == 0, 30, "the gateway's messages to settle")
+    finally:
+        journal.engine.dispose()
+
+
+def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world):
+    w = world
+    frmr_asked, backup_asked = len(w.frmr.requests), len(w.frmr_backup.requests)
     cases = {
         w.ask_worker("clinic-a", "11223344595"): (WORKER, "valid"),
         w.ask_worker("clinic-a", "10987654303"): (WORKER, "not-found"),
@@ -165,11 +232,11 @@ def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world_factory)
         status = w.gw.status(request_id, "clinic-a-token")
         assert status["status"] == "DELIVERED"
     # the gateway signed each answer for the MIS; the registry's own signature was verified before that
-    assert {r.signature for r in w.clinics["clinic-a"].accepted.values()} == {"OK gost2012-256"}
+    assert w.signatures(cases) == {"OK gost2012-256"}
     answer_id = w.wait_answers(next(iter(cases)))[0].message_id
     accepted = w.gw.status(answer_id, "clinic-a-token")["trail"][0]
     assert accepted["event"] == "ACCEPTED" and "CN=frmr" in accepted["detail"]["signature"]["subject"]
-    assert w.frmr.requests and w.frmr_backup.requests == []
+    assert len(w.frmr.requests) > frmr_asked and len(w.frmr_backup.requests) == backup_asked
 
     # a СНИЛС with wrong check digits is the MIS's typo: refused at once, the registry never asked
     asked = len(w.frmr.requests)
@@ -190,8 +257,8 @@ def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world_factory)
     assert len(w.frmo.requests) == asked
 
 
-def test_a_pull_mis_asks_over_smev_and_takes_the_answer_with_get_response(world_factory):
-    w = world_factory()
+def test_a_pull_mis_asks_over_smev_and_takes_the_answer_with_get_response(world):
+    w = world
     url, request_id = f"{w.gw.base}/smev/1.1", str(uuid.uuid1())
     payload = f'<wv:WorkerVerificationRequest xmlns:wv="{WORKER}"><wv:SNILS>34567891226</wv:SNILS></wv:WorkerVerificationRequest>'
     status, sent = smev.call(url, smev.send_request(payload, message_id=request_id), token="clinic-pull-token")
@@ -212,13 +279,14 @@ def test_a_pull_mis_asks_over_smev_and_takes_the_answer_with_get_response(world_
     w.gw.wait_status(answer_id, "clinic-pull-token", "DELIVERED")
 
 
-def test_failover_then_both_down_timeout_dead_letter_and_replay_delivers_the_real_answer(world_factory):
-    w = world_factory()
+def test_failover_then_both_down_timeout_dead_letter_and_replay_delivers_the_real_answer(world):
+    w = world
+    backup_asked = len(w.frmr_backup.requests)
     w.frmr.set_script(["http-503"] * 2)
     first = w.ask_worker("clinic-a", "11223344595")
     [answer] = w.wait_answers(first)
     assert verdict(answer) == "valid"
-    assert "FAILOVER" in w.events(first) and len(w.frmr_backup.requests) == 1
+    assert "FAILOVER" in w.events(first) and len(w.frmr_backup.requests) - backup_asked == 1
 
     w.frmr.set_script(["http-503"] * 50)
     w.frmr_backup.set_script(["drop"] * 50)
