@@ -3,16 +3,16 @@ from __future__ import annotations
 
 import random
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from lxml import etree
+from typer.testing import Result
 
 from gateway.config import ConfigError, RetryPolicy, hash_token, load_config
 from gateway.schemas import known_message_types
 from tests.support import configs
+from tests.support.cli import consoles_as_in_a_piped_process, zdravlink
 
 ROOT = Path(__file__).resolve().parents[2]
 NOTICE = configs.NOTICE_NS
@@ -198,28 +198,25 @@ def test_hash_token_is_what_the_files_hold():
     assert hash_token("demo-lab-token") == "1473d1a3544f4c7d95808edd53885cfddcdcfdbb8a9976a194b72518ab058e33"
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "application.cli", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=60)
+def run_cli(*args: str, input: str | None = None) -> Result:
+    return zdravlink(*args, input=input, cwd=ROOT)  # in-process: a process start costs 0.7 s of CPU
 
 
 def test_hash_token_reads_stdin_and_refuses_the_command_line():
     """A token on the command line would stay in shell history and the process list."""
-    piped = subprocess.run([sys.executable, "-m", "application.cli", "hash-token"], input="demo-lab-token\n",
-                           capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert piped.returncode == 0 and piped.stdout.strip() == hash_token("demo-lab-token"), piped.stderr
+    piped = run_cli("hash-token", input="demo-lab-token\n")
+    assert piped.exit_code == 0 and piped.stdout.strip() == hash_token("demo-lab-token"), piped.stderr
     argv = run_cli("hash-token", "demo-lab-token")
-    assert argv.returncode == 2 and "never from the command line" in argv.stderr
+    assert argv.exit_code == 2 and "never from the command line" in argv.stderr
     assert hash_token("demo-lab-token") not in argv.stdout
-    empty = subprocess.run([sys.executable, "-m", "application.cli", "hash-token"], input="",
-                           capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert empty.returncode == 2 and "no token" in empty.stderr
+    empty = run_cli("hash-token", input="")
+    assert empty.exit_code == 2 and "no token" in empty.stderr
 
 
 def test_check_config_cli_prints_file_key_rule_and_fails(tmp_path):
     broken = write(tmp_path, routes=configs.routes().replace("recipient: clinic", "recipient: clinci"))
     result = run_cli("check-config", str(broken))
-    assert result.returncode == 2
+    assert result.exit_code == 2
     assert f"{broken / 'routes.yaml'}: routes[0].recipient: unknown participant 'clinci'" in result.stderr
 
 
@@ -228,10 +225,10 @@ def test_check_config_on_the_bundled_configuration(tmp_path):
     bundled = tmp_path / "config"
     shutil.copytree(ROOT / "config", bundled, ignore=shutil.ignore_patterns("keys"))
     missing = run_cli("check-config", str(bundled))
-    assert missing.returncode == 2 and "gateway-gost2012-256" in missing.stderr and "cannot read" in missing.stderr
-    assert run_cli("demo", "keys", "--config", str(bundled)).returncode == 0
+    assert missing.exit_code == 2 and "gateway-gost2012-256" in missing.stderr and "cannot read" in missing.stderr
+    assert run_cli("demo", "keys", "--config", str(bundled)).exit_code == 0
     ok = run_cli("check-config", str(bundled))
-    assert ok.returncode == 0 and "5 participants, 10 routes, 1 lab mappings, 4 tariffs" in ok.stdout, ok.stderr
+    assert ok.exit_code == 0 and "5 participants, 10 routes, 1 lab mappings, 4 tariffs" in ok.stdout, ok.stderr
 
 
 def test_help_lists_every_command():
@@ -260,12 +257,13 @@ def test_a_listener_off_loopback_needs_tls_or_an_explicit_plain(tmp_path, capsys
     assert cfg.settings.api.plain and cfg.settings.hl7.plain
     # check-config says which
     report = run_cli("check-config", str(proxied))
-    assert report.returncode == 0, report.stderr
+    assert report.exit_code == 0, report.stderr
     assert "API 0.0.0.0:8700 [plain (explicit: TLS ends at a proxy in front)]" in report.stdout, report.stdout
     # and so does the banner of zdravlink run
     from application.cli.running import print_endpoints
 
-    print_endpoints(cfg, proxied)
+    with consoles_as_in_a_piped_process():  # not a terminal's colours, even under `pytest -s`
+        print_endpoints(cfg, proxied)
     banner = capsys.readouterr().out
     assert "http://0.0.0.0:8700/api/v1/messages   [plain (explicit: TLS ends at a proxy in front)]" in banner, banner
 
@@ -277,8 +275,8 @@ def test_check_config_warns_that_rate_limits_are_per_api_process(tmp_path):
     (tmp_path / "one").mkdir()
     (tmp_path / "four").mkdir()
     one = run_cli("check-config", str(write(tmp_path / "one", participants=participants)))
-    assert one.returncode == 0 and "rate limit" not in one.stderr, one.stderr
+    assert one.exit_code == 0 and "rate limit" not in one.stderr, one.stderr
     four = run_cli("check-config", str(write(tmp_path / "four", participants=participants,
                                              gateway="api: {processes: 4}\n")))
-    assert four.returncode == 0, four.stderr
+    assert four.exit_code == 0, four.stderr
     assert "api.processes is 4" in four.stderr and "lab may send up to 4 times its rate_limit" in four.stderr

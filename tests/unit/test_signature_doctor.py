@@ -9,8 +9,6 @@ same explanation, masked, is in the audit record of the refusal.
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -24,6 +22,7 @@ from signing import Signer, TrustStore, sign
 from signing.explain import CAUSE_CONTENT, CAUSE_KEY, CAUSE_NONE, CAUSE_TRANSFORM, CAUSE_TRUST, explain
 from signing.xmldsig import DS_NS, SMEV_TRANSFORM, _exc_c14n
 from tests.support import configs
+from tests.support.cli import zdravlink
 from tests.support.gateway_proc import NOTICE_NS, REPO, notice
 
 DS = "{%s}" % DS_NS
@@ -88,10 +87,8 @@ KINDS = [("payload", CAUSE_CONTENT, "SIGNATURE_DIGEST_MISMATCH"),
 def test_verify_explain_names_the_cause(tmp_path, demo_keys, kind, cause, code):
     file = tmp_path / f"{kind}.xml"
     file.write_bytes(broken(kind, demo_keys, tmp_path))
-    run = subprocess.run([sys.executable, "-m", "application.cli", "verify", str(file), "--explain",
-                          "--config", str(config(tmp_path, demo_keys))], capture_output=True, text=True, cwd=REPO,
-                         timeout=60)
-    assert run.returncode == 1, run.stdout + run.stderr
+    run = zdravlink("verify", str(file), "--explain", "--config", str(config(tmp_path, demo_keys)), cwd=REPO)
+    assert run.exit_code == 1, run.stdout + run.stderr
     text = run.stdout
     assert f"refused: {code}" in text and f"cause: {cause}" in text, text
     assert "Reference #SIGNED_BY_CONSUMER -> SenderProvidedData (Id SIGNED_BY_CONSUMER)" in text
@@ -107,10 +104,9 @@ def test_verify_explain_names_the_cause(tmp_path, demo_keys, kind, cause, code):
 def test_a_good_signature_is_explained_too_and_dump_shows_the_octets(tmp_path, demo_keys):
     file = tmp_path / "good.xml"
     file.write_bytes(broken("none", demo_keys, tmp_path))
-    run = subprocess.run([sys.executable, "-m", "application.cli", "verify", str(file), "--explain", "--dump",
-                          "--config", str(config(tmp_path, demo_keys))], capture_output=True, text=True, cwd=REPO,
-                         timeout=60)
-    assert run.returncode == 0, run.stdout + run.stderr
+    run = zdravlink("verify", str(file), "--explain", "--dump", "--config", str(config(tmp_path, demo_keys)),
+                    cwd=REPO)
+    assert run.exit_code == 0, run.stdout + run.stderr
     assert f"cause: {CAUSE_NONE}" in run.stdout and "digest matches" in run.stdout
     assert "octets digested, after exc-c14n -> smev-transform" in run.stdout
     assert "<ns1:SenderProvidedData" in run.stdout  # the SMEV transform's prefixes

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 from signing.smev_transform import TransformError, transform
+from tests.support.cli import zdravlink
 
 # A copy of ../shared/reference/smev3/transform-vectors, so a clone tests without the shared tree.
 VECTORS = Path(__file__).resolve().parents[1] / "data/smev-transform-vectors"
@@ -78,11 +79,7 @@ def test_output_is_always_well_formed_and_a_fixed_point(root):
 
 
 def test_cli_writes_the_transform_to_stdout():
-    import subprocess
-    import sys
-
     vector = CASES[3]
-    result = subprocess.run([sys.executable, "-m", "application.cli", "transform", str(VECTORS / vector["input_file"])],
-                            capture_output=True, cwd=Path(__file__).resolve().parents[2], timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout == (VECTORS / vector["expected_file"]).read_bytes()
+    result = zdravlink("transform", str(VECTORS / vector["input_file"]), cwd=Path(__file__).resolve().parents[2])
+    assert result.exit_code == 0, result.stderr_bytes
+    assert result.stdout_bytes == (VECTORS / vector["expected_file"]).read_bytes()
