@@ -1,20 +1,32 @@
-"""Every kind of bad input gets a clear 4xx with its code and field, an audit row, and nothing queued."""
+"""Every kind of bad input gets a clear 4xx with its code and field, an audit row, and nothing queued.
+
+One gateway and one clinic serve the whole module (a gateway is 4-5 processes and seconds to
+start). So a test looks only at what it caused: the refusals audited after its ``rejection_mark``,
+the journal rows and deliveries of its own MessageIDs, and the change its requests made to a
+counter. Refusals are audited before they are answered and the module's tests run one after
+another, so the rows after a test's mark are its own.
+"""
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from collections.abc import Collection, Iterator
 from datetime import UTC, datetime, timedelta
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
 from demo.emulators.rest_recipient import RecipientServer
+from tests.conftest import free_port
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN
-from tests.support.gateway_proc import envelope_json, notice
+from tests.support.gateway_proc import GatewayProcesses, envelope_json, notice
 from tests.support.ids import uuid1_at
 
-pytestmark = pytest.mark.broker
+# xdist_group: under `pytest -n … --dist loadgroup` one worker runs the module, whose tests share one gateway.
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("bad_input")]
 
 XML_ENVELOPE = """<?xml version="1.0" encoding="UTF-8"?>
 <zl:Envelope xmlns:zl="urn://zdravlink/envelope/1.0"><zl:SenderProvidedData Id="SIGNED_BY_CONSUMER">
@@ -33,16 +45,62 @@ XXE = """<?xml version="1.0"?>
 
 
 @pytest.fixture(scope="module")
-def clinic():
+def clinic() -> Iterator[RecipientServer]:
+    """The recipient of the module's few good messages: tests look for their own MessageIDs in it."""
     server = RecipientServer(name="clinic").start()
     yield server
     server.stop()
 
 
-@pytest.fixture
-def gw(gateway_factory, clinic):
-    return gateway_factory(configs.participants(clinic.url), configs.routes(),
-                           settings=configs.settings(max_body_bytes=64 * 1024))
+@pytest.fixture(scope="module")
+def gw(clinic: RecipientServer, amqp_url: str,
+       tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcesses]:
+    """One gateway for the module, built as ``gateway_factory`` builds one (that fixture is per test):
+    nothing a test here does changes its configuration or its state beyond the test's own messages."""
+    gateway = GatewayProcesses(tmp_path_factory.mktemp("bad-input") / "gw", configs.participants(clinic.url),
+                               configs.routes(), settings=configs.settings(max_body_bytes=64 * 1024),
+                               amqp_url=amqp_url, db_url=None, api_port=free_port(), delivery_workers=1)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+def query(gw: GatewayProcesses, sql: str, **params: object) -> list[sa.Row]:
+    """Rows of the shared gateway's journal, read with an engine of the test's own (closed at once: the
+    gateway's processes keep writing to the same SQLite file)."""
+    engine = sa.create_engine(gw.db_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.text(sql), params))
+    finally:
+        engine.dispose()
+
+
+def rejection_mark(gw: GatewayProcesses) -> int:
+    """The newest audited refusal so far: the rows after it are the refusals of the test that took it."""
+    return query(gw, "SELECT coalesce(max(id), 0) FROM rejections")[0][0]
+
+
+def refusals_after(gw: GatewayProcesses, mark: int) -> list[sa.Row]:
+    """The refusals audited after ``mark`` (code, detail, message_id), oldest first."""
+    return query(gw, "SELECT code, detail, message_id FROM rejections WHERE id > :mark ORDER BY id", mark=mark)
+
+
+def statuses_of(gw: GatewayProcesses, message_ids: Collection[str]) -> dict[str, str]:
+    """The journalled status of each of these MessageIDs that the journal has."""
+    return {mid: status for mid, status in query(gw, "SELECT message_id, status FROM messages")
+            if mid in message_ids}
+
+
+def counted(gw: GatewayProcesses, name: str, labels: dict[str, str]) -> float:
+    """One counter sample as the gateway exposes it now (0 before the first): tests compare before and after,
+    as the module's other tests count into the same counters."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return next((sample.value for family in text_string_to_metric_families(gw.metrics())
+                 for sample in family.samples if sample.name == name and sample.labels == labels), 0.0)
 
 
 def xml(payload: str | None = None, mid: str | None = None) -> bytes:
@@ -106,14 +164,19 @@ CASES = [
 ]
 
 
-def post(gw, body: bytes, content_type: str, token: str | None):
+def post(gw: GatewayProcesses, body: bytes, content_type: str, token: str | None) -> httpx.Response:
     headers = {"Content-Type": content_type}
     if token:
         headers["Authorization"] = f"Bearer {token}"
     return gw.http.post("/api/v1/messages", content=body, headers=headers)
 
 
+UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def test_each_bad_input_is_refused_with_its_code_and_nothing_is_queued(gw, clinic):
+    mark = rejection_mark(gw)
+    dtd_refused = counted(gw, "zl_messages_rejected_total", {"code": "XML_DTD_FORBIDDEN", "source": "rest"})
     for name, body, ctype, token, status, code, field in CASES:
         r = post(gw, body, ctype, token)
         assert r.status_code == status, (name, r.text)
@@ -130,19 +193,19 @@ def test_each_bad_input_is_refused_with_its_code_and_nothing_is_queued(gw, clini
     assert r.status_code == 409 and r.json()["code"] == "MESSAGE_ID_REUSED" and r.json()["field"] == "MessageID"
     gw.wait_status(first["messageId"], LAB_TOKEN, "DELIVERED")
 
-    engine = sa.create_engine(gw.db_url)
-    with engine.connect() as conn:
-        audited = [row[0] for row in conn.execute(sa.text("SELECT code FROM rejections ORDER BY id"))]
-        statuses = dict(conn.execute(sa.text("SELECT message_id, status FROM messages")).all())
-    engine.dispose()
-    assert audited == [c[5] for c in CASES] + ["MESSAGE_ID_REUSED"]
+    refused = refusals_after(gw, mark)
+    assert [row.code for row in refused] == [c[5] for c in CASES] + ["MESSAGE_ID_REUSED"]
+    # This test's messages: every MessageID its bodies carry, and any the gateway audited them under.
+    ours = {m.decode() for c in CASES for m in UUID.findall(c[1])} | {row.message_id for row in refused
+                                                                       if row.message_id} | {first["messageId"]}
+    statuses = statuses_of(gw, ours)
     # Only the one good message was journalled for delivery; authenticated senders' refused
     # envelopes are kept as REJECTED, and nothing but the good message reached the recipient.
     assert [mid for mid, st in statuses.items() if st != "REJECTED"] == [first["messageId"]]
     assert set(statuses.values()) == {"REJECTED", "DELIVERED"}
-    assert list(clinic.accepted) == [first["messageId"]]
-    text = gw.metrics()
-    assert 'zl_messages_rejected_total{code="XML_DTD_FORBIDDEN",source="rest"} 2.0' in text
+    assert [mid for mid in clinic.accepted if mid in ours] == [first["messageId"]]
+    assert counted(gw, "zl_messages_rejected_total", {"code": "XML_DTD_FORBIDDEN", "source": "rest"}) \
+        == dtd_refused + 2
 
 
 def test_a_rejected_message_id_can_be_sent_again_corrected(gw, clinic):
@@ -157,28 +220,24 @@ def test_a_rejected_message_id_can_be_sent_again_corrected(gw, clinic):
 
 
 def test_patient_data_is_masked_in_audit_and_logs(gw):
+    mark = rejection_mark(gw)
     snils = "11223344595"
-    r = post(gw, xml(notice(snils=snils, code="bad code")), "application/xml", LAB_TOKEN)
+    ours = [str(uuid.uuid1()), str(uuid.uuid1())]
+    r = post(gw, xml(notice(snils=snils, code="bad code"), mid=ours[0]), "application/xml", LAB_TOKEN)
     assert r.status_code == 422
-    engine = sa.create_engine(gw.db_url)
-    with engine.connect() as conn:
-        details = " ".join(row[0] for row in conn.execute(sa.text("SELECT detail FROM rejections")))
-        events = " ".join(row[0] for row in conn.execute(sa.text("SELECT detail FROM events")))
-    engine.dispose()
-    bad_snils = post(gw, xml(notice(snils="1122334459X")), "application/xml", LAB_TOKEN)
+    bad_snils = post(gw, xml(notice(snils="1122334459X"), mid=ours[1]), "application/xml", LAB_TOKEN)
     assert bad_snils.status_code == 422
     # The sender sees its own value; the operator's records and logs do not.
     assert "1122334459X" in bad_snils.json()["detail"]
-    engine = sa.create_engine(gw.db_url)
-    with engine.connect() as conn:
-        details += " ".join(row[0] for row in conn.execute(sa.text("SELECT detail FROM rejections")))
-    engine.dispose()
+    details = " ".join(row.detail for row in refusals_after(gw, mark))
+    events = " ".join(detail for mid, detail in query(gw, "SELECT message_id, detail FROM events") if mid in ours)
     for text in (details, events, gw.log("api")):
         assert snils not in text and "1122334459X" not in text
     assert "*********9X" in details
 
 
 def test_lab_json_with_a_nul_or_a_repeated_key_is_refused_before_mapping(gw):
+    mark = rejection_mark(gw)
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {LAB_TOKEN}"}
     nul = json.dumps({"messageId": "LAB-0001\x00", "results": []}).encode()
     r = gw.http.post("/api/v1/labs/lab/results", content=nul, headers=headers)
@@ -186,8 +245,4 @@ def test_lab_json_with_a_nul_or_a_repeated_key_is_refused_before_mapping(gw):
     twice = b'{"messageId": "LAB-0001", "messageId": "LAB-0002"}'
     r = gw.http.post("/api/v1/labs/lab/results", content=twice, headers=headers)
     assert (r.status_code, r.json()["code"], r.json()["field"]) == (400, "JSON_DUPLICATE_KEY", "messageId")
-    engine = sa.create_engine(gw.db_url)
-    with engine.connect() as conn:
-        audited = [row[0] for row in conn.execute(sa.text("SELECT code FROM rejections ORDER BY id"))]
-    engine.dispose()
-    assert audited == ["INVALID_CHARACTER", "JSON_DUPLICATE_KEY"]
+    assert [row.code for row in refusals_after(gw, mark)] == ["INVALID_CHARACTER", "JSON_DUPLICATE_KEY"]

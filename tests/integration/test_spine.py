@@ -1,35 +1,195 @@
-"""The spine end to end: real processes, real RabbitMQ, real recipient servers on 127.0.0.1."""
+"""The spine end to end: real processes, real RabbitMQ, real recipient servers on 127.0.0.1.
+
+Most tests here run on one gateway shared by the module (``shared_gw``: a gateway is 4-5
+processes and seconds to start) with one clinic (``shared_clinic``). So each test looks only
+at its own messages: their trails, the clinic's deliveries of their MessageIDs (its failures
+are scripted per MessageID too), and the change they made to a counter or to the dead-letter
+queue, read once nothing of an earlier test is still in flight. Tests that kill or stop
+processes, cut the broker, or need route settings of their own start a gateway of their own.
+"""
 from __future__ import annotations
 
+import json
 import signal
 import time
+from collections import deque
+from collections.abc import Collection, Iterator
 
 import pytest
 
-from demo.emulators.rest_recipient import RecipientServer
+from demo.emulators.rest_recipient import Received, RecipientServer
 from tests.conftest import free_port
 from tests.support import configs
-from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN
-from tests.support.gateway_proc import envelope_json, notice
+from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN, NOTICE_NS
+from tests.support.gateway_proc import GatewayProcesses, envelope_json, notice
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.broker
+# xdist_group: under `pytest -n … --dist loadgroup` one worker runs the module, whose tests share one gateway.
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("spine")]
+
+URGENT = "boolean(//*[local-name()='Code' and .='URGENT'])"
 
 
 @pytest.fixture
-def clinic():
+def clinic() -> Iterator[RecipientServer]:
+    """A clinic of the test's own, for the tests with a gateway of their own: they script or delay its every
+    answer, or count everything it received."""
     server = RecipientServer(name="clinic").start()
     yield server
     server.stop()
+
+
+class SharedClinic(RecipientServer):
+    """The clinic behind the shared gateway. It fails only the deliveries of the MessageIDs a test names
+    (``fail``), never by the order requests come in: a script for whatever came next would answer another
+    test's late retry, or be left half-used for the next test by one that failed."""
+
+    def __init__(self) -> None:
+        super().__init__(name="clinic")
+        self.failures: dict[str, deque[int]] = {}
+
+    def fail(self, message_id: str, *codes: int) -> None:
+        """Answer the next deliveries of ``message_id`` with these error statuses, one each, then as usual."""
+        with self._lock:
+            self.failures[message_id] = deque(codes)
+
+    def _answer(self, item: Received) -> int:
+        with self._lock:
+            codes = self.failures.get(item.message_id)
+            if codes:
+                self.requests.append(item)
+                return codes.popleft()
+        return super()._answer(item)
+
+
+@pytest.fixture(scope="module")
+def shared_clinic() -> Iterator[SharedClinic]:
+    """The recipients of the shared gateway, for the whole module: tests pick their own deliveries with ``delivered``."""
+    server = SharedClinic().start()
+    yield server
+    server.stop()
+
+
+def shared_participants(clinic_url: str) -> str:
+    """``configs.participants`` and two more recipients at the same clinic server, for the tests of a JSON
+    recipient (``clinic-json``) and of a route condition (``clinic-urgent``) on the shared gateway."""
+    return configs.participants(clinic_url) + f"""  - mnemonic: clinic-json
+    name: Test clinic MIS taking JSON
+    kind: mis
+    delivery: {{mode: rest, url: "{clinic_url}", format: json}}
+  - mnemonic: clinic-urgent
+    name: Test clinic MIS taking urgent notices only
+    kind: mis
+    delivery: {{mode: rest, url: "{clinic_url}", format: xml}}
+"""
+
+
+def shared_routes() -> str:
+    """``configs.routes()`` (lab-to-clinic) and a route to each of the two more recipients; the one to
+    ``clinic-urgent`` is the only route there, and has a condition."""
+    return configs.routes() + f"""  - name: lab-to-clinic-json
+    sender: lab
+    message_type: "{NOTICE_NS}"
+    recipient: clinic-json
+  - name: lab-to-clinic-urgent
+    sender: lab
+    message_type: "{NOTICE_NS}"
+    recipient: clinic-urgent
+    condition: "{URGENT}"
+"""
+
+
+@pytest.fixture(scope="module")
+def shared_gw(shared_clinic: SharedClinic, amqp_url: str,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcesses]:
+    """One gateway for the tests that need no more than ``configs.routes()`` and ``configs.settings()`` (and the
+    two recipients above), built as ``gateway_factory`` builds one (that fixture is per test). Tests take it
+    as ``gw``."""
+    gateway = GatewayProcesses(tmp_path_factory.mktemp("spine") / "gw", shared_participants(shared_clinic.url),
+                               shared_routes(), settings=configs.settings(), amqp_url=amqp_url, db_url=None,
+                               api_port=free_port(), delivery_workers=1)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
+
+
+@pytest.fixture
+def gw(shared_gw: GatewayProcesses) -> GatewayProcesses:
+    """The shared gateway, settled (see ``settled``) for the test."""
+    return settled(shared_gw)
+
+
+@pytest.fixture
+def journal_gw(db_url: str, request: pytest.FixtureRequest, gateway_factory,
+               shared_clinic: SharedClinic) -> GatewayProcesses:
+    """The shared gateway's configuration on each journal: on SQLite the shared gateway itself (its journal is
+    a SQLite file of its own, not ``db_url``'s), on PostgreSQL a gateway of the test's own on ``db_url``."""
+    if db_url.startswith("sqlite"):
+        return request.getfixturevalue("gw")
+    return settled(gateway_factory(shared_participants(shared_clinic.url), shared_routes(), db_url=db_url,
+                                   settings=configs.settings()))
+
+
+def exposed(gw: GatewayProcesses) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample on the gateway's /metrics now, by name and labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {(sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(gw.metrics()) for sample in family.samples}
+
+
+def counted(gw: GatewayProcesses, name: str, **labels: str) -> float:
+    """A counter's sample now (0 before its first count): tests compare it before and after, as every test
+    on the shared gateway counts into the same counters."""
+    return exposed(gw).get((name, frozenset(labels.items())), 0.0)
+
+
+def dead_key(gw: GatewayProcesses) -> tuple[str, frozenset[tuple[str, str]]]:
+    """The ``exposed`` key of the gateway's dead-letter queue depth."""
+    return "zl_queue_depth", frozenset({("queue", f"{gw.prefix}.dead")})
+
+
+def dead_depth(gw: GatewayProcesses) -> float:
+    """Messages in the gateway's dead-letter queue now, as zl_queue_depth has it: tests on the shared gateway
+    look at the change."""
+    return exposed(gw)[dead_key(gw)]
+
+
+def settled(gw: GatewayProcesses) -> GatewayProcesses:
+    """The gateway once none of its messages is in flight, and zl_queue_depth shows as many in the dead-letter
+    queue as the journal has DEAD: what a test then counts or reads is its own doing.
+
+    An earlier test's last message (a late retry, a test stopped half-way) is delivered or dead by then.
+    And the API caches queue depths for 2 s: waiting for them to agree with the journal keeps a depth from
+    before an earlier test's replay (or from before the workers declared the queues) out of the reading."""
+    def quiet() -> bool:
+        now = exposed(gw)
+        return (sum(v for (name, _), v in now.items() if name == "zl_messages_in_flight") == 0
+                and now.get(dead_key(gw), -1.0) == now.get(("zl_dead_messages", frozenset()), 0.0))
+
+    wait_for(quiet, timeout=30, what="the gateway's messages to settle")
+    return gw
+
+
+def delivered(clinic: RecipientServer, message_ids: Collection[str]) -> list[Received]:
+    """The clinic's requests for these MessageIDs (repeats and refused attempts included), in the order they came."""
+    wanted = set(message_ids)
+    return [r for r in list(clinic.requests) if r.message_id in wanted]
 
 
 def events(status: dict) -> list[str]:
     return [e["event"] for e in status["trail"]]
 
 
-def test_end_to_end_delivered_once_with_full_trail(gateway_factory, clinic, db_url):
-    gw = gateway_factory(configs.participants(clinic.url), configs.routes(), db_url=db_url,
-                         settings=configs.settings())
+def test_end_to_end_delivered_once_with_full_trail(journal_gw, shared_clinic):
+    gw = journal_gw
+    accepted = counted(gw, "zl_messages_accepted_total", participant="lab", source="rest")
+    delivered_total = counted(gw, "zl_messages_delivered_total", channel="default", participant="clinic",
+                              route="lab-to-clinic")
+    timed = counted(gw, "zl_accept_to_delivered_seconds_count", route="lab-to-clinic")
+    dead = dead_depth(gw)
     body = envelope_json("lab", "clinic")
     r = gw.post(body, LAB_TOKEN)
     assert r.status_code == 202, r.text
@@ -43,8 +203,7 @@ def test_end_to_end_delivered_once_with_full_trail(gateway_factory, clinic, db_u
     assert st["trailIntact"] is True
     assert st["channel"] == "default"
     # Exactly once at the recipient, with the MessageID as the idempotency key, as the XML envelope.
-    assert len(clinic.requests) == 1
-    got = clinic.requests[0]
+    (got,) = delivered(shared_clinic, [body["messageId"]])
     assert got.idempotency_key == body["messageId"]
     assert got.content_type.startswith("application/xml")
     assert b"<n:Code>SAMPLE_RECEIVED</n:Code>" in got.body
@@ -55,35 +214,30 @@ def test_end_to_end_delivered_once_with_full_trail(gateway_factory, clinic, db_u
     again = gw.post(body, LAB_TOKEN)
     assert again.status_code == 202 and again.json()["duplicate"] is True
     time.sleep(0.5)
-    assert len(clinic.accepted) == 1 and len(clinic.requests) == 1
+    assert body["messageId"] in shared_clinic.accepted and len(delivered(shared_clinic, [body["messageId"]])) == 1
 
-    text = gw.metrics()
-    assert 'zl_messages_accepted_total{participant="lab",source="rest"} 1.0' in text
-    assert 'zl_messages_delivered_total{channel="default",participant="clinic",route="lab-to-clinic"} 1.0' in text
-    assert 'zl_accept_to_delivered_seconds_count{route="lab-to-clinic"} 1.0' in text
-    assert f'zl_queue_depth{{queue="{gw.prefix}.dead"}} 0.0' in text
-    assert 'zl_oldest_in_flight_age_seconds{status="ACCEPTED"}' in text
+    assert counted(gw, "zl_messages_accepted_total", participant="lab", source="rest") == accepted + 1
+    assert counted(gw, "zl_messages_delivered_total", channel="default", participant="clinic",
+                   route="lab-to-clinic") == delivered_total + 1
+    assert counted(gw, "zl_accept_to_delivered_seconds_count", route="lab-to-clinic") == timed + 1
+    assert dead_depth(gw) == dead
+    assert 'zl_oldest_in_flight_age_seconds{status="ACCEPTED"}' in gw.metrics()
     assert gw.http.get("/readyz").json() == {"ready": True, "checks": {"journal": True, "broker": True}}
 
 
-def test_json_recipient_gets_the_json_form(gateway_factory, clinic):
-    gw = gateway_factory(configs.participants(clinic.url, clinic_format="json"), configs.routes(),
-                         settings=configs.settings())
-    body = envelope_json("lab", "clinic")
+def test_json_recipient_gets_the_json_form(gw, shared_clinic):
+    body = envelope_json("lab", "clinic-json")
     gw.post(body, LAB_TOKEN).raise_for_status()
     gw.wait_status(body["messageId"], LAB_TOKEN, "DELIVERED")
-    import json
-
-    got = json.loads(clinic.requests[0].body)
+    got = json.loads(delivered(shared_clinic, [body["messageId"]])[0].body)
     assert got["messageId"] == body["messageId"] and got["sender"] == "lab"
     assert "SAMPLE_RECEIVED" in got["payload"]
 
 
-def test_503_three_times_then_delivered_after_retries(gateway_factory, clinic):
-    clinic.set_script([503, 503, 503, 200])
-    gw = gateway_factory(configs.participants(clinic.url), configs.routes(attempts=5, initial_delay=0.05),
-                         settings=configs.settings())
+def test_503_three_times_then_delivered_after_retries(gw, shared_clinic):
     body = envelope_json("lab", "clinic")
+    shared_clinic.fail(body["messageId"], 503, 503, 503)
+    retries = counted(gw, "zl_delivery_retries_total", mode="in_process", participant="clinic")
     gw.post(body, LAB_TOKEN).raise_for_status()
     st = gw.wait_status(body["messageId"], LAB_TOKEN, "DELIVERED")
     ev = events(st)
@@ -92,10 +246,11 @@ def test_503_three_times_then_delivered_after_retries(gateway_factory, clinic):
     assert st["attempts"] == 4
     failed = [e for e in st["trail"] if e["event"] == "DELIVERY_FAILED"]
     assert [f["detail"]["error"] for f in failed] == ["HTTP 503"] * 3
-    assert len(clinic.requests) == 4
-    assert {r.idempotency_key for r in clinic.requests} == {body["messageId"]}
-    assert [r.attempt for r in clinic.requests] == ["1", "2", "3", "4"]
-    assert 'zl_delivery_retries_total{mode="in_process",participant="clinic"} 3.0' in gw.metrics()
+    ours = delivered(shared_clinic, [body["messageId"]])
+    assert len(ours) == 4
+    assert {r.idempotency_key for r in ours} == {body["messageId"]}
+    assert [r.attempt for r in ours] == ["1", "2", "3", "4"]
+    assert counted(gw, "zl_delivery_retries_total", mode="in_process", participant="clinic") == retries + 3
 
 
 def test_long_retry_goes_through_the_delayed_retry_queue(gateway_factory, clinic):
@@ -153,16 +308,16 @@ def test_primary_down_fails_over_and_breaker_opens_then_closes(gateway_factory, 
         primary.stop()
 
 
-def test_400_is_dead_at_once_and_replay_delivers_it(gateway_factory, clinic):
-    clinic.set_script([400])
-    gw = gateway_factory(configs.participants(clinic.url), configs.routes(attempts=5), settings=configs.settings())
+def test_400_is_dead_at_once_and_replay_delivers_it(gw, shared_clinic):
     body = envelope_json("lab", "clinic")
+    shared_clinic.fail(body["messageId"], 400)
+    dead = dead_depth(gw)
     gw.post(body, LAB_TOKEN).raise_for_status()
     st = gw.wait_status(body["messageId"], LAB_TOKEN, "DEAD")
-    assert len(clinic.requests) == 1  # no retries for a permanent failure
+    assert len(delivered(shared_clinic, [body["messageId"]])) == 1  # no retries for a permanent failure
     assert "RETRY_SCHEDULED" not in events(st)
     assert st["lastError"] == "permanent failure: HTTP 400"
-    wait_for(lambda: f'zl_queue_depth{{queue="{gw.prefix}.dead"}} 1.0' in gw.metrics(), what="dead queue depth 1")
+    wait_for(lambda: dead_depth(gw) == dead + 1, what="one more message in the dead queue")
 
     # The recipient is fixed; the operator replays.
     result = gw.cli("replay", body["messageId"])
@@ -173,19 +328,19 @@ def test_400_is_dead_at_once_and_replay_delivers_it(gateway_factory, clinic):
     assert replayed and replayed[0]["detail"]["from_status"] == "DEAD"
     assert replayed[0]["detail"]["previous_error"] == "permanent failure: HTTP 400"
     assert st["replays"] == 1 and st["trailIntact"]
-    assert list(clinic.accepted) == [body["messageId"]]
-    wait_for(lambda: f'zl_queue_depth{{queue="{gw.prefix}.dead"}} 0.0' in gw.metrics(), what="dead queue emptied")
+    assert body["messageId"] in shared_clinic.accepted
+    wait_for(lambda: dead_depth(gw) == dead, what="its message taken off the dead queue")
 
     # Replaying something that is not dead is refused, with a non-zero exit.
     again = gw.cli("replay", body["messageId"])
     assert again.returncode == 1 and "only DEAD or FAILED" in again.stdout
 
 
-def test_replay_all_dead(gateway_factory, clinic):
-    clinic.set_script([422, 422])
-    gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings())
+def test_replay_all_dead(gw, shared_clinic):
     bodies = [envelope_json("lab", "clinic") for _ in range(2)]
+    ids = [b["messageId"] for b in bodies]
     for b in bodies:
+        shared_clinic.fail(b["messageId"], 422)
         gw.post(b, LAB_TOKEN).raise_for_status()
     for b in bodies:
         gw.wait_status(b["messageId"], LAB_TOKEN, "DEAD")
@@ -193,7 +348,7 @@ def test_replay_all_dead(gateway_factory, clinic):
     assert result.returncode == 0, result.stderr
     for b in bodies:
         gw.wait_status(b["messageId"], LAB_TOKEN, "DELIVERED")
-    assert sorted(clinic.accepted) == sorted(b["messageId"] for b in bodies)
+    assert sorted(m for m in shared_clinic.accepted if m in ids) == sorted(ids)
 
 
 def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_factory, clinic, private_rabbit):
@@ -248,12 +403,11 @@ def test_delivery_worker_killed_mid_delivery_redelivers_with_same_key(gateway_fa
     assert events(st).count("DELIVERED") == 1
 
 
-def test_no_route_condition_match_is_refused(gateway_factory, clinic):
-    gw = gateway_factory(configs.participants(clinic.url),
-                         configs.routes(condition="boolean(//*[local-name()='Code' and .='URGENT'])"),
-                         settings=configs.settings())
-    r = gw.post(envelope_json("lab", "clinic"), LAB_TOKEN)
+def test_no_route_condition_match_is_refused(gw):
+    # clinic-urgent's only route has a condition: a notice that does not meet it has no route at all
+    r = gw.post(envelope_json("lab", "clinic-urgent"), LAB_TOKEN)
     assert r.status_code == 403 and r.json()["code"] == "ROUTE_FORBIDDEN"
-    ok = envelope_json("lab", "clinic", payload=notice(code="URGENT"))
+    assert r.json()["field"] == "MessagePrimaryContent"  # refused by the condition, not for want of a route
+    ok = envelope_json("lab", "clinic-urgent", payload=notice(code="URGENT"))
     assert gw.post(ok, LAB_TOKEN).status_code == 202
     gw.wait_status(ok["messageId"], LAB_TOKEN, "DELIVERED")
