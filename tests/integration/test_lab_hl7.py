@@ -302,7 +302,9 @@ def test_message_kept_after_a_gap_becomes_a_result_once_the_mapping_is_fixed(gw,
     wait_for(lambda: journal.get(mid).status == "DELIVERED")
     trail = [e.kind for e in journal.trail(mid)]
     journal.engine.dispose()
-    assert trail[:2] == ["REJECTED", "ACCEPTED"] and trail[-1] == "DELIVERED"
+    # refused, then accepted as a result, then delivered; the router's ROUTED may land after the worker's
+    # DELIVERED (routing/router.py records it after publishing), so the rest is compared as a set
+    assert trail[:2] == ["REJECTED", "ACCEPTED"] and {"ROUTED", "DELIVERED"} <= set(trail[2:]), trail
 
 
 def test_corrected_result_names_the_message_it_replaces(gw, clinic):

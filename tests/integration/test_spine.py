@@ -197,9 +197,11 @@ def test_end_to_end_delivered_once_with_full_trail(journal_gw, shared_clinic):
     assert r.headers["location"] == f"/api/v1/messages/{body['messageId']}"
 
     st = gw.wait_status(body["messageId"], LAB_TOKEN, "DELIVERED")
-    # PUBLISHED (the relay's confirm) may be journalled just after ROUTED; both are always there.
-    assert set(events(st)) >= {"ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED"}
-    assert events(st)[0] == "ACCEPTED" and events(st)[-1] == "DELIVERED"
+    # PUBLISHED (the relay's confirm) may be journalled just after ROUTED, and ROUTED just after DELIVERED
+    # (the router records it after publishing); all are always there, and nothing else follows DELIVERED.
+    trail = events(st)
+    assert set(trail) >= {"ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED"}
+    assert trail[0] == "ACCEPTED" and set(trail[trail.index("DELIVERED") + 1:]) <= {"PUBLISHED", "ROUTED"}, trail
     assert st["trailIntact"] is True
     assert st["channel"] == "default"
     # Exactly once at the recipient, with the MessageID as the idempotency key, as the XML envelope.
