@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -17,7 +16,7 @@ from gateway.keyring import load_keyring
 from gateway.transport import expiring, watched
 from monitoring.exposition import GatewayStateCollector
 from tests.support import configs
-from tests.support.gateway_proc import REPO
+from tests.support.cli import zdravlink
 from tests.support.prometheus import RULES, binary
 
 
@@ -70,16 +69,12 @@ def test_every_certificate_and_crl_is_watched_and_served_in_seconds(tmp_path, de
 
 
 def test_check_config_warns_at_30_days(tmp_path, demo_keys):
-    soon = subprocess.run([sys.executable, "-m", "application.cli", "check-config",
-                           str(tls_config(tmp_path / "a", demo_keys, days_left=10))],
-                          capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert soon.returncode == 0, soon.stderr
+    soon = zdravlink("check-config", str(tls_config(tmp_path / "a", demo_keys, days_left=10)))
+    assert soon.exit_code == 0, soon.stderr
     assert "warning: gateway:api tls-server 'CN=api,O=Zdravlink demo' expires in" in soon.stderr, soon.stderr
     assert "listeners: API 127.0.0.1:8700 [TLS 1.2+, client certificates]" in soon.stdout, soon.stdout
-    later = subprocess.run([sys.executable, "-m", "application.cli", "check-config",
-                            str(tls_config(tmp_path / "b", demo_keys, days_left=90))],
-                           capture_output=True, text=True, cwd=REPO, timeout=60)
-    assert later.returncode == 0 and "warning" not in later.stderr, later.stderr
+    later = zdravlink("check-config", str(tls_config(tmp_path / "b", demo_keys, days_left=90)))
+    assert later.exit_code == 0 and "warning" not in later.stderr, later.stderr
 
 
 def test_the_alert_rule_fires_for_a_tls_certificate_within_30_days(tmp_path):
