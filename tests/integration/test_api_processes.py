@@ -2,6 +2,8 @@
 their relays share the outbox, and every message is delivered once."""
 from __future__ import annotations
 
+import os
+
 import httpx
 import pytest
 
@@ -14,6 +16,18 @@ from tests.support.waiting import wait_for
 pytestmark = [pytest.mark.broker, pytest.mark.postgres]
 
 
+def listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` holds a listening TCP socket on ``port`` (from /proc: the two processes share
+    the port, so a connection cannot tell them apart)."""
+    try:
+        sockets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+    except FileNotFoundError:
+        return False
+    with open("/proc/net/tcp") as table:
+        rows = [line.split() for line in table.readlines()[1:]]
+    return any(r[3] == "0A" and int(r[1].split(":")[1], 16) == port and f"socket:[{r[9]}]" in sockets for r in rows)
+
+
 def test_two_api_processes_share_the_port_and_the_outbox(gateway_factory, tmp_path):
     from tests.conftest import PG_URL, _pg_database
 
@@ -24,7 +38,9 @@ def test_two_api_processes_share_the_port_and_the_outbox(gateway_factory, tmp_pa
     try:
         gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings(),
                              db_url=db_url)
-        gw.spawn("api-2")
+        second = gw.spawn("api-2")
+        # the messages below take a few seconds: the second process must be listening before they start
+        wait_for(lambda: listens(second.pid, gw.port), timeout=30, what="the second API process to listen")
         bodies = [envelope_json("lab", "clinic") for _ in range(200)]
         # A new connection each time (no keep-alive): the kernel spreads connections, not requests. One
         # client for all: httpx.post would build an SSL context per call, 30 ms of CPU each.
