@@ -18,6 +18,7 @@ import uuid
 import zipfile
 from pathlib import Path
 
+import pytest
 import sqlalchemy as sa
 
 from gateway.envelope import Envelope
@@ -29,6 +30,7 @@ from gateway.journal.tables import messages, prune_runs
 from gateway.xmlsafe import parse_xml
 from tests.support import configs
 
+pytestmark = pytest.mark.faults  # SIGKILLs the pruner: run with the fault scenarios, alone
 REPO = Path(__file__).resolve().parents[2]
 COUNT = 400
 CHUNK = 25

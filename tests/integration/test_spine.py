@@ -353,6 +353,7 @@ def test_replay_all_dead(gw, shared_clinic):
     assert sorted(m for m in shared_clinic.accepted if m in ids) == sorted(ids)
 
 
+@pytest.mark.faults  # stops a broker of its own: run with the fault scenarios, alone
 def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_factory, clinic, private_rabbit):
     gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings(),
                          broker_url=private_rabbit.url)
@@ -388,6 +389,7 @@ def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_facto
     assert len(clinic.requests) == len(ids)  # nothing delivered twice
 
 
+@pytest.mark.faults  # SIGKILLs a worker: run with the fault scenarios, alone
 def test_delivery_worker_killed_mid_delivery_redelivers_with_same_key(gateway_factory, clinic):
     clinic.delay = 2.0
     gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings())
