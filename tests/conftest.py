@@ -10,6 +10,7 @@ import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -119,6 +120,22 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"sqlite:///{tmp_path / 'journal.db'}"
     else:
         yield from _pg_database(PG_URL)
+
+
+def module_gateway(directory: Path, participants: str, routes: str, *, settings: str, amqp_url: str,
+                   mllp: bool = False, **options: Any) -> Iterator[GatewayProcesses]:
+    """A started gateway for a module-scoped fixture to ``yield from``, stopped at the module's end: a module
+    whose tests share one configuration shares one gateway (``gateway_factory`` starts one per test).
+    ``options`` go to ``GatewayProcesses`` (``mappings``, ``delivery_workers`` …)."""
+    options.setdefault("db_url", None)
+    options.setdefault("delivery_workers", 1)
+    gateway = GatewayProcesses(directory, participants, routes, settings=settings, amqp_url=amqp_url,
+                               api_port=free_port(), mllp_port=free_port() if mllp else None, **options)
+    try:
+        gateway.start()
+        yield gateway
+    finally:
+        gateway.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 
 from demo.emulators.rest_recipient import RecipientServer
-from tests.conftest import free_port
+from tests.conftest import module_gateway
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN
 from tests.support.gateway_proc import GatewayProcesses, envelope_json, notice
@@ -57,14 +57,8 @@ def gw(clinic: RecipientServer, amqp_url: str,
        tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewayProcesses]:
     """One gateway for the module, built as ``gateway_factory`` builds one (that fixture is per test):
     nothing a test here does changes its configuration or its state beyond the test's own messages."""
-    gateway = GatewayProcesses(tmp_path_factory.mktemp("bad-input") / "gw", configs.participants(clinic.url),
-                               configs.routes(), settings=configs.settings(max_body_bytes=64 * 1024),
-                               amqp_url=amqp_url, db_url=None, api_port=free_port(), delivery_workers=1)
-    try:
-        gateway.start()
-        yield gateway
-    finally:
-        gateway.stop()
+    yield from module_gateway(tmp_path_factory.mktemp("bad-input") / "gw", configs.participants(clinic.url),
+                              configs.routes(), settings=configs.settings(max_body_bytes=64 * 1024), amqp_url=amqp_url)
 
 
 def query(gw: GatewayProcesses, sql: str, **params: object) -> list[sa.Row]:

@@ -29,7 +29,7 @@ from gateway.envelope import Envelope
 from gateway.journal import Journal
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, TrustStore
-from tests.conftest import free_port
+from tests.conftest import module_gateway
 from tests.support.envelopes import assert_valid_envelope
 from tests.support.gateway_proc import GatewayProcesses
 
@@ -98,14 +98,8 @@ def gw(clinic: RecipientServer, demo_keys: Path, amqp_url: str,
     settings = (f'signing: {{key: "{demo_keys / "gateway-gost2012-256.key"}", '
                 f'certificate: "{demo_keys / "gateway-gost2012-256.pem"}", trust_store: "{demo_keys / "trust"}"}}\n'
                 "relay: {batch_size: 200, poll_interval_seconds: 0.1}\n")
-    gateway = GatewayProcesses(where / "gw", participants(clinic.url), routes(), settings=settings,
-                               amqp_url=amqp_url, db_url=None, api_port=free_port(), delivery_workers=1,
-                               mappings=mappings, mllp_port=free_port())
-    try:
-        gateway.start()
-        yield gateway
-    finally:
-        gateway.stop()
+    yield from module_gateway(where / "gw", participants(clinic.url), routes(), settings=settings, amqp_url=amqp_url,
+                              mappings=mappings, mllp=True)
 
 
 def delivered(clinic: RecipientServer, message_ids: Collection[str]) -> list[Received]:

@@ -21,7 +21,7 @@ from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, PrivateKey, Signer, TrustStore, sign, verify
-from tests.conftest import free_port
+from tests.conftest import module_gateway
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, notice
@@ -69,15 +69,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, clinic: Recipien
 
     Built here rather than by ``gateway_factory``, which is function-scoped and would start one per test.
     """
-    gateway = GatewayProcesses(tmp_path_factory.mktemp("signed-spine") / "gw",
-                               configs.participants(clinic.url, keys=demo_keys, lab_signs=True), configs.routes(),
-                               settings=configs.settings(keys=demo_keys), amqp_url=amqp_url, db_url=None,
-                               api_port=free_port(), delivery_workers=1)
-    try:
-        gateway.start()
-        yield gateway
-    finally:
-        gateway.stop()
+    yield from module_gateway(tmp_path_factory.mktemp("signed-spine") / "gw",
+                              configs.participants(clinic.url, keys=demo_keys, lab_signs=True), configs.routes(),
+                              settings=configs.settings(keys=demo_keys), amqp_url=amqp_url)
 
 
 def test_signed_message_is_delivered_with_the_gateways_signature(gw, clinic, demo_keys):

@@ -27,7 +27,7 @@ from adapters.soap.smev_schema import T
 from demo.ca import demo_signer
 from demo.emulators.soap_partner import SoapPartner
 from gateway.config import hash_token
-from tests.conftest import free_port
+from tests.conftest import module_gateway
 from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, notice
 from tests.support.waiting import SETTLED, wait_for
 
@@ -96,15 +96,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, amqp_url: str, demo_keys: Path,
        insurer: tuple[SoapPartner, SoapPartner]) -> Iterator[GatewayProcesses]:
     """The module's gateway, built here because ``gateway_factory`` is function-scoped (one start per test)."""
     primary, backup = insurer
-    gateway = GatewayProcesses(tmp_path_factory.mktemp("soap-spine") / "gw",
-                               participants(demo_keys, primary.wsdl_url, backup.wsdl_url),
-                               routes(primary.wsdl_url, backup.wsdl_url), settings=settings(demo_keys),
-                               amqp_url=amqp_url, db_url=None, api_port=free_port(), delivery_workers=1)
-    try:
-        gateway.start()
-        yield gateway
-    finally:
-        gateway.stop()
+    yield from module_gateway(tmp_path_factory.mktemp("soap-spine") / "gw",
+                              participants(demo_keys, primary.wsdl_url, backup.wsdl_url),
+                              routes(primary.wsdl_url, backup.wsdl_url), settings=settings(demo_keys), amqp_url=amqp_url)
 
 
 @pytest.fixture

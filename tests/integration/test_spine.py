@@ -18,7 +18,7 @@ from collections.abc import Collection, Iterator
 import pytest
 
 from demo.emulators.rest_recipient import Received, RecipientServer
-from tests.conftest import free_port
+from tests.conftest import free_port, module_gateway
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN, NOTICE_NS
 from tests.support.gateway_proc import GatewayProcesses, envelope_json, notice
@@ -105,14 +105,8 @@ def shared_gw(shared_clinic: SharedClinic, amqp_url: str,
     """One gateway for the tests that need no more than ``configs.routes()`` and ``configs.settings()`` (and the
     two recipients above), built as ``gateway_factory`` builds one (that fixture is per test). Tests take it
     as ``gw``."""
-    gateway = GatewayProcesses(tmp_path_factory.mktemp("spine") / "gw", shared_participants(shared_clinic.url),
-                               shared_routes(), settings=configs.settings(), amqp_url=amqp_url, db_url=None,
-                               api_port=free_port(), delivery_workers=1)
-    try:
-        gateway.start()
-        yield gateway
-    finally:
-        gateway.stop()
+    yield from module_gateway(tmp_path_factory.mktemp("spine") / "gw", shared_participants(shared_clinic.url),
+                              shared_routes(), settings=configs.settings(), amqp_url=amqp_url)
 
 
 @pytest.fixture
