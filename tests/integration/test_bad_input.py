@@ -88,15 +88,6 @@ def statuses_of(gw: GatewayProcesses, message_ids: Collection[str]) -> dict[str,
             if mid in message_ids}
 
 
-def counted(gw: GatewayProcesses, name: str, labels: dict[str, str]) -> float:
-    """One counter sample as the gateway exposes it now (0 before the first): tests compare before and after,
-    as the module's other tests count into the same counters."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return next((sample.value for family in text_string_to_metric_families(gw.metrics())
-                 for sample in family.samples if sample.name == name and sample.labels == labels), 0.0)
-
-
 def xml(payload: str | None = None, mid: str | None = None) -> bytes:
     return XML_ENVELOPE.format(mid=mid or uuid.uuid1(), payload=payload or notice()).encode()
 
@@ -170,7 +161,7 @@ UUID = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12
 
 def test_each_bad_input_is_refused_with_its_code_and_nothing_is_queued(gw, clinic):
     mark = rejection_mark(gw)
-    dtd_refused = counted(gw, "zl_messages_rejected_total", {"code": "XML_DTD_FORBIDDEN", "source": "rest"})
+    dtd_refused = gw.counted("zl_messages_rejected_total", code="XML_DTD_FORBIDDEN", source="rest")
     for name, body, ctype, token, status, code, field in CASES:
         r = post(gw, body, ctype, token)
         assert r.status_code == status, (name, r.text)
@@ -198,7 +189,7 @@ def test_each_bad_input_is_refused_with_its_code_and_nothing_is_queued(gw, clini
     assert [mid for mid, st in statuses.items() if st != "REJECTED"] == [first["messageId"]]
     assert set(statuses.values()) == {"REJECTED", "DELIVERED"}
     assert [mid for mid in clinic.accepted if mid in ours] == [first["messageId"]]
-    assert counted(gw, "zl_messages_rejected_total", {"code": "XML_DTD_FORBIDDEN", "source": "rest"}) \
+    assert gw.counted("zl_messages_rejected_total", code="XML_DTD_FORBIDDEN", source="rest") \
         == dtd_refused + 2
 
 

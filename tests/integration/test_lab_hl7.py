@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import hl7
@@ -24,14 +24,14 @@ from lxml import etree
 
 from adapters.hl7v2.mllp import FrameReader, frame
 from adapters.hl7v2.oru import LAB_RESULT_NS, message_id_for
-from demo.emulators.rest_recipient import Received, RecipientServer
+from demo.emulators.rest_recipient import RecipientServer
 from gateway.envelope import Envelope
 from gateway.journal import Journal
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, TrustStore
 from tests.conftest import module_gateway
 from tests.support.envelopes import assert_valid_envelope
-from tests.support.gateway_proc import GatewayProcesses
+from tests.support.gateway_proc import GatewayProcesses, delivered
 
 # xdist_group: under `pytest -n … --dist loadgroup` one worker runs the module, whose tests share one gateway
 # (pytest stays at 9.1 for it, see pyproject.toml; spread over workers, each would start a gateway of its own).
@@ -100,16 +100,6 @@ def gw(clinic: RecipientServer, demo_keys: Path, amqp_url: str,
                 "relay: {batch_size: 200, poll_interval_seconds: 0.1}\n")
     yield from module_gateway(where / "gw", participants(clinic.url), routes(), settings=settings, amqp_url=amqp_url,
                               mappings=mappings, mllp=True)
-
-
-def delivered(clinic: RecipientServer, message_ids: Collection[str]) -> list[Received]:
-    """The clinic's deliveries of these MessageIDs (repeats included), in the order they came.
-
-    The clinic records the whole module's deliveries, some of them late (a retry, a busy worker):
-    a test counts and reads only those of its own messages, so that no other's can fail or pass it.
-    """
-    wanted = set(message_ids)
-    return [r for r in list(clinic.requests) if r.message_id in wanted]
 
 
 def gaps_counted(gw: GatewayProcesses, lab: str, code: str, lab_code: str) -> float:

@@ -13,7 +13,7 @@ import json
 import signal
 import time
 from collections import deque
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 
 import pytest
 
@@ -21,7 +21,7 @@ from demo.emulators.rest_recipient import Received, RecipientServer
 from tests.conftest import free_port, module_gateway
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN, NOTICE_NS
-from tests.support.gateway_proc import GatewayProcesses, envelope_json, notice
+from tests.support.gateway_proc import GatewayProcesses, delivered, envelope_json, notice
 from tests.support.waiting import wait_for
 
 # xdist_group: under `pytest -n … --dist loadgroup` one worker runs the module, whose tests share one gateway.
@@ -126,29 +126,15 @@ def journal_gw(db_url: str, request: pytest.FixtureRequest, gateway_factory,
                                    settings=configs.settings()))
 
 
-def exposed(gw: GatewayProcesses) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample on the gateway's /metrics now, by name and labels."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    return {(sample.name, frozenset(sample.labels.items())): sample.value
-            for family in text_string_to_metric_families(gw.metrics()) for sample in family.samples}
-
-
-def counted(gw: GatewayProcesses, name: str, **labels: str) -> float:
-    """A counter's sample now (0 before its first count): tests compare it before and after, as every test
-    on the shared gateway counts into the same counters."""
-    return exposed(gw).get((name, frozenset(labels.items())), 0.0)
-
-
 def dead_key(gw: GatewayProcesses) -> tuple[str, frozenset[tuple[str, str]]]:
-    """The ``exposed`` key of the gateway's dead-letter queue depth."""
+    """The ``samples()`` key of the gateway's dead-letter queue depth."""
     return "zl_queue_depth", frozenset({("queue", f"{gw.prefix}.dead")})
 
 
 def dead_depth(gw: GatewayProcesses) -> float:
     """Messages in the gateway's dead-letter queue now, as zl_queue_depth has it: tests on the shared gateway
     look at the change."""
-    return exposed(gw)[dead_key(gw)]
+    return gw.samples()[dead_key(gw)]
 
 
 def settled(gw: GatewayProcesses) -> GatewayProcesses:
@@ -159,18 +145,12 @@ def settled(gw: GatewayProcesses) -> GatewayProcesses:
     And the API caches queue depths for 2 s: waiting for them to agree with the journal keeps a depth from
     before an earlier test's replay (or from before the workers declared the queues) out of the reading."""
     def quiet() -> bool:
-        now = exposed(gw)
+        now = gw.samples()
         return (sum(v for (name, _), v in now.items() if name == "zl_messages_in_flight") == 0
                 and now.get(dead_key(gw), -1.0) == now.get(("zl_dead_messages", frozenset()), 0.0))
 
     wait_for(quiet, timeout=30, what="the gateway's messages to settle")
     return gw
-
-
-def delivered(clinic: RecipientServer, message_ids: Collection[str]) -> list[Received]:
-    """The clinic's requests for these MessageIDs (repeats and refused attempts included), in the order they came."""
-    wanted = set(message_ids)
-    return [r for r in list(clinic.requests) if r.message_id in wanted]
 
 
 def events(status: dict) -> list[str]:
@@ -179,10 +159,10 @@ def events(status: dict) -> list[str]:
 
 def test_end_to_end_delivered_once_with_full_trail(journal_gw, shared_clinic):
     gw = journal_gw
-    accepted = counted(gw, "zl_messages_accepted_total", participant="lab", source="rest")
-    delivered_total = counted(gw, "zl_messages_delivered_total", channel="default", participant="clinic",
+    accepted = gw.counted("zl_messages_accepted_total", participant="lab", source="rest")
+    delivered_total = gw.counted("zl_messages_delivered_total", channel="default", participant="clinic",
                               route="lab-to-clinic")
-    timed = counted(gw, "zl_accept_to_delivered_seconds_count", route="lab-to-clinic")
+    timed = gw.counted("zl_accept_to_delivered_seconds_count", route="lab-to-clinic")
     dead = dead_depth(gw)
     body = envelope_json("lab", "clinic")
     r = gw.post(body, LAB_TOKEN)
@@ -212,10 +192,10 @@ def test_end_to_end_delivered_once_with_full_trail(journal_gw, shared_clinic):
     time.sleep(0.5)
     assert body["messageId"] in shared_clinic.accepted and len(delivered(shared_clinic, [body["messageId"]])) == 1
 
-    assert counted(gw, "zl_messages_accepted_total", participant="lab", source="rest") == accepted + 1
-    assert counted(gw, "zl_messages_delivered_total", channel="default", participant="clinic",
+    assert gw.counted("zl_messages_accepted_total", participant="lab", source="rest") == accepted + 1
+    assert gw.counted("zl_messages_delivered_total", channel="default", participant="clinic",
                    route="lab-to-clinic") == delivered_total + 1
-    assert counted(gw, "zl_accept_to_delivered_seconds_count", route="lab-to-clinic") == timed + 1
+    assert gw.counted("zl_accept_to_delivered_seconds_count", route="lab-to-clinic") == timed + 1
     assert dead_depth(gw) == dead
     assert 'zl_oldest_in_flight_age_seconds{status="ACCEPTED"}' in gw.metrics()
     assert gw.http.get("/readyz").json() == {"ready": True, "checks": {"journal": True, "broker": True}}
@@ -233,7 +213,7 @@ def test_json_recipient_gets_the_json_form(gw, shared_clinic):
 def test_503_three_times_then_delivered_after_retries(gw, shared_clinic):
     body = envelope_json("lab", "clinic")
     shared_clinic.fail(body["messageId"], 503, 503, 503)
-    retries = counted(gw, "zl_delivery_retries_total", mode="in_process", participant="clinic")
+    retries = gw.counted("zl_delivery_retries_total", mode="in_process", participant="clinic")
     gw.post(body, LAB_TOKEN).raise_for_status()
     st = gw.wait_status(body["messageId"], LAB_TOKEN, "DELIVERED")
     ev = events(st)
@@ -246,7 +226,7 @@ def test_503_three_times_then_delivered_after_retries(gw, shared_clinic):
     assert len(ours) == 4
     assert {r.idempotency_key for r in ours} == {body["messageId"]}
     assert [r.attempt for r in ours] == ["1", "2", "3", "4"]
-    assert counted(gw, "zl_delivery_retries_total", mode="in_process", participant="clinic") == retries + 3
+    assert gw.counted("zl_delivery_retries_total", mode="in_process", participant="clinic") == retries + 3
 
 
 def test_long_retry_goes_through_the_delayed_retry_queue(gateway_factory, clinic):

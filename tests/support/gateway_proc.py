@@ -7,11 +7,13 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from demo.emulators.rest_recipient import Received, RecipientServer
 from routing.broker import connect
 from routing.topology import Topology
 
@@ -202,6 +204,26 @@ class GatewayProcesses:
 
     def metrics(self) -> str:
         return self.http.get("/metrics").text
+
+    def samples(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        """Every sample on /metrics now, by name and labels."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        return {(sample.name, frozenset(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(self.metrics()) for sample in family.samples}
+
+    def counted(self, name: str, **labels: str) -> float:
+        """A counter's sample now (0 before its first count): tests on a gateway shared by their module
+        compare it before and after, as the other tests count into the same counters."""
+        return self.samples().get((name, frozenset(labels.items())), 0.0)
+
+
+def delivered(recipient: RecipientServer, message_ids: Collection[str]) -> list[Received]:
+    """The recipient's requests for these MessageIDs (repeats and refused attempts included), in the order they
+    came: on a gateway shared by a module, a test counts and reads only its own messages' deliveries, so that
+    no other test's (some of them late: a retry, a busy worker) can fail or pass it."""
+    wanted = set(message_ids)
+    return [r for r in list(recipient.requests) if r.message_id in wanted]
 
 
 def delete_topology(amqp_url: str, prefix: str, participants: list[str]) -> None:
