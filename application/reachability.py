@@ -1,10 +1,26 @@
 """Which of the gateway's peers an exception says is out of reach, for a one-line message to the operator."""
 from __future__ import annotations
 
+import os
+
 import httpx
 
 from gateway.journal import unavailable
 from routing.broker import BROKER_ERRORS
+from zdravlink.errors import ConfigurationError
+
+
+class CannotListen(ConfigurationError):
+    """A listening address that is taken or not this host's: the gateway's own setting, not a peer out of reach.
+
+    Raised apart from ``OSError`` because pika's errors include it: "address already in use" at an API's
+    start read "cannot reach the broker", which sent the operator to the wrong server.
+    """
+
+    def __init__(self, setting: str, host: str, port: int, exc: OSError) -> None:
+        # The system's words for the errno: asyncio wraps them in a sentence of its own.
+        super().__init__(f"{host}:{port} ({setting}): {os.strerror(exc.errno) if exc.errno else exc}")
+        self.setting = setting
 
 
 def unreachable(exc: BaseException) -> str | None:

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from application.reachability import CannotListen
 from application.wiring import topology
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
@@ -112,6 +113,10 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
                      soap={"/smev/1.1": WSGIMiddleware(smev, workers=8)},
                      lab_results=labs, metrics=s.metrics,
                      console=build_console(config, journal, api_intake, mappings))
+    # Bound before the relay starts: a taken port stops this process before it publishes anything.
+    sockets = [_listen("api.port", s.api.host, s.api.port)]
+    if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
+        sockets.append(_listen("metrics.port", s.metrics.host, s.metrics.port))
     if relay_outbox:
         relay.start()
     # uvloop and httptools: the event loop and HTTP parser in C, measured in bench/bench_spine.py. Over TLS
@@ -121,21 +126,22 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
     server = uvicorn.Server(uvicorn.Config(app, host=s.api.host, port=s.api.port, log_level="warning",
                                            access_log=False, timeout_graceful_shutdown=5, loop="uvloop",
                                            **options))  # type: ignore[arg-type]
-    sockets = [_listen(s.api.host, s.api.port)]
-    if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
-        sockets.append(_listen(s.metrics.host, s.metrics.port))
     try:
         server.run(sockets=sockets)
     finally:
         relay.stop()
 
 
-def _listen(host: str, port: int) -> socket.socket:
+def _listen(setting: str, host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)  # several API processes on one port
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise CannotListen(setting, host, port, exc) from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -233,7 +239,10 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) 
                             max_buffered_bytes=h.max_buffered_bytes,
                             on_refused=lambda reason: metrics.MLLP_REFUSED.labels(reason).inc(),
                             tls=guard.tls, on_connect=guard.on_connect)
-        await server.start()
+        try:
+            await server.start()
+        except OSError as exc:
+            raise CannotListen("hl7.port", h.host, h.port, exc) from exc
         log.info("MLLP listener on %s:%s (%s) for %s", h.host, server.port, transport_label(h.tls, h.plain),
                  ", ".join(sorted(mappings)) or "no lab")
         stop = asyncio.Event()

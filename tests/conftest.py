@@ -6,7 +6,6 @@ them fail loudly, never skip, when they are not there.
 from __future__ import annotations
 
 import os
-import socket
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,16 +14,11 @@ from typing import Any
 import pytest
 
 from tests.support.gateway_proc import GatewayProcesses
+from tests.support.ports import free_port
 from tests.support.rabbit_node import RabbitNode
 
 AMQP_URL = os.environ.get("ZL_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
 PG_URL = os.environ.get("ZL_TEST_PG_URL", "postgresql+psycopg://zdravlink:zdravlink@127.0.0.1:5432/zdravlink")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

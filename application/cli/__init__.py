@@ -3,8 +3,8 @@
 Commands live in modules by concern (``running``, ``messages``, ``tools``, ``acts``);
 plugins add groups through the ``zdravlink.cli`` entry point group (the demo adds
 ``zdravlink demo``), so the product never imports them. ``main`` turns a gateway,
-journal or broker that cannot be reached into one line and a non-zero exit, not a
-traceback.
+journal or broker that cannot be reached, and an address the gateway cannot listen on,
+into one line and a non-zero exit, not a traceback.
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import typer
 from application.cli import acts, evidence, messages, running, tools  # noqa: F401 - each registers its commands
 from application.cli import console as console_commands
 from application.cli.common import app, err
-from application.reachability import unreachable
+from application.reachability import CannotListen, unreachable
 
 PLUGIN_GROUP = "zdravlink.cli"
 app.add_typer(console_commands.app)  # zdravlink operator …, zdravlink messages … (the console's CLI face)
@@ -38,6 +38,9 @@ def main() -> None:
         # exits with the command's code. (Catching click's exceptions here missed them: typer carries its
         # own copy of click, and a mistyped option printed a traceback.)
         command.main(standalone_mode=True)
+    except CannotListen as exc:
+        err.print(f"[red]cannot listen on[/red] {exc}", highlight=False)
+        sys.exit(3)
     except Exception as exc:
         what = unreachable(exc)
         if what is None:

@@ -29,8 +29,9 @@ import sqlalchemy as sa
 from demo.ca import demo_signer
 from demo.emulators.registries import DEMO_DATASET, FrmoEmulator, load_dataset
 from demo.emulators.rest_recipient import RecipientServer
-from tests.conftest import PG_URL, free_port
+from tests.conftest import PG_URL
 from tests.support.configs import CLINIC_TOKEN
+from tests.support.ports import free_port
 from tests.support.rabbit_node import RabbitCluster
 from tests.support.scale_out import (
     ORG,

@@ -12,7 +12,7 @@ import pytest
 from routing.broker import ThreadPublisher, connect, properties
 from routing.consumer import Consumer
 from routing.pipelined import BrokerUnavailable, Outgoing, PipelinedPublisher
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.broker
 

@@ -19,10 +19,10 @@ from demo.emulators.rest_recipient import RecipientServer
 from demo.emulators.tsa import TsaServer
 from gateway.evidence.checkpoints import evidence_state
 from gateway.journal import Journal
-from tests.conftest import free_port
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import envelope_json
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for as _wait_for
 
 pytestmark = pytest.mark.broker

@@ -31,8 +31,9 @@ from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
 from gateway.journal import Journal
 from gateway.tls import GOST_CIPHERS, ClientTls, client_context, ensure_engine
-from tests.conftest import AMQP_URL, free_port
+from tests.conftest import AMQP_URL
 from tests.support.gateway_proc import REPO, GatewayProcesses, envelope_json
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.broker  # and Debian's stunnel4, which scripts/test installs
 

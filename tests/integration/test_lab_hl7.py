@@ -464,3 +464,21 @@ def test_a_cyrillic_reason_reaches_a_windows_1250_lab_transliterated_not_as_ques
     assert str(ack.segment("MSA")[1]) == "AE"
     reason = str(ack.segment("ERR")[8])
     assert "SNILS, ENP" in reason and "?" not in reason, reason
+
+
+@pytest.mark.parametrize("role,variable,setting", [
+    (("serve", "--no-migrate"), "ZL_API_PORT", "api.port"),
+    (("worker", "mllp"), "ZL_MLLP_PORT", "hl7.port"),
+])
+def test_a_taken_listening_port_is_named_as_the_gateways_own_setting_not_a_peer(
+        gw: GatewayProcesses, role: tuple[str, ...], variable: str, setting: str) -> None:
+    """Errno 98 is an OSError, and pika's errors include OSError: an API once exited saying "cannot reach the
+    broker" when its port was taken. Here a second API or listener of the running gateway meets a held port."""
+    with socket.socket() as holder:  # no SO_REUSEPORT: the gateway's listener cannot share it
+        holder.bind(("127.0.0.1", 0))
+        holder.listen(1)
+        port = holder.getsockname()[1]
+        done = gw.cli(*role, env={variable: str(port)})
+    assert done.returncode == 3, done.stdout + done.stderr
+    assert f"cannot listen on 127.0.0.1:{port} ({setting}): Address already in use" in done.stderr, done.stderr
+    assert "broker" not in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -6,8 +6,8 @@ import pytest
 
 from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
-from tests.conftest import free_port
 from tests.support import configs
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.broker
 

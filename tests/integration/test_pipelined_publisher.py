@@ -7,7 +7,8 @@ import pytest
 
 from routing.broker import connect
 from routing.pipelined import BrokerUnavailable, Outgoing, PipelinedPublisher
-from tests.conftest import AMQP_URL, free_port
+from tests.conftest import AMQP_URL
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.broker
 

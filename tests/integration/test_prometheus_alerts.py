@@ -16,10 +16,10 @@ import yaml
 
 from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
-from tests.conftest import free_port
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import REPO, envelope_json
+from tests.support.ports import free_port
 from tests.support.prometheus import RULES, Prometheus, binary
 
 pytestmark = pytest.mark.broker

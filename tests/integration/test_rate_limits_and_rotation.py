@@ -30,8 +30,9 @@ from adapters.soap.smev_schema import SOAP_ENV_NS
 from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
 from gateway.journal import Journal
-from tests.conftest import AMQP_URL, free_port
+from tests.conftest import AMQP_URL
 from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, envelope_json, notice
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.broker
 

@@ -22,7 +22,7 @@ from demo.ca import demo_signer as signer
 from demo.emulators.registries import DEMO_DATASET, Dataset, FrmoEmulator, FrmrEmulator, load_dataset
 from gateway.tls import ClientContexts, ClientTls, client_context
 from signing import TrustStore
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 DATASET = DEMO_DATASET
 TOKEN = "frmr-token-not-a-secret"

@@ -27,10 +27,10 @@ from gateway.config import hash_token
 from gateway.envelope import Envelope
 from gateway.journal import IN_FLIGHT, Journal, Status
 from signing import Certificate, Signer, TrustStore
-from tests.conftest import free_port
 from tests.support import configs
 from tests.support.envelopes import assert_valid_envelope
 from tests.support.gateway_proc import GatewayProcesses
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("test_registry_flow")]

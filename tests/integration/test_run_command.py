@@ -16,8 +16,9 @@ import pytest
 
 from routing.broker import connect
 from routing.topology import Topology
-from tests.conftest import AMQP_URL, free_port
+from tests.conftest import AMQP_URL
 from tests.support.gateway_proc import REPO
+from tests.support.ports import free_port
 
 pytestmark = pytest.mark.broker
 

@@ -18,9 +18,9 @@ from gateway.envelope import DSIG_NS, Envelope
 from gateway.schemas import ENVELOPE_NS
 from gateway.xmlsafe import parse_xml
 from signing import Certificate, PrivateKey, Signer, TrustStore, sign, verify
-from tests.conftest import free_port
 from tests.support.configs import NOTICE_NS
 from tests.support.gateway_proc import notice
+from tests.support.ports import free_port
 
 Z, DS = "{%s}" % ENVELOPE_NS, "{%s}" % DSIG_NS
 TEXT = "Образец получен & <принят> — «ПЦР»"

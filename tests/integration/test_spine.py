@@ -18,10 +18,11 @@ from collections.abc import Iterator
 import pytest
 
 from demo.emulators.rest_recipient import Received, RecipientServer
-from tests.conftest import free_port, module_gateway
+from tests.conftest import module_gateway
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN, NOTICE_NS
 from tests.support.gateway_proc import GatewayProcesses, delivered, envelope_json, notice
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 # xdist_group: under `pytest -n … --dist loadgroup` one worker runs the module, whose tests share one gateway.

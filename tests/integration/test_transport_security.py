@@ -32,8 +32,9 @@ from demo.emulators.rest_recipient import RecipientServer
 from gateway.config import hash_token
 from gateway.journal import Journal
 from gateway.tls import ClientTls, client_context
-from tests.conftest import AMQP_URL, free_port
+from tests.conftest import AMQP_URL
 from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, envelope_json, notice
+from tests.support.ports import free_port
 
 # One gateway serves the module (see ``gw``): the group asks ``--dist loadgroup`` to run its tests on one worker.
 pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("transport_security")]

@@ -15,10 +15,11 @@ import httpx
 import pytest
 
 from demo.emulators.rest_recipient import RecipientServer
-from tests.conftest import AMQP_URL, free_port
+from tests.conftest import AMQP_URL
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import delete_topology, envelope_json
+from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.broker

@@ -115,7 +115,7 @@ class Bench:
         self.node: RabbitNode | None = None
         self.amqp_port = 5672
         if amqp_url is None:
-            from tests.conftest import free_port
+            from tests.support.ports import free_port
 
             self.node = RabbitNode(workdir / "rabbit", free_port())
             self.node.start()
@@ -157,7 +157,7 @@ class Run:
     """A scenario in progress: the gateway, its proxies, the recipient, the load."""
 
     def __init__(self, bench: Bench, scenario: Scenario, directory: Path) -> None:
-        from tests.conftest import free_port
+        from tests.support.ports import free_port
 
         self.bench, self.scenario = bench, scenario
         self.recipient = RecipientServer(name="clinic").start()

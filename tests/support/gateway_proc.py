@@ -199,8 +199,10 @@ class GatewayProcesses:
         raise AssertionError(f"{message_id} stayed {last.get('status')} (wanted {want}); trail: "
                              f"{[e['event'] for e in last.get('trail', [])]}\n{self.log('delivery-1')[-3000:]}")
 
-    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(self._cmd(*args), env=self.env, cwd=REPO, capture_output=True, text=True, timeout=60)
+    def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        """``env``: variables over the gateway's own, for one command."""
+        return subprocess.run(self._cmd(*args), env={**self.env, **(env or {})}, cwd=REPO, capture_output=True,
+                              text=True, timeout=60)
 
     def metrics(self) -> str:
         return self.http.get("/metrics").text

@@ -28,6 +28,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.support.ports import free_port
+
 RABBIT_BIN = Path("/usr/lib/rabbitmq/bin")
 
 
@@ -40,12 +42,6 @@ def _amqp_answers(port: int) -> bool:
         return False
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class RabbitNode:
     """One private node; ``start()`` returns when AMQP answers and the app has booted."""
 
@@ -55,7 +51,7 @@ class RabbitNode:
         own distribution ports come from (Erlang's default is anywhere above 35672)."""
         self.dir = Path(directory)
         self.port = port
-        self.dist_port = dist_port or _free_port()
+        self.dist_port = dist_port or free_port()
         self.name = name or f"zlt{port}@localhost"
         self.url = f"amqp://guest:guest@127.0.0.1:{port}/%2F"
         self.cookie = cookie

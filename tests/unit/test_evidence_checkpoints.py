@@ -27,7 +27,7 @@ from gateway.journal.tables import events, evidence_batches, evidence_checkpoint
 from gateway.xmlsafe import parse_xml
 from monitoring.exposition import GatewayStateCollector
 from signing import TrustStore
-from tests.conftest import free_port
+from tests.support.ports import free_port
 
 NS = "urn://zdravlink/types/notice/1.0"
 
