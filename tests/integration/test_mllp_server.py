@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
@@ -268,7 +269,7 @@ def test_an_idle_connection_is_closed():
     with running(idle_timeout=0.3) as server, connected(server.port) as client:
         started = time.monotonic()
         assert client.closed_by_server(wait=3)
-        assert 0.2 < time.monotonic() - started < 2.5
+        assert time.monotonic() - started > 0.2  # by the idle timeout, not at once
 
 
 def test_stop_returns_quickly_with_connections_open():
@@ -283,7 +284,7 @@ def test_stop_returns_quickly_with_connections_open():
         time.sleep(0.1)
         started = time.monotonic()
         server.stop()
-        assert time.monotonic() - started < 1.0
+        assert time.monotonic() - started < 4  # the open connections did not hold it for its 5 s timeout
         assert idle.closed_by_server(1) and half.closed_by_server(1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", port), timeout=1)
@@ -303,7 +304,7 @@ def test_stop_lets_an_in_flight_handler_answer():
         time.sleep(0.1)
         started = time.monotonic()
         server.stop(timeout=5)
-        assert 0.3 < time.monotonic() - started < 3
+        assert 0.3 < time.monotonic() - started < 4.5  # the handler's 0.5 s, not the 5 s timeout
         assert msa(client.receive(1)[0]) == ("AA", control_id(raw))
         assert client.closed_by_server(1)
 
@@ -320,7 +321,7 @@ def test_stop_cuts_off_a_hung_handler_after_its_timeout():
         time.sleep(0.1)
         started = time.monotonic()
         server.stop(timeout=0.3)
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 30  # not the handler's 60 s
         assert client.closed_by_server(1)
         assert client.received == b""
 
@@ -328,18 +329,20 @@ def test_stop_cuts_off_a_hung_handler_after_its_timeout():
 def test_connections_are_served_concurrently():
     raw_a, raw_b = SAMPLES[0].read_bytes(), SAMPLES[1].read_bytes()
 
-    async def slow_for_a(message: bytes, peer: str) -> bytes:
-        if message == raw_a:
-            await asyncio.sleep(1.0)
+    b_answered = threading.Event()
+
+    async def a_waits_for_b(message: bytes, peer: str) -> bytes:
+        if message == raw_a:  # served one at a time, b would never be answered, and a never released
+            await asyncio.to_thread(b_answered.wait, 10)
         return await answer_aa(message, peer)
 
-    with running(slow_for_a) as server, connected(server.port) as a, connected(server.port) as b:
+    with running(a_waits_for_b) as server, connected(server.port) as a, connected(server.port) as b:
         a.send(frame(raw_a))
         time.sleep(0.05)
-        started = time.monotonic()
         b.send(frame(raw_b))
-        assert msa(b.receive(1)[0])[1] == control_id(raw_b)
-        assert time.monotonic() - started < 0.8
+        assert msa(b.receive(1)[0])[1] == control_id(raw_b)  # within the socket's 5 s
+        assert a.received == b"", "a was answered before its handler was released"
+        b_answered.set()
         assert msa(a.receive(1)[0])[1] == control_id(raw_a)
 
 

@@ -149,11 +149,12 @@ def test_frmr_connection_refused_is_retryable(http, keys, trust):
 
 
 def test_frmr_slow_answer_times_out_retryable(frmr, keys, trust):
-    frmr.set_script(["slow:2"])
+    frmr.set_script(["slow:5"])
     with httpx.Client(timeout=0.5) as short:
         started = time.monotonic()
         exc = failure(lambda: frmr_client(short, frmr.url, keys, trust).person(KNOWN_SNILS))
-    assert exc.retryable and "Timeout" in exc.detail and time.monotonic() - started < 1.5
+    # gave up before the registry answered (a loaded machine adds to the 0.5 s, never 4.5 s)
+    assert exc.retryable and "Timeout" in exc.detail and time.monotonic() - started < 5
 
 
 def test_frmr_wrong_token_is_permanent(frmr, http, keys, trust):
@@ -284,11 +285,16 @@ def test_frmo_calls_go_to_the_configured_url_not_the_wsdls(dataset, keys, trust,
 
 def test_frmo_slow_answer_times_out_retryable(frmo, make_frmo):
     client = make_frmo(frmo.url, timeout=0.5)
-    client.organisation(oid=MO_VALID)  # the WSDL is loaded; now the call itself is slow
-    frmo.set_script(["slow:2"])
+    for attempt in range(3):  # the WSDL is loaded (a first call may take longer than 0.5 s on a loaded machine)
+        try:
+            client.organisation(oid=MO_VALID)
+            break
+        except RegistryCallFailed:
+            assert attempt < 2, "ФРМО did not answer a plain call within 0.5 s three times"
+    frmo.set_script(["slow:5"])  # now the call itself is slow
     started = time.monotonic()
     exc = failure(lambda: client.organisation(oid=MO_VALID))
-    assert exc.retryable and "Timeout" in exc.detail and time.monotonic() - started < 1.5
+    assert exc.retryable and "Timeout" in exc.detail and time.monotonic() - started < 5  # before the answer
 
 
 @pytest.mark.parametrize("kw,message", [({}, "oid or ogrn required"), ({"ogrn": "12345"}, "13 digits")])

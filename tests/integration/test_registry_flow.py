@@ -228,9 +228,10 @@ def test_found_not_found_expired_and_revoked_reach_the_mis_signed(world):
         [answer] = w.wait_answers(request_id)
         assert (answer.message_type, verdict(answer)) == (message_type, expected), request_id
         assert answer.sender == ("frmr" if message_type == WORKER else "frmo") and answer.recipient == "clinic-a"
-        assert "REGISTRY_ANSWERED" in w.events(request_id)
-        status = w.gw.status(request_id, "clinic-a-token")
-        assert status["status"] == "DELIVERED"
+        # The answer is journalled (and may reach the MIS) before the request's own REGISTRY_ANSWERED is written:
+        # its id is reserved first, so a worker killed in between sends it under that id (adapters.registries.replies).
+        wait_for(lambda: "REGISTRY_ANSWERED" in w.events(request_id), 20, f"REGISTRY_ANSWERED on {request_id}")
+        w.gw.wait_status(request_id, "clinic-a-token", "DELIVERED")
     # the gateway signed each answer for the MIS; the registry's own signature was verified before that
     assert w.signatures(cases) == {"OK gost2012-256"}
     answer_id = w.wait_answers(next(iter(cases)))[0].message_id
@@ -295,7 +296,8 @@ def test_failover_then_both_down_timeout_dead_letter_and_replay_delivers_the_rea
     assert verdict(timeout) == "timeout"
     assert "dead letter" in timeout.payload.findtext("{%s}Reason" % WORKER)
     w.gw.wait_status(second, "clinic-a-token", "DEAD")
-    assert "DEADLINE_PASSED" in w.events(second)
+    # Each event lands after the answer it names is journalled (answer first, see adapters.registries.replies).
+    wait_for(lambda: "DEADLINE_PASSED" in w.events(second), 20, "DEADLINE_PASSED")
 
     w.frmr.set_script([])
     w.frmr_backup.set_script([])
@@ -303,7 +305,7 @@ def test_failover_then_both_down_timeout_dead_letter_and_replay_delivers_the_rea
     assert replayed.returncode == 0, replayed.stdout + replayed.stderr
     timeout_first, real = w.wait_answers(second, count=2)
     assert (verdict(timeout_first), verdict(real)) == ("timeout", "expired")
-    assert "LATE_ANSWER" in w.events(second)
+    wait_for(lambda: "LATE_ANSWER" in w.events(second), 20, "LATE_ANSWER")
     w.gw.wait_status(second, "clinic-a-token", "DELIVERED")
 
 
@@ -328,6 +330,7 @@ def test_a_slow_registry_gets_a_timeout_first_and_its_late_answer_is_still_deliv
     timeout, late = w.wait_answers(request_id, count=2)
     assert verdict(timeout) == "timeout" and "within 1.5 s" in timeout.payload.findtext("{%s}Reason" % ORG)
     assert verdict(late) == "expired"
+    wait_for(lambda: "LATE_ANSWER" in w.events(request_id), 20, "LATE_ANSWER")
     events = w.events(request_id)
     assert events.index("DEADLINE_PASSED") < events.index("LATE_ANSWER")
     assert "zl_registry_late_answers_total" in w.gw.metrics()

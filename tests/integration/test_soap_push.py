@@ -244,7 +244,7 @@ def test_stop_returns_promptly_after_traffic_and_a_request_in_flight(pusher):
         assert len(partner.calls) == 2
         started = time.monotonic()
         partner.stop()
-        assert time.monotonic() - started < 2.0
+        assert time.monotonic() - started < 4.5  # not held by the 5 s answer in flight
         assert in_flight.result().retryable
     impatient.close()
     after = pusher.push(channel(partner), env.to_xml(), env.message_id, 2)
