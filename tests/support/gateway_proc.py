@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Collection
@@ -16,6 +15,7 @@ import httpx
 from demo.emulators.rest_recipient import Received, RecipientServer
 from routing.broker import connect
 from routing.topology import Topology
+from tests.support.launcher import Launched, launch, run
 
 REPO = Path(__file__).resolve().parents[2]
 NOTICE_NS = "urn://zdravlink/types/notice/1.0"
@@ -61,7 +61,7 @@ class GatewayProcesses:
         self.base = f"http://127.0.0.1:{api_port}"
         self.delivery_workers = delivery_workers
         self.reconciler = reconciler
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.procs: dict[str, Launched | subprocess.Popen[bytes]] = {}
         self.env = {
             **os.environ,
             "ZL_DATABASE_URL": self.db_url,
@@ -77,16 +77,12 @@ class GatewayProcesses:
 
     # ---- processes ------------------------------------------------------
 
-    def _cmd(self, *args: str) -> list[str]:
-        return [sys.executable, "-m", "application.cli", *args, "--config", str(self.dir)]
-
-    def spawn(self, name: str) -> subprocess.Popen[bytes]:
+    def spawn(self, name: str) -> Launched | subprocess.Popen[bytes]:
         args = {"api": ("serve",), "router": ("worker", "router"), "mllp": ("worker", "mllp"),
                 "acts": ("worker", "acts"), "deadlines": ("worker", "deadlines"),
                 "reconciler": ("worker", "reconciler")}.get(
             name, ("serve", "--no-migrate") if name.startswith("api-") else ("worker", "delivery"))
-        log = open(self.dir / f"{name}.log", "ab")
-        proc = subprocess.Popen(self._cmd(*args), env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        proc = launch([*args, "--config", str(self.dir)], env=self.env, cwd=REPO, log=self.dir / f"{name}.log")
         self.procs[name] = proc
         return proc
 
@@ -201,8 +197,7 @@ class GatewayProcesses:
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``env``: variables over the gateway's own, for one command."""
-        return subprocess.run(self._cmd(*args), env={**self.env, **(env or {})}, cwd=REPO, capture_output=True,
-                              text=True, timeout=60)
+        return run([*args, "--config", str(self.dir)], env={**self.env, **(env or {})}, cwd=REPO, timeout=60)
 
     def metrics(self) -> str:
         return self.http.get("/metrics").text
