@@ -28,19 +28,25 @@ SNILS = "11223344595"
 PASSWORDS = {"ivanova": "admin-password-1", "sidorov": "operator-password-1", "petrov": "viewer-password-1"}
 
 
+@pytest.fixture(scope="module")
+def operators_yaml(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The operators every test starts with, written by ``add_operator`` once: argon2 is slow on purpose."""
+    where = tmp_path_factory.mktemp("operators")
+    for name, role in (("ivanova", "admin"), ("sidorov", "operator"), ("petrov", "viewer")):
+        add_operator(where, name, role, PASSWORDS[name])
+    add_operator(where, "sso.user", "viewer", None)
+    text = (where / "operators.yaml").read_text()
+    return ("console: {secure_cookies: false, login_attempts: 3, trusted_header: X-Remote-User, "
+            "trusted_proxies: [10.0.0.0/8]}\n" + text.split("\n", 1)[1])
+
+
 @pytest.fixture
-def world(tmp_path: Path) -> dict[str, Any]:
+def world(tmp_path: Path, operators_yaml: str) -> dict[str, Any]:
     (tmp_path / "participants.yaml").write_text(configs.participants("http://127.0.0.1:9/x"))
     (tmp_path / "routes.yaml").write_text(configs.routes())
     # No broker in unit tests: the address refuses at once (replay's tidying of the dead queue is skipped).
     (tmp_path / "gateway.yaml").write_text(configs.settings() + 'broker: {url: "amqp://guest:guest@127.0.0.1:9/%2F"}\n')
-    for name, role in (("ivanova", "admin"), ("sidorov", "operator"), ("petrov", "viewer")):
-        add_operator(tmp_path, name, role, PASSWORDS[name])
-    add_operator(tmp_path, "sso.user", "viewer", None)
-    text = (tmp_path / "operators.yaml").read_text()
-    (tmp_path / "operators.yaml").write_text(
-        "console: {secure_cookies: false, login_attempts: 3, trusted_header: X-Remote-User, "
-        "trusted_proxies: [10.0.0.0/8]}\n" + text.split("\n", 1)[1])
+    (tmp_path / "operators.yaml").write_text(operators_yaml)
     journal = Journal(f"sqlite:///{tmp_path / 'j.db'}")
     journal.migrate()
     console = Console(load_config(tmp_path), journal, load_operators(tmp_path), {})
