@@ -35,7 +35,8 @@ from tests.conftest import AMQP_URL
 from tests.support.gateway_proc import REPO, GatewayProcesses, envelope_json
 from tests.support.ports import free_port
 
-pytestmark = pytest.mark.broker  # and Debian's stunnel4, which scripts/test installs
+# One worker runs the module: its tests share the module's gateway (spread, each worker started one).
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("gost_proxy")]  # and Debian's stunnel4, which scripts/test installs
 
 DEPLOY = REPO / "deploy" / "gost-proxy"
 TOKEN = "gost-partner-token"

@@ -34,7 +34,8 @@ from tests.conftest import AMQP_URL
 from tests.support.gateway_proc import NOTICE_NS, GatewayProcesses, envelope_json, notice
 from tests.support.ports import free_port
 
-pytestmark = pytest.mark.broker
+# One worker runs the module: its tests share the module's gateway (spread, each worker started one).
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("rate_limits_and_rotation")]
 
 OLD, NEW, OTHER, SLOW = "lab-token-2026-q3", "lab-token-2026-q4", "other-lab-token", "slow-lab-token"
 SOAP = "soap-lab-token"

@@ -22,7 +22,9 @@ from tests.support.gateway_proc import delete_topology, envelope_json
 from tests.support.ports import free_port
 from tests.support.waiting import wait_for
 
-pytestmark = pytest.mark.broker
+# One worker runs the module: its tests share one wheel, and two workers building it at once in the
+# checkout's build/ directory collided (an ERROR at setup under -n 5).
+pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("wheel")]
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -13,6 +13,9 @@ from gateway.journal import search as s
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from journal_loader import CLINICS, LABS, load
 
+# One worker runs the module: its tests share one journal of 3,000 loaded messages.
+pytestmark = pytest.mark.xdist_group("search")
+
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory: pytest.TempPathFactory) -> Journal:
