@@ -29,8 +29,8 @@ def test_one_message_remembers_each_of_its_orders(db_url: str) -> None:
     journal.engine.dispose()
 
 
-def test_migration_0008_keeps_the_rows_and_goes_back(db_url: str) -> None:
-    engine = sa.create_engine(db_url)
+def test_migration_0008_keeps_the_rows_and_goes_back(empty_db_url: str) -> None:
+    engine = sa.create_engine(empty_db_url)
     upgrade(engine, "0006")
     now = dt.datetime.now(dt.UTC)
     with engine.begin() as conn:
