@@ -20,7 +20,6 @@ class CannotListen(ConfigurationError):
     def __init__(self, setting: str, host: str, port: int, exc: OSError) -> None:
         # The system's words for the errno: asyncio wraps them in a sentence of its own.
         super().__init__(f"{host}:{port} ({setting}): {os.strerror(exc.errno) if exc.errno else exc}")
-        self.setting = setting
 
 
 def unreachable(exc: BaseException) -> str | None:

@@ -12,6 +12,7 @@ multiprocess mode from ``PROMETHEUS_MULTIPROC_DIR`` when imported (each gateway 
 """
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import multiprocessing.context
 import os
@@ -28,25 +29,11 @@ PRELOAD = ["spyne", "sqlalchemy", "sqlalchemy.orm", "fastapi", "pydantic", "yaml
            "pika", "xmlsec", "httpx", "typer", "starlette.applications", "uvicorn", "uvloop", "httptools", "a2wsgi",
            "zeep", "cryptography.x509", "alembic.command", "psycopg", "tenacity", "hl7", "asyncio"]
 
-_context: multiprocessing.context.ForkServerContext | None = None
-
-
+@functools.cache
 def _forkserver() -> multiprocessing.context.ForkServerContext:
-    global _context
-    if _context is None:
-        context = multiprocessing.get_context("forkserver")
-        context.set_forkserver_preload([name for name in PRELOAD if _importable(name)])
-        _context = context
-    return _context
-
-
-def _importable(name: str) -> bool:
-    from importlib.util import find_spec
-
-    try:
-        return find_spec(name) is not None
-    except ModuleNotFoundError:
-        return False
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(PRELOAD)  # the server skips a name it cannot import
+    return context
 
 
 def _run_cli(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str) -> None:
@@ -59,7 +46,7 @@ def _run_cli(argv: list[str], env: dict[str, str], cwd: str, out: str, err: str)
     os.environ.clear()
     os.environ.update(env)
     os.chdir(cwd)
-    sys.argv = ["zdravlink", *argv]
+    sys.argv = ["application.cli", *argv]  # runpy puts the module's file in [0], as ``python -m`` does
     runpy.run_module("application.cli", run_name="__main__", alter_sys=True)
 
 
@@ -75,10 +62,6 @@ class Launched:
         assert self._process.pid is not None
         return self._process.pid
 
-    @property
-    def returncode(self) -> int | None:
-        return self._process.exitcode
-
     def poll(self) -> int | None:
         return self._process.exitcode
 
@@ -91,9 +74,6 @@ class Launched:
     def send_signal(self, sig: int) -> None:
         if self._process.exitcode is None:
             os.kill(self.pid, sig)
-
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
