@@ -17,9 +17,12 @@ class CannotListen(ConfigurationError):
     start read "cannot reach the broker", which sent the operator to the wrong server.
     """
 
-    def __init__(self, setting: str, host: str, port: int, exc: OSError) -> None:
-        # The system's words for the errno: asyncio wraps them in a sentence of its own.
-        super().__init__(f"{host}:{port} ({setting}): {os.strerror(exc.errno) if exc.errno else exc}")
+    def __init__(self, section: str, host: str, port: int, exc: OSError) -> None:
+        """``section``: where the address is set (``api``, ``metrics``, ``hl7``: its ``host`` and ``port``)."""
+        # The system's words for the errno (asyncio wraps them in a sentence of its own); a name that does not
+        # resolve has a negative resolver code, whose words only the exception carries.
+        reason = os.strerror(exc.errno) if exc.errno and exc.errno > 0 else exc.strerror or str(exc)
+        super().__init__(f"{host}:{port} ({section}.host, {section}.port): {reason}")
 
 
 def unreachable(exc: BaseException) -> str | None:

@@ -114,9 +114,9 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
                      lab_results=labs, metrics=s.metrics,
                      console=build_console(config, journal, api_intake, mappings))
     # Bound before the relay starts: a taken port stops this process before it publishes anything.
-    sockets = [_listen("api.port", s.api.host, s.api.port)]
+    sockets = [_listen("api", s.api.host, s.api.port)]
     if s.metrics.port is not None:  # /metrics on a listener of its own (adapters.rest.app._check_scrape)
-        sockets.append(_listen("metrics.port", s.metrics.host, s.metrics.port))
+        sockets.append(_listen("metrics", s.metrics.host, s.metrics.port))
     if relay_outbox:
         relay.start()
     # uvloop and httptools: the event loop and HTTP parser in C, measured in bench/bench_spine.py. Over TLS
@@ -132,7 +132,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
         relay.stop()
 
 
-def _listen(setting: str, host: str, port: int) -> socket.socket:
+def _listen(section: str, host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -141,7 +141,7 @@ def _listen(setting: str, host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise CannotListen(setting, host, port, exc) from exc
+        raise CannotListen(section, host, port, exc) from exc
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
@@ -242,7 +242,7 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) 
         try:
             await server.start()
         except OSError as exc:
-            raise CannotListen("hl7.port", h.host, h.port, exc) from exc
+            raise CannotListen("hl7", h.host, h.port, exc) from exc
         log.info("MLLP listener on %s:%s (%s) for %s", h.host, server.port, transport_label(h.tls, h.plain),
                  ", ".join(sorted(mappings)) or "no lab")
         stop = asyncio.Event()

@@ -14,7 +14,7 @@
     │   ├── gateway.tls.TlsConfigError        a TLS key, certificate or CA file that cannot be used
     │   ├── gateway.oms.profiles.EditionError, gateway.oms.layout.LayoutError, adapters.acts.builder.RegisterError
     │   ├── routing.topology.TopologyMismatch queues declared with other arguments by an earlier version
-    │   └── application.reachability.CannotListen  a listening address (api.port, hl7.port …) that is taken
+    │   └── application.reachability.CannotListen  a listening address (api, hl7 …) taken or not this host's
     ├── SigningError          keys, certificates, signatures and the SMEV transform
     │   ├── signing.errors.SignatureError     a signature refused, with its code
     │   │   └── gateway.tls.PeerRefused       a TLS client certificate refused (CLIENT_CERTIFICATE_*)

@@ -467,8 +467,8 @@ def test_a_cyrillic_reason_reaches_a_windows_1250_lab_transliterated_not_as_ques
 
 
 @pytest.mark.parametrize("role,variable,setting", [
-    (("serve", "--no-migrate"), "ZL_API_PORT", "api.port"),
-    (("worker", "mllp"), "ZL_MLLP_PORT", "hl7.port"),
+    (("serve", "--no-migrate"), "ZL_API_PORT", "api.host, api.port"),
+    (("worker", "mllp"), "ZL_MLLP_PORT", "hl7.host, hl7.port"),
 ])
 def test_a_taken_listening_port_is_named_as_the_gateways_own_setting_not_a_peer(
         gw: GatewayProcesses, role: tuple[str, ...], variable: str, setting: str) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -33,3 +34,25 @@ def test_a_journal_out_of_reach_is_one_line_and_exit_code_3() -> None:
                env={"ZL_DATABASE_URL": "postgresql+psycopg://nobody:x@127.0.0.1:9/none"})
     assert done.returncode == 3, done.stdout + done.stderr
     assert "cannot reach" in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+def resolver_says(host: str) -> str:
+    """What the resolver says of ``host`` here (without DNS it may be a temporary failure, not "not known")."""
+    try:
+        socket.getaddrinfo(host, 18080)
+    except socket.gaierror as exc:
+        return str(exc.strerror)
+    raise AssertionError(f"{host} resolved")
+
+
+@pytest.mark.parametrize("host", ["no.such.host.invalid", "203.0.113.7"])
+def test_an_address_the_gateway_cannot_listen_on_names_its_section_and_the_reason(host: str) -> None:
+    """A name that does not resolve has a negative resolver code: its words are the exception's, not
+    "Unknown error -2"; 203.0.113.7 (TEST-NET-3) is an address this host does not have."""
+    from application.reachability import CannotListen
+    from application.roles import _listen
+
+    reason = resolver_says(host) if host.endswith(".invalid") else "Cannot assign requested address"
+    with pytest.raises(CannotListen) as refused:
+        _listen("api", host, 18080)
+    assert str(refused.value) == f"{host}:18080 (api.host, api.port): {reason}"
