@@ -148,7 +148,22 @@ class BreakerSettings(_Strict):
 
 class RelaySettings(_Strict):
     batch_size: int = Field(500, ge=1)
+    #: How soon the relay looks again after a poll found work. An accept in the relay's own process
+    #: wakes it at once; this bounds the wait for messages accepted elsewhere (the MLLP worker, a
+    #: replay from the CLI, another API process on PostgreSQL).
     poll_interval_seconds: float = Field(0.2, gt=0)
+    #: The polling consumer's idle backoff (Camel's ``backoffMultiplier``): each empty poll doubles the
+    #: wait up to this, and any work or wake-up brings it back to ``poll_interval_seconds``. An idle
+    #: gateway polled five times a second cost 4–5 % of a core on this project's 2-core machine, where
+    #: every wake-up of a sleeping process costs milliseconds (docs/PERFORMANCE.md).
+    idle_poll_max_seconds: float = Field(1.0, gt=0)
+
+    @model_validator(mode="after")
+    def _backoff_not_below_the_interval(self) -> RelaySettings:
+        if self.idle_poll_max_seconds < self.poll_interval_seconds:
+            raise ValueError(f"idle_poll_max_seconds must be at least poll_interval_seconds (got "
+                             f"{self.idle_poll_max_seconds} and {self.poll_interval_seconds})")
+        return self
 
 
 class SigningSettings(_Strict):

@@ -48,16 +48,18 @@ class OutboxRelay:
             self._thread.join(timeout)
 
     def _run(self) -> None:
-        backoff = self.settings.poll_interval_seconds
+        backoff = idle = self.settings.poll_interval_seconds
         journal_down = False
         while not self._stop.is_set():
+            # Cleared before the poll, not after the wait: an accept that lands between the two is
+            # either in this poll or wakes the next wait.
+            self._wake.clear()
             try:
                 moved = self.relay_once()
                 backoff = self.settings.poll_interval_seconds
             except BROKER_ERRORS as exc:  # BrokerUnavailable is an OSError too
                 self.broker_ok = False
                 log.warning("broker unavailable, outbox waits (%s); retry in %.1fs", type(exc).__name__, backoff)
-                moved = 0
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 10.0)
                 continue
@@ -73,9 +75,13 @@ class OutboxRelay:
             if journal_down:
                 log.warning("journal answers again, the outbox resumes")
                 journal_down = False
+            if moved:
+                idle = self.settings.poll_interval_seconds
             if moved < self.settings.batch_size:
-                self._wake.wait(self.settings.poll_interval_seconds)
-                self._wake.clear()
+                if self._wake.wait(idle):
+                    idle = self.settings.poll_interval_seconds
+                elif not moved:
+                    idle = min(idle * 2, self.settings.idle_poll_max_seconds)
         self.publisher.close()
 
     def relay_once(self) -> int:
