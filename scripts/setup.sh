@@ -45,7 +45,8 @@ if [ "$(cat .venv/.zl-installed 2>/dev/null)" != "$stamp" ]; then
   say "installing the locked dependencies into .venv (requirements.lock, hashes checked)"
   # uv and pip first, pinned with their hashes; uv installs the lock in seconds where pip took 20.
   .venv/bin/python -m pip install -q --require-hashes -r scripts/setup-tools.lock
-  uv=(.venv/bin/uv pip install -q --python .venv/bin/python)
+  # --compile-bytecode as pip does: otherwise the first processes compile the libraries at once, each.
+  uv=(.venv/bin/uv pip install -q --python .venv/bin/python --compile-bytecode)
   if "${uv[@]}" --require-hashes -r requirements.lock; then
     "${uv[@]}" --no-deps -e .
   else
