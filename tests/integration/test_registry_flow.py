@@ -31,7 +31,7 @@ from tests.support import configs
 from tests.support.envelopes import assert_valid_envelope
 from tests.support.gateway_proc import GatewayProcesses
 from tests.support.ports import free_port
-from tests.support.waiting import wait_for
+from tests.support.waiting import pauses, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.xdist_group("test_registry_flow")]
 
@@ -135,11 +135,13 @@ class World:
 
     def wait_answers(self, request_id: str, count: int = 1, clinic: str = "clinic-a", timeout: float = 40) -> list[Envelope]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        for pause in pauses():
             got = self.answers(clinic).get(request_id, [])
             if len(got) >= count:
                 return got
-            time.sleep(0.1)
+            if time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
         raise AssertionError(f"{request_id}: {len(self.answers(clinic).get(request_id, []))} answers, wanted {count}; "
                              f"trail {self.events(request_id)}\n{self.gw.log('delivery-1')[-3000:]}")
 

@@ -16,6 +16,7 @@ from demo.emulators.rest_recipient import Received, RecipientServer
 from routing.broker import connect
 from routing.topology import Topology
 from tests.support.launcher import Launched, launch, run
+from tests.support.waiting import pauses
 
 REPO = Path(__file__).resolve().parents[2]
 NOTICE_NS = "urn://zdravlink/types/notice/1.0"
@@ -187,11 +188,13 @@ class GatewayProcesses:
     def wait_status(self, message_id: str, token: str, want: str, timeout: float = 30) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         last: dict[str, Any] = {}
-        while time.monotonic() < deadline:
+        for pause in pauses():
             last = self.status(message_id, token)
-            if last["status"] == want:
-                return last
-            time.sleep(0.1)
+            if last["status"] == want or time.monotonic() >= deadline:
+                break
+            time.sleep(pause)
+        if last["status"] == want:
+            return last
         raise AssertionError(f"{message_id} stayed {last.get('status')} (wanted {want}); trail: "
                              f"{[e['event'] for e in last.get('trail', [])]}\n{self.log('delivery-1')[-3000:]}")
 
