@@ -108,8 +108,21 @@ class Envelope:
 
     # ---- XML form -------------------------------------------------------
 
-    def sender_data_element(self) -> etree._Element:
-        data = etree.Element(_Z + "SenderProvidedData", nsmap={"zl": ENVELOPE_NS})
+    def _own_prefix(self) -> str:
+        """``zl``, or ``zl1``, ``zl2`` … when the payload or a signature declares ``zl`` for another namespace.
+
+        lxml's append re-points an attribute of the moved tree at the new parent's declaration of
+        its namespace without seeing that the moved tree declares the same prefix for another one:
+        a payload with ``xmlns:zl="urn:a"``, ``zl:A`` and an attribute ``A`` in the envelope's own
+        namespace came out as ``zl:A="1" zl:A="2"``, an envelope no parser takes.
+        """
+        taken = {prefix for tree in (self.payload, self.sender_signature, self.gateway_signature)
+                 if tree is not None for el in tree.iter(etree.Element)
+                 for prefix, uri in el.nsmap.items() if uri != ENVELOPE_NS}
+        return next(p for p in ("zl", *(f"zl{i}" for i in range(1, len(taken) + 2))) if p not in taken)
+
+    def sender_data_element(self, prefix: str | None = None) -> etree._Element:
+        data = etree.Element(_Z + "SenderProvidedData", nsmap={prefix or self._own_prefix(): ENVELOPE_NS})
         data.set("Id", self.data_id)
         etree.SubElement(data, _Z + "MessageID").text = self.message_id
         if self.reference_message_id is not None:
@@ -135,8 +148,9 @@ class Envelope:
         return data
 
     def to_element(self) -> etree._Element:
-        root = etree.Element(_Z + "Envelope", nsmap={"zl": ENVELOPE_NS})
-        root.append(self.sender_data_element())
+        prefix = self._own_prefix()
+        root = etree.Element(_Z + "Envelope", nsmap={prefix: ENVELOPE_NS})
+        root.append(self.sender_data_element(prefix))
         for tag, sig in (("SenderSignature", self.sender_signature), ("GatewaySignature", self.gateway_signature)):
             if sig is not None:
                 etree.SubElement(root, _Z + tag).append(_detached(sig))

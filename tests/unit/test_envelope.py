@@ -101,6 +101,23 @@ def test_qname_prefix_used_only_in_attribute_value_survives() -> None:
     assert back.payload.nsmap.get("t") == "urn:types"
 
 
+@pytest.mark.parametrize("shadowed", ["zl", "ns0"])
+def test_a_payload_that_declares_the_envelopes_own_prefix_still_makes_a_well_formed_envelope(shadowed) -> None:
+    """lxml's append re-points the payload's attribute in the envelope's namespace at the envelope's own
+    declaration of that namespace, without seeing that the payload declares the same prefix for another:
+    with ``zl`` for both, the bytes read ``zl:A="1" zl:A="2"`` and no parser takes them."""
+    from gateway.schemas import ENVELOPE_NS
+
+    p = parse_xml(f'<{shadowed}:R xmlns:{shadowed}="urn:a" xmlns:e="{ENVELOPE_NS}" {shadowed}:A="1" e:A="2">'
+                  f'<{shadowed}:V>5</{shadowed}:V></{shadowed}:R>'.encode())
+    env = Envelope(message_id=str(uuid.uuid1()), sender="lab", recipient="mis", message_type="urn:a", payload=p)
+    root = parse_xml(env.to_xml())  # raises if not well-formed
+    schemas.validate_envelope(root)
+    back = Envelope.from_element(root).payload
+    assert back.get("{urn:a}A") == "1" and back.get(f"{{{ENVELOPE_NS}}}A") == "2"
+    assert back.findtext("{urn:a}V") == "5"
+
+
 def test_json_form_errors_name_the_field() -> None:
     with pytest.raises(Rejection) as exc:
         Envelope.from_json({"messageId": "x", "sender": "a", "recipient": "b", "messageType": "t", "payload": 5})
