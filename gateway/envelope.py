@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gateway import errors
 from gateway.errors import Rejection
 from gateway.schemas import ENVELOPE_NS
-from gateway.xmlsafe import parse_xml
+from gateway.xmlsafe import free_prefix, parse_xml
 
 DSIG_NS = "http://www.w3.org/2000/09/xmldsig#"
 DEFAULT_DATA_ID = "SIGNED_BY_CONSUMER"
@@ -109,17 +109,7 @@ class Envelope:
     # ---- XML form -------------------------------------------------------
 
     def _own_prefix(self) -> str:
-        """``zl``, or ``zl1``, ``zl2`` … when the payload or a signature declares ``zl`` for another namespace.
-
-        lxml's append re-points an attribute of the moved tree at the new parent's declaration of
-        its namespace without seeing that the moved tree declares the same prefix for another one:
-        a payload with ``xmlns:zl="urn:a"``, ``zl:A`` and an attribute ``A`` in the envelope's own
-        namespace came out as ``zl:A="1" zl:A="2"``, an envelope no parser takes.
-        """
-        taken = {prefix for tree in (self.payload, self.sender_signature, self.gateway_signature)
-                 if tree is not None for el in tree.iter(etree.Element)
-                 for prefix, uri in el.nsmap.items() if uri != ENVELOPE_NS}
-        return next(p for p in ("zl", *(f"zl{i}" for i in range(1, len(taken) + 2))) if p not in taken)
+        return free_prefix("zl", ENVELOPE_NS, self.payload, self.sender_signature, self.gateway_signature)
 
     def sender_data_element(self, prefix: str | None = None) -> etree._Element:
         data = etree.Element(_Z + "SenderProvidedData", nsmap={prefix or self._own_prefix(): ENVELOPE_NS})

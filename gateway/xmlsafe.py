@@ -40,3 +40,18 @@ def parse_xml(data: bytes, *, field: str = "body") -> etree._Element:
     if root.getroottree().docinfo.doctype:  # type: ignore[union-attr]
         raise Rejection(errors.XML_DTD_FORBIDDEN, "a DOCTYPE declaration is not allowed", field)
     return root
+
+
+def free_prefix(preferred: str, uri: str, *guests: etree._Element | None) -> str:
+    """``preferred``, or ``preferred1``, ``preferred2`` …: a prefix for ``uri`` on the elements that will
+    hold ``guests`` (a partner's payload, a signature), which none of them declares for another namespace.
+
+    lxml's append re-points an attribute of the moved tree at the new parent's declaration of its
+    namespace without seeing that the moved tree declares the same prefix for another one: a payload
+    with ``xmlns:zl="urn:a"``, ``zl:A`` and an attribute ``A`` in the envelope's own namespace came out
+    as ``zl:A="1" zl:A="2"``, bytes no parser takes. Our own prefixes give way: the guest's cannot, as
+    a QName in its content (``xsi:type="t:Quantity"``) may name them.
+    """
+    taken = {prefix for guest in guests if guest is not None for el in guest.iter(etree.Element)
+             for prefix, declared in el.nsmap.items() if declared != uri}
+    return next(p for p in (preferred, *(f"{preferred}{i}" for i in range(1, len(taken) + 2))) if p not in taken)

@@ -35,7 +35,7 @@ from gateway.keyring import KeyRing, explain_for_audit
 from gateway.message_ids import check_message_id
 from gateway.schemas import known_message_types
 from gateway.tls import PeerCertificate
-from gateway.xmlsafe import parse_xml
+from gateway.xmlsafe import free_prefix, parse_xml
 from signing import SignatureError, sign, verify
 from signing import errors as sig
 from zdravlink.errors import Interrupt
@@ -305,11 +305,11 @@ class SmevExchange:
 
     def _GetRequest(self, request: etree._Element, caller: Caller, remote: str | None) -> etree._Element:
         ns, local = self._selector(request)
-        answer = etree.Element(T + "GetRequestResponse", nsmap={"t": T[1:-1], "b": B[1:-1]})
         taken = self.inbox.take(caller.participant.mnemonic, "request", self.settings.pull_lock_seconds, ns, local)
         if taken is None:
-            return answer
+            return _answer("GetRequestResponse")
         env = self._envelope(taken.record)
+        answer = _answer("GetRequestResponse", env)
         holder = etree.SubElement(answer, T + "RequestMessage")
         req = etree.SubElement(holder, T + "Request", Id=SMEV_SIGNATURE_ID)
         req.append(mapping.request_data(env))
@@ -322,11 +322,11 @@ class SmevExchange:
 
     def _GetResponse(self, request: etree._Element, caller: Caller, remote: str | None) -> etree._Element:
         ns, local = self._selector(request)
-        answer = etree.Element(T + "GetResponseResponse", nsmap={"t": T[1:-1], "b": B[1:-1]})
         taken = self.inbox.take(caller.participant.mnemonic, "response", self.settings.pull_lock_seconds, ns, local)
         if taken is None:
-            return answer
+            return _answer("GetResponseResponse")
         env = self._envelope(taken.record)
+        answer = _answer("GetResponseResponse", env)
         holder = etree.SubElement(answer, T + "ResponseMessage")
         resp = etree.SubElement(holder, T + "Response", Id=SMEV_SIGNATURE_ID)
         etree.SubElement(resp, T + "OriginalMessageId").text = env.reference_message_id
@@ -379,3 +379,11 @@ class SmevExchange:
             etree.SubElement(answer, T + "QueueStatistics", queueName=f"{kind}:{message_type}"[:200],
                              pendingMessageNumber=str(count))
         return answer
+
+
+def _answer(tag: str, carrying: Envelope | None = None) -> etree._Element:
+    """An answer element whose prefixes for the SMEV namespaces the message it carries does not declare
+    for others (``free_prefix``: lxml's append would otherwise give two of its attributes one name)."""
+    payload = carrying.payload if carrying is not None else None
+    return etree.Element(T + tag, nsmap={free_prefix("t", T[1:-1], payload): T[1:-1],
+                                         free_prefix("b", B[1:-1], payload): B[1:-1]})

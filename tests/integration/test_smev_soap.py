@@ -360,6 +360,26 @@ def test_get_request_returns_one_message_locked_until_ack(service):
     assert detail.tag == F + "TargetMessageIsNotFound"
 
 
+def test_a_payload_declaring_the_answers_own_prefixes_is_fetched_well_formed(service):
+    """lxml's append gave two attributes one name when the payload declared ``t`` or ``b`` for a
+    namespace of its own and carried attributes in SMEV's (``t:Id="1" t:Id="2"``): the clinic got
+    bytes no parser takes. The payload is journalled directly: the notice XSD would refuse such
+    attributes at intake, a type whose XSD allows any attribute would not."""
+    from gateway.envelope import Envelope
+
+    payload = etree.fromstring(
+        f'<t:Notice xmlns:t="{NOTICE_NS}" xmlns:b="urn:other" xmlns:x="{T[1:-1]}" xmlns:y="{B[1:-1]}" '
+        f't:Id="1" x:Id="2" y:Id="3" b:Id="4"><t:Code>SAMPLE_RECEIVED</t:Code></t:Notice>'.encode())
+    env = Envelope(message_id=str(uuid.uuid1()), sender="lab", recipient="clinic", message_type=NOTICE_NS,
+                   payload=payload)
+    service.journal.accept(env, source="rest", actor="test", route="lab-to-clinic")
+    service.deliver_all()
+    status, answer = service.call(smev.get_request(NOTICE_NS, "Notice", by=service.clinic))  # parses the bytes
+    assert status == 200
+    got = answer.find(f"{T}RequestMessage/{T}Request/{T}SenderProvidedRequestData/{B}MessagePrimaryContent")[0]
+    assert [got.get(f"{{{ns}}}Id") for ns in (NOTICE_NS, T[1:-1], B[1:-1], "urn:other")] == ["1", "2", "3", "4"]
+
+
 def test_unacked_message_is_delivered_again_after_the_lock(service):
     mid = str(uuid.uuid1())
     service.call(smev.send_request(notice(), message_id=mid, by=service.lab))

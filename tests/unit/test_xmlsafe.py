@@ -1,10 +1,11 @@
 from __future__ import annotations
 
 import pytest
+from lxml import etree
 
 from gateway.errors import Rejection
 from gateway.masking import mask_text
-from gateway.xmlsafe import parse_xml
+from gateway.xmlsafe import free_prefix, parse_xml
 
 
 @pytest.mark.parametrize(
@@ -36,3 +37,11 @@ def test_masking_hides_identifiers_and_dates_but_keeps_shape() -> None:
     text = mask_text("Element 'SNILS': The value '1122334459X' is not accepted; ЕНП 7700000000000011, born 1980-05-17")
     assert "1122334459X" not in text and "7700000000000011" not in text and "1980-05-17" not in text
     assert "'*********9X'" in text and "**************11" in text
+
+
+def test_free_prefix_gives_way_only_to_a_guest_declaring_it_for_another_namespace():
+    guest = etree.fromstring(b'<zl:R xmlns:zl="urn:a"><zl1:S xmlns:zl1="urn:b"/><e:T xmlns:e="urn:ours"/></zl:R>')
+    assert free_prefix("zl", "urn:ours", guest) == "zl2"  # zl and zl1 are the guest's
+    assert free_prefix("zl", "urn:a", guest) == "zl"  # the guest's zl is urn:a already: sharing it is harmless
+    assert free_prefix("e", "urn:ours", guest) == "e"
+    assert free_prefix("zl", "urn:ours", None) == "zl"
