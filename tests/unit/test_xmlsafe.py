@@ -45,3 +45,5 @@ def test_free_prefix_gives_way_only_to_a_guest_declaring_it_for_another_namespac
     assert free_prefix("zl", "urn:a", guest) == "zl"  # the guest's zl is urn:a already: sharing it is harmless
     assert free_prefix("e", "urn:ours", guest) == "e"
     assert free_prefix("zl", "urn:ours", None) == "zl"
+    # A guest cut from a larger tree brings what it has in scope from there, declared or not on itself.
+    assert free_prefix("zl", "urn:ours", guest[0]) == "zl2"
