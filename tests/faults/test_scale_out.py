@@ -173,7 +173,7 @@ def test_a_broker_node_and_a_gateway_node_lost_mid_stream_lose_nothing(cluster: 
         assert account.accepted == 2000 and not load.unexpected, load.unexpected[:5]
         assert account.lost == 0 and account.dead == 0, account.notes
         assert account.delivered == 2000
-        assert account.missing_stages == 0
+        assert account.missing_stages == 0, account.notes
         assert account.parked >= 150 and account.parked_elsewhere > 0, (account.parked, account.parked_elsewhere)
         # every delivery carried an accepted MessageID or a registry answer's, and each one arrived; a repeat
         # (recipient.repeats) carried its own key
