@@ -233,8 +233,8 @@ class Run:
                 key = (err or "no reason")[:160]
                 reasons[key] = reasons.get(key, 0) + 1
             result.notes += [f"DEAD x{n}: {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1])[:5]]
-            lacking = {m: sorted(set(STAGES) - set(trails.get(m, []))) for m in accepted if rows.get(m) == "DELIVERED"}
-            lacking = {m: stages for m, stages in lacking.items() if stages}
+            lacking = {m: stages for m in accepted if rows.get(m) == "DELIVERED"
+                       and (stages := sorted(set(STAGES) - set(trails.get(m, []))))}
             result.missing_stages = len(lacking)
             result.notes += [f"{m} lacks {stages}: {trails.get(m)}" for m, stages in list(lacking.items())[:5]]
             for m in accepted:
