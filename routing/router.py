@@ -74,9 +74,13 @@ class Router:
                 continue  # a copy from before a replay or a sweep; the current round has its own copy
             if rec.status not in _ROUTABLE_VALUES:
                 # A repeat, or a router that died after routing it and before writing it down: the
-                # delivery worker has it. The stage guard writes ROUTED only in the second case.
-                late.append(Change(rec.message_id, "ROUTED", ACTOR, {"route": rec.route, "noted": "on redelivery"},
-                                   Status.ROUTED, ROUTABLE, even_if_late=True, stage=Stage.ROUTED))
+                # delivery worker has it. When a whole node dies, its relay may have died unwritten
+                # too, and the relay never looks at a message past ACCEPTED again. The stage guards
+                # write PUBLISHED and ROUTED only where this round's trail lacks them.
+                late += [Change(rec.message_id, "PUBLISHED", ACTOR, {"noted": "by the router, on redelivery"},
+                                Status.PUBLISHED, (Status.ACCEPTED,), even_if_late=True, stage=Stage.PUBLISHED),
+                         Change(rec.message_id, "ROUTED", ACTOR, {"route": rec.route, "noted": "on redelivery"},
+                                Status.ROUTED, ROUTABLE, even_if_late=True, stage=Stage.ROUTED)]
                 continue
             try:
                 env = Envelope.from_element(parse_xml(body))
