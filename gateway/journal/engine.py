@@ -14,6 +14,8 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 
+from gateway.journal.sqlite_writers import QueuedWriterConnection
+
 
 def unavailable(exc: BaseException) -> bool:
     """Is this the journal's database being out of reach (or busy), rather than a bug?
@@ -43,7 +45,8 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False,
+                                                  "factory": QueuedWriterConnection})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
     # synchronous_commit=on whatever the server's default: the gateway answers a partner only after its
