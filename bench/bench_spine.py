@@ -381,6 +381,11 @@ def _node_faults(cluster: Any, nodes: list[Any], clinic: RecipientServer, db_url
     return line
 
 
+def print_stages(stages: dict[str, tuple[float, int, int]]) -> None:
+    print("         median lag per stage: " + ", ".join(
+        f"{k} {v * 1000:.0f} ms (n={n}, {lt} written late)" for k, (v, n, lt) in stages.items()), flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=2000)
@@ -426,9 +431,7 @@ def main() -> None:
         print("         RSS MB after warm-up → after the run: " + ", ".join(
             f"{k} {warm[k]:.0f}→{end[k]:.0f} ({(end[k] / warm[k] - 1) * 100:+.0f} %)" for k in warm if k in end),
               flush=True)
-        print("         median lag per stage: " + ", ".join(
-            f"{k} {v * 1000:.0f} ms (n={n}, {lt} written late)" for k, (v, n, lt) in r["stages"].items()),
-              flush=True)
+        print_stages(r["stages"])
     if args.rates:
         print(f"\nopen loop, {sizes[0] // 1024} KB, {args.seconds:g} s per rate "
               f"(load average {os.getloadavg()[0]:.2f})")
@@ -440,6 +443,7 @@ def main() -> None:
             lag = r["generator_lag_ms"]
             print(f"{rate:>7.0f} {r['ok']:>6} {r['failed']:>8} {r['p50'] * 1000:>8.1f} {r['p95'] * 1000:>8.1f} "
                   f"{r['p99'] * 1000:>8.1f} {lag['p99']:>14}/{lag['max']}", flush=True)
+            print_stages(r["stages"])
 
 
 if __name__ == "__main__":
