@@ -4,10 +4,18 @@ The envelope goes as XML inside the operation's single input part. zeep cannot b
 asked to do that directly: an lxml element given for an ``xs:anyType`` part is
 rendered as its ``str()`` (``&lt;Element …&gt;``), and the partner receives text in
 place of a signed document. So zeep builds the SOAP message around a placeholder
-string, the envelope's root element replaces the placeholder, and the message is
-posted with zeep's transport and its reply read by zeep's binding. The envelope is
-moved as parsed, never re-serialised through a schema, so every byte the signatures
-cover arrives as it was signed.
+string, the envelope's serialisation replaces the placeholder's text in zeep's, and
+the message is posted with zeep's transport and its reply read by zeep's binding. The
+envelope is never re-serialised through a schema, so every byte the signatures cover
+arrives as it was signed.
+
+The envelope goes in as bytes, not by lxml's ``append``: the append re-points an
+attribute of the moved tree at the host's declaration of its namespace, even where the
+moved tree declares that prefix for another one. A payload written by a tool that
+names its namespaces ``ns0``, ``ns1`` … (zeep's own names for the partner's) came out
+with ``ns0:A`` twice, and the partner refused the message for good. Serialised alone,
+the envelope declares every prefix it uses on itself, and those declarations shadow
+the host's (zeep declares no default namespace that could catch its unprefixed names).
 
 Only SOAP 1.1 ports are used: SMEV 3 is SOAP 1.1, and the faults are classified by
 the SOAP 1.1 codes (Client: the message is at fault, permanent; Server: retry).
@@ -166,7 +174,7 @@ class SoapPusher:
             return DeliveryResult(False, False, f"no service address in the WSDL {wsdl} and no url in the channel")
         try:
             operation = partner.binding.get(channel.operation)
-            envelope = self._message(partner, operation, parse_xml(env_xml))
+            message = self._message(partner, operation, parse_xml(env_xml))
         except (ValueError, WsdlUnusable) as exc:  # zeep says ValueError for an unknown operation
             return DeliveryResult(False, False, str(exc))
         headers = {
@@ -177,7 +185,7 @@ class SoapPusher:
             "X-Zdravlink-Attempt": str(attempt),
         }
         try:
-            resp = partner.client.transport.post_xml(address, envelope, headers)
+            resp = partner.client.transport.post(address, message, headers)
         except requests.Timeout as exc:
             return DeliveryResult(False, True, f"timeout: {type(exc).__name__}")
         except requests.RequestException as exc:
@@ -185,7 +193,7 @@ class SoapPusher:
         return self._classify(partner, operation, resp)
 
     @staticmethod
-    def _message(partner: _Partner, operation: SoapOperation, root: etree._Element) -> etree._Element:
+    def _message(partner: _Partner, operation: SoapOperation, root: etree._Element) -> bytes:
         """The SOAP message with ``root`` as the content of the operation's input part (see the module's note)."""
         placeholder = f"zdravlink-envelope-{uuid.uuid4()}"
         try:
@@ -195,9 +203,8 @@ class SoapPusher:
         slot = next((el for el in message.iter() if el.text == placeholder), None)
         if slot is None:
             raise WsdlUnusable(f"operation {operation.name!r} has no input part for the envelope")
-        slot.text = None
-        slot.append(root)
-        return message
+        host = etree.tostring(message, xml_declaration=True, encoding="utf-8")
+        return host.replace(placeholder.encode(), etree.tostring(root, encoding="utf-8", xml_declaration=False), 1)
 
     def _classify(self, partner: _Partner, operation: SoapOperation, resp: requests.Response) -> DeliveryResult:
         try:

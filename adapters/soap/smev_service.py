@@ -29,7 +29,7 @@ from adapters.soap.smev_schema import FILES, SERVICE_NS, SOAP_ENV_NS, TYPES_NS, 
 from gateway import errors
 from gateway.errors import Rejection
 from gateway.masking import mask_text
-from gateway.xmlsafe import parse_xml
+from gateway.xmlsafe import free_prefix, parse_xml
 from zdravlink.errors import Interrupt
 
 log = logging.getLogger("zdravlink.soap")
@@ -59,8 +59,10 @@ class SmevSoap11(Soap11):
                 None, str(error.faultstring))
             ctx.out_document = smev.envelope()
         else:
-            envelope = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={"soap": SOAP_ENV_NS})
-            etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Body").append(ctx.out_object[0])
+            answer = ctx.out_object[0]  # may carry a payload that declares ``soap`` for a namespace of its own
+            soap = free_prefix("soap", SOAP_ENV_NS, answer)
+            envelope = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={soap: SOAP_ENV_NS})
+            etree.SubElement(envelope, f"{{{SOAP_ENV_NS}}}Body").append(answer)
             ctx.out_document = envelope
         self.event_manager.fire_event("after_serialize", ctx)
 

@@ -361,15 +361,16 @@ def test_get_request_returns_one_message_locked_until_ack(service):
 
 
 def test_a_payload_declaring_the_answers_own_prefixes_is_fetched_well_formed(service):
-    """lxml's append gave two attributes one name when the payload declared ``t`` or ``b`` for a
-    namespace of its own and carried attributes in SMEV's (``t:Id="1" t:Id="2"``): the clinic got
+    """lxml's append gave two attributes one name when the payload declared ``t``, ``b`` (or the SOAP
+    wrapper's ``soap``) for a namespace of its own and carried attributes in SMEV's (``t:Id="1" t:Id="2"``): the clinic got
     bytes no parser takes. The payload is journalled directly: the notice XSD would refuse such
     attributes at intake, a type whose XSD allows any attribute would not."""
     from gateway.envelope import Envelope
 
     payload = etree.fromstring(
         f'<t:Notice xmlns:t="{NOTICE_NS}" xmlns:b="urn:other" xmlns:x="{T[1:-1]}" xmlns:y="{B[1:-1]}" '
-        f't:Id="1" x:Id="2" y:Id="3" b:Id="4"><t:Code>SAMPLE_RECEIVED</t:Code></t:Notice>'.encode())
+        f'xmlns:soap="urn:other-soap" xmlns:s="{SOAP_ENV_NS}" '
+        f't:Id="1" x:Id="2" y:Id="3" b:Id="4" soap:Id="5" s:Id="6"><t:Code>SAMPLE_RECEIVED</t:Code></t:Notice>'.encode())
     env = Envelope(message_id=str(uuid.uuid1()), sender="lab", recipient="clinic", message_type=NOTICE_NS,
                    payload=payload)
     service.journal.accept(env, source="rest", actor="test", route="lab-to-clinic")
@@ -377,7 +378,8 @@ def test_a_payload_declaring_the_answers_own_prefixes_is_fetched_well_formed(ser
     status, answer = service.call(smev.get_request(NOTICE_NS, "Notice", by=service.clinic))  # parses the bytes
     assert status == 200
     got = answer.find(f"{T}RequestMessage/{T}Request/{T}SenderProvidedRequestData/{B}MessagePrimaryContent")[0]
-    assert [got.get(f"{{{ns}}}Id") for ns in (NOTICE_NS, T[1:-1], B[1:-1], "urn:other")] == ["1", "2", "3", "4"]
+    assert [got.get(f"{{{ns}}}Id") for ns in (NOTICE_NS, T[1:-1], B[1:-1], "urn:other", "urn:other-soap",
+                                                SOAP_ENV_NS)] == ["1", "2", "3", "4", "5", "6"]
 
 
 def test_unacked_message_is_delivered_again_after_the_lock(service):

@@ -249,3 +249,24 @@ def test_stop_returns_promptly_after_traffic_and_a_request_in_flight(pusher):
     impatient.close()
     after = pusher.push(channel(partner), env.to_xml(), env.message_id, 2)
     assert (after.delivered, after.retryable) == (False, True) and "connection error" in after.detail
+
+
+def test_a_payload_declaring_the_messages_own_prefixes_arrives_well_formed(partner, pusher):
+    """zeep's message declares ``soap-env`` and ``ns0`` (the partner's namespace); a payload made by a tool
+    that names its own namespaces ``ns0``, ``ns1`` … may declare them for others. lxml's append re-points
+    a moved attribute at the host's ``ns0`` under the payload's own ``ns0``: ``ns0:A`` twice, no XML."""
+    from demo.emulators.soap_partner import PARTNER_NS
+
+    env = envelope()
+    payload = parse_xml(notice(text="x").encode())
+    payload.append(parse_xml(f'<ns0:Extra xmlns:ns0="urn:other" xmlns:p="{PARTNER_NS}" ns0:A="1" p:A="2" '
+                             f'xmlns:soap-env="urn:other-too" soap-env:B="3"/>'.encode()))
+    env.payload = payload
+    sent = env.to_xml()
+    res = pusher.push(channel(partner), sent, env.message_id, 1)
+    assert res.delivered, res
+    arrived = parse_xml(partner.received[0].envelope)
+    assert exc_c14n(arrived) == exc_c14n(parse_xml(sent))
+    extra = arrived.find(f".//{{{NOTICE_NS}}}Notice/{{urn:other}}Extra")
+    assert extra is not None and dict(extra.attrib) == {"{urn:other}A": "1", f"{{{PARTNER_NS}}}A": "2",
+                                                       "{urn:other-too}B": "3"}
