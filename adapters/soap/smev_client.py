@@ -14,13 +14,21 @@ import httpx
 from lxml import etree
 
 from adapters.soap.smev_schema import BASIC_NS, SOAP_ENV_NS, TYPES_NS, B, T
+from gateway.xmlsafe import free_prefix
 from signing import Signer, sign
 
 
 def soap(request: etree._Element) -> bytes:
-    env = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={"soapenv": SOAP_ENV_NS})
+    env = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={free_prefix("soapenv", SOAP_ENV_NS, request): SOAP_ENV_NS})
     etree.SubElement(env, f"{{{SOAP_ENV_NS}}}Body").append(request)
     return etree.tostring(env, encoding="UTF-8", xml_declaration=True)
+
+
+def _request(tag: str, payload: etree._Element | None = None) -> etree._Element:
+    """The request element, with prefixes for SMEV's namespaces that ``payload`` does not declare for others
+    (lxml's append would give two of its attributes one name: ``gateway.xmlsafe.free_prefix``)."""
+    return etree.Element(T + tag, nsmap={free_prefix("ns", TYPES_NS, payload): TYPES_NS,
+                                         free_prefix("b", BASIC_NS, payload): BASIC_NS})
 
 
 def _signed(request: etree._Element, target: etree._Element, by: Signer | None) -> etree._Element:
@@ -31,28 +39,30 @@ def _signed(request: etree._Element, target: etree._Element, by: Signer | None) 
 
 def send_request(payload: str, *, message_id: str | None = None, by: Signer | None = None, test: bool = False,
                  eol: str | None = None, data_id: str = "SIGNED_BY_CONSUMER") -> etree._Element:
-    req = etree.Element(T + "SendRequestRequest", nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    content = etree.fromstring(payload)
+    req = _request("SendRequestRequest", content)
     data = etree.SubElement(req, T + "SenderProvidedRequestData", Id=data_id)
     etree.SubElement(data, T + "MessageID").text = message_id or str(uuid.uuid1())
     if eol:
         etree.SubElement(data, T + "EOL").text = eol
-    etree.SubElement(data, B + "MessagePrimaryContent").append(etree.fromstring(payload))
+    etree.SubElement(data, B + "MessagePrimaryContent").append(content)
     if test:
         etree.SubElement(data, T + "TestMessage")
     return _signed(req, data, by)
 
 
 def send_response(to: str, payload: str, *, message_id: str | None = None, by: Signer | None = None) -> etree._Element:
-    req = etree.Element(T + "SendResponseRequest", nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    content = etree.fromstring(payload)
+    req = _request("SendResponseRequest", content)
     data = etree.SubElement(req, T + "SenderProvidedResponseData", Id="SIGNED_BY_PROVIDER")
     etree.SubElement(data, T + "MessageID").text = message_id or str(uuid.uuid1())
     etree.SubElement(data, T + "To").text = to
-    etree.SubElement(data, B + "MessagePrimaryContent").append(etree.fromstring(payload))
+    etree.SubElement(data, B + "MessagePrimaryContent").append(content)
     return _signed(req, data, by)
 
 
 def _selector(tag: str, namespace: str | None, local: str | None, by: Signer | None) -> etree._Element:
-    req = etree.Element(T + tag, nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    req = _request(tag)
     sel = etree.SubElement(req, B + "MessageTypeSelector", Id="SIGNED_BY_CALLER")
     if namespace:
         etree.SubElement(sel, B + "NamespaceURI").text = namespace
@@ -70,14 +80,14 @@ def get_response(namespace: str | None = None, local: str | None = None, by: Sig
 
 
 def ack(message_id: str, accepted: bool = True, by: Signer | None = None) -> etree._Element:
-    req = etree.Element(T + "AckRequest", nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    req = _request("AckRequest")
     target = etree.SubElement(req, B + "AckTargetMessage", Id="SIGNED_BY_CALLER", accepted=str(accepted).lower())
     target.text = message_id
     return _signed(req, target, by)
 
 
 def _timestamped(tag: str, by: Signer | None) -> etree._Element:
-    req = etree.Element(T + tag, nsmap={"ns": TYPES_NS, "b": BASIC_NS})
+    req = _request(tag)
     ts = etree.SubElement(req, B + "Timestamp", Id="SIGNED_BY_CALLER")
     ts.text = datetime.now(UTC).isoformat()
     return _signed(req, ts, by)
