@@ -23,6 +23,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 FIELDS = ("message_id", "route", "participant")
+#: Libraries that write whole SOAP messages at DEBUG (zeep the bodies it posts and receives, spyne the
+#: requests it reads): held at INFO whatever ``ZL_LOG_LEVEL`` says, since those bodies carry patient data.
+BODY_LOGGERS = ("zeep", "spyne")
 _context: ContextVar[dict[str, str] | None] = ContextVar("zl_log_context", default=None)
 
 
@@ -95,3 +98,5 @@ def configure(process_name: str, level: str = "INFO") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    for name in BODY_LOGGERS:
+        logging.getLogger(name).setLevel(max(root.level, logging.INFO))

@@ -270,3 +270,26 @@ def test_a_payload_declaring_the_messages_own_prefixes_arrives_well_formed(partn
     extra = arrived.find(f".//{{{NOTICE_NS}}}Notice/{{urn:other}}Extra")
     assert extra is not None and dict(extra.attrib) == {"{urn:other}A": "1", f"{{{PARTNER_NS}}}A": "2",
                                                        "{urn:other-too}B": "3"}
+
+
+def test_at_debug_level_no_message_body_reaches_the_log(partner, pusher, capsys):
+    """``ZL_LOG_LEVEL=DEBUG`` is what an operator sets to see why a push fails; zeep then wrote each
+    SOAP body it posted, patient data and all, and spyne each request it read."""
+    import logging
+
+    from monitoring.logs import BODY_LOGGERS, configure
+
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level, {n: logging.getLogger(n).level for n in BODY_LOGGERS}
+    env = envelope()
+    env.payload.find(f"{{{NOTICE_NS}}}Text").text = "Пациент Иванов Иван Иванович, СНИЛС 112-233-445 95"
+    try:
+        configure("delivery", "DEBUG")
+        assert pusher.push(channel(partner), env.to_xml(), env.message_id, 1).delivered
+        logged = capsys.readouterr().err
+    finally:
+        root.handlers[:], root.level = saved[0], saved[1]
+        for name, level in saved[2].items():
+            logging.getLogger(name).setLevel(level)
+    assert " DEBUG " in logged  # the level took: other libraries' debug lines are there
+    assert "Иванов" not in logged and "112-233-445" not in logged
