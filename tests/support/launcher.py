@@ -27,7 +27,7 @@ from pathlib import Path
 #: What the roles import, heaviest first (``python -X importtime``); the product's own modules are not here.
 PRELOAD = ["spyne", "sqlalchemy", "sqlalchemy.orm", "fastapi", "pydantic", "yaml", "rich.console", "lxml.etree",
            "pika", "xmlsec", "httpx", "typer", "starlette.applications", "uvicorn", "uvloop", "httptools", "a2wsgi",
-           "zeep", "cryptography.x509", "alembic.command", "psycopg", "tenacity", "hl7", "asyncio"]
+           "zeep", "alembic.command", "psycopg", "tenacity", "hl7", "asyncio"]
 
 @functools.cache
 def _forkserver() -> multiprocessing.context.ForkServerContext:
