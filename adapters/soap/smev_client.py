@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 import httpx
 from lxml import etree
 
-from adapters.soap.smev_schema import BASIC_NS, SOAP_ENV_NS, TYPES_NS, B, T
+from adapters.soap.smev_schema import SOAP_ENV_NS, B, T, smev_element
 from gateway.xmlsafe import free_prefix
 from signing import Signer, sign
 
@@ -22,13 +22,6 @@ def soap(request: etree._Element) -> bytes:
     env = etree.Element(f"{{{SOAP_ENV_NS}}}Envelope", nsmap={free_prefix("soapenv", SOAP_ENV_NS, request): SOAP_ENV_NS})
     etree.SubElement(env, f"{{{SOAP_ENV_NS}}}Body").append(request)
     return etree.tostring(env, encoding="UTF-8", xml_declaration=True)
-
-
-def _request(tag: str, payload: etree._Element | None = None) -> etree._Element:
-    """The request element, with prefixes for SMEV's namespaces that ``payload`` does not declare for others
-    (lxml's append would give two of its attributes one name: ``gateway.xmlsafe.free_prefix``)."""
-    return etree.Element(T + tag, nsmap={free_prefix("ns", TYPES_NS, payload): TYPES_NS,
-                                         free_prefix("b", BASIC_NS, payload): BASIC_NS})
 
 
 def _signed(request: etree._Element, target: etree._Element, by: Signer | None) -> etree._Element:
@@ -40,7 +33,7 @@ def _signed(request: etree._Element, target: etree._Element, by: Signer | None) 
 def send_request(payload: str, *, message_id: str | None = None, by: Signer | None = None, test: bool = False,
                  eol: str | None = None, data_id: str = "SIGNED_BY_CONSUMER") -> etree._Element:
     content = etree.fromstring(payload)
-    req = _request("SendRequestRequest", content)
+    req = smev_element("SendRequestRequest", content, types="ns")
     data = etree.SubElement(req, T + "SenderProvidedRequestData", Id=data_id)
     etree.SubElement(data, T + "MessageID").text = message_id or str(uuid.uuid1())
     if eol:
@@ -53,7 +46,7 @@ def send_request(payload: str, *, message_id: str | None = None, by: Signer | No
 
 def send_response(to: str, payload: str, *, message_id: str | None = None, by: Signer | None = None) -> etree._Element:
     content = etree.fromstring(payload)
-    req = _request("SendResponseRequest", content)
+    req = smev_element("SendResponseRequest", content, types="ns")
     data = etree.SubElement(req, T + "SenderProvidedResponseData", Id="SIGNED_BY_PROVIDER")
     etree.SubElement(data, T + "MessageID").text = message_id or str(uuid.uuid1())
     etree.SubElement(data, T + "To").text = to
@@ -62,7 +55,7 @@ def send_response(to: str, payload: str, *, message_id: str | None = None, by: S
 
 
 def _selector(tag: str, namespace: str | None, local: str | None, by: Signer | None) -> etree._Element:
-    req = _request(tag)
+    req = smev_element(tag, types="ns")
     sel = etree.SubElement(req, B + "MessageTypeSelector", Id="SIGNED_BY_CALLER")
     if namespace:
         etree.SubElement(sel, B + "NamespaceURI").text = namespace
@@ -80,14 +73,14 @@ def get_response(namespace: str | None = None, local: str | None = None, by: Sig
 
 
 def ack(message_id: str, accepted: bool = True, by: Signer | None = None) -> etree._Element:
-    req = _request("AckRequest")
+    req = smev_element("AckRequest", types="ns")
     target = etree.SubElement(req, B + "AckTargetMessage", Id="SIGNED_BY_CALLER", accepted=str(accepted).lower())
     target.text = message_id
     return _signed(req, target, by)
 
 
 def _timestamped(tag: str, by: Signer | None) -> etree._Element:
-    req = _request(tag)
+    req = smev_element(tag, types="ns")
     ts = etree.SubElement(req, B + "Timestamp", Id="SIGNED_BY_CALLER")
     ts.text = datetime.now(UTC).isoformat()
     return _signed(req, ts, by)

@@ -24,7 +24,7 @@ from adapters.intake import Intake
 from adapters.mapping.lab_json import LAB_REPORT_NS, document_from_xml
 from adapters.mapping.lab_service import LabResults
 from adapters.soap import smev_mapping as mapping
-from adapters.soap.smev_schema import B, T, validation_errors
+from adapters.soap.smev_schema import B, T, smev_element, validation_errors
 from gateway import errors, schemas
 from gateway.config import GatewayConfig, Participant
 from gateway.envelope import DSIG_NS, Envelope
@@ -35,7 +35,7 @@ from gateway.keyring import KeyRing, explain_for_audit
 from gateway.message_ids import check_message_id
 from gateway.schemas import known_message_types
 from gateway.tls import PeerCertificate
-from gateway.xmlsafe import free_prefix, parse_xml
+from gateway.xmlsafe import parse_xml
 from signing import SignatureError, sign, verify
 from signing import errors as sig
 from zdravlink.errors import Interrupt
@@ -307,9 +307,9 @@ class SmevExchange:
         ns, local = self._selector(request)
         taken = self.inbox.take(caller.participant.mnemonic, "request", self.settings.pull_lock_seconds, ns, local)
         if taken is None:
-            return _answer("GetRequestResponse")
+            return smev_element("GetRequestResponse")
         env = self._envelope(taken.record)
-        answer = _answer("GetRequestResponse", env)
+        answer = smev_element("GetRequestResponse", env.payload)
         holder = etree.SubElement(answer, T + "RequestMessage")
         req = etree.SubElement(holder, T + "Request", Id=SMEV_SIGNATURE_ID)
         req.append(mapping.request_data(env))
@@ -324,9 +324,9 @@ class SmevExchange:
         ns, local = self._selector(request)
         taken = self.inbox.take(caller.participant.mnemonic, "response", self.settings.pull_lock_seconds, ns, local)
         if taken is None:
-            return _answer("GetResponseResponse")
+            return smev_element("GetResponseResponse")
         env = self._envelope(taken.record)
-        answer = _answer("GetResponseResponse", env)
+        answer = smev_element("GetResponseResponse", env.payload)
         holder = etree.SubElement(answer, T + "ResponseMessage")
         resp = etree.SubElement(holder, T + "Response", Id=SMEV_SIGNATURE_ID)
         etree.SubElement(resp, T + "OriginalMessageId").text = env.reference_message_id
@@ -380,10 +380,3 @@ class SmevExchange:
                              pendingMessageNumber=str(count))
         return answer
 
-
-def _answer(tag: str, carrying: Envelope | None = None) -> etree._Element:
-    """An answer element whose prefixes for the SMEV namespaces the message it carries does not declare
-    for others (``free_prefix``: lxml's append would otherwise give two of its attributes one name)."""
-    payload = carrying.payload if carrying is not None else None
-    return etree.Element(T + tag, nsmap={free_prefix("t", T[1:-1], payload): T[1:-1],
-                                         free_prefix("b", B[1:-1], payload): B[1:-1]})

@@ -13,10 +13,9 @@ from datetime import datetime
 
 from lxml import etree
 
-from adapters.soap.smev_schema import B, T
+from adapters.soap.smev_schema import B, T, smev_element
 from gateway.config import Participant
 from gateway.envelope import DEFAULT_DATA_ID, Envelope
-from gateway.xmlsafe import free_prefix
 
 #: The canonical form of SMEV's RequestRejected and RequestStatus answers (schemas_xsd/payloads/smev-answer-1.0.xsd).
 ANSWER_NS = "urn://zdravlink/types/smev-answer/1.0"
@@ -95,16 +94,8 @@ def _standalone(element: etree._Element) -> etree._Element:
     return dup
 
 
-def _data(tag: str, env: Envelope) -> etree._Element:
-    """``tag`` with prefixes for SMEV's namespaces that the payload it will carry does not declare for
-    others. Left to lxml they were ``ns0`` and ``ns1``, the names many tools give their own namespaces,
-    and the append of such a payload gave two of its attributes one name (``free_prefix``)."""
-    return etree.Element(T + tag, Id=env.data_id, nsmap={free_prefix("t", T[1:-1], env.payload): T[1:-1],
-                                                         free_prefix("b", B[1:-1], env.payload): B[1:-1]})
-
-
 def request_data(env: Envelope) -> etree._Element:
-    data = _data("SenderProvidedRequestData", env)
+    data = smev_element("SenderProvidedRequestData", env.payload, Id=env.data_id)
     etree.SubElement(data, T + "MessageID").text = env.message_id
     if env.reference_message_id:
         etree.SubElement(data, T + "ReferenceMessageID").text = env.reference_message_id
@@ -117,7 +108,7 @@ def request_data(env: Envelope) -> etree._Element:
 
 
 def response_data(env: Envelope) -> etree._Element:
-    data = _data("SenderProvidedResponseData", env)
+    data = smev_element("SenderProvidedResponseData", env.payload, Id=env.data_id)
     etree.SubElement(data, T + "MessageID").text = env.message_id
     etree.SubElement(data, T + "To").text = env.reference_message_id or env.recipient
     root = env.payload

@@ -13,6 +13,7 @@ from pathlib import Path
 from lxml import etree
 
 from gateway.schemas import schemas_dir
+from gateway.xmlsafe import free_prefix
 
 VERSION = "1.1"
 SERVICE_NS = "urn://x-artefacts-smev-gov-ru/services/message-exchange/1.1"
@@ -32,6 +33,15 @@ WSDL_FILE = "smev-message-exchange-service-1.1.wsdl"
 T = "{%s}" % TYPES_NS
 B = "{%s}" % BASIC_NS
 F = "{%s}" % FAULTS_NS
+
+
+def smev_element(tag: str, carrying: etree._Element | None = None, *, types: str = "t", basic: str = "b",
+                 **attrib: str) -> etree._Element:
+    """``T + tag`` declaring SMEV's two namespaces under ``types`` and ``basic``, or ``t1``, ``b1`` … where
+    ``carrying`` (the partner's payload it will hold) declares those prefixes for namespaces of its own:
+    lxml's append would otherwise give two of the payload's attributes one name (``free_prefix``)."""
+    return etree.Element(T + tag, nsmap={free_prefix(types, TYPES_NS, carrying): TYPES_NS,
+                                         free_prefix(basic, BASIC_NS, carrying): BASIC_NS}, **attrib)
 
 
 def smev_dir() -> Path:
