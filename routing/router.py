@@ -36,6 +36,13 @@ ROUTABLE = (Status.ACCEPTED, Status.PUBLISHED)
 _ROUTABLE_VALUES = frozenset(s.value for s in ROUTABLE)
 
 
+def _published(message_id: str, noted: str) -> Change:
+    """PUBLISHED as the router notes it: a copy came through the broker, so it was published whether or
+    not the relay has written that down (it may have died first); the stage guard keeps one either way."""
+    return Change(message_id, "PUBLISHED", ACTOR, {"noted": noted}, Status.PUBLISHED, (Status.ACCEPTED,),
+                  even_if_late=True, stage=Stage.PUBLISHED)
+
+
 class NotConfirmed(ExchangeError):
     """The broker did not confirm a routed copy; the original is requeued and routed again."""
 
@@ -77,8 +84,7 @@ class Router:
                 # delivery worker has it. When a whole node dies, its relay may have died unwritten
                 # too, and the relay never looks at a message past ACCEPTED again. The stage guards
                 # write PUBLISHED and ROUTED only where this round's trail lacks them.
-                late += [Change(rec.message_id, "PUBLISHED", ACTOR, {"noted": "by the router, on redelivery"},
-                                Status.PUBLISHED, (Status.ACCEPTED,), even_if_late=True, stage=Stage.PUBLISHED),
+                late += [_published(rec.message_id, "by the router, on redelivery"),
                          Change(rec.message_id, "ROUTED", ACTOR, {"route": rec.route, "noted": "on redelivery"},
                                 Status.ROUTED, ROUTABLE, even_if_late=True, stage=Stage.ROUTED)]
                 continue
@@ -95,10 +101,7 @@ class Router:
                 continue
             routes[rec.message_id] = route.name
             outgoing.append(Outgoing(rec.message_id, env.recipient, body, routed_headers(route, rec.generation)))
-            # It came through the broker, so it was published, whether or not the relay has written
-            # that down yet (it may have died first); the stage guard keeps one PUBLISHED either way.
-            changes.append(Change(rec.message_id, "PUBLISHED", ACTOR, {"noted": "by the router"}, Status.PUBLISHED,
-                                  (Status.ACCEPTED,), even_if_late=True, stage=Stage.PUBLISHED))
+            changes.append(_published(rec.message_id, "by the router"))
             # The delivery worker may record DELIVERED before this lands: keep ROUTED in the trail anyway.
             changes.append(Change(rec.message_id, "ROUTED", ACTOR,
                                   {"route": route.name, "channels": [c.name for c in route.channels]},
