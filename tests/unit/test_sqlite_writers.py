@@ -83,3 +83,29 @@ def test_a_second_writer_waits_for_the_first_ones_commit(engine: sa.Engine) -> N
     assert order == ["first commits", "second wrote"]
     with engine.connect() as conn:
         assert conn.execute(sa.text("SELECT v FROM t ORDER BY k")).scalars().all() == ["first", "second"]
+
+
+def test_a_writer_killed_while_holding_the_queue_does_not_stop_the_others(engine: sa.Engine, tmp_path: Path) -> None:
+    """The kernel drops a dead process's flock with its file descriptors: SIGKILL mid-transaction."""
+    import signal
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time, sqlalchemy as sa\n"
+         "from gateway.journal.engine import make_engine\n"
+         f"conn = make_engine({str(engine.url)!r}).connect()\n"
+         "conn.execute(sa.text(\"INSERT INTO t (k, v) VALUES (9, 'never committed')\"))\n"
+         "print('held', flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        assert queue_taken(tmp_path)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(10)
+    assert not queue_taken(tmp_path)
+    with engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO t (k, v) VALUES (1, 'after')"))
+        assert conn.execute(sa.text("SELECT v FROM t ORDER BY k")).scalars().all() == ["after"]
