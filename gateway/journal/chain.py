@@ -77,52 +77,59 @@ class TrailStore:
         """Apply several changes in one transaction (group commit); one result per change, as ``record``."""
         if not changes:
             return []
+        with self.engine.begin() as conn:
+            return self.record_within(conn, changes)
+
+    def record_within(self, conn: Connection, changes: Sequence[Change]) -> list[bool]:
+        """``record_many`` inside the caller's transaction: a status and rows of the caller's own
+        (an inbox entry, an Ack) commit together or not at all, and no reader sees one without the other."""
+        if not changes:
+            return []
         now = utcnow()
         ids = list(dict.fromkeys(c.message_id for c in changes))
         results: list[bool] = []
-        with self.engine.begin() as conn:
-            self._lock_chains(conn, ids)
-            found = conn.execute(select(messages.c.message_id, messages.c.status, messages.c.stages)
-                                 .where(messages.c.message_id.in_(ids))).all()
-            current = {r.message_id: r.status for r in found}
-            stages = {r.message_id: r.stages for r in found}
-            heads = self._chain_heads(conn, ids)
-            rows = []
-            touched: dict[str, dict[str, Any]] = {}  # each message's row written once, at the end
-            for c in changes:
-                status_now = current.get(c.message_id)
-                if status_now is None or (c.stage is not None and stages[c.message_id] & c.stage):
-                    results.append(False)
-                    continue  # no such message, or this stage of this round is in the trail already
-                guard_holds = c.only_from is None or status_now in {Status(s).value for s in c.only_from}
-                if not guard_holds and not c.even_if_late:
-                    results.append(False)
-                    continue
-                if c.stage is not None:
-                    stages[c.message_id] |= c.stage
-                    touched.setdefault(c.message_id, {})["stages"] = stages[c.message_id]
-                if not guard_holds:
-                    results.append(False)
-                    detail: dict[str, Any] = {**c.detail, "late": True}
-                    new_status = status_now
-                else:
-                    detail = c.detail
-                    new_status = c.status.value if c.status else status_now
-                    values = touched.setdefault(c.message_id, {})
-                    values.update(updated_at=now, **c.columns)
-                    if c.status:
-                        values["status"] = new_status
-                    if c.status == Status.DELIVERED:
-                        values["delivered_at"] = now
-                    current[c.message_id] = new_status
-                    results.append(True)
-                row = event_row(heads.get(c.message_id, GENESIS), c.message_id, now, new_status, c.kind, c.actor,
-                                 detail_text(detail))
-                rows.append(row)
-                heads[c.message_id] = row["hash"]
-            self._update_rows(conn, touched)
-            if rows:
-                conn.execute(insert(events), rows)
+        self._lock_chains(conn, ids)
+        found = conn.execute(select(messages.c.message_id, messages.c.status, messages.c.stages)
+                             .where(messages.c.message_id.in_(ids))).all()
+        current = {r.message_id: r.status for r in found}
+        stages = {r.message_id: r.stages for r in found}
+        heads = self._chain_heads(conn, ids)
+        rows = []
+        touched: dict[str, dict[str, Any]] = {}  # each message's row written once, at the end
+        for c in changes:
+            status_now = current.get(c.message_id)
+            if status_now is None or (c.stage is not None and stages[c.message_id] & c.stage):
+                results.append(False)
+                continue  # no such message, or this stage of this round is in the trail already
+            guard_holds = c.only_from is None or status_now in {Status(s).value for s in c.only_from}
+            if not guard_holds and not c.even_if_late:
+                results.append(False)
+                continue
+            if c.stage is not None:
+                stages[c.message_id] |= c.stage
+                touched.setdefault(c.message_id, {})["stages"] = stages[c.message_id]
+            if not guard_holds:
+                results.append(False)
+                detail: dict[str, Any] = {**c.detail, "late": True}
+                new_status = status_now
+            else:
+                detail = c.detail
+                new_status = c.status.value if c.status else status_now
+                values = touched.setdefault(c.message_id, {})
+                values.update(updated_at=now, **c.columns)
+                if c.status:
+                    values["status"] = new_status
+                if c.status == Status.DELIVERED:
+                    values["delivered_at"] = now
+                current[c.message_id] = new_status
+                results.append(True)
+            row = event_row(heads.get(c.message_id, GENESIS), c.message_id, now, new_status, c.kind, c.actor,
+                             detail_text(detail))
+            rows.append(row)
+            heads[c.message_id] = row["hash"]
+        self._update_rows(conn, touched)
+        if rows:
+            conn.execute(insert(events), rows)
         return results
 
     @staticmethod

@@ -4,6 +4,12 @@ SMEV semantics, kept for REST polling too: a take hands out one message and lock
 for ``lock_seconds``; only an Ack removes it, and a message whose lock runs out
 without an Ack is handed out again. Locks are taken with a conditional UPDATE, so two
 pollers never get the same message at once, on SQLite and PostgreSQL alike.
+
+A park writes the status AWAITING_PICKUP and the inbox entry in one transaction, and an
+Ack the entry's Ack and the status DELIVERED or FAILED: written one after the other, a
+poller could see AWAITING_PICKUP and find nothing to take (a flaky test found it), and a
+process killed between the two left a message waiting for good with no entry to take, or
+acked at the partner and never DELIVERED.
 """
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 
 from gateway.envelope import Envelope
 from gateway.journal import Journal, MessageRecord, Status, utcnow
+from gateway.journal.model import Change
 from gateway.journal.tables import inbox, messages, status_reports
 from gateway.xmlsafe import parse_xml
 
@@ -50,19 +57,17 @@ class Inbox:
         row = {"recipient": rec.recipient, "kind": kind, "message_type": rec.message_type,
                "root_name": etree.QName(env.payload).localname,
                "parked_at": now, "locked_until": None, "deliveries": 0, "acked_at": None, "accepted": None}
-        moved = self.journal.record(rec.message_id, "PARKED_FOR_PICKUP", actor,
-                                    {"channel": channel, "queue": kind, "recipient": rec.recipient},
-                                    status=Status.AWAITING_PICKUP,
-                                    only_from=(Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING),
-                                    channel=channel)
-        if not moved:
-            return False
-        with self.journal.engine.begin() as conn:
-            try:
-                with conn.begin_nested():
-                    conn.execute(insert(inbox).values(message_id=rec.message_id, **row))
-            except IntegrityError:
+        park = Change(rec.message_id, "PARKED_FOR_PICKUP", actor,
+                      {"channel": channel, "queue": kind, "recipient": rec.recipient}, Status.AWAITING_PICKUP,
+                      (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING), {"channel": channel})
+        with self.journal.engine.begin() as conn:  # the status and the entry together: see the module's note
+            if not self.journal.record_within(conn, [park])[0]:
+                return False
+            # The message's row is locked by record_within, so no other park of it runs between the two.
+            if conn.execute(select(inbox.c.message_id).where(inbox.c.message_id == rec.message_id)).first():
                 conn.execute(update(inbox).where(inbox.c.message_id == rec.message_id).values(**row))
+            else:
+                conn.execute(insert(inbox).values(message_id=rec.message_id, **row))
         return True
 
     def _kind(self, rec: MessageRecord, ref: str | None) -> Kind:
@@ -106,25 +111,27 @@ class Inbox:
         accepted=True makes it DELIVERED; accepted=False (the recipient refused it, e.g.
         a signature it could not verify) makes it FAILED, which ``replay`` can resend.
         """
-        now = utcnow()
-        with self.journal.engine.begin() as conn:
+        with self.journal.engine.begin() as conn:  # the Ack and the status together: see the module's note
             row = conn.execute(select(inbox).where(and_(inbox.c.message_id == message_id,
                                                         inbox.c.recipient == recipient))).first()
             if row is None or row.deliveries == 0:
                 return "unknown"
             if row.acked_at is not None:
                 return "already"
+            if accepted:
+                change = Change(message_id, "ACKNOWLEDGED", actor, {"accepted": True}, Status.DELIVERED,
+                                (Status.AWAITING_PICKUP,), {"attempts": row.deliveries})
+            else:
+                refused = "the recipient refused the message at Ack (accepted=false)"
+                change = Change(message_id, "ACK_REFUSED", actor, {"accepted": False}, Status.FAILED,
+                                (Status.AWAITING_PICKUP,), {"attempts": row.deliveries, "last_error": refused})
+            # The status first: it locks the message's row, as a park does, so the two never deadlock, and a
+            # second Ack of the message waits here and then finds the status moved and nothing to append.
+            self.journal.record_within(conn, [change])
             done = conn.execute(update(inbox).where(and_(inbox.c.message_id == message_id, inbox.c.acked_at.is_(None)))
-                                .values(acked_at=now, accepted=accepted, locked_until=None)).rowcount
-        if done != 1:
-            return "already"
-        if accepted:
-            self.journal.record(message_id, "ACKNOWLEDGED", actor, {"accepted": True},
-                                status=Status.DELIVERED, only_from=(Status.AWAITING_PICKUP,), attempts=row.deliveries)
-        else:
-            self.journal.record(message_id, "ACK_REFUSED", actor, {"accepted": False},
-                                status=Status.FAILED, only_from=(Status.AWAITING_PICKUP,), attempts=row.deliveries,
-                                last_error="the recipient refused the message at Ack (accepted=false)")
+                                .values(acked_at=utcnow(), accepted=accepted, locked_until=None)).rowcount
+            if done != 1:
+                return "already"
         return "acked"
 
     def pending(self, recipient: str) -> dict[tuple[str, str], int]:
