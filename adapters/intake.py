@@ -8,14 +8,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from gateway import errors
 from gateway.accept import Accepted, AcceptPipeline
 from gateway.config import Participant
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
-from gateway.journal import Journal
+from gateway.journal import Journal, SideWrite
 from gateway.masking import mask_text
 from gateway.ratelimit import RateLimiter
 from gateway.tls import PeerCertificate
@@ -85,10 +85,13 @@ class Intake:
         return self.receive_envelope(env, caller, source=source, remote=remote)
 
     def receive_envelope(self, env: Envelope, caller: Participant, *, source: str, remote: str | None = None,
-                         verified_signature: dict[str, str] | None = None) -> Accepted:
-        """Accept an envelope an adapter has already built; the Rejection is audited before it propagates."""
+                         verified_signature: dict[str, str] | None = None,
+                         side_writes: Sequence[SideWrite] = ()) -> Accepted:
+        """Accept an envelope an adapter has already built; the Rejection is audited before it propagates.
+        ``side_writes`` commit with the message or not at all (``AcceptPipeline.accept``)."""
         try:
-            accepted = self.pipeline.accept(env, caller, source=source, verified_signature=verified_signature)
+            accepted = self.pipeline.accept(env, caller, source=source, verified_signature=verified_signature,
+                                            side_writes=side_writes)
         except Rejection as rej:
             self.refused(rej, source=source, remote=remote, caller=caller.mnemonic, env=env)
             raise

@@ -10,6 +10,7 @@ adds (its business checks, the rows written with it) comes from its flow
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -141,12 +142,13 @@ class AcceptPipeline:
                             extra={"explanation": explanation} if explanation else {}) from None
 
     def accept(self, env: Envelope, caller: Participant, *, source: str,
-               verified_signature: dict[str, str] | None = None) -> Accepted:
+               verified_signature: dict[str, str] | None = None, side_writes: Sequence[SideWrite] = ()) -> Accepted:
         """Check and journal; ``verified_signature`` is what an adapter's own check found (see ``check``),
-        kept in the ACCEPTED event as the evidence of who signed."""
+        kept in the ACCEPTED event as the evidence of who signed. ``side_writes``: what the caller must
+        record with the message (an act's row for the register it sends), after the flows' own."""
         route, warnings = self.check(env, caller, signature_verified=verified_signature is not None)
         outcome = self._group.accept(AcceptRequest(env, source, f"{source}-adapter", route, verified_signature,
-                                                   warnings, self._side_writes(env, route)))
+                                                   warnings, [*self._side_writes(env, route), *side_writes]))
         return Accepted(outcome, env, route)
 
     def _side_writes(self, env: Envelope, route: str) -> list[SideWrite]:

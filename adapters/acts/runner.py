@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import func, insert, select, update
+from sqlalchemy.engine import Connection
 
 from adapters.acts.archive import RegisterArchive, archive_payload, read_archive_payload, write_files
 from adapters.acts.builder import Record, RegisterError, build_register, register_digest
@@ -27,7 +28,7 @@ from adapters.intake import Intake
 from gateway.config import GatewayConfig
 from gateway.envelope import Envelope
 from gateway.errors import Rejection
-from gateway.journal import Journal, utcnow
+from gateway.journal import Journal
 from gateway.journal.tables import acts, service_records
 from gateway.masking import mask_text
 from gateway.oms import OmsFileError
@@ -139,17 +140,22 @@ class ActRunner:
                               "not sent", None, version, str(register.name))
         env = Envelope(message_id=str(uuid.uuid1()), sender=sender, recipient=insurer, message_type=REGISTER_NS,
                        payload=archive_payload(archive))
-        self.intake.receive_envelope(env, self.config.participants[sender], source="acts")
-        now = utcnow()
-        with self.journal.engine.begin() as conn:
+        replaces = last.message_id if last is not None else None
+
+        def act_row(conn: Connection, now: dt.datetime) -> None:
+            """The act and its records' link to it, in the register message's own transaction: committed
+            apart, a kill between the two sent a register with no act behind it, whose protocol was then
+            refused, and the next run sent version 1 again; a racing build now fails on uq_acts_version
+            as a whole instead of sending a second register."""
             conn.execute(insert(acts).values(message_id=env.message_id, code_mo=code_mo, insurer=insurer,
-                                             period=period, version=version, act_number=number,
-                                             replaces=last.message_id if last is not None else None,
+                                             period=period, version=version, act_number=number, replaces=replaces,
                                              digest=digest, records=len(records), total=f"{register.total:.2f}",
                                              file_name=str(register.name), created_at=now))
             conn.execute(update(service_records).where(service_records.c.record_key.in_(keys))
                          .values(act_message_id=env.message_id, outcome=None, reason=None, errors=None,
                                  updated_at=now))
+
+        self.intake.receive_envelope(env, self.config.participants[sender], source="acts", side_writes=[act_row])
         detail = f"{register.name}.zip, {len(records)} records, {register.total:.2f} RUB"
         if edition.binding.drop_directory:
             detail += f"; also in {write_files(self._drop(edition), archive)}"

@@ -254,3 +254,36 @@ def test_a_period_needing_an_edition_we_do_not_write_fails_by_name(gateway: ActR
                                                  editions=[{"from": "2024-01", "h": "5.0", "l": "3.2"}])
     (outcome,) = gateway.build(PERIOD)
     assert outcome.state == "failed" and "version 5.0" in outcome.detail
+
+
+def test_a_register_whose_act_row_fails_is_not_sent_and_the_next_build_sends_it_once(gateway: ActRunner) -> None:
+    """The act's row and its records' links commit with the register message or not at all: committed apart,
+    a database error (or a kill) between the two left a register in the outbox with no act behind it, whose
+    protocol was then refused, and the next build sent version 1 again under a new MessageID."""
+    import sqlalchemy as sa
+
+    class Refused(Exception):
+        pass
+
+    def refuse(conn, cursor, statement: str, *_: object) -> None:  # type: ignore[no-untyped-def]
+        if statement.startswith("INSERT INTO acts"):
+            raise Refused(statement)
+
+    month(gateway)
+    engine = gateway.journal.engine
+    sa.event.listen(engine, "before_cursor_execute", refuse)
+    try:
+        with pytest.raises(Refused):
+            gateway.build(PERIOD)
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", refuse)
+    with engine.connect() as conn:
+        registers = conn.execute(sa.text("SELECT message_id FROM messages WHERE message_type = :t"),
+                                 {"t": REGISTER_NS}).scalars().all()
+    assert registers == [], "a register went to the outbox without its act"
+    (outcome,) = gateway.build(PERIOD)
+    assert outcome.state == "sent" and outcome.version == 1
+    with engine.connect() as conn:
+        assert conn.execute(select(acts.c.message_id)).scalars().all() == [outcome.message_id]
+        assert conn.execute(sa.text("SELECT count(*) FROM messages WHERE message_type = :t"),
+                            {"t": REGISTER_NS}).scalar() == 1
