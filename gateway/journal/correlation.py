@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, delete, insert, or_, select, update
 from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.journal import Journal, SideWrite, Status, utcnow
 from gateway.journal.model import as_utc
@@ -43,6 +44,22 @@ class CachedAnswer:
     answer: bytes
     answer_id: str
     stored_at: datetime
+
+
+def _dead_without_answer() -> ColumnElement[bool]:
+    """A dead-lettered request whose answer was never journalled: it is owed a TIMEOUT.
+
+    An answer's id is reserved before the answer is accepted (``reserve_answer``), so that a
+    worker killed in between is followed under the same id. But an answer refused at its accept
+    (its schema, no answer route) or a worker killed there, followed by a registry that failed
+    until the request went DEAD, left a reserved id and nothing behind it, and no TIMEOUT either:
+    the MIS heard nothing. A request still in flight keeps its reservation; a replay of a dead one
+    finds the TIMEOUT claimed and answers late, as any late answer.
+    """
+    dead = select(messages.c.message_id).where(and_(messages.c.message_id == registry_requests.c.message_id,
+                                                    messages.c.status == Status.DEAD.value)).exists()
+    journalled = select(messages.c.message_id).where(messages.c.message_id == registry_requests.c.answer_id).exists()
+    return and_(dead, or_(registry_requests.c.answer_id.is_(None), ~journalled))
 
 
 class RegistryRequests:
@@ -93,10 +110,9 @@ class RegistryRequests:
 
     def due(self, now: datetime, limit: int = 500) -> list[PendingRequest]:
         """Requests owed a TIMEOUT: unanswered past the deadline or dead-lettered, or claimed and not yet sent."""
-        dead = select(messages.c.message_id).where(and_(messages.c.message_id == registry_requests.c.message_id,
-                                                        messages.c.status == Status.DEAD.value)).exists()
-        unanswered = and_(registry_requests.c.answer_id.is_(None), registry_requests.c.timeout_id.is_(None),
-                          or_(registry_requests.c.deadline_at <= now, dead))
+        unanswered = and_(registry_requests.c.timeout_id.is_(None),
+                          or_(and_(registry_requests.c.answer_id.is_(None), registry_requests.c.deadline_at <= now),
+                              _dead_without_answer()))
         unfinished = and_(registry_requests.c.timeout_id.is_not(None), registry_requests.c.timed_out_at.is_(None))
         with self.journal.engine.connect() as conn:
             rows = conn.execute(select(registry_requests).where(or_(unanswered, unfinished))
@@ -108,8 +124,8 @@ class RegistryRequests:
         with self.journal.engine.begin() as conn:
             conn.execute(update(registry_requests)
                          .where(and_(registry_requests.c.message_id == message_id,
-                                     registry_requests.c.answer_id.is_(None),
-                                     registry_requests.c.timeout_id.is_(None)))
+                                     registry_requests.c.timeout_id.is_(None),
+                                     or_(registry_requests.c.answer_id.is_(None), _dead_without_answer())))
                          .values(timeout_id=new_id))
             row = conn.execute(select(registry_requests.c.timeout_id, registry_requests.c.timed_out_at)
                                .where(registry_requests.c.message_id == message_id)).one()

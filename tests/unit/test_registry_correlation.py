@@ -100,3 +100,25 @@ def test_cache_entries_expire(store) -> None:
     assert reqs.cached("other") is None
     reqs.store("k", WORKER_NS, b"<b/>", "a2", ttl_seconds=60)
     assert reqs.cached("k").answer_id == "a2"
+
+
+def test_a_dead_request_whose_reserved_answer_was_never_journalled_is_owed_a_timeout(store) -> None:
+    """The answer's id is reserved before its accept; an answer refused there (or a worker killed there, and the
+    registry failing until DEAD) left the reservation behind, and the MIS never heard an answer or a TIMEOUT."""
+    journal, reqs = store
+    refused, in_flight, answered = request(journal, reqs, 3600), request(journal, reqs, 3600), request(journal, reqs)
+    answer_to = {mid: str(uuid.uuid1()) for mid in (refused, in_flight, answered)}
+    for mid, answer_id in answer_to.items():
+        reqs.reserve_answer(mid, answer_id)
+    journal.accept(make_env(mid=answer_to[answered]), source="registry", actor="t", route="r")
+    journal.record(refused, "DEAD_LETTERED", "t", {}, status=Status.DEAD)
+    journal.record(answered, "DEAD_LETTERED", "t", {}, status=Status.DEAD)  # answered first: nothing owed
+    now = reqs.get(refused).accepted_at
+    assert [p.message_id for p in reqs.due(now)] == [refused]
+    assert reqs.claim_timeout(in_flight, str(uuid.uuid1())) is None, "an answer on its way keeps its reservation"
+    assert reqs.claim_timeout(answered, str(uuid.uuid1())) is None
+    timeout_id = str(uuid.uuid1())
+    assert reqs.claim_timeout(refused, timeout_id) == timeout_id
+    reqs.timed_out(refused)
+    assert reqs.due(now) == []
+    assert reqs.reserve_answer(refused, str(uuid.uuid1())) == (answer_to[refused], True), "a replay answers late"
