@@ -290,8 +290,11 @@ class Pruner:
         # removed; ``result`` takes the new counts only once that transaction has committed.
         if envelope_only:
             with self.journal.engine.begin() as conn:
+                # Re-checked as ``_still_due`` does: an operator's replay since the choice needs its envelope.
                 done = conn.execute(update(messages).where(messages.c.message_id.in_(ids),
-                                                           messages.c.envelope_pruned_at.is_(None))
+                                                           messages.c.envelope_pruned_at.is_(None),
+                                                           messages.c.status.in_(AT_REST),
+                                                           messages.c.updated_at < before)
                                     .values(envelope=b"", envelope_pruned_at=now))
                 after = replace(result, envelopes=result.envelopes + int(done.rowcount))
                 self._record(conn, after, chain.hexdigest())

@@ -227,6 +227,30 @@ def test_a_message_replayed_while_its_chunk_is_archived_is_left_alone(journal: J
     assert verify_journal(journal, trust=None, tsa_trust=None).ok
 
 
+def test_a_message_replayed_while_its_envelope_is_archived_keeps_its_envelope(journal: Journal,
+                                                                              tmp_path: Path) -> None:
+    """The envelope-only prune re-checks its choice as the whole prune does: an envelope wiped after a replay
+    was published empty, failed to parse at every router, and the message went DEAD for good (replay: 410)."""
+    sealer = Sealer(journal)
+    dead = send(journal, deliver=False)
+    journal.record(dead, "DEAD", "w", {}, status=Status.DEAD)
+    other = send(journal)
+    sealer.seal_once()
+
+    class Racing(Pruner):
+        def _prune(self, result, ids, chain, now, before, *, envelope_only):  # type: ignore[no-untyped-def]
+            journal.replay(dead, "operator")  # after the choice, before the archive and the update
+            return super()._prune(result, ids, chain, now, before, envelope_only=envelope_only)
+
+    rules = RetentionSettings(rules=[RetentionRule(message_type=NS, days=100, envelope_days=10)])
+    result = Racing(journal, rules, tmp_path).run_once(now=utcnow() + timedelta(days=11))
+    assert result.envelopes == 1
+    replayed, pruned = journal.get(dead), journal.get(other)
+    assert replayed is not None and replayed.status == "ACCEPTED" and replayed.envelope_pruned_at is None
+    assert Envelope.from_element(parse_xml(replayed.envelope)).message_id == dead
+    assert pruned is not None and pruned.envelope_pruned_at is not None
+
+
 class Rests(threading.Event):
     """Records each rest the pruner asks for instead of waiting; set after ``stop_after`` rests, if given."""
 
