@@ -155,7 +155,8 @@ class LabIntake:
                        message_type=LAB_RESULT_NS, payload=mapped.payload)
         try:
             accepted = self.intake.receive_envelope(env, participant, source="hl7-replay" if replay else "hl7",
-                                                    remote=peer)
+                                                    remote=peer, side_writes=[self.versions.remember_write(
+                                                        env.message_id, orders)])
         except Rejection as rej:
             code = "AE" if rej.code in _CONTENT_CODES or rej.status in (400, 422) else "AR"
             err = "205" if rej.code == errors.MESSAGE_ID_REUSED else "207" if code == "AR" else "102"
@@ -167,8 +168,6 @@ class LabIntake:
             log.exception("hl7 message from %s could not be journalled", mapping.lab)
             store_failed = AckError("MSH", 1, 0, None, "207", "the gateway could not store the message; resend later")
             return Outcome("AR", acks.ack_to(message, "AR", [store_failed], charset=charset))
-        for order_id, status in orders:
-            self.versions.remember(order_id, accepted.outcome.message_id, status)
         log.info("hl7 result %s from %s accepted for %s%s", accepted.outcome.message_id, mapping.lab,
                  mapped.recipient, " (repeat)" if accepted.outcome.duplicate else "")
         warnings = [_ack_error(w) for w in mapped.warnings]

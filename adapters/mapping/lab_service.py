@@ -64,9 +64,8 @@ class LabResults:
         env = Envelope(message_id=message_id, sender=caller.mnemonic, recipient=mapped.recipient,
                        message_type=LAB_RESULT_NS, payload=mapped.payload)
         accepted = self.intake.receive_envelope(env, caller, source=source, remote=remote,
-                                                verified_signature=verified_signature)
-        for order_id, status in orders:
-            self.versions.remember(order_id, message_id, status)
+                                                verified_signature=verified_signature,
+                                                side_writes=[self.versions.remember_write(message_id, orders)])
         answer = {"messageId": message_id, "status": accepted.outcome.status, "duplicate": accepted.outcome.duplicate,
                   "recipient": mapped.recipient, "statusUrl": f"/api/v1/messages/{message_id}"}
         if mapped.warnings:

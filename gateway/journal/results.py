@@ -7,10 +7,13 @@ each with its own history (the ``result_id`` column holds the OrderId).
 """
 from __future__ import annotations
 
-from sqlalchemy import and_, insert, select
-from sqlalchemy.exc import IntegrityError
+from collections.abc import Sequence
+from datetime import datetime
 
-from gateway.journal import Journal, utcnow
+from sqlalchemy import and_, insert, select
+from sqlalchemy.engine import Connection
+
+from gateway.journal import Journal, SideWrite
 from gateway.journal.tables import result_versions
 
 
@@ -27,10 +30,21 @@ class ResultVersions:
                 .order_by(result_versions.c.at.desc()).limit(1)
             ).scalar()
 
-    def remember(self, result_id: str, message_id: str, status: str) -> None:
-        try:
-            with self.journal.engine.begin() as conn:
-                conn.execute(insert(result_versions).values(message_id=message_id, result_id=result_id[:255],
-                                                            status=status, at=utcnow()))
-        except IntegrityError:
-            pass  # a repeat of a version already remembered
+    @staticmethod
+    def remember_write(message_id: str, orders: Sequence[tuple[str, str]]) -> SideWrite:
+        """The orders a result carries, as (OrderId, Status), written in the transaction that accepts it.
+
+        Written after the accept, a kill or an error between the two left an accepted result that no
+        later correction could name as its predecessor, and a late resend stamped the old version as
+        the newest. An order named twice in one message is remembered once, with its first status.
+        """
+        first: dict[str, str] = {}
+        for order_id, status in orders:
+            first.setdefault(order_id[:255], status)
+
+        def write(conn: Connection, at: datetime) -> None:
+            if first:
+                conn.execute(insert(result_versions), [dict(message_id=message_id, result_id=order_id, status=status,
+                                                            at=at) for order_id, status in first.items()])
+
+        return write
