@@ -42,8 +42,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import and_, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.sql.elements import ColumnElement
 
 from gateway.config import RetentionSettings
 from gateway.evidence.archive import export_messages
@@ -70,9 +71,15 @@ from gateway.journal.tables import (
 log = logging.getLogger("zdravlink.retention")
 
 AT_REST = (Status.DELIVERED.value, Status.FAILED.value, Status.DEAD.value, Status.REJECTED.value)
+
 #: Business records that keep the message they point to (their own retention is the law's, not ours).
 KEEPERS = (service_records, acts, result_versions, registry_requests)
 GENESIS = "0" * 64
+
+
+def _at_rest_since(before: datetime) -> ColumnElement[bool]:
+    """A message at rest and unchanged since ``before``: what a run chooses, and checks again as it removes."""
+    return and_(messages.c.status.in_(AT_REST), messages.c.updated_at < before)
 
 
 @dataclass(frozen=True)
@@ -207,7 +214,7 @@ class Pruner:
                 query = (select(messages.c.message_id, messages.c.sender, messages.c.recipient,
                                 messages.c.message_type, messages.c.created_at, messages.c.updated_at,
                                 messages.c.envelope_pruned_at)
-                         .where(messages.c.status.in_(AT_REST), messages.c.updated_at < before)
+                         .where(_at_rest_since(before))
                          .order_by(messages.c.updated_at, messages.c.message_id).limit(chunk))
                 if after is not None:
                     query = query.where((messages.c.updated_at > after[0])
@@ -293,8 +300,7 @@ class Pruner:
                 # Re-checked as ``_still_due`` does: an operator's replay since the choice needs its envelope.
                 done = conn.execute(update(messages).where(messages.c.message_id.in_(ids),
                                                            messages.c.envelope_pruned_at.is_(None),
-                                                           messages.c.status.in_(AT_REST),
-                                                           messages.c.updated_at < before)
+                                                           _at_rest_since(before))
                                     .values(envelope=b"", envelope_pruned_at=now))
                 after = replace(result, envelopes=result.envelopes + int(done.rowcount))
                 self._record(conn, after, chain.hexdigest())
@@ -326,8 +332,7 @@ class Pruner:
         head = int(conn.execute(select(evidence_head.c.last_event_id)).scalar_one())
         top = int(conn.execute(select(func.coalesce(func.max(events.c.id), 0))).scalar_one())
         at_rest = set(conn.execute(select(messages.c.message_id).where(
-            messages.c.message_id.in_(ordered), messages.c.status.in_(AT_REST),
-            messages.c.updated_at < before)).scalars())
+            messages.c.message_id.in_(ordered), _at_rest_since(before))).scalars())
         newest = dict(conn.execute(select(events.c.message_id, func.max(events.c.id))
                                    .where(events.c.message_id.in_(ordered)).group_by(events.c.message_id)).all())
         return [m for m in ids if m in at_rest and int(newest.get(m) or 0) <= head and newest.get(m) != top]

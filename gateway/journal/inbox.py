@@ -22,8 +22,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gateway.envelope import Envelope
-from gateway.journal import Journal, MessageRecord, Status, utcnow
-from gateway.journal.model import Change
+from gateway.journal import Change, Journal, MessageRecord, Status, utcnow
 from gateway.journal.tables import inbox, messages, status_reports
 from gateway.xmlsafe import parse_xml
 
