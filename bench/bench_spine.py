@@ -191,13 +191,15 @@ def latencies(db_url: str, ours: set[str]) -> dict[str, Any]:
 
     # A stage written after a later one ("late": the delivery worker was faster than the router's
     # write) carries the time it was written, not the time it happened: counted, not timed.
+    # ROUTED is written with the delivery's outcome; the router's own time is in its detail.
     by_message: dict[str, dict[str, float]] = {}
     late: dict[str, int] = {}
     for mid, kind, at, detail in stamps:
         if '"late": true' in detail:
             late[kind] = late.get(kind, 0) + 1
             continue
-        by_message.setdefault(mid, {})[kind] = ts(at)
+        routed_at = json.loads(detail).get("routed_at") if kind == "ROUTED" else None
+        by_message.setdefault(mid, {})[kind] = ts(routed_at or at)
     stages = {}
     for a, b in (("ACCEPTED", "PUBLISHED"), ("PUBLISHED", "ROUTED"), ("ROUTED", "DELIVERED")):
         lags = [m[b] - m[a] for m in by_message.values() if a in m and b in m]

@@ -7,10 +7,11 @@ DEAD with the same reason, and ``zdravlink replay`` works from there.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from gateway.config import Route
-from gateway.journal import Journal, MessageRecord, Status
+from gateway.journal import Change, Journal, MessageRecord, Status
 from gateway.journal.group_commit import Recorder
 from gateway.masking import mask_text
 from monitoring import metrics
@@ -34,7 +35,9 @@ class DeadLetterChannel:
         self.actor = actor
 
     def send(self, body: bytes, rec: MessageRecord, *, route: Route | None, reason: str,
-             channel: str | None, attempts: int) -> None:
+             channel: str | None, attempts: int, also: Sequence[Change] = ()) -> None:
+        """Publish the original to the dead letter queue, then record DEAD; ``also``: changes of the
+        message's trail that are written in the same commit, before DEAD (the router's stages)."""
         headers = {
             "x-zl-reason": reason[:1000],
             "x-zl-route": route.name if route else "",
@@ -44,11 +47,10 @@ class DeadLetterChannel:
             "x-zl-generation": rec.generation,
         }
         self.publisher.publish(self.topology.dead_exchange, "dead", body, properties(rec.message_id, headers))
-        self.recorder.record(
+        self.recorder.record_many([*also, Change(
             rec.message_id, "DEAD", self.actor,
             {"reason": reason, "channel": channel, "attempts": attempts, "queue": self.topology.dead_queue},
-            status=Status.DEAD, only_from=IN_TRANSIT, last_error=reason[:2000],
-        )
+            Status.DEAD, IN_TRANSIT, {"last_error": reason[:2000]})])
         metrics.DEAD.labels(route.name if route else "", rec.recipient).inc()
         log.warning("%s is DEAD after %d attempt(s): %s", rec.message_id, attempts, mask_text(reason)[:500],
                     extra=about(rec.message_id, route.name if route else rec.route, rec.recipient))

@@ -21,6 +21,10 @@ travels with each copy in its headers (``DeliveryProgress``).
 Redelivered messages are checked against the journal first (idempotent consumer):
 a message already DELIVERED or DEAD is dropped, and a copy whose generation is not
 the message's (it was replayed or swept since) is stale and is dropped too.
+
+The router's PUBLISHED and ROUTED of this round, unwritten until now, go into the commit
+of the copy's first outcome (``routing_noted``): DELIVERED, a failed attempt, a parked
+retry, the inbox or the dead letter channel.
 """
 from __future__ import annotations
 
@@ -28,12 +32,13 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import pika
 
 from gateway.config import Channel, GatewayConfig, Route
-from gateway.journal import Journal, MessageRecord, Status
+from gateway.journal import Change, Journal, MessageRecord, Stage, Status
 from gateway.journal.group_commit import Recorder
 from gateway.journal.inbox import Inbox
 from gateway.keyring import KeyRing
@@ -44,7 +49,7 @@ from routing.breaker import BreakerBoard, State
 from routing.broker import ThreadPublisher, properties
 from routing.channels import Channels, DeliveryResult
 from routing.deadletter import DeadLetterChannel
-from routing.delivery_progress import DeliveryProgress
+from routing.delivery_progress import DeliveryProgress, published_noted, routing_noted
 from routing.journal_gate import JournalGate, WorkerStopping
 from routing.topology import Topology
 
@@ -77,6 +82,8 @@ class DeliveryWorker:
         self.gate = gate or JournalGate(journal, threading.Event(), "delivery")
         self._stopping = self.gate.stopping
         self._routes = {r.name: r for r in config.routes}
+        # Each handler thread's message: the router's stages not yet written (see the module's note).
+        self._local = threading.local()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -101,6 +108,15 @@ class DeliveryWorker:
         if rec is None or rec.status not in _DELIVERABLE_VALUES or progress.generation != rec.generation:
             return
         annotate(participant=rec.recipient, route=route.name if route else None)
+        self._local.unwritten = [] if rec.stages & Stage.ROUTED else (
+            routing_noted(rec.message_id, route, progress, self.actor) if route is not None
+            else [published_noted(rec.message_id, "by the router")])
+        try:
+            self._handle(body, rec, route, progress)
+        finally:
+            self._local.unwritten = []
+
+    def _handle(self, body: bytes, rec: MessageRecord, route: Route | None, progress: DeliveryProgress) -> None:
         if route is None:
             self._dead(body, rec, None, None, f"route {progress.route!r} no longer configured", progress)
             return
@@ -114,6 +130,21 @@ class DeliveryWorker:
         signed = self.keyring.sign_envelope(body) if sends else body
         self._walk(body, signed, rec, route, progress)
 
+    def _take_unwritten(self) -> list[Change]:
+        """The router's stages still unwritten for this thread's message, for the commit about to be made."""
+        unwritten: list[Change] = self._local.unwritten
+        self._local.unwritten = []
+        return unwritten
+
+    def _unwritten_and(self, change: Change) -> list[Change]:
+        return [*self._take_unwritten(), change]
+
+    def _record(self, message_id: str, kind: str, detail: dict[str, Any], *, status: Status | None = None,
+                only_from: Iterable[Status] | None = None, **columns: Any) -> bool:
+        change = Change(message_id, kind, self.actor, detail, status,
+                        None if only_from is None else tuple(only_from), columns)
+        return self.recorder.record_many(self._unwritten_and(change))[-1]
+
     def _walk(self, body: bytes, signed: bytes, rec: MessageRecord, route: Route, progress: DeliveryProgress) -> None:
         """Try the channels in failover order until one delivers, parks the message, or none is left."""
         waits: list[float] = []  # for each channel skipped because its breaker is open: seconds to its trial
@@ -124,20 +155,20 @@ class DeliveryWorker:
             if previous is not None:
                 log.warning("failover of %s from channel %s to %s: %s", rec.message_id, previous.name, channel.name,
                             mask_text(progress.last_error)[:500])
-                self.recorder.record(rec.message_id, "FAILOVER", self.actor,
-                                    {"from": previous.name, "to": channel.name, "reason": progress.last_error})
+                self._record(rec.message_id, "FAILOVER",
+                             {"from": previous.name, "to": channel.name, "reason": progress.last_error})
                 metrics.FAILOVERS.labels(route.name, "circuit_open" if progress.last_error == CIRCUIT_OPEN
                                          else "exhausted").inc()
             previous = channel
             if channel.mode == "pull":
-                self.inbox.park(rec, self.actor, channel.name)
+                self.inbox.park(rec, self.actor, channel.name, also=self._take_unwritten())
                 return
             breaker = self.breakers.get(f"{route.recipient}/{channel.name}")
             if not breaker.allow():
                 waits.append(breaker.retry_in())
                 progress.last_error = CIRCUIT_OPEN
-                self.recorder.record(rec.message_id, "CIRCUIT_OPEN", self.actor,
-                                    {"channel": channel.name, "trial_in_s": round(waits[-1], 1)})
+                self._record(rec.message_id, "CIRCUIT_OPEN",
+                             {"channel": channel.name, "trial_in_s": round(waits[-1], 1)})
                 continue
             if self._on_channel(body, signed, rec, route, index, progress):
                 return
@@ -176,9 +207,9 @@ class DeliveryWorker:
             log.warning("delivery of %s to %s over %s failed, attempt %d of %d (%s): %s", rec.message_id,
                         route.recipient, channel.name, attempt, route.retry.attempts, outcome,
                         mask_text(res.detail)[:500])
-            self.recorder.record(rec.message_id, "DELIVERY_FAILED", self.actor,
-                                {"channel": channel.name, "attempt": attempt, "error": res.detail, "outcome": outcome},
-                                attempts=progress.attempts, last_error=res.detail[:2000])
+            self._record(rec.message_id, "DELIVERY_FAILED",
+                         {"channel": channel.name, "attempt": attempt, "error": res.detail, "outcome": outcome},
+                         attempts=progress.attempts, last_error=res.detail[:2000])
             progress.last_error = res.detail
             if not res.retryable:
                 self._dead(body, rec, route, channel, f"permanent failure: {res.detail}", progress)
@@ -190,9 +221,9 @@ class DeliveryWorker:
                 self._park(body, rec, route, progress, delay, "RETRY_SCHEDULED",
                            {"channel": channel.name, "next_attempt": attempt + 1})
                 return True
-            self.recorder.record(rec.message_id, "RETRY_SCHEDULED", self.actor,
-                                {"channel": channel.name, "next_attempt": attempt + 1, "delay_s": round(delay, 3),
-                                 "mode": "in-process"}, status=Status.RETRYING, only_from=DELIVERABLE)
+            self._record(rec.message_id, "RETRY_SCHEDULED",
+                         {"channel": channel.name, "next_attempt": attempt + 1, "delay_s": round(delay, 3),
+                          "mode": "in-process"}, status=Status.RETRYING, only_from=DELIVERABLE)
             metrics.RETRIES.labels(route.recipient, "in_process").inc()
             if self._stopping.wait(delay):
                 raise WorkerStopping()
@@ -227,22 +258,24 @@ class DeliveryWorker:
             progress.waits = 0
         self.publisher.publish(self.topology.retry_exchange(bucket), route.recipient, body,
                                properties(rec.message_id, progress.headers()))
-        self.recorder.record(rec.message_id, kind, self.actor,
-                            {**detail, "delay_s": bucket, "mode": "queued", "queue": self.topology.retry_queue(bucket)},
-                            status=Status.RETRYING, only_from=DELIVERABLE)
+        self._record(rec.message_id, kind,
+                     {**detail, "delay_s": bucket, "mode": "queued", "queue": self.topology.retry_queue(bucket)},
+                     status=Status.RETRYING, only_from=DELIVERABLE)
         metrics.RETRIES.labels(route.recipient, "queued").inc()
 
     def _delivered(self, rec: MessageRecord, route: Route, channel: Channel, progress: DeliveryProgress) -> None:
+        changes = self._unwritten_and(Change(
+            rec.message_id, "DELIVERED", self.actor, {"channel": channel.name, "url": channel.url}, Status.DELIVERED,
+            DELIVERABLE, {"channel": channel.name, "attempts": progress.attempts}))
         # The recipient has it: wait out a journal outage here rather than deliver it again later.
-        self.gate.until_written(lambda: self.recorder.record(
-            rec.message_id, "DELIVERED", self.actor, {"channel": channel.name, "url": channel.url},
-            status=Status.DELIVERED, only_from=DELIVERABLE, channel=channel.name, attempts=progress.attempts))
+        self.gate.until_written(lambda: self.recorder.record_many(changes))
         metrics.DELIVERED.labels(route.name, route.recipient, channel.name).inc()
         metrics.LATENCY.labels(route.name).observe(
             max(0.0, time.time() - rec.created_at.timestamp()))
 
     def _dead(self, body: bytes, rec: MessageRecord, route: Route | None, channel: Channel | None, reason: str,
               progress: DeliveryProgress) -> None:
+        unwritten = self._take_unwritten()
         self.gate.until_written(lambda: self.dead.send(
             body, rec, route=route, reason=reason, channel=channel.name if channel else None,
-            attempts=progress.attempts))
+            attempts=progress.attempts, also=unwritten))

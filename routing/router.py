@@ -5,10 +5,15 @@ trusted from acceptance: a route whose condition no longer matches is a dead let
 with a reason, not a silent delivery to the wrong place.
 
 Messages are routed in groups (``GroupExecutor``): the messages the consumer's threads
-hold at one moment are read from the journal in one query, published to the delivery
-exchange as one streamed, confirmed batch and marked ROUTED in one transaction; each
-is acked only after that. Routing one at a time cost a commit and a confirm round trip
-per message and made the router the slowest stage of the spine.
+hold at one moment are read from the journal in one query and published to the delivery
+exchange as one streamed, confirmed batch; each is acked only after its confirm. Routing
+one at a time cost a confirm round trip per message and made the router the slowest
+stage of the spine.
+
+The router writes nothing for a copy it routes: the route travels in the copy's headers,
+and the delivery worker writes PUBLISHED and ROUTED with the copy's first outcome
+(``routing_noted``). Until then the message shows PUBLISHED, and the sweeper looks for its
+copy in the recipient's delivery queue as well as in the route queue.
 """
 from __future__ import annotations
 
@@ -25,22 +30,13 @@ from gateway.xmlsafe import parse_xml
 from monitoring import metrics
 from routing.broker import BrokerAddress
 from routing.deadletter import DeadLetterChannel
-from routing.delivery_progress import routed_headers
+from routing.delivery_progress import ROUTABLE, ROUTER, published_noted, routed_headers
 from routing.pipelined import Outgoing, PipelinedPublisher
 from routing.topology import Topology
 from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)
-ACTOR = "router"
-ROUTABLE = (Status.ACCEPTED, Status.PUBLISHED)
 _ROUTABLE_VALUES = frozenset(s.value for s in ROUTABLE)
-
-
-def _published(message_id: str, noted: str) -> Change:
-    """PUBLISHED as the router notes it: a copy came through the broker, so it was published whether or
-    not the relay has written that down (it may have died first); the stage guard keeps one either way."""
-    return Change(message_id, "PUBLISHED", ACTOR, {"noted": noted}, Status.PUBLISHED, (Status.ACCEPTED,),
-                  even_if_late=True, stage=Stage.PUBLISHED)
 
 
 class NotConfirmed(ExchangeError):
@@ -68,7 +64,6 @@ class Router:
     def _route_batch(self, items: Sequence[tuple[bytes, pika.BasicProperties]]) -> list[ItemFailed | None]:
         records = self.journal.get_many([props.message_id for _, props in items])
         outgoing: list[Outgoing] = []
-        changes: list[Change] = []
         routes: dict[str, str] = {}
         results: list[ItemFailed | None] = []
         late: list[Change] = []
@@ -84,8 +79,8 @@ class Router:
                 # delivery worker has it. When a whole node dies, its relay may have died unwritten
                 # too, and the relay never looks at a message past ACCEPTED again. The stage guards
                 # write PUBLISHED and ROUTED only where this round's trail lacks them.
-                late += [_published(rec.message_id, "by the router, on redelivery"),
-                         Change(rec.message_id, "ROUTED", ACTOR, {"route": rec.route, "noted": "on redelivery"},
+                late += [published_noted(rec.message_id, "by the router, on redelivery"),
+                         Change(rec.message_id, "ROUTED", ROUTER, {"route": rec.route, "noted": "on redelivery"},
                                 Status.ROUTED, ROUTABLE, even_if_late=True, stage=Stage.ROUTED)]
                 continue
             try:
@@ -101,14 +96,9 @@ class Router:
                 continue
             routes[rec.message_id] = route.name
             outgoing.append(Outgoing(rec.message_id, env.recipient, body, routed_headers(route, rec.generation)))
-            changes.append(_published(rec.message_id, "by the router"))
-            # The delivery worker may record DELIVERED before this lands: keep ROUTED in the trail anyway.
-            changes.append(Change(rec.message_id, "ROUTED", ACTOR,
-                                  {"route": route.name, "channels": [c.name for c in route.channels]},
-                                  Status.ROUTED, ROUTABLE, {"route": route.name}, even_if_late=True,
-                                  stage=Stage.ROUTED))
         confirmed = set(self.publisher.publish_batch(self.topology.deliver_exchange, outgoing))
-        self.journal.record_many([c for c in changes if c.message_id in confirmed] + late)
+        if late:
+            self.journal.record_many(late)
         for mid in confirmed:
             metrics.ROUTED.labels(routes[mid]).inc()
         missing = [o.message_id for o in outgoing if o.message_id not in confirmed]

@@ -56,7 +56,8 @@ class Sweeper:
 
     def _queues_for(self, rec: MessageRecord) -> list[str] | None:
         if rec.status == Status.PUBLISHED.value:
-            return [self.topology.route_queue]
+            # ROUTED is written with the delivery's first outcome: a routed copy may wait in the recipient's queue.
+            return [self.topology.route_queue, self.topology.deliver_queue(rec.recipient)]
         if rec.status == Status.ROUTED.value:
             return [self.topology.deliver_queue(rec.recipient)]
         # RETRYING: a queued retry is due after its delay; an in-process one is held by a worker.

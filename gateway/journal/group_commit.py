@@ -44,6 +44,8 @@ class Recorder(Protocol):
     def record(self, message_id: str, kind: str, actor: str, detail: dict[str, Any] | None = None, *,
                status: Status | None = None, only_from: Iterable[Status] | None = None, **columns: Any) -> bool: ...
 
+    def record_many(self, changes: Sequence[Change]) -> list[bool]: ...
+
 
 class GroupRecorder:
     """``Journal.record`` for the many threads of one worker, committed together (``record_many``).
@@ -54,14 +56,22 @@ class GroupRecorder:
 
     def __init__(self, journal: Journal, max_batch: int = 64) -> None:
         self.journal = journal
-        self._group: GroupExecutor[Change, bool] = GroupExecutor(journal.record_many, max_batch,
-                                                                  name="record-group-commit")
+        self._group: GroupExecutor[Sequence[Change], list[bool]] = GroupExecutor(
+            self._commit, max_batch, name="record-group-commit")
 
     def record(self, message_id: str, kind: str, actor: str, detail: dict[str, Any] | None = None, *,
                status: Status | None = None, only_from: Iterable[Status] | None = None, **columns: Any) -> bool:
         """As ``Journal.record``: the event, and the status moved if ``only_from`` holds; False if it did not."""
-        return self._group.submit(Change(message_id, kind, actor, detail or {}, status,
-                                         None if only_from is None else tuple(only_from), columns))
+        return self.record_many([Change(message_id, kind, actor, detail or {}, status,
+                                        None if only_from is None else tuple(only_from), columns)])[0]
+
+    def record_many(self, changes: Sequence[Change]) -> list[bool]:
+        """As ``Journal.record_many``: these changes land in one commit, whichever others share it."""
+        return self._group.submit(changes)
+
+    def _commit(self, groups: Sequence[Sequence[Change]]) -> list[list[bool]]:
+        results = iter(self.journal.record_many([c for changes in groups for c in changes]))
+        return [[next(results) for _ in changes] for changes in groups]
 
     def close(self) -> None:
         self._group.close()

@@ -13,6 +13,7 @@ acked at the partner and never DELIVERED.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Literal
@@ -43,8 +44,11 @@ class Inbox:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
 
-    def park(self, rec: MessageRecord, actor: str, channel: str) -> bool:
+    def park(self, rec: MessageRecord, actor: str, channel: str, also: Sequence[Change] = ()) -> bool:
         """Put a routed message into its recipient's inbox; False if it is not deliverable any more.
+
+        ``also``: changes of the message's trail written in the same transaction, before the park
+        (the router's stages, which the delivery worker writes with a copy's first outcome).
 
         A request that answers one the recipient sent itself is a ``response`` (SMEV's
         GetResponse queue); everything else is a ``request``. A replayed message is
@@ -60,7 +64,7 @@ class Inbox:
                       {"channel": channel, "queue": kind, "recipient": rec.recipient}, Status.AWAITING_PICKUP,
                       (Status.ACCEPTED, Status.PUBLISHED, Status.ROUTED, Status.RETRYING), {"channel": channel})
         with self.journal.engine.begin() as conn:  # the status and the entry together: see the module's note
-            if not self.journal.record_within(conn, [park])[0]:
+            if not self.journal.record_within(conn, [*also, park])[-1]:
                 return False
             # The message's row is locked by record_within, so no other park of it runs between the two.
             if conn.execute(select(inbox.c.message_id).where(inbox.c.message_id == rec.message_id)).first():

@@ -7,6 +7,7 @@ router fails on it at every delivery until RabbitMQ gives up on it.
 from __future__ import annotations
 
 import signal
+import time
 
 import pytest
 import sqlalchemy as sa
@@ -14,9 +15,11 @@ import sqlalchemy as sa
 from demo.emulators.rest_recipient import RecipientServer
 from gateway.journal import Journal
 from routing.broker import connect, properties
+from routing.topology import Topology
 from tests.support import configs
 from tests.support.configs import LAB_TOKEN
 from tests.support.gateway_proc import envelope_json
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.broker
 
@@ -91,6 +94,27 @@ def test_a_message_whose_copy_was_lost_is_swept_round_again_and_delivered_once(g
     swept = st["trail"][kinds.index("SWEPT")]
     assert swept["detail"]["from_status"] == "PUBLISHED" and swept["detail"]["generation"] == 1
     assert list(clinic.accepted) == [body["messageId"]] and st["trailIntact"]
+
+
+def test_a_routed_message_waiting_in_its_recipients_queue_is_not_swept(gateway_factory, clinic):
+    """The router writes nothing for a copy it routes (its ROUTED comes with the delivery's outcome),
+    so a message whose copy waits in the recipient's queue shows PUBLISHED; that is no lost copy."""
+    gw = gateway_factory(configs.participants(clinic.url), configs.routes(), settings=configs.settings() + SWEEPING,
+                         reconciler=True)
+    gw.kill("delivery-1", signal.SIGTERM)
+    assert gw.cli("declare-topology").returncode == 0  # the worker may have gone before it declared its queue
+    body = envelope_json("lab", "clinic")
+    gw.post(body, LAB_TOKEN).raise_for_status()
+    deliver_queue = Topology(gw.prefix).deliver_queue("clinic")
+    wait_for(lambda: gw.ready_in(deliver_queue) == 1, timeout=30, what="the router to route it")
+    time.sleep(2 + 3 * 0.5 + 1)  # past stuck_after, and three sweeps
+    st = gw.status(body["messageId"], LAB_TOKEN)
+    assert st["status"] == "PUBLISHED" and "SWEPT" not in [e["event"] for e in st["trail"]], st["trail"]
+    gw.spawn("delivery-1")
+    st = gw.wait_status(body["messageId"], LAB_TOKEN, "DELIVERED", timeout=30)
+    kinds = [e["event"] for e in st["trail"]]
+    assert kinds == ["ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED"] and st["trailIntact"], kinds
+    assert list(clinic.accepted) == [body["messageId"]]
 
 
 def test_journal_check_finds_stuck_messages_and_broken_trails_and_repair_mends_what_it_can(gateway_factory, clinic):

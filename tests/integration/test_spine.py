@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 
 from demo.emulators.rest_recipient import Received, RecipientServer
+from routing.topology import Topology
 from tests.conftest import module_gateway
 from tests.support import configs
 from tests.support.configs import CLINIC_TOKEN, LAB_TOKEN, NOTICE_NS
@@ -341,8 +342,8 @@ def test_broker_down_after_acceptance_loses_and_duplicates_nothing(gateway_facto
     queued = [envelope_json("lab", "clinic") for _ in range(5)]
     for b in queued:
         gw.post(b, LAB_TOKEN).raise_for_status()
-    for b in queued:
-        gw.wait_status(b["messageId"], LAB_TOKEN, "ROUTED")
+    deliver_queue = Topology(gw.prefix).deliver_queue("clinic")
+    wait_for(lambda: gw.ready_in(deliver_queue) == len(queued), timeout=30, what="the router to route them")
 
     private_rabbit.stop_app()
     try:

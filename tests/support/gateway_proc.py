@@ -198,6 +198,14 @@ class GatewayProcesses:
         raise AssertionError(f"{message_id} stayed {last.get('status')} (wanted {want}); trail: "
                              f"{[e['event'] for e in last.get('trail', [])]}\n{self.log('delivery-1')[-3000:]}")
 
+    def ready_in(self, queue: str) -> int:
+        """Messages ready in one of this gateway's queues (``Topology``'s name, e.g. ``deliver_queue("clinic")``)."""
+        conn = connect(self.amqp_url, "zl-test-depth", heartbeat=0)
+        try:
+            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
+        finally:
+            conn.close()
+
     def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``env``: variables over the gateway's own, for one command."""
         return run([*args, "--config", str(self.dir)], env={**self.env, **(env or {})}, cwd=REPO, timeout=60)

@@ -7,14 +7,16 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pika
 import pytest
+from sqlalchemy import event
 
 from gateway.config import load_config
-from gateway.journal import Journal, Status
+from gateway.journal import Journal
 from routing.channels import DeliveryResult
 from routing.deadletter import DeadLetterChannel
 from routing.delivery import DeliveryWorker
@@ -80,12 +82,69 @@ def world(tmp_path: Path):
     return make
 
 
-def routed(journal: Journal, route: str = "lab-to-clinic", channels: int = 2) -> tuple[str, bytes, dict[str, Any]]:
+def routed(journal: Journal, route: str = "lab-to-clinic", channels: int = 2,
+           published: bool = True) -> tuple[str, bytes, dict[str, Any]]:
+    """A message as the router leaves it: published (unless the relay has not written that yet), its
+    routed copy on its way, and nothing of the router's in the journal."""
     env = make_env(str(uuid.uuid4()))
     journal.accept(env, source="rest", actor="t", route=route)
-    journal.record(env.message_id, "ROUTED", "router", {}, status=Status.ROUTED)
+    if published:
+        journal.mark_published([env.message_id], "relay")
     headers = DeliveryProgress(route, 0, [0] * channels, time.time()).headers()
     return env.message_id, env.to_xml(), headers
+
+
+def commits_during(journal: Journal, action: Callable[[], object]) -> int:
+    count = [0]
+
+    def counted(_conn: object) -> None:
+        count[0] += 1
+
+    event.listen(journal.engine, "commit", counted)
+    try:
+        action()
+    finally:
+        event.remove(journal.engine, "commit", counted)
+    return count[0]
+
+
+def kinds(journal: Journal, mid: str) -> list[str]:
+    return [e.kind for e in journal.trail(mid)]
+
+
+@pytest.mark.parametrize("relay_wrote_it", [True, False])
+def test_the_routers_stages_are_written_in_the_commit_of_the_delivery(world, relay_wrote_it: bool) -> None:
+    worker, journal, _ = world(Script(primary=[OK], backup=[OK]))
+    mid, body, headers = routed(journal, published=relay_wrote_it)
+    assert commits_during(journal, lambda: handle(worker, mid, body, headers)) == 1
+    assert kinds(journal, mid) == ["ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED"]
+    routed_event = journal.trail(mid)[2]
+    assert routed_event.actor == "router" and routed_event.detail["route"] == "lab-to-clinic"
+    assert routed_event.detail["channels"] == ["primary", "backup"] and "routed_at" in routed_event.detail
+    rec = journal.get(mid)
+    assert rec.status == "DELIVERED" and rec.route == "lab-to-clinic" and journal.verify_trail(mid)
+    journal.mark_published([mid], "relay")  # a relay that writes its confirm only now adds nothing
+    assert kinds(journal, mid) == ["ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED"]
+
+
+def test_the_routers_stages_come_once_with_the_first_outcome_whatever_it_is(world) -> None:
+    worker, journal, pub = world(Script(primary=[DOWN, REFUSED], backup=[OK]))
+    mid, body, headers = routed(journal)
+    handle(worker, mid, body, headers)  # a failed attempt, parked for a retry
+    assert kinds(journal, mid) == ["ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERY_FAILED", "RETRY_SCHEDULED"]
+    handle(worker, mid, body, pub.sent[-1][2])  # the retried copy: refused for good
+    assert kinds(journal, mid)[3:] == ["DELIVERY_FAILED", "RETRY_SCHEDULED", "DELIVERY_FAILED", "DEAD"]
+    assert journal.verify_trail(mid)
+
+
+def test_a_copy_dead_before_any_attempt_still_has_the_routers_stages(world) -> None:
+    script = Script(primary=[OK], backup=[OK])
+    worker, journal, _ = world(script, budget=1.0)
+    mid, body, headers = routed(journal, published=False)
+    headers["x-zl-since-ms"] = int((time.time() - 5) * 1000)  # routed longer ago than the route's time budget
+    assert commits_during(journal, lambda: handle(worker, mid, body, headers)) == 1
+    assert script.calls == [] and kinds(journal, mid) == ["ACCEPTED", "PUBLISHED", "ROUTED", "DEAD"]
+    assert journal.get(mid).status == "DEAD" and journal.verify_trail(mid)
 
 
 def handle(worker: DeliveryWorker, mid: str, body: bytes, headers: dict[str, Any]) -> None:
@@ -209,7 +268,7 @@ def test_a_stale_copy_of_an_earlier_generation_is_dropped(world) -> None:
     with journal.engine.begin() as conn:
         conn.exec_driver_sql("UPDATE messages SET generation = 1 WHERE message_id = ?", (mid,))
     handle(worker, mid, body, h)
-    assert script.calls == [] and journal.get(mid).status == "ROUTED"
+    assert script.calls == [] and journal.get(mid).status == "PUBLISHED" and "ROUTED" not in kinds(journal, mid)
 
 
 def test_a_copy_from_an_earlier_version_keeps_its_channel_and_attempt() -> None:
