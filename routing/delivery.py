@@ -49,7 +49,7 @@ from routing.breaker import BreakerBoard, State
 from routing.broker import ThreadPublisher, properties
 from routing.channels import Channels, DeliveryResult
 from routing.deadletter import DeadLetterChannel
-from routing.delivery_progress import DeliveryProgress, published_noted, routing_noted
+from routing.delivery_progress import DeliveryProgress, routing_noted
 from routing.journal_gate import JournalGate, WorkerStopping
 from routing.topology import Topology
 
@@ -108,9 +108,8 @@ class DeliveryWorker:
         if rec is None or rec.status not in _DELIVERABLE_VALUES or progress.generation != rec.generation:
             return
         annotate(participant=rec.recipient, route=route.name if route else None)
-        self._local.unwritten = [] if rec.stages & Stage.ROUTED else (
-            routing_noted(rec.message_id, route, progress, self.actor) if route is not None
-            else [published_noted(rec.message_id, "by the router")])
+        self._local.unwritten = ([] if rec.stages & Stage.ROUTED
+                                 else routing_noted(rec.message_id, route, progress, self.actor))
         try:
             self._handle(body, rec, route, progress)
         finally:
@@ -141,8 +140,7 @@ class DeliveryWorker:
 
     def _record(self, message_id: str, kind: str, detail: dict[str, Any], *, status: Status | None = None,
                 only_from: Iterable[Status] | None = None, **columns: Any) -> bool:
-        change = Change(message_id, kind, self.actor, detail, status,
-                        None if only_from is None else tuple(only_from), columns)
+        change = Change.of(message_id, kind, self.actor, detail, status=status, only_from=only_from, **columns)
         return self.recorder.record_many(self._unwritten_and(change))[-1]
 
     def _walk(self, body: bytes, signed: bytes, rec: MessageRecord, route: Route, progress: DeliveryProgress) -> None:

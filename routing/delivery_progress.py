@@ -78,13 +78,16 @@ def published_noted(message_id: str, noted: str) -> Change:
                   even_if_late=True, stage=Stage.PUBLISHED)
 
 
-def routing_noted(message_id: str, route: Route, progress: DeliveryProgress, noted_by: str) -> list[Change]:
+def routing_noted(message_id: str, route: Route | None, progress: DeliveryProgress, noted_by: str) -> list[Change]:
     """The router's stages of this round, to be written with the first outcome of its copy.
 
     Each is written once per round (``Stage``), so a retried copy, a second copy or a router
     that noted them on a redelivery adds nothing. ROUTED keeps the router's time in its detail;
-    the event's own time is when it was written.
+    the event's own time is when it was written. A copy whose route is no longer configured
+    was still published: only that is noted.
     """
+    if route is None:
+        return [published_noted(message_id, "by the router")]
     routed_at = datetime.fromtimestamp(progress.since, UTC).isoformat(timespec="milliseconds")
     return [published_noted(message_id, "by the router"),
             Change(message_id, "ROUTED", ROUTER,

@@ -70,8 +70,8 @@ class TrailStore:
         ``only_from`` makes transitions idempotent under redelivery: a router that
         sees a message twice does not move a DELIVERED message back to ROUTED.
         """
-        return self.record_many([Change(message_id, kind, actor, detail or {}, status,
-                                        None if only_from is None else tuple(only_from), columns)])[0]
+        return self.record_many([Change.of(message_id, kind, actor, detail, status=status, only_from=only_from,
+                                           **columns)])[0]
 
     def record_many(self, changes: Sequence[Change]) -> list[bool]:
         """Apply several changes in one transaction (group commit); one result per change, as ``record``."""

@@ -62,8 +62,8 @@ class GroupRecorder:
     def record(self, message_id: str, kind: str, actor: str, detail: dict[str, Any] | None = None, *,
                status: Status | None = None, only_from: Iterable[Status] | None = None, **columns: Any) -> bool:
         """As ``Journal.record``: the event, and the status moved if ``only_from`` holds; False if it did not."""
-        return self.record_many([Change(message_id, kind, actor, detail or {}, status,
-                                        None if only_from is None else tuple(only_from), columns)])[0]
+        return self.record_many([Change.of(message_id, kind, actor, detail, status=status, only_from=only_from,
+                                           **columns)])[0]
 
     def record_many(self, changes: Sequence[Change]) -> list[bool]:
         """As ``Journal.record_many``: these changes land in one commit, whichever others share it."""

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, overload
@@ -97,6 +97,13 @@ class Change(NamedTuple):
     even_if_late: bool = False
     #: A stage written once per round: skipped when its event is already in the trail.
     stage: Stage | None = None
+
+    @classmethod
+    def of(cls, message_id: str, kind: str, actor: str, detail: dict[str, Any] | None = None, *,
+           status: Status | None = None, only_from: Iterable[Status] | None = None, **columns: Any) -> Change:
+        """A change from ``record``'s arguments, for every recorder that takes them."""
+        return cls(message_id, kind, actor, detail or {}, status, None if only_from is None else tuple(only_from),
+                   columns)
 
 
 @dataclass(frozen=True)
