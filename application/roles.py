@@ -184,7 +184,8 @@ def run_worker(config: GatewayConfig, keyring: KeyRing, kind: str) -> None:
 
         run = consumer([topo.poison_queue], Reconciler(config, journal, dead).handle, prefetch=4)
         inspector = BrokerInspector(s.broker.nodes, topo.all_queues(config.participants))
-        sweeper = Sweeper(journal, topo, inspector.depths, s.reconciler.stuck_after_seconds)
+        sweeper = Sweeper(journal, topo, inspector.looks, s.reconciler.stuck_after_seconds,
+                          confirm_after_seconds=s.delivery.timeout_seconds)
         # The poison queue's consumers compete (RabbitMQ hands each message to one); the sweeper runs once.
         lease = once_only(config, journal, "sweeper")
         threading.Thread(target=lease.run, name="sweeper-lease", daemon=True, args=(

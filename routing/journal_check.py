@@ -5,10 +5,13 @@ rule, plus ACCEPTED ones the outbox relay has not published), trails whose hash 
 does not verify, messages RabbitMQ dead-lettered that the journal does not yet show
 DEAD (the poison queue), and copies in the dead letter queue whose message is no longer
 dead there. ``--repair`` runs the reconciler over the poison queue, the sweeper once,
-and prunes the dead letter queue; the check then runs again on what is left.
+and prunes the dead letter queue; the check then runs again on what is left. A stuck
+message whose copy a running worker may hold is swept only if it is still unchanged one
+delivery attempt's timeout later, so ``--repair`` may take that long.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -43,7 +46,8 @@ class JournalCheck:
         self.topology = Topology.of(config.settings.broker)
         self.broker = config.settings.broker.nodes
         self.inspector = BrokerInspector(self.broker, self.topology.all_queues(config.participants), ttl=0)
-        self.sweeper = Sweeper(journal, self.topology, self.inspector.depths, stuck_after_seconds)
+        self.sweeper = Sweeper(journal, self.topology, self.inspector.looks, stuck_after_seconds,
+                               confirm_after_seconds=config.settings.delivery.timeout_seconds)
         self.stuck_after = stuck_after_seconds
 
     def run(self) -> Findings:
@@ -53,7 +57,7 @@ class JournalCheck:
         for rec in self.journal.unchanged_since([Status.ACCEPTED], before, limit=10_000):
             found.stuck.append((rec.message_id, f"ACCEPTED for {(utcnow() - rec.updated_at).total_seconds():.0f} s: "
                                 "the outbox relay (zdravlink serve) has not published it"))
-        found.stuck += [(rec.message_id, why) for rec, why in self.sweeper.stuck(limit=10_000)]
+        found.stuck += [(s.record.message_id, s.why) for s in self.sweeper.stuck(limit=10_000)]
         found.broken_trails = list(self.journal.broken_trails())
         found.unreconciled = self.inspector.depths().get(self.topology.poison_queue, 0)
         found.stale_dead_copies = self._stale_dead_copies()
@@ -111,5 +115,8 @@ class JournalCheck:
         finally:
             publisher.close()
         swept = len(self.sweeper.sweep_once())
+        if self.sweeper.awaiting_confirmation:  # a running worker may hold their copies: look again after one attempt
+            time.sleep(self.sweeper.confirm_after)
+            swept += len(self.sweeper.sweep_once())
         pruned = prune_dead_queue(self.broker, self.topology, self.journal)
         return {"reconciled": reconciled, "swept": swept, "pruned": pruned}

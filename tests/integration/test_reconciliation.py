@@ -117,6 +117,24 @@ def test_a_routed_message_waiting_in_its_recipients_queue_is_not_swept(gateway_f
     assert list(clinic.accepted) == [body["messageId"]]
 
 
+def test_a_message_its_worker_holds_through_a_slow_delivery_is_not_swept(gateway_factory):
+    """RabbitMQ does not count a copy a worker holds unacknowledged: the recipient queue looks empty
+    for the whole attempt, longer than stuck_after here, and the message still shows PUBLISHED."""
+    slow = RecipientServer(name="clinic", delay=3.0).start()  # under delivery.timeout_seconds (5)
+    try:
+        gw = gateway_factory(configs.participants(slow.url), configs.routes(), settings=configs.settings() + SWEEPING,
+                             reconciler=True)
+        body = envelope_json("lab", "clinic")
+        gw.post(body, LAB_TOKEN).raise_for_status()
+        st = gw.wait_status(body["messageId"], LAB_TOKEN, "DELIVERED", timeout=30)
+        kinds = [e["event"] for e in st["trail"]]
+        assert kinds == ["ACCEPTED", "PUBLISHED", "ROUTED", "DELIVERED"] and st["trailIntact"], kinds
+        time.sleep(1)  # a second copy, had one been swept round, would reach the recipient by now
+        assert list(slow.accepted) == [body["messageId"]]
+    finally:
+        slow.stop()
+
+
 def test_journal_check_finds_stuck_messages_and_broken_trails_and_repair_mends_what_it_can(gateway_factory, clinic):
     gw = gateway_factory(configs.participants(clinic.url), configs.routes(),
                          settings=configs.settings())  # no reconciler: the check and its --repair do the work
