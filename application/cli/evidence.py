@@ -137,13 +137,19 @@ def journal_prune(config: Path | None = ConfigOpt,
     """Run retention once now: archive, then remove, what `retention:` lets go (the reconciler does it hourly)."""
     from gateway.evidence.duty import pruner
     from gateway.journal import Journal
+    from gateway.journal.exclusive import Busy
 
     cfg = load_or_exit(config)
     if not cfg.settings.retention.active:
         out.print("no retention rule: nothing is ever pruned (retention: in gateway.yaml)")
         return
     began = time.perf_counter()
-    done = pruner(cfg, Journal(cfg.settings.database.url), share=share).run_once(limit=limit)
+    try:
+        done = pruner(cfg, Journal(cfg.settings.database.url), share=share).run_once(limit=limit)
+    except Busy as exc:
+        err.print(f"{exc}: a prune run is under way (the reconciler's or another journal prune); "
+                  "nothing done, try again when it has finished", highlight=False)
+        raise typer.Exit(1) from None
     took = time.perf_counter() - began
     out.print(f"run {done.run}: {done.messages} messages ({done.events} events) and {done.envelopes} envelopes "
               f"removed, {done.held} held, {done.kept_for_records} kept for business records, "

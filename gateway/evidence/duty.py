@@ -19,6 +19,7 @@ from gateway.evidence.retention import Pruner
 from gateway.evidence.sealer import Sealer
 from gateway.evidence.tsa import TsaClient
 from gateway.journal import Journal
+from gateway.journal.exclusive import Busy
 from signing.trust import TrustStore
 from signing.xmldsig import Signer
 
@@ -102,6 +103,8 @@ class EvidenceDuty:
         while not stopping.is_set():
             try:
                 pruner.run_once(stopping=stopping)
+            except Busy:
+                log.info("retention: a run by hand (journal prune) is under way; this one waits for the next interval")
             except Exception:  # the journal out of reach: the next interval tries again
                 log.exception("retention run failed")
             stopping.wait(self.prune_every)

@@ -24,7 +24,8 @@ under a ``.partial`` name and renamed when complete; the delete commits together
 run's record of that archive and the chain so far, so what a killed run removed is always
 listed; a complete archive whose delete never committed removed nothing (its messages are
 still in the journal, and the next run archives them again); ``.partial`` files are cleared
-at the start of the next run.
+at the start of the next run. Runs exclude each other (``gateway.journal.exclusive``) with a
+lock that goes with a killed run, so the next may start at once.
 
 ``envelope_days`` removes only the envelope (archived first, as above); the row and
 the trail stay, ``envelope_pruned_at`` says when, and the verifier no longer asks for it.
@@ -52,6 +53,7 @@ from gateway.evidence.canonical import EventRecord
 from gateway.evidence.check import pack_leaves, unpack_leaves
 from gateway.evidence.sealer import EVENT_COLUMNS
 from gateway.journal import Journal, Status, utcnow
+from gateway.journal.exclusive import exclusive
 from gateway.journal.model import as_utc
 from gateway.journal.tables import (
     acts,
@@ -173,9 +175,14 @@ class Pruner:
         """Prune what is due at ``now``; at most ``limit`` messages (None: all that is due).
 
         With ``stopping``, the rests between chunks wait on it, and the run ends at the first chunk
-        boundary after it is set.
+        boundary after it is set. One run at a time per journal: two would both chain on the same
+        previous run, fork the archive chain and archive the same messages twice, so a second one
+        raises ``Busy`` at once.
         """
-        now = now or utcnow()
+        with exclusive(self.journal, "prune"):
+            return self._run_alone(now or utcnow(), limit, stopping)
+
+    def _run_alone(self, now: datetime, limit: int | None, stopping: threading.Event | None) -> PruneResult:
         shortest = self.shortest_days()
         for leftover in self.archive_dir.glob("*.partial"):
             leftover.unlink()  # written by a run killed mid-archive; never listed, nothing was removed for it

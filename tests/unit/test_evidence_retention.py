@@ -1,6 +1,7 @@
 """Retention on SQLite and PostgreSQL: what is due is archived, then removed; the chain verifies after; holds hold."""
 from __future__ import annotations
 
+import hashlib
 import json
 import threading
 import uuid
@@ -23,6 +24,7 @@ from gateway.evidence.retention import Pruner, place_hold, prune_totals, release
 from gateway.evidence.sealer import EVENT_COLUMNS, Sealer
 from gateway.evidence.verify import verify_journal
 from gateway.journal import Journal, Status, utcnow
+from gateway.journal.exclusive import Busy
 from gateway.journal.tables import events, evidence_batches, evidence_head, messages, prune_runs
 from gateway.xmlsafe import parse_xml
 from tests.support.waiting import wait_for
@@ -300,6 +302,49 @@ def test_a_stopped_run_ends_at_the_next_chunk_and_its_record_lists_what_it_remov
     assert (run.messages, json.loads(run.archives), run.chain) == (4, result.archives, result.chain)
     assert run.finished_at is not None and run.error is None
     assert count(journal, messages) == 6
+
+
+class HeldRest(threading.Event):
+    """The run's first rest blocks until the test lets it go: the run is under way, holding its lock."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.resting, self.go_on = threading.Event(), threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.resting.set()
+        self.go_on.wait(30)
+        return self.is_set()
+
+
+def test_a_second_run_while_one_is_under_way_is_refused_so_the_archive_chain_never_forks(journal: Journal,
+                                                                                        tmp_path: Path) -> None:
+    for _ in range(10):
+        send(journal)
+    Sealer(journal).seal_once()
+    later = utcnow() + timedelta(days=31)
+    rest, results = HeldRest(), []
+    first = threading.Thread(target=lambda: results.append(
+        Pruner(journal, settings(), tmp_path).run_once(now=later, stopping=rest)))
+    first.start()
+    try:
+        assert rest.resting.wait(30)
+        with pytest.raises(Busy, match="'prune' lock"):
+            Pruner(journal, settings(), tmp_path).run_once(now=later)
+        assert len(_runs(journal)) == 1  # the refused run left no record
+    finally:
+        rest.go_on.set()
+        first.join(30)
+    send(journal)  # the newest event is now this one's: the message the first run had to keep may go
+    Sealer(journal).seal_once()
+    second = Pruner(journal, settings(), tmp_path).run_once(now=later)
+    runs = _runs(journal)
+    assert [r.id for r in runs] == [results[0].run, second.run] and all(r.finished_at for r in runs)
+    assert (results[0].messages, second.messages) == (9, 1)
+    chained = hashlib.sha256(runs[0].chain.encode("ascii"))  # the second run's chain goes on from the first's
+    chained.update(second.archives[0]["sha256"].encode("ascii"))
+    assert runs[1].chain == chained.hexdigest()
+    assert verify_journal(journal, trust=None, tsa_trust=None).ok
 
 
 def test_the_duty_seals_while_its_pruner_rests_and_a_stop_ends_both(journal: Journal, tmp_path: Path) -> None:
