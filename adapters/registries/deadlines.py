@@ -9,6 +9,10 @@ LATE_ANSWER, so the MIS sees TIMEOUT first and the real answer after it.
 
 The watcher claims each TIMEOUT with a guarded update before sending it, so several
 watchers, or a watcher racing a late answer, never send two outcomes for one moment.
+
+A TIMEOUT the gateway's own pipeline refuses (no answer route back to the MIS, a schema)
+stays claimed and is tried again at every poll, so it goes out once the configuration
+is mended; the refusal is logged once per request and reason, not at every poll.
 """
 from __future__ import annotations
 
@@ -35,12 +39,16 @@ class DeadlineWatcher:
         self.journal = journal
         self.replies = replies
         self.requests = replies.requests
+        #: Requests whose TIMEOUT was refused, with the refusal's code: logged once, not at every poll.
+        self._refused: dict[str, str] = {}
 
     def run_once(self, now: dt.datetime | None = None) -> int:
         """Send every TIMEOUT that is due; returns how many were sent."""
         now = now or dt.datetime.now(dt.UTC)
         sent = 0
-        for pending in self.requests.due(now):
+        due = self.requests.due(now)
+        self._refused = {p.message_id: self._refused[p.message_id] for p in due if p.message_id in self._refused}
+        for pending in due:
             timeout_id = self.requests.claim_timeout(pending.message_id, str(uuid.uuid1()))
             rec = self.journal.get(pending.message_id)
             if timeout_id is None or rec is None:
@@ -57,8 +65,13 @@ class DeadlineWatcher:
             try:
                 self.replies.timeout(request, timeout_id, timeout_answer(request.payload, reason[:1000], now), reason)
                 sent += 1
+                if self._refused.pop(pending.message_id, None) is not None:
+                    log.info("TIMEOUT answer to %s accepted after all", pending.message_id)
             except Rejection as rej:
-                log.error("TIMEOUT answer to %s refused: %s %s", pending.message_id, rej.code, mask_text(rej.detail))
+                if self._refused.get(pending.message_id) != rej.code:
+                    log.error("TIMEOUT answer to %s refused: %s %s; tried again at every poll", pending.message_id,
+                              rej.code, mask_text(rej.detail))
+                self._refused[pending.message_id] = rej.code
         return sent
 
     def run(self, stop: threading.Event) -> None:

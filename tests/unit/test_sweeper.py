@@ -7,6 +7,7 @@ when a second look, one attempt's timeout later, finds it unchanged.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -32,7 +33,7 @@ class Clock:
 
 
 @pytest.fixture
-def journal(tmp_path: Path) -> Journal:
+def journal(tmp_path: Path) -> Iterator[Journal]:
     j = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
     j.migrate()
     yield j
