@@ -26,7 +26,8 @@
     │   └── adapters.hl7v2.mllp.FrameTooLarge
     └── Interrupt             not a failure: a signal between the gateway's own parts
         └── routing.journal_gate.WorkerStopping, adapters.soap.smev_exchange.Audited (a refusal already
-            audited), adapters.soap.smev_service.SmevSoapFault (carries it to spyne's serialiser)
+            audited), adapters.soap.smev_service.SmevSoapFault (carries it to spyne's serialiser),
+            gateway.journal.exclusive.Busy (another process is doing it: a prune run)
 
 The demo's own errors (``demo``) descend from these too. Errors of the libraries we
 use are not wrapped: where they matter (the journal's database, the broker) a

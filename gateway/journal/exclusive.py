@@ -20,10 +20,11 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from gateway.journal import Journal
+from zdravlink.errors import Interrupt
 
 
-class Busy(Exception):
-    """Another process holds the lock."""
+class Busy(Interrupt):
+    """Another process holds the lock: what it guards is being done already."""
 
 
 @contextmanager
