@@ -9,6 +9,7 @@ import dataclasses
 import logging
 import math
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from gateway import errors
 from gateway.accept import Accepted, AcceptPipeline
@@ -26,12 +27,14 @@ log = logging.getLogger("zdravlink.intake")
 
 class Intake:
     def __init__(self, pipeline: AcceptPipeline, journal: Journal,
-                 on_accepted: Callable[[], None] | None = None) -> None:
+                 on_accepted: Callable[[], None] | None = None, shared_limits: Path | None = None) -> None:
+        """``shared_limits``: the directory where the accepting processes of this host share their rate
+        limit buckets (``ZL_RUN_DIR``); None: this process keeps its own."""
         self.pipeline = pipeline
         self.journal = journal
         self.on_accepted = on_accepted
         self.limits = RateLimiter({m: p.rate_limit for m, p in pipeline.config.participants.items()
-                                   if p.rate_limit is not None})
+                                   if p.rate_limit is not None}, shared_dir=shared_limits)
 
     def authenticate(self, token: str | None, peer: PeerCertificate | None, *, source: str,
                      remote: str | None) -> Participant:

@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from application.reachability import CannotListen
-from application.wiring import topology
+from application.wiring import run_dir, topology
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
 from gateway.journal.group_commit import GroupRecorder
@@ -96,7 +96,8 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
             journal_ok = False
         return {"journal": journal_ok, "broker": inspector.reachable()}
 
-    api_intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake)
+    api_intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake,
+                        shared_limits=run_dir())
     inbox = Inbox(journal)
     mappings = load_lab_mappings(config)
     labs = LabResults(api_intake, mappings)
@@ -226,7 +227,7 @@ def run_mllp(config: GatewayConfig, keyring: KeyRing, mappings: dict[str, Any]) 
 
     s = config.settings
     journal = Journal(s.database.url)
-    labs = LabIntake(intake(config, journal, keyring), mappings)
+    labs = LabIntake(intake(config, journal, keyring, from_partners=True), mappings)
     guard = MllpSecurity(config, labs.intake)  # TLS, each lab's client certificate, rate limits (paced ACKs)
 
     async def handle(message: bytes, peer: str) -> bytes:

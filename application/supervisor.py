@@ -87,14 +87,18 @@ class Supervisor:
         self.stopping = False
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.metrics_dir = Path(os.environ.get("ZL_VAR_DIR", "var")) / "metrics"
+        #: What this host's processes share besides metrics (rate limit buckets); emptied at each start.
+        self.run_dir = Path(os.environ.get("ZL_VAR_DIR", "var")) / "run"
 
     def _spawn(self, name: str) -> None:
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir.resolve())}
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir.resolve()),
+               "ZL_RUN_DIR": str(self.run_dir.resolve())}
         self.procs[name] = subprocess.Popen(self.commands[name], env=env)
 
     def run(self) -> int:
-        shutil.rmtree(self.metrics_dir, ignore_errors=True)
-        self.metrics_dir.mkdir(parents=True)
+        for shared in (self.metrics_dir, self.run_dir):
+            shutil.rmtree(shared, ignore_errors=True)
+            shared.mkdir(parents=True)
         Journal(self.config.settings.database.url).migrate()
         declare_topology(self.config)
         for name in self.commands:

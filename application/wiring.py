@@ -6,6 +6,8 @@ audit) is built the same way for every inbound adapter.
 """
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from application.runtime import has_registry_routes
@@ -32,12 +34,25 @@ def declare_topology(config: GatewayConfig) -> None:
         conn.close()
 
 
-def intake(config: GatewayConfig, journal: Journal, keyring: KeyRing) -> Intake:
-    """The intake of a process that accepts messages (its accept pipeline is imported only then)."""
+def intake(config: GatewayConfig, journal: Journal, keyring: KeyRing, *, from_partners: bool = False) -> Intake:
+    """The intake of a process that accepts messages (its accept pipeline is imported only then).
+
+    ``from_partners``: partners send to it (the API, the MLLP listener), so it holds their rate limits,
+    shared with this host's other such processes through ``run_dir()``.
+    """
     from adapters.intake import Intake
     from gateway.accept import AcceptPipeline
 
-    return Intake(AcceptPipeline(config, journal, keyring), journal)
+    return Intake(AcceptPipeline(config, journal, keyring), journal, shared_limits=run_dir() if from_partners else None)
+
+
+def run_dir() -> Path | None:
+    """``ZL_RUN_DIR``: where the processes of one gateway on this host share state (rate limit buckets).
+
+    ``zdravlink run`` sets it to ``$ZL_VAR_DIR/run``, the systemd units to ``/run/zdravlink``.
+    """
+    where = os.environ.get("ZL_RUN_DIR")
+    return Path(where) if where else None
 
 
 def delivery_channels(config: GatewayConfig, journal: Journal, keyring: KeyRing) -> dict[str, DeliveryChannel]:

@@ -69,11 +69,6 @@ def _transport_report(cfg: GatewayConfig, ring: KeyRing) -> None:
         if w.kind == "crl":
             when = "is past its next update" if days < 0 else f"is due for its next update in {days:.0f} days"
         err.print(f"[yellow]warning[/yellow]: {w.owner} {w.kind} {w.subject!r} {when}", highlight=False)
-    limited = sorted(m for m, p in cfg.participants.items() if p.rate_limit is not None)
-    if s.api.processes > 1 and limited:
-        err.print(f"[yellow]warning[/yellow]: api.processes is {s.api.processes} and each API process keeps its own "
-                  f"rate limit buckets: {', '.join(limited)} may send up to {s.api.processes} times its rate_limit "
-                  "(docs/transport-security.md#rate-limits)", highlight=False)
     for who, token in Authenticator(cfg.participants, cfg.directory).expiring_tokens(WARN_WITHIN):
         left = (token.expires - dt.datetime.now(dt.UTC)).total_seconds() / 86400 if token.expires else 0
         name = f" {token.label!r}" if token.label else ""

@@ -3,6 +3,7 @@ their relays share the outbox, and every message is delivered once."""
 from __future__ import annotations
 
 import os
+import time
 
 import httpx
 import pytest
@@ -56,5 +57,43 @@ def test_two_api_processes_share_the_port_and_the_outbox(gateway_factory, tmp_pa
     finally:
         if gw is not None:
             gw.stop()  # before its database goes
+        clinic.stop()
+        next(databases, None)
+
+
+def test_two_api_processes_hold_a_participant_to_one_rate_limit(gateway_factory):
+    """Each process used to keep its own buckets, so a lab spread over both got twice its limit."""
+    from tests.conftest import PG_URL, _pg_database
+
+    databases = _pg_database(PG_URL)
+    db_url = next(databases)
+    clinic = RecipientServer(name="clinic").start()
+    rate, burst = 1.0, 10
+    participants = configs.participants(clinic.url).replace(
+        "    kind: lis\n", f"    kind: lis\n    rate_limit: {{messages_per_second: {rate}, burst: {burst}}}\n", 1)
+    gw = None
+    try:
+        gw = gateway_factory(participants, configs.routes(), settings=configs.settings(), db_url=db_url)
+        second = gw.spawn("api-2")
+        wait_for(lambda: listens(second.pid, gw.port), timeout=30, what="the second API process to listen")
+        answers = []
+        began = time.monotonic()
+        with httpx.Client(limits=httpx.Limits(max_keepalive_connections=0)) as http:  # spread over both
+            for _ in range(4 * burst):
+                r = http.post(f"{gw.base}/api/v1/messages", json=envelope_json("lab", "clinic"),
+                              headers={"Authorization": f"Bearer {LAB_TOKEN}"})
+                answers.append(r.status_code)
+        took = time.monotonic() - began
+        admitted = answers.count(202)
+        assert set(answers) == {202, 429}, answers
+        # One pair of buckets for the host: the burst, and what the rate refilled while the test sent.
+        assert burst <= admitted <= burst + rate * took + 1, (admitted, took)
+        pids = {gw.procs["api"].pid, gw.procs["api-2"].pid}
+        answering = {int(f.stem.split("_")[-1]) for f in (gw.dir / "metrics").glob("counter_*.db")} & pids
+        assert answering == pids, "both API processes answered the lab"
+        wait_for(lambda: len(clinic.accepted) == admitted, timeout=60, what="every admitted message delivered")
+    finally:
+        if gw is not None:
+            gw.stop()
         clinic.stop()
         next(databases, None)

@@ -71,6 +71,7 @@ class GatewayProcesses:
             "ZL_API_PORT": str(api_port),
             **({"ZL_MLLP_PORT": str(mllp_port)} if mllp_port else {}),
             "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics"),
+            "ZL_RUN_DIR": str(self.dir / "run"),
             "ZL_LOG_LEVEL": "INFO",
         }
         (self.dir / "metrics").mkdir()

@@ -266,17 +266,3 @@ def test_a_listener_off_loopback_needs_tls_or_an_explicit_plain(tmp_path, capsys
         print_endpoints(cfg, proxied)
     banner = capsys.readouterr().out
     assert "http://0.0.0.0:8700/api/v1/messages   [plain (explicit: TLS ends at a proxy in front)]" in banner, banner
-
-
-def test_check_config_warns_that_rate_limits_are_per_api_process(tmp_path):
-    participants = configs.participants("http://127.0.0.1:9/inbox").replace(
-        "    kind: lis\n", "    kind: lis\n    rate_limit: {messages_per_second: 10}\n", 1)
-    assert "rate_limit" in participants
-    (tmp_path / "one").mkdir()
-    (tmp_path / "four").mkdir()
-    one = run_cli("check-config", str(write(tmp_path / "one", participants=participants)))
-    assert one.exit_code == 0 and "rate limit" not in one.stderr, one.stderr
-    four = run_cli("check-config", str(write(tmp_path / "four", participants=participants,
-                                             gateway="api: {processes: 4}\n")))
-    assert four.exit_code == 0, four.stderr
-    assert "api.processes is 4" in four.stderr and "lab may send up to 4 times its rate_limit" in four.stderr

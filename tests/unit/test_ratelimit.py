@@ -1,6 +1,10 @@
 """Rate limits: two token buckets per participant, on a clock the test moves (gateway.ratelimit)."""
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from gateway.ratelimit import RateLimit, RateLimiter
@@ -85,3 +89,45 @@ def test_participants_without_a_limit_and_each_their_own_buckets():
 def test_a_limit_that_says_nothing_or_contradicts_itself_is_refused(limit, message):
     with pytest.raises(ValueError, match=message):
         RateLimit.model_validate(limit)
+
+
+# ---- shared between the processes of a host --------------------------------------------------------
+
+SPEND = """
+import sys
+from pathlib import Path
+from gateway.ratelimit import RateLimit, RateLimiter
+limits = {"lab": RateLimit(messages_per_second=0.01, burst=5), "other": RateLimit(messages_per_second=0.01, burst=5)}
+rl = RateLimiter(limits, shared_dir=Path(sys.argv[1]))
+print(sum(rl.admit(sys.argv[2], 10).admitted for _ in range(int(sys.argv[3]))))
+"""
+
+
+def spend_elsewhere(shared: Path, participant: str, n: int) -> int:
+    """Admit ``n`` messages of ``participant`` in another process; how many it got through."""
+    done = subprocess.run([sys.executable, "-c", SPEND, str(shared), participant, str(n)], capture_output=True,
+                          text=True, timeout=60, cwd=Path(__file__).resolve().parents[2])
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
+
+
+def test_processes_given_one_directory_share_each_participants_buckets(tmp_path: Path) -> None:
+    limits = {"lab": RateLimit(messages_per_second=0.01, burst=5), "other": RateLimit(messages_per_second=0.01, burst=5)}
+    assert spend_elsewhere(tmp_path, "lab", 3) == 3
+    here = RateLimiter(limits, shared_dir=tmp_path)
+    assert sum(here.admit("lab", 10).admitted for _ in range(5)) == 2  # the other process took 3 of the burst
+    assert spend_elsewhere(tmp_path, "lab", 5) == 0  # and this one the rest
+    assert spend_elsewhere(tmp_path, "other", 6) == 5  # another participant's slot is its own
+    apart = RateLimiter(limits, shared_dir=tmp_path / "another-gateway")
+    assert apart.admit("lab", 10).admitted
+
+
+def test_another_configuration_or_a_slot_from_before_a_reboot_starts_full(tmp_path: Path) -> None:
+    clock = Clock()
+    limits = {"lab": RateLimit(messages_per_second=1, burst=2)}
+    first = RateLimiter(limits, clock=clock, shared_dir=tmp_path)
+    assert [first.admit("lab", 1).admitted for _ in range(3)] == [True, True, False]
+    changed = RateLimiter({"lab": RateLimit(messages_per_second=1, burst=3)}, clock=clock, shared_dir=tmp_path)
+    assert changed.admit("lab", 1).admitted  # its own file: the other limits' levels mean nothing to it
+    clock.now -= 500  # the monotonic clock began again (a reboot; /run is emptied at boot, var/run may not be)
+    assert first.admit("lab", 1).admitted
