@@ -20,6 +20,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -79,6 +80,10 @@ class Consumer:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
         self._stop = gate.stopping if gate is not None else threading.Event()
         self._conn: BlockingConnection | None = None
+        #: Acks (and requeues) handed to the connection's thread and not yet sent: a clean stop sends them
+        #: all before it closes, or the broker hands those messages out again (a second routed copy).
+        self._unsent = 0
+        self._unsent_lock = threading.Lock()
 
     def stop(self) -> None:
         self._stop.set()
@@ -98,7 +103,11 @@ class Consumer:
         self._pool.shutdown(wait=True)
         if self._conn is not None and self._conn.is_open:
             try:
+                # One pass of the I/O loop may leave callbacks added from other threads for the next.
+                deadline = time.monotonic() + 5.0
                 self._conn.process_data_events(0)
+                while self._unsent and time.monotonic() < deadline:
+                    self._conn.process_data_events(time_limit=0.05)
                 self._conn.close()
             except BROKER_ERRORS:
                 pass
@@ -167,15 +176,22 @@ class Consumer:
             return  # stopping: the broker hands it out again once this connection closes
 
         def settle() -> None:
-            if not ch.is_open:
-                return  # the broker will redeliver it on the new connection
-            if verdict:
-                ch.basic_ack(tag)
-            else:
-                ch.basic_nack(tag, requeue=True)
+            try:
+                if not ch.is_open:
+                    return  # the broker will redeliver it on the new connection
+                if verdict:
+                    ch.basic_ack(tag)
+                else:
+                    ch.basic_nack(tag, requeue=True)
+            finally:
+                with self._unsent_lock:
+                    self._unsent -= 1
 
         conn = ch.connection
+        with self._unsent_lock:
+            self._unsent += 1
         try:
             conn.add_callback_threadsafe(settle)
         except BROKER_ERRORS:
-            pass
+            with self._unsent_lock:
+                self._unsent -= 1
