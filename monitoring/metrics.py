@@ -12,6 +12,9 @@ from prometheus_client import Counter, Gauge, Histogram
 
 ACCEPTED = Counter("zl_messages_accepted_total", "Messages accepted and journalled", ["participant", "source"])
 DUPLICATES = Counter("zl_messages_duplicate_total", "Repeats of an already accepted MessageID", ["participant"])
+SECOND_COPIES = Counter("zl_second_copies_dropped_total",
+                        "Second copies of a message's round dropped before they went on (a publish repeated "
+                        "after its journal write failed, a redelivery after a lost ack)", ["stage"])
 REJECTED = Counter("zl_messages_rejected_total", "Messages refused at intake", ["source", "code"])
 MAPPING_GAPS = Counter("zl_mapping_gaps_total", "Lab messages refused for a gap in the mapping or the message",
                        ["lab", "code", "lab_code"])

@@ -14,10 +14,20 @@ The router writes nothing for a copy it routes: the route travels in the copy's 
 and the delivery worker writes PUBLISHED and ROUTED with the copy's first outcome
 (``routing_noted``). Until then the message shows PUBLISHED, and the sweeper looks for its
 copy in the recipient's delivery queue as well as in the route queue.
+
+So the journal cannot tell the router that a copy's round was routed already: a relay that
+published and then could not write PUBLISHED (the journal cut) publishes again, and a copy
+whose ack was lost with the connection comes back. Two copies in the recipient's queue
+reach two workers at once, and the recipient gets the message twice (with one
+Idempotency-Key). The router remembers the round of the last ``REMEMBERED`` messages it
+routed (Camel's idempotent consumer, in memory) and drops a second copy of one of them.
+A router started anew remembers nothing; then the worker's journal check drops the second
+copy unless both are in flight at once.
 """
 from __future__ import annotations
 
 import logging
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import pika
@@ -37,6 +47,9 @@ from zdravlink.errors import ExchangeError
 
 log = logging.getLogger(__name__)
 _ROUTABLE_VALUES = frozenset(s.value for s in ROUTABLE)
+#: Messages whose routed round the router remembers: at 300 routed a second, the last minute or so
+#: (about 2 MB). A relay's second publish comes within seconds of the journal's return.
+REMEMBERED = 20_000
 
 
 class NotConfirmed(ExchangeError):
@@ -53,6 +66,8 @@ class Router:
         self.dead = dead
         self._group: GroupExecutor[tuple[bytes, pika.BasicProperties], None] = GroupExecutor(
             self._route_batch, max_batch, name="router-batch")
+        #: message id -> the generation routed (its copy confirmed); touched by the batch thread alone.
+        self._routed: OrderedDict[str, int] = OrderedDict()
 
     def handle(self, body: bytes, props: pika.BasicProperties) -> None:
         self._group.submit((body, props))
@@ -65,6 +80,7 @@ class Router:
         records = self.journal.get_many([props.message_id for _, props in items])
         outgoing: list[Outgoing] = []
         routes: dict[str, str] = {}
+        generations: dict[str, int] = {}
         results: list[ItemFailed | None] = []
         late: list[Change] = []
         for body, props in items:
@@ -74,6 +90,9 @@ class Router:
                 continue
             if int((props.headers or {}).get("x-zl-generation", rec.generation)) != rec.generation:
                 continue  # a copy from before a replay or a sweep; the current round has its own copy
+            if self._routed.get(rec.message_id) == rec.generation:
+                metrics.SECOND_COPIES.labels("router").inc()
+                continue  # this round is in the recipient's queue already (see the module's docstring)
             if rec.status not in _ROUTABLE_VALUES:
                 # A repeat, or a router that died after routing it and before writing it down: the
                 # delivery worker has it. When a whole node dies, its relay may have died unwritten
@@ -95,12 +114,17 @@ class Router:
                 results[-1] = ItemFailed(exc)
                 continue
             routes[rec.message_id] = route.name
+            generations[rec.message_id] = rec.generation
             outgoing.append(Outgoing(rec.message_id, env.recipient, body, routed_headers(route, rec.generation)))
         confirmed = set(self.publisher.publish_batch(self.topology.deliver_exchange, outgoing))
         if late:
             self.journal.record_many(late)
         for mid in confirmed:
             metrics.ROUTED.labels(routes[mid]).inc()
+            self._routed[mid] = generations[mid]
+            self._routed.move_to_end(mid)
+        while len(self._routed) > REMEMBERED:
+            self._routed.popitem(last=False)
         missing = [o.message_id for o in outgoing if o.message_id not in confirmed]
         if missing:
             raise NotConfirmed(f"{len(missing)} routed copies not confirmed by the broker")

@@ -8,6 +8,7 @@ PUBLISHED (seen once in 2,000 messages in the scale-out fault test).
 """
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from pathlib import Path
 
@@ -51,4 +52,37 @@ def test_a_copy_of_a_delivered_message_completes_its_trail_once(tmp_path: Path, 
         assert sorted(e.kind for e in trail) == ["ACCEPTED", "DELIVERED", "PUBLISHED", "ROUTED"], trail
         assert journal.get(mid).status == "DELIVERED" and journal.verify_trail(mid)
     finally:
+        journal.engine.dispose()
+
+
+def test_a_second_copy_of_a_routed_round_is_not_routed_again_and_a_new_round_is(tmp_path: Path, demo_keys: Path,
+                                                                                  db_url: str) -> None:
+    """A relay that published and could not write PUBLISHED publishes again; a copy whose ack was lost
+    comes back. The journal still says PUBLISHED (ROUTED comes with the delivery), so the router
+    remembers the rounds it routed: two copies in the recipient's queue would reach two workers at once."""
+    from tests.support.gateway_proc import delete_topology
+
+    config = load_config(write_config(tmp_path / "config", demo_keys))
+    journal = Journal(db_url)
+    env = dataclasses.replace(make_env(), recipient="clinic")  # the route lab-to-clinic takes it
+    mid = env.message_id
+    journal.accept(env, source="rest", actor="t", route="lab-to-clinic")
+    journal.mark_published([mid], "relay")
+    topology = Topology(f"zlt-{uuid.uuid4().hex[:8]}")
+    conn = pika.BlockingConnection(pika.URLParameters(AMQP_URL))
+    ch = conn.channel()
+    topology.declare(ch, config.participants)
+    deliver = topology.deliver_queue(env.recipient)
+    router = Router(config, journal, topology, AMQP_URL, DeadLetterChannel(journal, topology, None, "t"))  # type: ignore[arg-type]
+    try:
+        for _ in range(3):  # one at a time: each in a batch of its own
+            router.handle(env.to_xml(), pika.BasicProperties(message_id=mid, headers={"x-zl-generation": 0}))
+        assert ch.queue_declare(deliver, passive=True).method.message_count == 1
+        assert journal.send_round_again(journal.get(mid), "sweeper", {})  # its copy lost: a new round
+        router.handle(env.to_xml(), pika.BasicProperties(message_id=mid, headers={"x-zl-generation": 1}))
+        assert ch.queue_declare(deliver, passive=True).method.message_count == 2
+    finally:
+        router.close()
+        conn.close()
+        delete_topology(AMQP_URL, topology.prefix, list(config.participants))
         journal.engine.dispose()
