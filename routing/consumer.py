@@ -1,7 +1,9 @@
 """A RabbitMQ consumer with manual acks, bounded prefetch and a thread pool.
 
 The handler runs on a pool thread; its outcome is turned into an ack (or a requeue)
-on the connection's own thread through ``add_callback_threadsafe``.
+on the connection's own thread through ``add_callback_threadsafe``. A clean stop lets the
+pool finish and sends every ack it owes before it closes the connection; an ack left
+behind hands the message out again, and the router would route it a second time.
 
 What a failing handler does to its message depends on why it failed:
 

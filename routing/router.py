@@ -48,7 +48,7 @@ from zdravlink.errors import ExchangeError
 log = logging.getLogger(__name__)
 _ROUTABLE_VALUES = frozenset(s.value for s in ROUTABLE)
 #: Messages whose routed round the router remembers: at 300 routed a second, the last minute or so
-#: (about 2 MB). A relay's second publish comes within seconds of the journal's return.
+#: (about 3 MB). A relay's second publish comes within seconds of the journal's return.
 REMEMBERED = 20_000
 
 
