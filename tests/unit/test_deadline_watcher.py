@@ -1,6 +1,6 @@
 """The deadline watcher when the gateway's own pipeline refuses a TIMEOUT: tried at every poll, logged once.
 
-The journal and the correlation store are real (SQLite); the reply sender stands in for the
+The journal and the correlation store are real (SQLite and PostgreSQL); the reply sender stands in for the
 intake, refusing as a missing answer route would, then accepting once "the route is mended".
 """
 from __future__ import annotations
@@ -8,8 +8,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -40,13 +38,6 @@ class Replies:
         self.sent.append(timeout_id)
         self.requests.timed_out(request.message_id)
 
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
-    j.migrate()
-    yield j
-    j.engine.dispose()
 
 
 def test_a_refused_timeout_is_tried_at_every_poll_and_logged_once(journal: Journal,

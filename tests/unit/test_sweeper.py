@@ -1,4 +1,4 @@
-"""The sweeper's rule on a real journal, with the broker's answers and the clock given by the test.
+"""The sweeper's rule on a real journal (SQLite and PostgreSQL); the broker's answers and the clock are the test's.
 
 A copy a consumer holds unacknowledged is not counted in its queue's depth, so a queue
 with a consumer may hide a copy being delivered right now: such a message is swept only
@@ -7,10 +7,6 @@ when a second look, one attempt's timeout later, finds it unchanged.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 
 from gateway.envelope import Envelope
 from gateway.journal import Journal
@@ -31,13 +27,6 @@ class Clock:
     def __call__(self) -> float:
         return self.now
 
-
-@pytest.fixture
-def journal(tmp_path: Path) -> Iterator[Journal]:
-    j = Journal(f"sqlite:///{tmp_path / 'journal.db'}")
-    j.migrate()
-    yield j
-    j.engine.dispose()
 
 
 def published(journal: Journal) -> str:
