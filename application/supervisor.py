@@ -86,9 +86,10 @@ class Supervisor:
         self.on_ready = on_ready
         self.stopping = False
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
-        self.metrics_dir = Path(os.environ.get("ZL_VAR_DIR", "var")) / "metrics"
+        var = Path(os.environ.get("ZL_VAR_DIR", "var"))
+        self.metrics_dir = var / "metrics"
         #: What this host's processes share besides metrics (rate limit buckets); emptied at each start.
-        self.run_dir = Path(os.environ.get("ZL_VAR_DIR", "var")) / "run"
+        self.run_dir = var / "run"
 
     def _spawn(self, name: str) -> None:
         env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.metrics_dir.resolve()),

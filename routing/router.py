@@ -80,7 +80,6 @@ class Router:
         records = self.journal.get_many([props.message_id for _, props in items])
         outgoing: list[Outgoing] = []
         routes: dict[str, str] = {}
-        generations: dict[str, int] = {}
         results: list[ItemFailed | None] = []
         late: list[Change] = []
         for body, props in items:
@@ -114,14 +113,13 @@ class Router:
                 results[-1] = ItemFailed(exc)
                 continue
             routes[rec.message_id] = route.name
-            generations[rec.message_id] = rec.generation
             outgoing.append(Outgoing(rec.message_id, env.recipient, body, routed_headers(route, rec.generation)))
         confirmed = set(self.publisher.publish_batch(self.topology.deliver_exchange, outgoing))
         if late:
             self.journal.record_many(late)
         for mid in confirmed:
             metrics.ROUTED.labels(routes[mid]).inc()
-            self._routed[mid] = generations[mid]
+            self._routed[mid] = records[mid].generation
             self._routed.move_to_end(mid)
         while len(self._routed) > REMEMBERED:
             self._routed.popitem(last=False)

@@ -102,9 +102,8 @@ class Sweeper:
             queues.append(str(last.detail["queue"]))
         return queues
 
-    def _confirmed(self, found: Stuck, now: float, suspects: dict[str, tuple[datetime, float]]) -> bool:
+    def _confirmed(self, rec: MessageRecord, now: float, suspects: dict[str, tuple[datetime, float]]) -> bool:
         """Whether a message a consumer may hold was already a suspect, unchanged, ``confirm_after`` ago."""
-        rec = found.record
         first = self._suspects.get(rec.message_id)
         if first is None or first[0] != rec.updated_at:
             first = (rec.updated_at, now)
@@ -123,7 +122,7 @@ class Sweeper:
             suspects: dict[str, tuple[datetime, float]] = {}
             for found in self.stuck():
                 rec, why = found.record, found.why
-                if found.may_be_held and not self._confirmed(found, now, suspects):
+                if found.may_be_held and not self._confirmed(rec, now, suspects):
                     continue
                 if self.journal.send_round_again(rec, ACTOR, {"reason": why}):
                     swept.append(rec.message_id)
