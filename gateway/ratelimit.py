@@ -37,6 +37,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from zdravlink.errors import ConfigurationError
+
 
 class RateLimit(BaseModel):
     """``rate_limit`` of a participant (participants.yaml); unset: no limit."""
@@ -112,7 +114,11 @@ class SharedLevels:
         path = (directory / f"ratelimit-{digest}.bin").resolve()
         with cls._opening:
             if path not in cls._opened:
-                cls._opened[path] = cls(path, order)
+                try:
+                    cls._opened[path] = cls(path, order)
+                except OSError as exc:
+                    raise ConfigurationError(f"ZL_RUN_DIR {directory}: the rate limit buckets cannot be kept there "
+                                             f"({exc.strerror or exc})") from exc
             return cls._opened[path]
 
     def __init__(self, path: Path, order: list[str]) -> None:

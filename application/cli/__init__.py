@@ -17,6 +17,7 @@ from application.cli import acts, evidence, messages, running, tools  # noqa: F4
 from application.cli import console as console_commands
 from application.cli.common import app, err
 from application.reachability import CannotListen, unreachable
+from zdravlink.errors import ConfigurationError
 
 PLUGIN_GROUP = "zdravlink.cli"
 app.add_typer(console_commands.app)  # zdravlink operator …, zdravlink messages … (the console's CLI face)
@@ -41,6 +42,9 @@ def main() -> None:
     except CannotListen as exc:
         err.print(f"[red]cannot listen on[/red] {exc}", highlight=False)
         sys.exit(3)
+    except ConfigurationError as exc:  # found only when a process starts (a directory it cannot use)
+        err.print(f"[red]cannot start[/red]: {exc}", highlight=False)
+        sys.exit(2)
     except Exception as exc:
         what = unreachable(exc)
         if what is None:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import configs
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -56,3 +58,19 @@ def test_an_address_the_gateway_cannot_listen_on_names_its_section_and_the_reaso
     with pytest.raises(CannotListen) as refused:
         _listen("api", host, 18080)
     assert str(refused.value) == f"{host}:18080 (api.host, api.port): {reason}"
+
+
+def test_a_run_directory_that_cannot_hold_the_rate_limits_is_one_line_and_exit_code_2(tmp_path: Path) -> None:
+    """``ZL_RUN_DIR`` where the API cannot keep its shared rate limit buckets: said at start, before listening."""
+    participants = configs.participants("http://127.0.0.1:9/inbox").replace(
+        "    kind: lis\n", "    kind: lis\n    rate_limit: {messages_per_second: 10}\n", 1)
+    (tmp_path / "participants.yaml").write_text(participants)
+    (tmp_path / "routes.yaml").write_text(configs.routes())
+    (tmp_path / "gateway.yaml").write_text(configs.settings())
+    not_a_directory = tmp_path / "run"
+    not_a_directory.write_text("a file where the directory should be")
+    done = cli("serve", "--config", str(tmp_path), env={"ZL_RUN_DIR": str(not_a_directory),
+                                                        "ZL_DATABASE_URL": f"sqlite:///{tmp_path / 'journal.db'}",
+                                                        "ZL_API_PORT": "9"})
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert f"cannot start: ZL_RUN_DIR {not_a_directory}" in done.stderr and "Traceback" not in done.stderr, done.stderr
