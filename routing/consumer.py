@@ -5,6 +5,14 @@ on the connection's own thread through ``add_callback_threadsafe``. A clean stop
 pool finish and sends every ack it owes before it closes the connection; an ack left
 behind hands the message out again, and the router would route it a second time.
 
+Acks go as few frames as they can (``Settlements``): the lowest delivery tags that are
+all done are acked with one ``multiple`` ack. Each ack frame becomes one command to a
+quorum queue's Raft leader, and once 32 are unapplied the channel's queue client holds
+further acks back until the leader catches up; a channel closed meanwhile drops them and
+the queue hands those messages out again. A clean stop that acked a router's whole
+prefetch one by one under load lost a few dozen acks that way (a CI run: 331 copies
+routed for 300 messages).
+
 What a failing handler does to its message depends on why it failed:
 
 * the journal is out of reach: the thread holds the message unacked and waits for the
@@ -20,6 +28,7 @@ What a failing handler does to its message depends on why it failed:
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import threading
 import time
@@ -58,6 +67,65 @@ def delivery_count(props: pika.BasicProperties) -> int:
     return int((props.headers or {}).get("x-delivery-count", 0))
 
 
+class Settlements:
+    """The open deliveries of one channel and their outcomes, touched on the connection's thread alone.
+
+    A run of done deliveries at the lowest open tags goes as one ``multiple`` ack; a done
+    delivery behind an open one is acked on its own rather than waiting (a slow delivery
+    must not hold its neighbours' acks and fill the prefetch window). An open delivery
+    whose worker stopped stays unacked, and no ``multiple`` ack ever covers it.
+    """
+
+    def __init__(self, ch: BlockingChannel) -> None:
+        self.ch = ch
+        self._open: dict[int, bool | None] = {}  # delivery tag -> ack, requeue, or not decided; in tag order
+        self.flush_due = False
+
+    def delivered(self, tag: int) -> None:
+        self._open[tag] = None
+
+    def decide(self, tag: int, ack: bool) -> None:
+        if tag in self._open:
+            self._open[tag] = ack
+
+    def flush(self) -> None:
+        """Send what is decided: each run of acks at the lowest open tags as one frame, the rest one by one."""
+        self.flush_due = False
+        if not self.ch.is_open:
+            return  # the broker hands these out again on the new connection
+        while self._open:
+            head, ack = next(iter(self._open.items()))
+            if ack is None:
+                break
+            if not ack:
+                del self._open[head]
+                self.ch.basic_nack(head, requeue=True)
+                continue
+            run = list(itertools.takewhile(lambda t: self._open[t] is True, self._open))
+            for tag in run:
+                del self._open[tag]
+            self.ch.basic_ack(run[-1], multiple=True)
+        for tag, ack in [(t, a) for t, a in self._open.items() if a is not None]:  # behind an open one
+            del self._open[tag]
+            if ack:
+                self.ch.basic_ack(tag)
+            else:
+                self.ch.basic_nack(tag, requeue=True)
+
+    def release(self) -> None:
+        """At a clean stop, once every worker is done: hand back what none will finish, then ack the rest.
+
+        Handed back first, those no longer stand between the done ones, and the whole
+        prefetch goes as a few frames rather than one ack each behind the first of them.
+        """
+        if not self.ch.is_open:
+            return
+        for tag in [t for t, ack in self._open.items() if ack is None]:
+            del self._open[tag]
+            self.ch.basic_nack(tag, requeue=True)
+        self.flush()
+
+
 class Consumer:
     def __init__(
         self,
@@ -82,6 +150,7 @@ class Consumer:
         self._pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix=name)
         self._stop = gate.stopping if gate is not None else threading.Event()
         self._conn: BlockingConnection | None = None
+        self._settlements: Settlements | None = None  # the current channel's
         #: Acks (and requeues) handed to the connection's thread and not yet sent: a clean stop sends them
         #: all before it closes, or the broker hands those messages out again (a second routed copy).
         self._unsent = 0
@@ -110,6 +179,8 @@ class Consumer:
                 self._conn.process_data_events(0)
                 while self._unsent and time.monotonic() < deadline:
                     self._conn.process_data_events(time_limit=0.05)
+                if self._settlements is not None:
+                    self._settlements.release()
                 self._conn.close()
             except BROKER_ERRORS:
                 pass
@@ -120,8 +191,10 @@ class Consumer:
         if self.on_connect:
             self.on_connect(ch)
         ch.basic_qos(prefetch_count=self.prefetch)
+        self._settlements = Settlements(ch)
+        on_message = functools.partial(self._on_message, self._settlements)
         for q in self.queues:
-            ch.basic_consume(q, self._on_message)
+            ch.basic_consume(q, on_message)
         log.info("%s consuming %s", self.name, ", ".join(self.queues))
         while not self._stop.is_set():
             conn.process_data_events(time_limit=0.5)
@@ -131,10 +204,11 @@ class Consumer:
         except BROKER_ERRORS:
             pass
 
-    def _on_message(self, ch: BlockingChannel, method: pika.spec.Basic.Deliver,
+    def _on_message(self, settlements: Settlements, _ch: BlockingChannel, method: pika.spec.Basic.Deliver,
                     props: pika.BasicProperties, body: bytes) -> None:
+        settlements.delivered(method.delivery_tag)
         fut = self._pool.submit(self._work, body, props)
-        fut.add_done_callback(functools.partial(self._settle, ch, method.delivery_tag))
+        fut.add_done_callback(functools.partial(self._settle, settlements, method.delivery_tag))
 
     def _work(self, body: bytes, props: pika.BasicProperties) -> bool | None:
         """Run the handler; True: ack, False: requeue, None: leave unacked (the worker is stopping)."""
@@ -172,28 +246,34 @@ class Consumer:
             return None
         return False
 
-    def _settle(self, ch: BlockingChannel, tag: int, fut: Future[bool | None]) -> None:
+    def _settle(self, settlements: Settlements, tag: int, fut: Future[bool | None]) -> None:
         verdict = fut.result()
         if verdict is None:
             return  # stopping: the broker hands it out again once this connection closes
 
-        def settle() -> None:
+        def decide() -> None:
+            # Decisions queued together are flushed together: the flush is queued behind them.
+            settlements.decide(tag, verdict)
+            if not settlements.flush_due:
+                settlements.flush_due = True
+                self._on_connection_thread(settlements, settlements.flush)
+
+        self._on_connection_thread(settlements, decide)
+
+    def _on_connection_thread(self, settlements: Settlements, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the thread of the settlements' connection; a clean stop waits for it."""
+
+        def run() -> None:
             try:
-                if not ch.is_open:
-                    return  # the broker will redeliver it on the new connection
-                if verdict:
-                    ch.basic_ack(tag)
-                else:
-                    ch.basic_nack(tag, requeue=True)
+                callback()
             finally:
                 with self._unsent_lock:
                     self._unsent -= 1
 
-        conn = ch.connection
         with self._unsent_lock:
             self._unsent += 1
         try:
-            conn.add_callback_threadsafe(settle)
-        except BROKER_ERRORS:
+            settlements.ch.connection.add_callback_threadsafe(run)
+        except BROKER_ERRORS:  # that connection is gone: the broker hands its messages out again
             with self._unsent_lock:
                 self._unsent -= 1
