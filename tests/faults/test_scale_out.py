@@ -75,6 +75,18 @@ def deadlines_passed(db_url: str, requests: list[str]) -> dict[str, list[tuple[s
     return out
 
 
+def trails(db_url: str, message_ids: list[str]) -> str:
+    """The trails of these messages, an event a line (wall-clock time, kind, actor, detail)."""
+    engine = sa.create_engine(db_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.text("SELECT message_id, at, kind, actor, detail FROM events "
+                                        "WHERE message_id = ANY(:ids) ORDER BY id"), {"ids": message_ids}).all()
+    finally:
+        engine.dispose()
+    return "\n".join(f"{mid} {at.timestamp():.1f} {kind} {actor} {detail[:300]}" for mid, at, kind, actor, detail in rows)
+
+
 def all_settled(db_url: str) -> bool:
     engine = sa.create_engine(db_url)
     try:
@@ -151,7 +163,11 @@ def test_a_broker_node_and_a_gateway_node_lost_mid_stream_lose_nothing(cluster: 
         load.wait(300)
         account = settle(db.url, load.accepted, timeout=240)
         # Each request's TIMEOUT, by name if one never comes, then those answers settled too.
-        wait_for(lambda: all(deadlines_passed(db.url, asked).values()), "a TIMEOUT for each of the 10 requests", 90)
+        try:
+            wait_for(lambda: all(deadlines_passed(db.url, asked).values()), "a TIMEOUT for each of the 10 requests", 90)
+        except TimeoutError:
+            print(trails(db.url, [m for m, sent in deadlines_passed(db.url, asked).items() if not sent]))
+            raise
         wait_for(lambda: all_settled(db.url), "the registry requests and their answers settled", 180)
         timed_out = deadlines_passed(db.url, asked)
         answers = frmo_answers(db.url)
@@ -160,6 +176,11 @@ def test_a_broker_node_and_a_gateway_node_lost_mid_stream_lose_nothing(cluster: 
         delivered_at = {k: r.at for k, r in recipient.accepted.items()}
         in_flight_b, worst_b = recovery(load.accept_at, delivered_at, broker_killed)
         in_flight_n, worst_n = recovery(load.accept_at, delivered_at, node_killed)
+        slowest = max((m for m, t in load.accept_at.items() if t <= broker_killed and m in delivered_at),
+                      key=delivered_at.__getitem__, default=None)
+        if slowest is not None and in_flight_b > 20:  # what held it, for the report
+            print(f"\nthe last delivered of those accepted before the broker node was killed (at {broker_killed:.1f}):")
+            print(trails(db.url, [slowest]))
         reconnects = sum(n.log().count("broker connection lost") for n in nodes.values())
         print(f"\naccepted {account.accepted}, delivered {account.delivered}, lost {account.lost}, "
               f"repeats at the recipient {recipient.repeats}, client resends {load.retries}; "
