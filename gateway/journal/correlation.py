@@ -103,10 +103,15 @@ class RegistryRequests:
                                .where(registry_requests.c.message_id == message_id)).one()
         return row.answer_id, row.timeout_id is not None
 
-    def answered(self, message_id: str) -> None:
-        with self.journal.engine.begin() as conn:
+    @staticmethod
+    def answered_write(message_id: str) -> SideWrite:
+        """Mark the request answered, in the transaction that accepts its answer."""
+
+        def write(conn: Connection, at: datetime) -> None:
             conn.execute(update(registry_requests).where(registry_requests.c.message_id == message_id)
-                         .values(answered_at=utcnow()))
+                         .values(answered_at=at))
+
+        return write
 
     def due(self, now: datetime, limit: int = 500) -> list[PendingRequest]:
         """Requests owed a TIMEOUT: unanswered past the deadline or dead-lettered, or claimed and not yet sent."""
