@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from application.reachability import CannotListen
-from application.wiring import run_dir, topology
+from application.wiring import intake, topology
 from gateway.config import GatewayConfig
 from gateway.journal import Journal
 from gateway.journal.group_commit import GroupRecorder
@@ -66,14 +66,12 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
     from a2wsgi import WSGIMiddleware
 
     from adapters.console import build_console
-    from adapters.intake import Intake
     from adapters.mapping.lab_service import LabResults
     from adapters.rest.app import create_app
     from adapters.rest.tls import uvicorn_options
     from adapters.soap.smev_exchange import SmevExchange
     from adapters.soap.smev_service import SmevWsgi
     from application.runtime import load_lab_mappings
-    from gateway.accept import AcceptPipeline
     from gateway.journal.inbox import Inbox
     from gateway.tls import server_context
     from gateway.transport import watched
@@ -96,8 +94,7 @@ def serve_api(config: GatewayConfig, keyring: KeyRing, *, migrate: bool = True, 
             journal_ok = False
         return {"journal": journal_ok, "broker": inspector.reachable()}
 
-    api_intake = Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=relay.wake,
-                        shared_limits=run_dir())
+    api_intake = intake(config, journal, keyring, from_partners=True, on_accepted=relay.wake)
     inbox = Inbox(journal)
     mappings = load_lab_mappings(config)
     labs = LabResults(api_intake, mappings)
@@ -262,7 +259,6 @@ def run_acts(config: GatewayConfig, keyring: KeyRing) -> None:
     """Build and send the previous month's acts on schedule (``acts`` in gateway.yaml) until SIGTERM."""
     from adapters.acts.runner import ActRunner
     from adapters.acts.schedule import run_schedule
-    from application.wiring import intake
 
     journal = Journal(config.settings.database.url)
     runner = ActRunner(config, journal, intake(config, journal, keyring))
@@ -279,7 +275,6 @@ def run_deadlines(config: GatewayConfig, keyring: KeyRing) -> None:
     """Send TIMEOUT answers for registry requests past their deadline until SIGTERM."""
     from adapters.registries.deadlines import DeadlineWatcher
     from adapters.registries.replies import ReplySender
-    from application.wiring import intake
 
     journal = Journal(config.settings.database.url)
     watcher = DeadlineWatcher(config, journal, ReplySender(journal, intake(config, journal, keyring)))

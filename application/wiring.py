@@ -7,6 +7,7 @@ audit) is built the same way for every inbound adapter.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -34,16 +35,19 @@ def declare_topology(config: GatewayConfig) -> None:
         conn.close()
 
 
-def intake(config: GatewayConfig, journal: Journal, keyring: KeyRing, *, from_partners: bool = False) -> Intake:
+def intake(config: GatewayConfig, journal: Journal, keyring: KeyRing, *, from_partners: bool = False,
+           on_accepted: Callable[[], None] | None = None) -> Intake:
     """The intake of a process that accepts messages (its accept pipeline is imported only then).
 
     ``from_partners``: partners send to it (the API, the MLLP listener), so it holds their rate limits,
-    shared with this host's other such processes through ``run_dir()``.
+    shared with this host's other such processes through ``run_dir()``. ``on_accepted``: told of each
+    first acceptance (the API's outbox relay, so it need not wait for its next poll).
     """
     from adapters.intake import Intake
     from gateway.accept import AcceptPipeline
 
-    return Intake(AcceptPipeline(config, journal, keyring), journal, shared_limits=run_dir() if from_partners else None)
+    return Intake(AcceptPipeline(config, journal, keyring), journal, on_accepted=on_accepted,
+                  shared_limits=run_dir() if from_partners else None)
 
 
 def run_dir() -> Path | None:
