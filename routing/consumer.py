@@ -115,14 +115,12 @@ class Settlements:
     def release(self) -> None:
         """At a clean stop, once every worker is done: hand back what none will finish, then ack the rest.
 
-        Handed back first, those no longer stand between the done ones, and the whole
+        Decided as requeues, those no longer stand between the done ones, and the whole
         prefetch goes as a few frames rather than one ack each behind the first of them.
         """
-        if not self.ch.is_open:
-            return
-        for tag in [t for t, ack in self._open.items() if ack is None]:
-            del self._open[tag]
-            self.ch.basic_nack(tag, requeue=True)
+        for tag, ack in self._open.items():
+            if ack is None:
+                self._open[tag] = False
         self.flush()
 
 
