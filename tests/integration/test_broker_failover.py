@@ -13,6 +13,7 @@ from routing.broker import ThreadPublisher, connect, properties
 from routing.consumer import Consumer
 from routing.pipelined import BrokerUnavailable, Outgoing, PipelinedPublisher
 from tests.support.ports import free_port
+from tests.support.queues import quorum_queue
 
 pytestmark = pytest.mark.broker
 
@@ -20,13 +21,8 @@ pytestmark = pytest.mark.broker
 @pytest.fixture
 def nodes(amqp_url: str):
     """A node that is down (nothing listens on its port) and the real one; and a queue on the real one."""
-    name = f"zlt-fo-{uuid.uuid4().hex[:8]}"
-    conn = connect(amqp_url, "zl-test", heartbeat=0)
-    ch = conn.channel()
-    ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
-    yield [f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", amqp_url], name
-    ch.queue_delete(name)
-    conn.close()
+    with quorum_queue(amqp_url, "zlt-fo") as name:
+        yield [f"amqp://guest:guest@127.0.0.1:{free_port()}/%2F", amqp_url], name
 
 
 def test_every_kind_of_connection_passes_over_a_node_that_is_down(nodes) -> None:

@@ -16,9 +16,9 @@ import uuid
 import pika
 import pytest
 
-from routing.broker import connect
 from routing.consumer import Consumer
 from routing.pipelined import Outgoing, PipelinedPublisher
+from tests.support.queues import quorum_queue, ready_in
 
 pytestmark = pytest.mark.broker
 
@@ -27,21 +27,8 @@ MESSAGES = 1000
 
 @pytest.fixture
 def queue(amqp_url: str):
-    name = f"zlt-acks-{uuid.uuid4().hex[:8]}"
-    conn = connect(amqp_url, "zl-test", heartbeat=0)
-    ch = conn.channel()
-    ch.queue_declare(name, durable=True, arguments={"x-queue-type": "quorum"})
-    yield name
-    ch.queue_delete(name)
-    conn.close()
-
-
-def ready(amqp_url: str, queue: str) -> int:
-    conn = connect(amqp_url, "zl-test", heartbeat=0)
-    try:
-        return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
-    finally:
-        conn.close()
+    with quorum_queue(amqp_url, "zlt-acks") as name:
+        yield name
 
 
 @pytest.mark.parametrize("stops", range(3))
@@ -66,4 +53,4 @@ def test_a_whole_prefetch_done_at_once_is_acked_before_the_stop_closes_the_chann
     release.set()  # all done at once, as a router's batch is
     thread.join(30)
     assert not thread.is_alive()
-    assert ready(amqp_url, queue) == 0
+    assert ready_in(amqp_url, queue) == 0

@@ -16,6 +16,7 @@ from demo.emulators.rest_recipient import Received, RecipientServer
 from routing.broker import connect
 from routing.topology import Topology
 from tests.support.launcher import Launched, launch, run
+from tests.support.queues import ready_in
 from tests.support.waiting import pauses
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,11 +202,7 @@ class GatewayProcesses:
 
     def ready_in(self, queue: str) -> int:
         """Messages ready in one of this gateway's queues (``Topology``'s name, e.g. ``deliver_queue("clinic")``)."""
-        conn = connect(self.amqp_url, "zl-test-depth", heartbeat=0)
-        try:
-            return int(conn.channel().queue_declare(queue, passive=True).method.message_count)
-        finally:
-            conn.close()
+        return ready_in(self.amqp_url, queue)
 
     def cli(self, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         """``env``: variables over the gateway's own, for one command."""

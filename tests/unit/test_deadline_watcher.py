@@ -42,16 +42,20 @@ class Replies:
         self.requests.timed_out(request.message_id)
 
 
-
-def test_a_refused_timeout_is_tried_at_every_poll_and_logged_once(journal: Journal,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
-    requests = RegistryRequests(journal)
+def asked(journal: Journal, requests: RegistryRequests) -> Envelope:
     payload = parse_xml(f'<wv:WorkerVerificationRequest xmlns:wv="{WORKER_NS}"><wv:SNILS>11223344595</wv:SNILS>'
                         '</wv:WorkerVerificationRequest>'.encode())
     env = Envelope(message_id=str(uuid.uuid1()), sender="clinic", recipient="frmr", message_type=WORKER_NS,
                    payload=payload)
     journal.accept(env, source="rest", actor="t", route="r",
                    side_writes=[requests.open_write(env.message_id, "clinic", "frmr", WORKER_NS, 1.0)])
+    return env
+
+
+def test_a_refused_timeout_is_tried_at_every_poll_and_logged_once(journal: Journal,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    requests = RegistryRequests(journal)
+    env = asked(journal, requests)
     replies = Replies(requests, refusals=3)
     watcher = DeadlineWatcher(SimpleNamespace(participants={}), journal, replies)  # type: ignore[arg-type]
     later = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=5)
@@ -80,16 +84,6 @@ class KilledAfterTheAccept:
         if self.deaths:
             self.deaths -= 1
             raise RuntimeError("killed after the answer's commit")
-
-
-def asked(journal: Journal, requests: RegistryRequests) -> Envelope:
-    payload = parse_xml(f'<wv:WorkerVerificationRequest xmlns:wv="{WORKER_NS}"><wv:SNILS>11223344595</wv:SNILS>'
-                        '</wv:WorkerVerificationRequest>'.encode())
-    env = Envelope(message_id=str(uuid.uuid1()), sender="clinic", recipient="frmr", message_type=WORKER_NS,
-                   payload=payload)
-    journal.accept(env, source="rest", actor="t", route="r",
-                   side_writes=[requests.open_write(env.message_id, "clinic", "frmr", WORKER_NS, 1.0)])
-    return env
 
 
 def test_a_watcher_killed_after_the_timeouts_commit_leaves_the_request_showing_it(journal: Journal) -> None:
