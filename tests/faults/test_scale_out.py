@@ -205,7 +205,7 @@ def test_a_broker_node_and_a_gateway_node_lost_mid_stream_lose_nothing(cluster: 
         # every delivery carried an accepted MessageID or a registry answer's, and each one arrived; a repeat
         # (recipient.repeats) carried its own key
         assert set(keys) == set(load.accepted) | answers and len(recipient.accepted) == 2000 + len(answers)
-        # the deadline watcher ran once: one TIMEOUT per request, each from the node that took the lease over
+        # the deadline watcher ran once: one TIMEOUT per request
         assert all(len(sent) == 1 for sent in timed_out.values()), timed_out
         # A deadline that passed before node-b died is node-b's watcher's to answer (the ten asks took over
         # 3 s under load); every one after that, the watcher of the node that took the lease over.
